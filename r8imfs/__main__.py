@@ -1,0 +1,3 @@
+from r8imfs.cli.main import main
+
+raise SystemExit(main())

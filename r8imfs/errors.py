@@ -1,0 +1,114 @@
+"""The one error tree of r8imfs.
+
+Every failure a user can act on is an ``R8imfsError``; the CLI turns each into
+one line on stderr and an exit code (``exit_code``), with a traceback only
+under ``-v``. Lower-level exceptions (httpx, tarfile, zlib, sqlite3) are
+translated at the boundary that sees them and raised ``from`` the original.
+
+    R8imfsError                      exit 1
+    ├── UsageError                   exit 2   bad flags or arguments
+    │   └── InvalidReference                  an image reference that does not parse
+    ├── NotBuilt                     exit 3   a command of the suite not written yet
+    ├── RegistryError                         a registry answered something we cannot use
+    │   ├── AuthError                exit 4   401/403, or a token service refused us
+    │   ├── ManifestUnknown                   no such tag or manifest digest
+    │   ├── BlobUnknown                       no such blob in the repository
+    │   ├── PlatformNotFound                  an index lacks the --platform asked for
+    │   ├── UnsupportedMediaType              a manifest or layer type we do not handle
+    │   └── TransportError                    connection failures that outlived retries
+    ├── DigestMismatch                        bytes that do not hash to their digest
+    ├── RangeUnsupported                      a blob store that cannot serve byte ranges
+    ├── CorruptLayer                          a layer that does not decompress or untar
+    ├── UnsafeLayer                           a tar that would write outside its target
+    └── NoWeightsFound                        ``extract`` found nothing under src/weights/
+
+Raisers: ``oci`` raises InvalidReference, UnsupportedMediaType, PlatformNotFound;
+``registry`` raises the RegistryError family and DigestMismatch; ``archive``
+raises CorruptLayer, DigestMismatch, RangeUnsupported, UnsafeLayer.
+"""
+
+from __future__ import annotations
+
+
+class R8imfsError(Exception):
+    """Base class: a failure with a message meant for the user."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class UsageError(R8imfsError):
+    exit_code = 2
+
+
+class InvalidReference(UsageError):
+    """An image reference that does not parse; the message names the bad part."""
+
+
+class NotBuilt(R8imfsError):
+    """A command listed in ``--help`` that this version does not implement yet."""
+
+    exit_code = 3
+
+
+class RegistryError(R8imfsError):
+    """The registry answered with something we cannot use."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+class AuthError(RegistryError):
+    exit_code = 4
+
+
+class ManifestUnknown(RegistryError):
+    pass
+
+
+class BlobUnknown(RegistryError):
+    pass
+
+
+class PlatformNotFound(RegistryError):
+    pass
+
+
+class UnsupportedMediaType(RegistryError):
+    pass
+
+
+class TransportError(RegistryError):
+    """The network failed and kept failing after retries."""
+
+
+class DigestMismatch(R8imfsError):
+    pass
+
+
+class RangeUnsupported(R8imfsError):
+    pass
+
+
+class CorruptLayer(R8imfsError):
+    pass
+
+
+class UnsafeLayer(R8imfsError):
+    pass
+
+
+class NoWeightsFound(R8imfsError):
+    pass
