@@ -1,0 +1,114 @@
+"""``r8imfs``: the command line. Parsing and printing only; work happens below.
+
+Global options are accepted before or after the subcommand: each subparser
+repeats them with ``default=SUPPRESS``, so a value given first is not
+overwritten by the subparser's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+import trio
+
+from r8imfs import __version__
+from r8imfs.cli import _common, affix, clone, extract, layers, mount, remix, umount, zstd
+from r8imfs.errors import R8imfsError
+
+COMMANDS: tuple[ModuleType, ...] = (layers, extract, affix, remix, zstd, clone, mount, umount)
+
+DESCRIPTION = """\
+Look inside and change container images straight on the registry:
+no Docker daemon, no GPU, no full pulls.
+
+examples:
+  r8imfs layers r8.im/replicate/hello-world           one row per layer
+  r8imfs extract IMAGE -o weights.tar                 pull the weights out
+  r8imfs affix --base IMAGE --dest REPO --tar w.tar   put new weights on
+  r8imfs mount IMAGE /mnt/img && cp /mnt/img/rootfs/src/weights/* .
+
+credentials: -t/--token or COG_TOKEN (a Replicate cog token), else the
+docker/podman config (~/.docker/config.json, credential helpers), else none.
+"""
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    def d(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    g = parser.add_argument_group("global options")
+    g.add_argument("-t", "--token", default=d(None), help="Replicate cog token (or COG_TOKEN)")
+    g.add_argument(
+        "-r", "--registry", default=d("r8.im"),
+        help="registry for references without a host (default: r8.im)",
+    )
+    g.add_argument(
+        "--insecure", action="store_true", default=d(False),
+        help="plain HTTP for a non-loopback registry (loopback always uses HTTP)",
+    )
+    g.add_argument(
+        "--platform", default=d("linux/amd64"),
+        help="os/arch[/variant] to pick from multi-platform images (default: linux/amd64)",
+    )
+    g.add_argument("-v", "--verbose", action="count", default=d(0), help="more detail; -vv for HTTP")
+    g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="r8imfs",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"r8imfs {__version__}")
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for module in COMMANDS:
+        p = module.add_parser(sub)
+        _global_options(p, suppress=True)
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="r8imfs: %(message)s", stream=sys.stderr)
+    if verbose < 3:
+        # httpx logs request URLs at INFO; never headers. Keep it for -vv.
+        logging.getLogger("httpx").setLevel(logging.INFO if verbose >= 2 else logging.WARNING)
+        logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return 2
+    if args.token is None:
+        args.token = os.environ.get("COG_TOKEN") or None
+    _setup_logging(args.verbose)
+    run: Callable[[argparse.Namespace], object] = args.run
+    try:
+        trio.run(run, args)
+    except R8imfsError as exc:
+        return _report(exc, args)
+    except KeyboardInterrupt:
+        print("r8imfs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+    return 0
+
+
+def _report(exc: R8imfsError, args: argparse.Namespace) -> int:
+    if args.verbose:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"r8imfs {args.command}: error: {_common.redact(str(exc), args)}", file=sys.stderr)
+    return exc.exit_code
