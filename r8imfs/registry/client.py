@@ -374,7 +374,7 @@ class BlobStream:
                     self._pos += len(chunk)
                     yield chunk
                 return
-            except (httpx.TransportError, httpx.StreamError) as exc:
+            except httpx.TransportError as exc:
                 attempt += 1
                 if attempt >= policy.attempts:
                     raise TransportError(
