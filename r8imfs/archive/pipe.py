@@ -1,0 +1,73 @@
+"""Run sync stream consumers (tarfile, zlib, zstd) over an async byte stream.
+
+``consume_stream(source, fn)`` feeds the chunks of an async iterator (a blob
+download) to ``fn(fileobj)`` running in a worker thread, through a small
+memory channel: the download and the decompression overlap, at most
+``buffer`` chunks sit in memory, and the trio loop never decompresses.
+
+Failure rules: a network error in the download wins over whatever the
+consumer said about the truncated stream it then saw (the root cause is
+reported); a consumer that stops early closes the channel, which stops the
+download. Errors come out bare, not in an ExceptionGroup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Callable, Iterator
+from typing import IO, TypeVar
+
+import trio
+
+from r8imfs import _threads
+from r8imfs.archive.tarindex import ForwardFile
+
+T = TypeVar("T")
+
+
+def _chunks(receive: trio.MemoryReceiveChannel[bytes]) -> Iterator[bytes]:
+    while True:
+        try:
+            yield _threads.from_thread(receive.receive)
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return
+
+
+async def consume_stream(
+    source: AsyncIterable[bytes],
+    fn: Callable[[IO[bytes]], T],
+    *,
+    buffer: int = 16,
+) -> T:
+    send, receive = trio.open_memory_channel[bytes](buffer)
+    pump_error: BaseException | None = None
+    consumer_error: BaseException | None = None
+    result: T | None = None
+
+    async def pump() -> None:
+        nonlocal pump_error
+        async with send:
+            try:
+                async for chunk in source:
+                    await send.send(chunk)
+            except trio.BrokenResourceError:
+                pass  # the consumer is done early
+            except Exception as exc:
+                pump_error = exc
+
+    def consume() -> T:
+        try:
+            return fn(ForwardFile(_chunks(receive)))  # type: ignore[arg-type]
+        finally:
+            trio.from_thread.run_sync(receive.close)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump)
+        try:
+            result = await _threads.run_sync(consume)
+        except Exception as exc:
+            consumer_error = exc
+    if pump_error is not None:
+        raise pump_error
+    if consumer_error is not None:
+        raise consumer_error
+    return result  # type: ignore[return-value]

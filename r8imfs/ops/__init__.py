@@ -1,0 +1,1 @@
+"""What commands do, as async functions independent of argparse and printing."""

@@ -1,0 +1,196 @@
+"""``extract``: the weights of an image, reading only the layers that hold them.
+
+r8im's rule: first the layers whose build step ends with `` # weights``
+(or whose history comment is ``weights``); if none of those holds a file
+under ``src/weights/``, the layers whose build step starts with
+``COPY . /src``. Within them, regular files under ``src/weights/``, prefix
+stripped, whiteouts ignored.
+
+Each chosen layer is one streaming pass: download → decompress → untar, in
+a worker thread (``archive.pipe``), hashing the compressed bytes on the way.
+Every file is staged and only published once its layer's digest checks out,
+so a corrupt or truncated blob never yields a file (``DigestMismatch``).
+Weights are big and read whole, so a straight stream beats random access
+here: no index, each byte moved once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Protocol
+
+from r8imfs.archive.decompress import (
+    DECOMPRESSION_ERRORS,
+    compression_of,
+    corrupt,
+    open_decompressed,
+)
+from r8imfs.archive.pipe import consume_stream
+from r8imfs.archive.tarindex import ForwardFile
+from r8imfs.errors import CorruptLayer, DigestMismatch, NoWeightsFound, UnsafeLayer
+from r8imfs.oci.config import WEIGHTS_DIR, Layer, pair_layers, weights_candidates
+from r8imfs.oci.digest import Hasher
+from r8imfs.registry.client import Image, RegistryClient
+
+COPY_BUF = 1024 * 1024
+OnFile = Callable[[str, int], None]
+
+
+class Sink(Protocol):
+    """Where extracted files go; called from the worker thread."""
+
+    def add(self, name: str, info: tarfile.TarInfo, body: IO[bytes]) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def weights_name(path: str) -> str | None:
+    """``src/weights/a/b`` → ``a/b``; None for anything else."""
+    path = path.lstrip("/")
+    path = path[2:] if path.startswith("./") else path
+    if not path.startswith(WEIGHTS_DIR):
+        return None
+    rest = path[len(WEIGHTS_DIR) :].strip("/")
+    if not rest or any(p in ("", ".", "..") for p in rest.split("/")):
+        return None
+    if rest.rsplit("/", 1)[-1].startswith(".wh."):
+        return None
+    return rest
+
+
+class TarSink:
+    """Files into one output tar, streamed straight through.
+
+    A tar cannot take back what it wrote, so the caller writes ``-o FILE``
+    to a temporary name and renames it only on success; on stdout a failure
+    leaves the archive without its end blocks and the exit status non-zero.
+    """
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)
+
+    def add(self, name: str, info: tarfile.TarInfo, body: IO[bytes]) -> None:
+        new = tarfile.TarInfo(name)
+        new.size, new.mode, new.mtime = info.size, info.mode, info.mtime
+        new.uid, new.gid, new.uname, new.gname = info.uid, info.gid, info.uname, info.gname
+        self._tar.addfile(new, body)
+
+    def commit(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._tar.close()
+
+
+class DirSink:
+    """Files into a directory; nothing may land outside it."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root.resolve()
+        self._staged: list[tuple[Path, Path]] = []
+
+    def target(self, name: str) -> Path:
+        target = (self.root / name).resolve()
+        if self.root not in target.parents:
+            raise UnsafeLayer(f"refusing {name!r}: it would land outside {self.root}")
+        return target
+
+    def add(self, name: str, info: tarfile.TarInfo, body: IO[bytes]) -> None:
+        target = self.target(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.target(name)  # again, now that parents exist (a symlinked parent)
+        fd, tmp = tempfile.mkstemp(prefix=".r8imfs-", dir=target.parent)
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(body, f, COPY_BUF)
+        os.chmod(tmp, info.mode & 0o777 or 0o644)
+        self._staged.append((Path(tmp), target))
+
+    def commit(self) -> None:
+        for tmp, target in self._staged:
+            os.replace(tmp, target)
+        self._staged.clear()
+
+    def abort(self) -> None:
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+        self._staged.clear()
+
+
+def _untar_weights(
+    raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | None
+) -> list[str]:
+    """Worker thread: hash, decompress and untar one layer into the sink."""
+    desc = layer.descriptor
+    hasher = Hasher()
+    hashed = ForwardFile(_hashing(raw, hasher))
+    what = f"layer {layer.index} ({desc.digest})"
+    names: list[str] = []
+    try:
+        stream = open_decompressed(hashed, compression_of(desc.media_type))  # type: ignore[arg-type]
+        with tarfile.open(fileobj=stream, mode="r|") as tf:
+            for member in tf:
+                name = weights_name(member.name)
+                if name is None or not member.isreg():
+                    continue
+                body = tf.extractfile(member)
+                assert body is not None
+                sink.add(name, member, body)
+                names.append(name)
+                if on_file:
+                    on_file(name, member.size)
+        hashed.drain()
+    except DECOMPRESSION_ERRORS as exc:
+        sink.abort()
+        raise corrupt(what, exc) from exc
+    except tarfile.TarError as exc:
+        sink.abort()
+        raise CorruptLayer(f"{what} is not a valid tar: {exc}") from exc
+    except BaseException:
+        sink.abort()
+        raise
+    if hasher.digest != desc.digest:
+        sink.abort()
+        raise DigestMismatch(f"{what} hashes to {hasher.digest}: refusing its files")
+    sink.commit()
+    return names
+
+
+def _hashing(raw: IO[bytes], hasher: Hasher) -> Iterator[bytes]:
+    while chunk := raw.read(COPY_BUF):
+        hasher.update(chunk)
+        yield chunk
+
+
+async def extract(
+    client: RegistryClient, image: Image, sink: Sink, on_file: OnFile | None = None
+) -> list[str]:
+    """Write the image's weights into ``sink``; the names written."""
+    layers = pair_layers(image.manifest, image.config)
+    first, fallback = weights_candidates(layers)
+    repo = image.reference.repository
+    for group in (first, fallback):
+        names: list[str] = []
+        for layer in group:
+            async with client.open_blob(repo, layer.descriptor.digest) as blob:
+                names += await consume_stream(
+                    blob.chunks(), lambda raw, x=layer: _untar_weights(raw, x, sink, on_file)
+                )
+        if names:
+            return names
+    raise NoWeightsFound(
+        f"no weights found in {image.reference}",
+        hint="looked for files under src/weights/ in layers made by '... # weights' "
+        "or 'COPY . /src'",
+    )
+

@@ -1,0 +1,118 @@
+"""``r8imfs extract`` end to end against the real registry, checked with GNU tar."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from imagehelpers import cli, push
+from registry_server import RegistryServer
+
+from r8imfs.oci import mediatypes as mt
+from r8imfs.ops.extract import weights_name
+from tools.demoimage import tar_of
+
+
+def _weights_image(registry: RegistryServer, repo: str, **kw: object) -> tuple[str, dict[str, bytes]]:
+    files = {
+        "src/weights/model.bin": hashlib.sha256(b"seed").digest() * 40_000,
+        "src/weights/sub/tokenizer.json": b'{"vocab": []}\n',
+    }
+    layers = [
+        (tar_of({"etc/hostname": b"x\n"}), "ADD rootfs /", None),
+        (tar_of({"src/predict.py": b"print(1)\n", "src/weights/stale.bin": b"old"}), "COPY . /src", None),
+        (tar_of({"src/weights": None, **files, "src/weights/.wh.stale.bin": b""}), "COPY w /src/weights # weights", "weights"),
+    ]
+    ref = f"{registry.host}/{repo}:v1"
+    push(ref, layers=layers, **kw)  # type: ignore[arg-type]
+    return ref, {k.removeprefix("src/weights/"): v for k, v in files.items()}
+
+
+def _read_tar(data: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return {m.name: tf.extractfile(m).read() for m in tf if m.isreg()}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("manifest_type", "compression"),
+    [(mt.DOCKER_MANIFEST, "gzip"), (mt.OCI_MANIFEST, "zstd"), (mt.OCI_MANIFEST, "none")],
+)
+def test_extract_to_file_and_gnu_tar_reads_it(
+    registry: RegistryServer, repo_name: str, tmp_path: Path, manifest_type: str, compression: str
+) -> None:
+    ref, expected = _weights_image(
+        registry, repo_name, manifest_type=manifest_type, compression=compression
+    )
+    out = tmp_path / "w.tar"
+    proc = cli("extract", ref, "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "model.bin" in proc.stderr and "sub/tokenizer.json" in proc.stderr
+    listing = subprocess.run(["tar", "-tf", str(out)], capture_output=True, text=True, check=True)
+    assert sorted(listing.stdout.split()) == sorted(expected)
+    dest = tmp_path / "x"
+    dest.mkdir()
+    subprocess.run(["tar", "-xf", str(out), "-C", str(dest)], check=True)
+    for name, body in expected.items():
+        assert (dest / name).read_bytes() == body
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_extract_stdout_and_dir(registry: RegistryServer, repo_name: str, tmp_path: Path) -> None:
+    ref, expected = _weights_image(registry, repo_name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "r8imfs", "extract", ref],
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _read_tar(proc.stdout) == expected
+    proc2 = cli("extract", ref, "--dir", str(tmp_path / "d"))
+    assert proc2.returncode == 0, proc2.stderr
+    got = {str(p.relative_to(tmp_path / "d")): p.read_bytes() for p in (tmp_path / "d").rglob("*") if p.is_file()}
+    assert got == expected
+
+
+def test_extract_falls_back_to_copy_src(registry: RegistryServer, repo_name: str, tmp_path: Path) -> None:
+    layers = [
+        (tar_of({"src/predict.py": b"x", "src/weights/a.bin": b"AAA"}), "COPY . /src", None),
+        (tar_of({"src/other.txt": b"y"}), "RUN echo # weights", None),
+    ]
+    ref = f"{registry.host}/{repo_name}:v1"
+    push(ref, layers=layers)
+    out = tmp_path / "w.tar"
+    proc = cli("extract", ref, "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert _read_tar(out.read_bytes()) == {"a.bin": b"AAA"}
+
+
+def test_no_weights_is_exit_1_and_no_file(registry: RegistryServer, repo_name: str, tmp_path: Path) -> None:
+    ref = f"{registry.host}/{repo_name}:v1"
+    push(ref, layers=[(tar_of({"etc/x": b"1"}), "ADD x /", None)])
+    out = tmp_path / "w.tar"
+    proc = cli("extract", ref, "-o", str(out))
+    assert proc.returncode == 1
+    assert "no weights found" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("src/weights/a", "a"),
+        ("./src/weights/d/e.bin", "d/e.bin"),
+        ("/src/weights/x", "x"),
+        ("src/weights/", None),
+        ("src/weights/../../etc/passwd", None),
+        ("src/weights/a/./b", None),
+        ("src/weights/.wh.gone", None),
+        ("src/weightsX/a", None),
+        ("src/predict.py", None),
+    ],
+)
+def test_weights_name(path: str, name: str | None) -> None:
+    assert weights_name(path) == name
