@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import json
 import socket
 import socketserver
@@ -215,11 +216,22 @@ def _forward(
     if chunked:
         conn.putheader("Transfer-Encoding", "chunked")
     conn.endheaders()
-    for data in request_body(h):
-        conn.send(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
-    if chunked:
-        conn.send(b"0\r\n\r\n")
+    _send_body(conn, h, chunked)
     return conn.getresponse()
+
+
+def _send_body(conn: http.client.HTTPConnection, h: Handler, chunked: bool) -> None:
+    frames = (b"%x\r\n%s\r\n" % (len(d), d) if chunked else d for d in request_body(h))
+    ending = [b"0\r\n\r\n"] if chunked else []
+    for data in itertools.chain(frames, ending):  # errors reading the client propagate
+        try:
+            conn.send(data)
+        except OSError:
+            # The registry may answer (401, 404) and hang up before reading
+            # a large body: relay that answer, then drop the client's
+            # connection, the rest of its body unread.
+            h.close_connection = True
+            return
 
 
 def _relay(h: Handler, resp: http.client.HTTPResponse, upstream: str, front: str) -> None:

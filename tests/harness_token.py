@@ -44,7 +44,9 @@ class TokenServer:
     token granting nothing, so a registry then answers 401 insufficient_scope.
     The valid user gets every action asked for. ``offline_token=true`` (GET)
     or ``access_type=offline`` (POST) adds a ``refresh_token``.
-    Set ``expires_in`` to test token expiry.
+    ``expires_in`` (seconds) is what clients are told and what ``exp`` says;
+    distribution accepts tokens up to 60 s past ``exp`` (its clock-skew
+    leeway), so a test wanting a rejected token sets it below -60.
     """
 
     def __init__(self, workdir: Path, *, username: str, password: str) -> None:
