@@ -21,7 +21,8 @@ from typing import Protocol, runtime_checkable
 
 from r8imfs.archive.entry import Entry
 
-#: Called as ``progress(done, total)`` with byte counts of the compressed blob.
+#: Called as ``progress(done, total)``: bytes of the stream scanned so far (the
+#: compressed blob; for seekable zstd, the uncompressed tar), never decreasing.
 Progress = Callable[[int, int], None]
 
 
@@ -139,6 +140,7 @@ class BlobFile(io.RawIOBase):
         self._size = readat.size if size is None else size
         self._bufsize = buffer_size
         self._progress = progress
+        self._done = 0
         self._pos = 0
         self._buf = b""
         self._buf_start = 0
@@ -187,7 +189,7 @@ class BlobFile(io.RawIOBase):
         if size <= 0:
             return b""
         start = self._pos - self._buf_start
-        if 0 <= start and start + size <= len(self._buf):
+        if start >= 0 and start + size <= len(self._buf):
             data = self._buf[start : start + size]
         elif size >= self._bufsize:
             data = self._fetch(self._pos, size)
@@ -200,8 +202,9 @@ class BlobFile(io.RawIOBase):
 
     def _fetch(self, offset: int, size: int) -> bytes:
         data = self._readat.read_at(offset, min(size, self._size - offset))
-        if self._progress is not None:
-            self._progress(offset + len(data), self._size)
+        if self._progress is not None and offset + len(data) > self._done:
+            self._done = offset + len(data)  # monotonic: zran re-reads behind itself
+            self._progress(self._done, self._size)
         return data
 
 

@@ -25,13 +25,22 @@ import io
 import tarfile
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import IO
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, Any, Protocol, cast
 
 from r8imfs.archive.entry import Entry, Kind, normalise_path
 from r8imfs.errors import CorruptLayer
 
 _BLOCK = tarfile.BLOCKSIZE
+_REMEMBER = 64 * 1024  # ForwardFile keeps reads up to this size for _check_stop
+
+
+class SeekableFile(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+    def tell(self) -> int: ...
+
+
 _KINDS = {
     tarfile.REGTYPE: Kind.FILE,
     tarfile.AREGTYPE: Kind.FILE,
@@ -49,8 +58,8 @@ _KINDS = {
 class ForwardFile(io.RawIOBase):
     """A forward-only file over an iterator of chunks; seeking ahead discards.
 
-    Remembers its last few reads (start, data), so the walker can inspect the
-    block at which ``tarfile`` gave up.
+    Remembers its last few small reads (start, data), so the walker can
+    inspect the block at which ``tarfile`` gave up.
     """
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
@@ -78,11 +87,9 @@ class ForwardFile(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         start = self._pos
-        if size is None or size < 0:
-            data = self._take(1 << 62)
-        else:
-            data = self._take(size)
-        self.recent.append((start, data))
+        data = self._take(1 << 62 if size is None or size < 0 else size)
+        if len(data) <= _REMEMBER:
+            self.recent.append((start, data))
         return data
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
@@ -125,7 +132,7 @@ class ForwardFile(io.RawIOBase):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def index_seekable(fileobj: IO[bytes], size: int) -> list[Entry]:
+def index_seekable(fileobj: SeekableFile, size: int) -> list[Entry]:
     """Index a seekable uncompressed tar of ``size`` bytes."""
     return _walk(fileobj, lambda: size)
 
@@ -140,11 +147,11 @@ def index_stream(chunks: Iterator[bytes]) -> tuple[list[Entry], int]:
     return entries, fwd.tell()
 
 
-def _walk(fileobj: IO[bytes], total_size: Callable[[], int]) -> list[Entry]:
+def _walk(fileobj: SeekableFile, total_size: Callable[[], int]) -> list[Entry]:
     found: dict[str, Entry] = {}
     last: Entry | None = None
     try:
-        tf = tarfile.TarFile(fileobj=fileobj, mode="r", encoding="utf-8")
+        tf = tarfile.TarFile(fileobj=cast(IO[bytes], fileobj), mode="r", encoding="utf-8")
         for ordinal, info in enumerate(_members(tf)):
             entry = entry_from_tarinfo(info, ordinal)
             if entry is not None:
@@ -168,11 +175,11 @@ def _members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         info = tf.next()
         if info is None:
             return
-        tf.members.clear()  # we never extract; don't keep 100k TarInfos alive
+        tf.members.clear()  # type: ignore[attr-defined]  # we never extract: drop TarInfos
         yield info
 
 
-def _check_stop(fileobj: IO[bytes], offset: int) -> None:
+def _check_stop(fileobj: SeekableFile, offset: int) -> None:
     """Tell a real end of archive from a header tarfile silently rejected."""
     block = _block_at(fileobj, offset)
     if len(block) < _BLOCK or not block.strip(b"\0"):
@@ -180,7 +187,7 @@ def _check_stop(fileobj: IO[bytes], offset: int) -> None:
     raise CorruptLayer(f"invalid tar header at uncompressed offset {offset}")
 
 
-def _block_at(fileobj: IO[bytes], offset: int) -> bytes:
+def _block_at(fileobj: SeekableFile, offset: int) -> bytes:
     if isinstance(fileobj, ForwardFile):
         for start, data in reversed(fileobj.recent):
             if start <= offset < start + len(data):
@@ -226,15 +233,20 @@ def entry_from_tarinfo(info: tarfile.TarInfo, ordinal: int) -> Entry | None:
         xattrs=_xattrs(info.pax_headers) if info.pax_headers else {},
         data_offset=info.offset_data,
         ordinal=ordinal,
-        sparse=tuple((int(o), int(n)) for o, n in info.sparse) if info.sparse else (),
+        sparse=_sparse(info),
     )
+
+
+def _sparse(info: tarfile.TarInfo) -> tuple[tuple[int, int], ...]:
+    extents: Any = info.sparse  # list of (offset, length), or None
+    return tuple((int(o), int(n)) for o, n in extents) if extents else ()
 
 
 _SCHILY = "SCHILY.xattr."
 _LIBARCHIVE = "LIBARCHIVE.xattr."
 
 
-def _xattrs(pax: dict[str, str]) -> dict[str, bytes]:
+def _xattrs(pax: Mapping[str, str]) -> dict[str, bytes]:
     """Extended attributes from PAX records: GNU/star ``SCHILY.xattr.<name>``
     (raw value) and libarchive's ``LIBARCHIVE.xattr.<%-encoded name>`` (base64)."""
     out: dict[str, bytes] = {}

@@ -1,0 +1,292 @@
+"""Measure the layer engine (gzip checkpoints, zstd frames, index load, merge).
+
+    .venv/bin/python tools/bench_archive.py [--size-mb 200] [--workdir /tmp/r8bench]
+
+Builds a synthetic "random-ish" layer (a tar of files with lognormal sizes
+whose content mixes word soup, random bytes and hex, so deflate gets about
+2x), then prints a Markdown table per experiment. The numbers recorded in
+docs/engine-measurements.md come from this script. Not a test: nothing here
+asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from r8imfs.archive import (  # noqa: E402
+    Entry,
+    FileReadAt,
+    GzipLayerReader,
+    Kind,
+    MergedTree,
+    ZstdLayerReader,
+    build_gzip_index,
+    build_zstd_index,
+    load_or_build,
+    write_seekable,
+)
+from r8imfs.oci import mediatypes as mt  # noqa: E402
+
+MiB = 1024 * 1024
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "layer",
+    "image",
+    "registry",
+    "blob",
+    "digest",
+    "manifest",
+    "index",
+    "tar",
+    "gzip",
+    "zstd",
+    "python",
+    "import",
+    "def",
+    "return",
+    "class",
+    "self",
+    "none",
+    "true",
+    "false",
+    "lib",
+    "usr",
+    "bin",
+    "share",
+    "config",
+    "json",
+    "model",
+    "weights",
+]
+
+
+def make_pool(size: int, rng: random.Random) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    while total < size:
+        kind = rng.random()
+        if kind < 0.5:
+            chunk = " ".join(rng.choices(WORDS, k=8192)).encode()
+        elif kind < 0.75:
+            chunk = rng.randbytes(32768)
+        else:
+            chunk = rng.randbytes(16384).hex().encode()
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts)[:size]
+
+
+def make_layer(path: Path, size: int, seed: int = 1) -> int:
+    """Write a tar of ~size bytes; return the number of members."""
+    rng = random.Random(seed)
+    pool = make_pool(32 * MiB, rng)
+    n = 0
+    written = 0
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        while written < size:
+            fsize = min(int(rng.lognormvariate(9, 2.5)), 16 * MiB, size - written + 1)
+            start = rng.randrange(0, len(pool) - fsize)
+            info = tarfile.TarInfo(f"d{n % 97}/f{n}.bin")
+            info.size = fsize
+            tf.addfile(info, io.BytesIO(pool[start : start + fsize]))
+            written += fsize + 512
+            n += 1
+    return n
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def random_reads(
+    pread: Callable[[int, int], bytes], usize: int, n: int, size: int = 64 * 1024
+) -> list[float]:
+    rng = random.Random(7)
+    lat = []
+    for _ in range(n):
+        off = rng.randrange(0, usize - size)
+        t0 = time.perf_counter()
+        pread(off, size)
+        lat.append((time.perf_counter() - t0) * 1000)
+    return lat
+
+
+def sequential_mbps(pread: Callable[[int, int], bytes], usize: int, span: int) -> float:
+    t0 = time.perf_counter()
+    for off in range(0, min(span, usize), 128 * 1024):
+        pread(off, 128 * 1024)
+    return min(span, usize) / MiB / (time.perf_counter() - t0)
+
+
+def bench_gzip(gz: Path, usize: int, spacings: list[int]) -> None:
+    csize = gz.stat().st_size
+    print(
+        "\n| spacing | index bytes | index/uncompressed | indexing pass s | MB/s (uncompr.) "
+        "| 64 KiB random read median ms | p90 ms | sequential 128 KiB reads MB/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for spacing in spacings:
+        with FileReadAt(gz) as ra:
+            secs, res = timed(lambda ra=ra, s=spacing: build_gzip_index(ra, spacing=s))
+            idx = res.index_bytes  # type: ignore[attr-defined]
+            reader = GzipLayerReader(ra, idx, usize)
+            lat = random_reads(reader.pread, usize, 200)
+            seq = sequential_mbps(GzipLayerReader(ra, idx, usize).pread, usize, 64 * MiB)
+            reader.close()
+        print(
+            f"| {spacing // MiB} MiB | {len(idx):,} | {len(idx) / usize:.2%} | {secs:.1f} | "
+            f"{usize / MiB / secs:.0f} | {statistics.median(lat):.1f} | "
+            f"{statistics.quantiles(lat, n=10)[-1]:.1f} | {seq:.0f} |"
+        )
+    print(f"\n(compressed {csize / MiB:.0f} MiB, uncompressed {usize / MiB:.0f} MiB)")
+
+
+def bench_rapidgzip(gz: Path, usize: int) -> None:
+    try:
+        import rapidgzip  # type: ignore[import-not-found]
+    except ImportError:
+        print("\nrapidgzip not installed")
+        return
+    for par in (1, 2):
+        t0 = time.perf_counter()
+        with rapidgzip.open(str(gz), parallelization=par) as f:
+            entries = 0
+            with tarfile.open(fileobj=f, mode="r|") as tf:
+                for _ in tf:
+                    entries += 1
+            while f.read(16 * MiB):
+                pass
+            secs = time.perf_counter() - t0
+            buf = io.BytesIO()
+            f.export_index(buf)
+        idx = buf.getvalue()
+        with rapidgzip.open(str(gz), parallelization=par) as f:
+            f.import_index(io.BytesIO(idx))
+
+            def pread(off: int, size: int, f: object = f) -> bytes:
+                f.seek(off)  # type: ignore[attr-defined]
+                return f.read(size)  # type: ignore[attr-defined, no-any-return]
+
+            lat = random_reads(pread, usize, 200)
+        print(
+            f"| rapidgzip parallelization={par} | {len(idx):,} | {len(idx) / usize:.2%} | "
+            f"{secs:.1f} | {usize / MiB / secs:.0f} | {statistics.median(lat):.1f} | "
+            f"{statistics.quantiles(lat, n=10)[-1]:.1f} | |"
+        )
+
+
+def bench_zstd(tar: Path, work: Path, usize: int) -> None:
+    plain = work / "layer.tar.zst"
+    if not plain.exists():
+        subprocess.run(["zstd", "-q", "-3", "-T2", "-f", str(tar), "-o", str(plain)], check=True)
+    seekable = work / "layer.seekable.tar.zst"
+    with open(tar, "rb") as src, open(seekable, "wb") as dst:
+        secs_w, _ = timed(lambda: write_seekable(src, dst, level=3, threads=2))
+    print(f"\nwrite_seekable level 3, 2 threads: {usize / MiB / secs_w:.0f} MB/s")
+    print(
+        "\n| zstd layer | compressed MiB | indexing s | MB/s | restart points "
+        "| 64 KiB random read median ms | p90 ms |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, path in (("plain (zstd -3 -T2)", plain), ("seekable 4 MiB frames", seekable)):
+        with FileReadAt(path) as ra:
+            secs, res = timed(lambda ra=ra: build_zstd_index(ra))
+            frames = res.frames  # type: ignore[attr-defined]
+            reader = ZstdLayerReader(ra, frames)
+            lat = random_reads(reader.pread, usize, 40 if len(frames.cstarts) < 4 else 200)
+            reader.close()
+        print(
+            f"| {name} | {path.stat().st_size / MiB:.0f} | {secs:.1f} | {usize / MiB / secs:.0f} "
+            f"| {len(frames.cstarts)} | {statistics.median(lat):.1f} | "
+            f"{statistics.quantiles(lat, n=10)[-1]:.1f} |"
+        )
+
+
+def bench_indexdb(work: Path, n: int) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for i in range(n):
+            info = tarfile.TarInfo(f"usr/lib/python3/d{i % 300}/m{i}.py")
+            info.size = 10
+            tf.addfile(info, io.BytesIO(b"x" * 10))
+    blob = work / f"small-{n}.tar"
+    blob.write_bytes(buf.getvalue())
+    digest = "sha256:" + "ab" * 32
+    cache = Path(tempfile.mkdtemp(dir=work))
+    with FileReadAt(blob) as ra:
+        build_s, _ = timed(lambda: load_or_build(cache, digest, mt.OCI_LAYER, ra, ra.size))
+        load_s = min(
+            timed(lambda: load_or_build(cache, digest, mt.OCI_LAYER, ra, ra.size))[0]
+            for _ in range(5)
+        )
+    print(
+        f"\nindexdb, {n} entries: first build {build_s * 1000:.0f} ms, "
+        f"load from cache {load_s * 1000:.1f} ms"
+    )
+
+
+def bench_merge(n: int) -> None:
+    layers: list[list[Entry]] = []
+    for layer in range(5):
+        entries = [Entry(f"d{i % 500}/f{i}", Kind.FILE, size=i, ordinal=i) for i in range(n)]
+        entries += [Entry(f"d{i}/.wh.f{i + 500}", Kind.FILE) for i in range(0, 500, 7)]
+        layers.append(entries)
+        del layer
+    secs, tree = timed(lambda: MergedTree.build(layers))
+    print(f"\nMergedTree.build: 5 layers x {n} entries in {secs * 1000:.0f} ms ({len(tree)} nodes)")  # type: ignore[arg-type]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mb", type=int, default=200)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/r8bench"))
+    ap.add_argument("--only", default="gzip,rapidgzip,zstd,indexdb,merge")
+    args = ap.parse_args()
+    work: Path = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    tar, gz = work / "layer.tar", work / "layer.tar.gz"
+    if not tar.exists():
+        secs, n = timed(lambda: make_layer(tar, args.size_mb * MiB))
+        print(f"made {tar} ({n} members) in {secs:.0f}s")
+    if not gz.exists():
+        with open(gz, "wb") as out:
+            subprocess.run(["gzip", "-6", "-c", str(tar)], stdout=out, check=True)
+    usize = tar.stat().st_size
+    only = set(args.only.split(","))
+    print(
+        f"machine: {os.cpu_count()} cores; layer {usize / MiB:.0f} MiB uncompressed, "
+        f"gzip {gz.stat().st_size / MiB:.0f} MiB"
+    )
+    if "gzip" in only:
+        bench_gzip(gz, usize, [1 * MiB, 2 * MiB, 4 * MiB, 8 * MiB])
+    if "rapidgzip" in only:
+        bench_rapidgzip(gz, usize)
+    if "zstd" in only:
+        bench_zstd(tar, work, usize)
+    if "indexdb" in only:
+        bench_indexdb(work, 10_000)
+        bench_indexdb(work, 100_000)
+    if "merge" in only:
+        bench_merge(20_000)
+
+
+if __name__ == "__main__":
+    main()
