@@ -55,9 +55,7 @@ _limiter: RunVar[trio.CapacityLimiter] = RunVar("r8imfs_limiter")
 _io_limiter: RunVar[trio.CapacityLimiter] = RunVar("r8imfs_io_limiter")
 # True in a run_sync thread and in the trio tasks its from_thread calls start
 # (trio copies the context both ways).
-_in_worker: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "r8imfs_in_worker", default=False
-)
+_in_worker: contextvars.ContextVar[bool] = contextvars.ContextVar("r8imfs_in_worker", default=False)
 _local = threading.local()
 
 
@@ -80,7 +78,7 @@ def _get(var: RunVar[trio.CapacityLimiter], size: int) -> trio.CapacityLimiter:
         return created
 
 
-async def run_sync(fn: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
+async def run_sync(fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
     """Run blocking ``fn(*args)`` in a worker thread; it may use ``from_thread``."""
     if _in_worker.get():
         raise RuntimeError(
@@ -94,7 +92,7 @@ async def run_sync(fn: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
     return await trio.to_thread.run_sync(worker, limiter=limiter(), abandon_on_cancel=False)
 
 
-async def run_io(fn: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
+async def run_io(fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
     """Run short blocking ``fn(*args)`` (file I/O, hashing) that never calls back."""
 
     def leaf() -> T:
@@ -107,7 +105,7 @@ async def run_io(fn: Callable[[Unpack[Ts]], T], *args: Unpack[Ts]) -> T:
     return await trio.to_thread.run_sync(leaf, limiter=io_limiter(), abandon_on_cancel=False)
 
 
-def from_thread(afn: Callable[[Unpack[Ts]], Awaitable[T]], *args: Unpack[Ts]) -> T:
+def from_thread(afn: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:
     """From a ``run_sync`` thread: run ``await afn(*args)`` on the trio loop."""
     if getattr(_local, "leaf", False):
         raise RuntimeError("from_thread in a run_io thread could deadlock; use run_sync")

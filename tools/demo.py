@@ -26,7 +26,7 @@ from r8imfs.oci import mediatypes as mt  # noqa: E402
 from r8imfs.oci.reference import parse  # noqa: E402
 from r8imfs.registry.client import RegistryClient  # noqa: E402
 from r8imfs.registry.push import push_simple_image  # noqa: E402
-from tools.demoimage import demo_layers  # noqa: E402
+from tools.demoimage import demo_layers, tar_of  # noqa: E402
 
 R8IMFS = [sys.executable, "-m", "r8imfs"]
 
@@ -45,6 +45,37 @@ async def push_demo(host: str) -> str:
     return f"{ref}@{digest}"
 
 
+def last_line(proc: subprocess.CompletedProcess[bytes]) -> str:
+    return proc.stdout.decode().strip().splitlines()[-1]
+
+
+def affix_and_recompress(host: str, image: str, work: Path) -> None:
+    """affix new weights onto the demo image, then recompress the result with zstd."""
+    weights = work / "new-weights.tar"
+    weights.write_bytes(
+        tar_of({"src/weights": None, "src/weights/lora.bin": b"\x00\x01" * 256 * 1024})
+    )
+    print(f"\n(a new weights tar: {weights.name}, files under src/weights/ only)")
+    dest = f"{host}/demo/cog-model:v2"
+    affixed = capture("add a layer without pulling the base", "affix", "--base", image,
+                      "--dest", dest, "--tar", str(weights))
+    step("the new image: the base's layers, then the new weights", "layers", affixed)
+    bad = work / "bad.tar"
+    bad.write_bytes(tar_of({"src/predict.py": b"oops\n"}))
+    step("a tar that would replace predict.py is refused, nothing pushed",
+         "affix", "--base", image, "--dest", f"{host}/demo/cog-model:bad", "--tar", str(bad),
+         check=False)
+    zstd = capture("recompress every layer as seekable zstd (tag v2-zstd)", "zstd", dest)
+    step("same diff_ids, OCI media types, tar+zstd layers", "layers", zstd)
+
+
+def capture(title: str, *args: str) -> str:
+    print(f"\n== {title}\n$ r8imfs {shlex.join(args)}", flush=True)
+    proc = subprocess.run([*R8IMFS, *args], check=True, stdout=subprocess.PIPE)
+    sys.stdout.write(proc.stdout.decode())
+    return last_line(proc)
+
+
 def main() -> int:
     cache = REPO / ".cache"
     cache.mkdir(exist_ok=True)
@@ -56,6 +87,7 @@ def main() -> int:
         print(f"pushed a cog-like demo image: {image}")
         step("what is in the image: one row per layer", "layers", image)
         step("the same as JSON", "layers", "--json", image)
+        affix_and_recompress(registry.host, image, work)
     finally:
         registry.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -9,6 +9,8 @@ from r8imfs.errors import NotBuilt, UsageError
 from r8imfs.oci import reference
 from r8imfs.oci.manifest import Platform
 from r8imfs.oci.reference import Reference
+from r8imfs.ops.common import Context, Pushed, choose_destination
+from r8imfs.ops.progress import Progress
 from r8imfs.registry.client import ClientOptions, RegistryClient
 
 
@@ -45,3 +47,46 @@ def not_built(name: str, issue: int) -> NotBuilt:
     return NotBuilt(
         f"`r8imfs {name}` is not built yet in this version (tracked as issue #{issue})"
     )
+
+
+def context(args: argparse.Namespace) -> Context:
+    """Notes and progress bars on stderr; bars only on a terminal, nothing with -q."""
+    quiet = bool(getattr(args, "quiet", False))
+    board = Progress.terminal(quiet)
+    return Context(notify=_drop if quiet else board.note, progress=board)
+
+
+def _drop(message: str) -> None:
+    return None
+
+
+def destination(
+    args: argparse.Namespace, source: Reference, text: str | None, suffix: str
+) -> Reference:
+    """The reference to write: ``text`` if given, else ``<tag>-<suffix>`` beside the source."""
+    dest = dest_ref(args, text) if text else None
+    chosen, message = choose_destination(source, dest, suffix)
+    if message:
+        note(args, message)
+    return chosen
+
+
+def finish(ctx: Context, pushed: Pushed) -> None:
+    """Close the progress board; the new image is the last line of stdout."""
+    ctx.progress.close()
+    print(pushed, flush=True)
+
+
+def parse_size(text: str) -> int:
+    """``65536``, ``64K``, ``4M``, ``1G`` as a byte count."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    factor = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        value = int(number) * factor
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: e.g. 4M or 65536") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a size must be positive")
+    return value

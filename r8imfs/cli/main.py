@@ -94,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     run: Callable[[argparse.Namespace], object] = args.run
     try:
+        before = getattr(args, "before_trio", None)
+        if before is not None and (code := before(args)) is not None:
+            return int(code)
         trio.run(run, args)
     except R8imfsError as exc:
         return _report(exc, args)

@@ -1,16 +1,23 @@
-"""``r8imfs umount MOUNTPOINT``."""
+"""``r8imfs umount MOUNTPOINT``: unmount and wait for the daemon to exit."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+import trio
+
 from r8imfs.cli import _common
+from r8imfs.errors import UsageError
+from r8imfs.fs import daemon
+
+WAIT = 30.0
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "umount",
+        aliases=["unmount"],
         help="unmount an r8imfs mount and wait for its daemon to exit",
     )
     p.add_argument("mountpoint", help="where the image is mounted")
@@ -19,4 +26,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> None:
-    raise _common.not_built("umount", 4)
+    fstype = daemon.mounted_fstype(args.mountpoint)
+    if fstype is None:
+        raise UsageError(f"{args.mountpoint} is not mounted")
+    if fstype != f"fuse.{daemon.FSNAME}":
+        raise UsageError(f"{args.mountpoint} is a {fstype} mount, not an r8imfs one")
+    pid = daemon.daemon_pid(daemon.resolved(args.mountpoint))
+    await trio.to_thread.run_sync(daemon.unmount, args.mountpoint)
+    if pid is None:
+        return
+    with trio.move_on_after(WAIT) as scope:
+        while daemon.alive(pid):
+            await trio.sleep(0.05)
+    if scope.cancelled_caught:
+        _common.note(args, f"unmounted; the daemon (pid {pid}) is still finishing")

@@ -45,6 +45,51 @@ def append_layers(config: dict[str, Any], layers: list[NewLayer]) -> dict[str, A
     return out
 
 
+def append_history(
+    config: dict[str, Any], layers: list[tuple[str, dict[str, Any] | None]]
+) -> dict[str, Any]:
+    """Config with layers ``(diff_id, history entry)`` taken from another image.
+
+    Their history entries are kept as they were (``created``, ``created_by``,
+    ``comment``), so the weights layer still reads as weights; a missing
+    entry gets a bare one, since history pairs positionally with layers.
+    """
+    out = copy.deepcopy(config)
+    rootfs = out.setdefault("rootfs", {"type": "layers", "diff_ids": []})
+    rootfs.setdefault("diff_ids", [])
+    history = out.setdefault("history", [])
+    for diff_id, entry in layers:
+        rootfs["diff_ids"].append(diff_id)
+        kept = {k: v for k, v in (entry or {"created": now()}).items() if k != "empty_layer"}
+        history.append(kept)
+    out["created"] = now()
+    return out
+
+
+def drop_layers(config: dict[str, Any], indices: set[int]) -> dict[str, Any]:
+    """Config without the layers at ``indices``: their diff_ids and history entries.
+
+    History pairs with layers by counting the entries without ``empty_layer``
+    (image-spec config.md); empty-layer entries are kept.
+    """
+    out = copy.deepcopy(config)
+    rootfs = out.get("rootfs") or {}
+    diff_ids = list(rootfs.get("diff_ids") or [])
+    rootfs["diff_ids"] = [d for i, d in enumerate(diff_ids) if i not in indices]
+    kept: list[dict[str, Any]] = []
+    layer = 0
+    for entry in out.get("history") or []:
+        if entry.get("empty_layer"):
+            kept.append(entry)
+            continue
+        if layer not in indices:
+            kept.append(entry)
+        layer += 1
+    if "history" in out:
+        out["history"] = kept
+    return out
+
+
 def set_label(config: dict[str, Any], key: str, value: str) -> dict[str, Any]:
     out = copy.deepcopy(config)
     cfg = out.setdefault("config", {})
@@ -62,6 +107,23 @@ def layer_type_for(manifest_type: str, compression: str) -> str:
     if compression == "zstd":
         return mt.OCI_LAYER_ZSTD
     return "application/vnd.docker.image.rootfs.diff.tar" if docker else mt.OCI_LAYER
+
+
+def convert_layer_type(media_type: str, manifest_type: str) -> str:
+    """A layer's media type in the flavour of ``manifest_type`` (same bytes).
+
+    zstd has no Docker type: callers must make such manifests OCI first.
+    Types we do not know are returned unchanged.
+    """
+    compression = mt.layer_compression(media_type)
+    if compression is None:
+        return media_type
+    if media_type in (mt.OCI_LAYER_NONDIST_GZIP, mt.DOCKER_LAYER_FOREIGN_GZIP):
+        docker = mt.is_docker(manifest_type)
+        return mt.DOCKER_LAYER_FOREIGN_GZIP if docker else mt.OCI_LAYER_NONDIST_GZIP
+    if media_type in mt.ZSTD_LAYERS:
+        return media_type
+    return layer_type_for(manifest_type, compression)
 
 
 def build_manifest(
@@ -90,10 +152,17 @@ def to_oci(manifest_type: str) -> str:
     return mt.OCI_MANIFEST if manifest_type in mt.MANIFESTS else mt.OCI_INDEX
 
 
-def build_index(media_type: str, manifests: list[Descriptor]) -> bytes:
-    return dumps(
-        {"schemaVersion": 2, "mediaType": media_type, "manifests": [d.to_json() for d in manifests]}
-    )
+def build_index(
+    media_type: str, manifests: list[Descriptor], annotations: dict[str, str] | None = None
+) -> bytes:
+    obj: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "manifests": [d.to_json() for d in manifests],
+    }
+    if annotations:
+        obj["annotations"] = annotations
+    return dumps(obj)
 
 
 def new_config(os: str = "linux", architecture: str = "amd64") -> dict[str, Any]:

@@ -58,8 +58,30 @@ async def push_manifest(
     manifest_type: str,
     config: dict[str, Any],
     layers: list[Descriptor],
+    *,
+    annotations: dict[str, str] | None = None,
 ) -> str:
     """Upload the config, check every layer is there, PUT the manifest; its digest."""
+    pushed = await push_image_manifest(
+        client, ref, manifest_type, config, layers, annotations=annotations
+    )
+    return pushed.digest
+
+
+async def push_image_manifest(
+    client: RegistryClient,
+    ref: Reference,
+    manifest_type: str,
+    config: dict[str, Any],
+    layers: list[Descriptor],
+    *,
+    annotations: dict[str, str] | None = None,
+) -> Descriptor:
+    """As ``push_manifest``; returns the manifest's descriptor (for an index entry).
+
+    Untagged ``ref`` (tag None): the manifest goes up by digest only, the way
+    the children of an index do before the index itself.
+    """
     repo = ref.repository
     raw_config = dumps(config)
     await upload_bytes(client, repo, raw_config)
@@ -69,10 +91,26 @@ async def push_manifest(
                 f"layer {layer.digest} is not in {repo}; refusing to push a manifest without it"
             )
     raw = mutate.build_manifest(
-        manifest_type, mutate.config_descriptor(manifest_type, raw_config), layers
+        manifest_type, mutate.config_descriptor(manifest_type, raw_config), layers, annotations
     )
     tag = ref.tag or None
-    return await client.put_manifest(repo, tag or _digest_of(raw), raw, manifest_type)
+    digest = await client.put_manifest(repo, tag or _digest_of(raw), raw, manifest_type)
+    return Descriptor(manifest_type, digest, len(raw))
+
+
+async def push_index(
+    client: RegistryClient,
+    ref: Reference,
+    media_type: str,
+    manifests: list[Descriptor],
+    *,
+    annotations: dict[str, str] | None = None,
+) -> str:
+    """PUT an index over manifests already in the repository; its digest."""
+    repo = ref.repository
+    raw = mutate.build_index(media_type, manifests, annotations)
+    tag = ref.tag or None
+    return await client.put_manifest(repo, tag or _digest_of(raw), raw, media_type)
 
 
 def _digest_of(raw: bytes) -> str:

@@ -22,12 +22,15 @@ from dataclasses import dataclass
 
 import httpx
 
+from r8imfs._threads import run_io
 from r8imfs.errors import DigestMismatch, RegistryError
 from r8imfs.oci.digest import Hasher
 from r8imfs.oci.reference import Repository
 from r8imfs.registry.client import RegistryClient
 
 CHUNK = 16 * 1024 * 1024
+#: Chunks at least this big are hashed in a worker thread, off the trio loop.
+THREAD_HASH_MIN = 256 * 1024
 Progress = Callable[[int], None]
 
 
@@ -111,7 +114,10 @@ async def upload_stream(
 
     async def hashed() -> AsyncIterator[bytes]:
         async for chunk in body:
-            hasher.update(chunk)
+            if len(chunk) >= THREAD_HASH_MIN:
+                await run_io(hasher.update, chunk)
+            else:
+                hasher.update(chunk)
             if progress:
                 progress(len(chunk))
             yield chunk

@@ -1,0 +1,841 @@
+"""Lazy, cached random access to registry blobs over HTTP Range.
+
+Theory of operation
+-------------------
+A blob is read in aligned blocks (``block_size``, 4 MiB by default; see
+docs/engine-measurements.md, "Blob cache"). ``BlobReader.read`` finds the
+missing blocks of the range asked for, starts one ranged GET per block in a
+background nursery (at most ``parallel`` at a time), and waits. A second
+request for a block already on its way waits on that fetch's ``trio.Event``
+instead of fetching again. Reads that continue where a recent read ended
+(``SequentialDetector``) start GETs for the next ``readahead`` blocks too, so
+a sequential consumer (a gzip pass, a tar walk) keeps several ranges in
+flight (what stargz #2172 and containerd #10177 learned about big layers).
+
+On disk, per blob, under ``<cache_dir>/blobs/<algorithm>/``:
+
+``<hex>.data``
+    A sparse file of the blob's full size; present ranges hold its bytes.
+``<hex>.ranges``
+    A small JSON ``Record``: present ranges, whether the whole blob was
+    verified, and the data file's inode. Written to a temporary file and
+    renamed into place, after ``fdatasync`` of the data, so a record never
+    claims bytes the data file does not hold. Chosen over SQLite: one pair of
+    files per blob makes eviction two ``unlink``s, needs no shared database
+    (and its locking) between processes, and the records are a few intervals.
+
+Several processes may share a cache directory. A reader holds a shared
+``flock`` on the data file for as long as it is open; eviction takes an
+exclusive one without waiting and skips what it cannot lock, so a blob in use
+by any process is never evicted. A reader loads the record when it opens,
+reloads it when a block is missing and the record changed, and merges its
+ranges with the record on disk when it writes (records whose inode is not
+the data file's are ignored). A lost update between two writers only loses
+ranges, which are fetched again. Blobs are content-addressed and immutable:
+nothing is revalidated.
+
+The directory is bounded by ``max_bytes`` (allocated blocks, so holes are
+free): when writes push it over, whole blobs go in least-recently-used order
+(the newer mtime of data and record; both are touched on open and close)
+until it is under the bound again. Open blobs are kept, so the bound can be
+exceeded while they alone are larger.
+
+Verification (OCI image-spec descriptor.md, "Digests"): a hash frontier
+follows the present prefix of the blob, hashing it from the data file as it
+grows; when the last byte arrives the digest is compared before the read that
+completed it returns. A mismatch deletes both files, fails every pending and
+later read with ``DigestMismatch``, and nothing more is served from that
+blob. Ranges served before the blob is complete cannot be verified: that is
+inherent to lazy reading.
+
+A registry that answers a ranged GET with 200 sends the whole blob (Harbor's
+proxy cache, distribution#4667): that response is streamed into the data file,
+hashed on the way, and only after it verifies do all blocks become present.
+The (registry, digest) pair is remembered, so later fetches of that blob ask
+for the whole blob instead of a range, and every read waits for it.
+
+All file I/O of blocks and all hashing go through ``r8imfs._threads.run_io``;
+the sync archive engine, in ``run_sync`` threads, reads through
+``SyncBlobFile.read_at``, which calls back into the loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar, TypeVarTuple, Unpack, cast
+
+import trio
+
+from r8imfs._threads import from_thread, run_io
+from r8imfs.archive._ranges import Blocks, RangeSet, Record, SequentialDetector
+from r8imfs.errors import DigestMismatch, R8imfsError, RegistryError, UsageError
+from r8imfs.oci import digest as _digest
+from r8imfs.oci.reference import Repository
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+MiB = 1024 * 1024
+DEFAULT_BLOCK_SIZE = 4 * MiB
+DEFAULT_READAHEAD = 4
+DEFAULT_PARALLEL = 8
+DEFAULT_MAX_BYTES = 20 * 1024 * MiB
+FLUSH_INTERVAL = 2.0  # seconds between record writes while blocks arrive
+WRITE_CHUNK = 4 * MiB  # whole-blob streams are written in pieces of this size
+STALE_TMP = 3600.0  # seconds after which an orphaned record temp file is removed
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/r8imfs``, else ``~/.cache/r8imfs``."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
+    return root / "r8imfs"
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"^(\d+(?:\.\d*)?)\s*([KMGT]?)(?:I?B)?$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"10G"``, ``"500M"``, ``"64KiB"``, ``"1.5GB"``, ``"4096"``: binary units, in bytes."""
+    match = _SIZE.match(text.strip())
+    if match is None:
+        raise UsageError(f"invalid size {text!r}", hint="a number with K, M, G or T, e.g. 10G")
+    return int(float(match[1]) * _UNITS[match[2].upper()])
+
+
+# -- what the cache needs from a registry client ------------------------------
+
+
+class BlobStreamLike(Protocol):
+    start: int
+    status: int
+    total: int | None
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+class BlobSource(Protocol):
+    """``RegistryClient`` as the cache sees it (tests pass fakes)."""
+
+    def open_blob(
+        self, repo: Repository, digest: str, start: int = 0, end: int | None = None
+    ) -> AbstractAsyncContextManager[BlobStreamLike]: ...
+
+
+@dataclass(slots=True)
+class _Fetch:
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Paths:
+    data: Path
+    record: Path
+
+    @classmethod
+    def of(cls, root: Path, digest: str) -> _Paths:
+        algorithm, _, hexpart = _digest.validate(digest).partition(":")
+        base = root / "blobs" / algorithm / hexpart
+        return cls(base.with_suffix(".data"), base.with_suffix(".ranges"))
+
+
+class BlobCache:
+    """The shared, bounded on-disk cache; owns the nursery of background fetches.
+
+    Use as ``async with BlobCache(dir, max_bytes) as cache:``; open readers
+    with ``cache.open(...)`` or ``async with cache.reader(...)``. One
+    ``BlobReader`` exists per digest per cache: a second ``open`` of the same
+    digest shares it (and its client and repository).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike[str] | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        *,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        readahead: int = DEFAULT_READAHEAD,
+        parallel: int = DEFAULT_PARALLEL,
+    ) -> None:
+        self.root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.max_bytes = max_bytes
+        self.block_size = block_size
+        self.readahead = readahead
+        self.parallel = max(1, parallel)
+        self.bytes_fetched = 0
+        self.requests = 0
+        self._readers: dict[str, BlobReader] = {}
+        self._no_ranges: set[tuple[str, str]] = set()
+        self._usage = 0
+        self._evicting = False
+        self._stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+
+    async def __aenter__(self) -> BlobCache:
+        stack = AsyncExitStack()
+        self._nursery = await stack.enter_async_context(trio.open_nursery())
+        self._stack = stack
+        self._usage = await run_io(_evict, self.root, self.max_bytes, frozenset())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._stack is not None
+        assert self._nursery is not None
+        try:
+            for reader in list(self._readers.values()):
+                await reader._close()
+        finally:
+            self._nursery.cancel_scope.cancel()
+            stack, self._stack, self._nursery = self._stack, None, None
+            await stack.aclose()
+
+    def path_of(self, digest: str) -> Path:
+        """The data file that caches ``digest``."""
+        return _Paths.of(self.root, digest).data
+
+    async def open(
+        self, client: BlobSource, repo: Repository, digest: str, size: int
+    ) -> BlobReader:
+        """A reader of ``digest`` (``size`` bytes, from the descriptor); ``aclose`` it."""
+        if self._nursery is None:
+            raise RuntimeError("BlobCache used outside `async with`")
+        while (reader := self._readers.get(digest)) is not None:
+            await reader._opened.wait()
+            if not reader._closed:
+                break
+        if reader is None:
+            reader = self._readers[digest] = BlobReader(self, client, repo, digest, size)
+            await reader._open()
+        if reader.size != size:
+            raise RegistryError(f"blob {digest} opened with sizes {reader.size} and {size}")
+        reader._refs += 1
+        return reader
+
+    @asynccontextmanager
+    async def reader(
+        self, client: BlobSource, repo: Repository, digest: str, size: int
+    ) -> AsyncIterator[BlobReader]:
+        reader = await self.open(client, repo, digest, size)
+        try:
+            yield reader
+        finally:
+            await reader.aclose()
+
+    async def evict(self) -> int:
+        """Evict down to ``max_bytes`` now; returns the bytes the cache then holds."""
+        keep = frozenset(_Paths.of(self.root, d).data.name for d in self._readers)
+        self._usage = await run_io(_evict, self.root, self.max_bytes, keep)
+        return self._usage
+
+    def _note_written(self, n: int) -> None:
+        self._usage += n
+        if self._usage > self.max_bytes and not self._evicting and self._nursery is not None:
+            self._evicting = True
+            self._nursery.start_soon(self._evict_in_background)
+
+    async def _evict_in_background(self) -> None:
+        try:
+            await self.evict()
+        finally:
+            self._evicting = False
+
+    def _background(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise trio.ClosedResourceError("the blob cache is closed")
+        return self._nursery
+
+
+class BlobReader:
+    """Random access to one blob: ``await read(offset, size)``.
+
+    Counters: ``bytes_fetched`` (body bytes received from the network) and
+    ``requests`` (GETs sent); the cache sums them over all its readers.
+    """
+
+    def __init__(
+        self, cache: BlobCache, client: BlobSource, repo: Repository, digest: str, size: int
+    ) -> None:
+        self.cache = cache
+        self.client = client
+        self.repo = repo
+        self.digest = digest
+        self.size = size
+        self.bytes_fetched = 0
+        self.requests = 0
+        self._paths = _Paths.of(cache.root, digest)
+        self._blocks = Blocks(size, cache.block_size)
+        self._present = RangeSet()
+        self._verified = False
+        self._failed: DigestMismatch | None = None
+        self._inflight: dict[int, _Fetch] = {}
+        self._whole: _Fetch | None = None
+        self._detector = SequentialDetector()
+        self._hasher = _digest.Hasher(_algorithm(digest))
+        self._hash_pos = 0
+        self._hash_lock = trio.Lock()
+        self._record_lock = trio.Lock()
+        self._record_mtime = 0
+        self._changes = 0  # bumped on every change the record should learn of
+        self._recorded = 0  # the value of _changes the record on disk reflects
+        self._last_flush = 0.0
+        self._housekeeping = False
+        self._fd = -1
+        self._ino = 0
+        self._users = 0  # tasks with the fd in a thread right now
+        self._idle = trio.Event()
+        self._refs = 0
+        self._closed = False
+        self._opened = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._stopping = trio.Event()
+        self._stopped = trio.Event()
+
+    # -- public ----------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return self._present.covers(0, self.size)
+
+    @property
+    def verified(self) -> bool:
+        return self._verified
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset``; fewer only at the end of the blob."""
+        end = min(offset + size, self.size)
+        if offset < 0 or size < 0:
+            raise ValueError(f"negative offset or size ({offset}, {size})")
+        self._check_usable()
+        if offset >= end:
+            return b""
+        if self._detector.observe(offset, end):
+            self._read_ahead(end)
+        await self._ensure(offset, end)
+        if not self._verified and self.complete:
+            await self._advance_hash()
+        data = await self._io(_pread, end - offset, offset)
+        self._check_usable()
+        return data
+
+    def sync_file(self) -> SyncBlobFile:
+        """A ``ReadAt`` over this reader for code running in ``run_sync`` threads."""
+        return SyncBlobFile(self)
+
+    async def aclose(self) -> None:
+        self._refs -= 1
+        if self._refs <= 0:
+            await self._close()
+
+    async def __aenter__(self) -> BlobReader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- opening and closing ----------------------------------------------------
+    async def _open(self) -> None:
+        try:
+            await self._open_files()
+            if self.complete and not self._verified:
+                await self._check_complete_copy()
+            self._record_mtime = await run_io(_touch, self._paths.record)
+            self._nursery = await self.cache._background().start(self._serve)
+        except BaseException:
+            await self._close()
+            raise
+        finally:
+            self._opened.set()
+
+    async def _check_complete_copy(self) -> None:
+        """Verify a copy completed by others; a damaged one is dropped and refetched."""
+        if await self._io(_file_matches, self.size, self.digest):
+            self._verified = True
+        elif self.size == 0:
+            await self._fail(f"an empty blob does not hash to {self.digest}")
+        else:
+            await run_io(_delete, self._paths, self._ino)
+            os.close(self._fd)
+            self._fd = -1
+            self._present = RangeSet()
+            await self._open_files()
+
+    async def _open_files(self) -> None:
+        self._fd, self._ino, record = await run_io(
+            _open_data, self.cache.root, self._paths, self.size
+        )
+        if record is not None and self._usable(record):
+            self._present = record.rangeset()
+            self._verified = record.verified and self.complete
+
+    def _usable(self, record: Record) -> bool:
+        return (record.ino, record.size, record.digest) == (self._ino, self.size, self.digest)
+
+    async def _serve(self, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+        """Hosts this reader's fetches in the cache's nursery until ``_close``."""
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started(nursery)
+                await self._stopping.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._stopped.set()
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.cache._readers.get(self.digest) is self:
+            del self.cache._readers[self.digest]
+        # Shielded: the fd must outlive every thread still using it.
+        with trio.CancelScope(shield=True):
+            try:
+                if self._nursery is not None:
+                    self._stopping.set()
+                    await self._stopped.wait()
+                while self._users:
+                    await self._idle.wait()
+                if self._fd >= 0 and self._failed is None:
+                    await self._flush()
+            finally:
+                if self._fd >= 0:
+                    os.close(self._fd)  # also drops the shared flock
+                    self._fd = -1
+
+    async def _io(self, fn: Callable[[int, Unpack[Ts]], T], *args: *Ts) -> T:
+        """``fn(fd, *args)`` in a run_io thread; ``_close`` waits for it."""
+        if self._fd < 0:
+            raise trio.ClosedResourceError(f"reader of blob {self.digest} is closed")
+        self._users += 1
+        try:
+            return await run_io(fn, self._fd, *args)
+        finally:
+            self._users -= 1
+            if not self._users:
+                self._idle.set()
+                self._idle = trio.Event()
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise copy.copy(self._failed)
+        if self._closed:
+            raise trio.ClosedResourceError(f"reader of blob {self.digest} is closed")
+
+    # -- finding and fetching blocks --------------------------------------------
+    async def _ensure(self, start: int, end: int) -> None:
+        """Return once ``[start, end)`` is present (or raise why it cannot be)."""
+        reloaded = False
+        while True:
+            self._check_usable()
+            if self._whole is not None:
+                await _wait(self._whole)
+                continue
+            gaps = self._present.missing(start, end)
+            if not gaps:
+                return
+            if not reloaded:  # another process may have fetched them meanwhile
+                reloaded = True
+                await self._reload_record()
+                continue  # that awaited: look again
+            wanted = [b for s, e in gaps for b in self._blocks.covering(s, e)]
+            pending = [self._fetch(b) for b in dict.fromkeys(wanted[: self.cache.parallel])]
+            await _wait(pending[0])
+
+    def _read_ahead(self, pos: int) -> None:
+        if self._whole is not None or self.cache.readahead <= 0:
+            return
+        for b in self._blocks.ahead(pos, self.cache.readahead):
+            if not self._present.covers(*self._blocks.span(b)):
+                self._fetch(b)
+
+    def _fetch(self, block: int) -> _Fetch:
+        fetch = self._inflight.get(block)
+        if fetch is None:
+            assert self._nursery is not None
+            fetch = self._inflight[block] = _Fetch()
+            self._nursery.start_soon(self._fetch_block, block, fetch)
+        return fetch
+
+    async def _fetch_block(self, block: int, fetch: _Fetch) -> None:
+        try:
+            if (self.repo.registry, self.digest) in self.cache._no_ranges:
+                await self._fetch_whole(None)
+                return
+            start, end = self._blocks.span(block)
+            self._count_request()
+            async with self.client.open_blob(self.repo, self.digest, start, end) as stream:
+                if stream.status == 200 or stream.start != start:
+                    self.cache._no_ranges.add((self.repo.registry, self.digest))
+                    await self._fetch_whole(stream)
+                    return
+                data = await self._collect(stream, end - start)
+            await self._store(start, data)
+        except (R8imfsError, OSError) as exc:
+            fetch.error = exc
+        finally:
+            if self._inflight.get(block) is fetch:
+                del self._inflight[block]
+            fetch.done.set()
+
+    async def _collect(self, stream: BlobStreamLike, length: int) -> bytearray:
+        buf = bytearray()
+        async for chunk in stream.chunks():
+            self._count_bytes(len(chunk))
+            buf += chunk
+            if len(buf) > length:
+                raise RegistryError(f"{self.repo.registry} sent more than asked of {self.digest}")
+        if len(buf) != length:
+            raise RegistryError(
+                f"{self.repo.registry} sent {len(buf)} of {length} bytes asked of {self.digest}"
+            )
+        return buf
+
+    async def _store(self, start: int, data: bytearray) -> None:
+        self._check_usable()
+        await self._io(_pwrite, data, start)
+        if self._failed is not None:
+            return
+        self.cache._note_written(self._present.add(start, start + len(data)))
+        self._changes += 1
+        self._kick_housekeeping()
+
+    def _count_request(self) -> None:
+        self.requests += 1
+        self.cache.requests += 1
+
+    def _count_bytes(self, n: int) -> None:
+        self.bytes_fetched += n
+        self.cache.bytes_fetched += n
+
+    # -- the whole blob in one GET (registries that ignore Range) ---------------
+    async def _fetch_whole(self, stream: BlobStreamLike | None) -> None:
+        """Stream the whole blob in; ``stream`` is a 200 answer already open."""
+        if self._whole is not None:
+            return  # another task is at it; our waiters wait for that one
+        whole = self._whole = _Fetch()
+        try:
+            if stream is None:
+                self._count_request()
+                async with self.client.open_blob(self.repo, self.digest) as fresh:
+                    await self._stream_whole(fresh)
+            else:
+                await self._stream_whole(stream)
+        except BaseException as exc:
+            whole.error = exc if isinstance(exc, R8imfsError | OSError) else None
+            raise
+        finally:
+            self._whole = None
+            whole.done.set()
+
+    async def _stream_whole(self, stream: BlobStreamLike) -> None:
+        hasher = _digest.Hasher(_algorithm(self.digest))
+        pos = 0
+        buf = bytearray()
+        async for chunk in stream.chunks():
+            self._count_bytes(len(chunk))
+            buf += chunk
+            if pos + len(buf) > self.size:
+                await self._fail(f"blob {self.digest} is longer than its {self.size} bytes")
+            if len(buf) >= WRITE_CHUNK:
+                piece, buf = buf, bytearray()
+                await self._io(_pwrite_hash, piece, pos, hasher)
+                pos += len(piece)
+        await self._io(_pwrite_hash, buf, pos, hasher)
+        pos += len(buf)
+        if pos != self.size:
+            raise RegistryError(
+                f"{self.repo.registry} sent {pos} of the {self.size} bytes of {self.digest}"
+            )
+        if hasher.digest != self.digest:
+            await self._fail(f"blob {self.digest} downloaded whole hashes to {hasher.digest}")
+        self.cache._note_written(self.size - self._present.covered())
+        self._present = RangeSet([(0, self.size)])
+        self._verified = True
+        self._changes += 1
+        await self._flush()
+
+    # -- verification and the record, in the background --------------------------
+    def _kick_housekeeping(self) -> None:
+        if not self._housekeeping and self._nursery is not None:
+            self._housekeeping = True
+            self._nursery.start_soon(self._housekeep)
+
+    async def _housekeep(self) -> None:
+        """Advance the hash frontier and write the record when due, off the read path."""
+        try:
+            await self._advance_hash()
+            due = trio.current_time() - self._last_flush >= FLUSH_INTERVAL
+            if self._changes != self._recorded and (due or self._verified):
+                await self._flush()
+        except (R8imfsError, OSError):
+            pass  # a mismatch is in self._failed: every read raises it
+        finally:
+            self._housekeeping = False
+
+    async def _advance_hash(self) -> None:
+        """Hash the present prefix past the frontier; at the end, compare digests."""
+        async with self._hash_lock:
+            while not self._verified and self._failed is None:
+                end = self._present.contiguous_end(self._hash_pos)
+                if end == self._hash_pos:
+                    break
+                await self._io(_hash_file, self._hash_pos, end, self._hasher)
+                self._hash_pos = end
+            if self._verified or self._failed is not None or self._hash_pos < self.size:
+                return
+            if self._hasher.digest != self.digest:
+                await self._fail(f"blob {self.digest} hashes to {self._hasher.digest}")
+            self._verified = True
+            self._changes += 1
+
+    async def _fail(self, message: str) -> None:
+        """Forget the blob's bytes, delete its files, and refuse it from now on."""
+        self._failed = DigestMismatch(message)
+        self._present = RangeSet()
+        self._verified = False
+        with trio.CancelScope(shield=True):
+            await run_io(_delete, self._paths, self._ino)
+        raise copy.copy(self._failed)
+
+    # -- the record ----------------------------------------------------------------
+    async def _flush(self) -> None:
+        """Write the record (merged with what other processes recorded)."""
+        async with self._record_lock:
+            if self._changes == self._recorded or self._failed is not None:
+                await run_io(_touch, self._paths.record)
+                return
+            changes = self._changes
+            mine = Record(self.digest, self.size, self._ino, tuple(self._present), self._verified)
+            merged, self._record_mtime = await self._io(_write_record, self._paths, mine)
+            self._recorded = changes
+            self._last_flush = trio.current_time()
+            self._merge(merged)
+
+    async def _reload_record(self) -> None:
+        """Take the ranges another process recorded since we last looked."""
+        record, mtime = await run_io(_load_if_changed, self._paths.record, self._record_mtime)
+        self._record_mtime = mtime
+        if record is not None:
+            self._merge(record)
+
+    def _merge(self, record: Record) -> None:
+        if self._usable(record) and self._failed is None:
+            self._present.update(record.rangeset())
+            self._verified = self._verified or (record.verified and self.complete)
+
+
+class SyncBlobFile:
+    """``ReadAt`` (r8imfs.archive.readat) over a ``BlobReader``, for engine threads.
+
+    ``read_at`` must be called from a ``r8imfs._threads.run_sync`` thread:
+    it runs ``reader.read`` on the trio loop and blocks until it is done.
+    Safe to call from several threads at once.
+    """
+
+    def __init__(self, reader: BlobReader) -> None:
+        self._reader = reader
+
+    @property
+    def size(self) -> int:
+        return self._reader.size
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        return from_thread(self._reader.read, offset, size)
+
+
+async def _wait(fetch: _Fetch) -> None:
+    await fetch.done.wait()
+    if fetch.error is not None:
+        raise copy.copy(fetch.error) from fetch.error
+
+
+def _algorithm(digest: str) -> str:
+    return digest.partition(":")[0]
+
+
+# -- blocking helpers: these run in run_io threads --------------------------------
+
+
+def _open_data(root: Path, paths: _Paths, size: int) -> tuple[int, int, Record | None]:
+    """Open (creating) the data file under a shared flock; its fd, inode, record."""
+    if not root.exists():
+        root.mkdir(mode=0o700, parents=True)  # private images' layers land here too
+    paths.data.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(10):
+        fd = os.open(paths.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        st = os.fstat(fd)
+        try:
+            same = os.stat(paths.data).st_ino == st.st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # evicted between our open and our lock: start again
+    else:
+        raise OSError(f"cannot open {paths.data}: it keeps being replaced")
+    if st.st_size != size:
+        os.ftruncate(fd, size)
+    record = _load(paths.record) if st.st_size == size else None
+    return fd, st.st_ino, record
+
+
+def _load(path: Path) -> Record | None:
+    try:
+        return Record.decode(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def _load_if_changed(path: Path, mtime: int) -> tuple[Record | None, int]:
+    try:
+        now = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None, mtime
+    if now == mtime:
+        return None, mtime
+    return _load(path), now
+
+
+def _write_record(fd: int, paths: _Paths, mine: Record) -> tuple[Record, int]:
+    """Merge ``mine`` with the record on disk, write it atomically; (merged, mtime)."""
+    os.fdatasync(fd)  # the bytes first, then the record that claims them
+    ranges = RangeSet(mine.ranges)
+    verified = mine.verified
+    theirs = _load(paths.record)
+    if theirs is not None and (theirs.ino, theirs.size) == (mine.ino, mine.size):
+        ranges.update(theirs.rangeset())
+        verified = verified or theirs.verified
+    merged = Record(mine.digest, mine.size, mine.ino, tuple(ranges), verified)
+    try:
+        if os.stat(paths.data).st_ino != mine.ino:
+            return merged, 0  # our data file was deleted: its record must not return
+    except FileNotFoundError:
+        return merged, 0
+    tmp = paths.record.with_name(f".{paths.record.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp.write_bytes(merged.encode())
+    os.replace(tmp, paths.record)
+    return merged, paths.record.stat().st_mtime_ns
+
+
+def _touch(path: Path) -> int:
+    """Mark a blob used now (for LRU); returns the record's mtime, 0 if none."""
+    try:
+        os.utime(path)
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    parts = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
+
+
+def _pwrite(fd: int, data: bytearray, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _pwrite_hash(fd: int, data: bytearray, offset: int, hasher: _digest.Hasher) -> None:
+    hasher.update(cast(bytes, data))  # hashlib takes any buffer; spare a copy
+    _pwrite(fd, data, offset)
+
+
+def _hash_file(fd: int, start: int, end: int, hasher: _digest.Hasher) -> None:
+    pos = start
+    while pos < end:
+        chunk = os.pread(fd, min(MiB, end - pos), pos)
+        if not chunk:
+            raise OSError(f"cache file ended at {pos}, expected {end} bytes")
+        hasher.update(chunk)
+        pos += len(chunk)
+
+
+def _file_matches(fd: int, size: int, digest: str) -> bool:
+    hasher = _digest.Hasher(_algorithm(digest))
+    _hash_file(fd, 0, size, hasher)
+    return hasher.digest == digest
+
+
+def _delete(paths: _Paths, ino: int) -> None:
+    try:
+        if os.stat(paths.data).st_ino != ino:
+            return  # already replaced by someone else's fresh copy
+    except FileNotFoundError:
+        pass
+    for path in (paths.record, paths.data):
+        path.unlink(missing_ok=True)
+
+
+def _evict(root: Path, max_bytes: int, keep: frozenset[str]) -> int:
+    """Delete least-recently-used blobs not in use until under ``max_bytes``."""
+    blobs: list[tuple[float, int, Path]] = []
+    usage = 0
+    for data in root.glob("blobs/*/*.data"):
+        try:
+            st = data.stat()
+        except FileNotFoundError:
+            continue
+        record = data.with_suffix(".ranges")
+        used = max(st.st_mtime, _mtime(record))
+        blobs.append((used, st.st_blocks * 512, data))
+        usage += st.st_blocks * 512
+    _remove_stale_tmp(root)
+    for _used, allocated, data in sorted(blobs):
+        if usage <= max_bytes:
+            break
+        if data.name not in keep and _remove_unused(data):
+            usage -= allocated
+    return usage
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _remove_unused(data: Path) -> bool:
+    """Delete a blob's files if no process holds it open (its flock)."""
+    try:
+        fd = os.open(data, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    try:
+        data.with_suffix(".ranges").unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    cutoff = time.time() - STALE_TMP
+    for tmp in root.glob("blobs/*/.*.tmp"):
+        if _mtime(tmp) < cutoff:
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,148 @@
+"""An image's files, ready to serve: trees and readers, FUSE-free.
+
+``ImageFiles.open`` turns a resolved image into what a filesystem needs:
+the manifest and config bytes, each layer's own tree (``LayerTree``), the
+merged root filesystem (``MergedTree``) and a thread-safe reader per layer.
+
+Per layer: a ``BlobReader`` from the shared ``BlobCache`` (lazy ranged GETs,
+on-disk cache), its index from ``indexdb.load_or_build`` (built once by a
+streaming pass, then reused across runs), and the layer reader the index
+opens (gzip checkpoints, zstd frames or plain offsets). Indexes are built
+in worker threads, at most ``INDEX_PARALLEL`` at once (it is CPU-bound).
+
+``read(node, offset, size)`` runs the sync engine in a worker thread; the
+engine pulls compressed bytes back through ``SyncBlobFile`` →
+``BlobReader.read`` on the loop. A failure surfaces as an ``R8imfsError``
+or ``OSError`` for the caller (the FUSE adapter maps it to EIO).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from r8imfs import _threads
+from r8imfs.archive.blobcache import BlobCache, BlobReader, BlobSource
+from r8imfs.archive.entry import Entry
+from r8imfs.archive.indexdb import load_or_build
+from r8imfs.archive.merged import LayerTree, MergedTree, Node
+from r8imfs.archive.readat import LayerReader, read_entry
+from r8imfs.oci.digest import short
+from r8imfs.oci.manifest import Descriptor, Manifest
+from r8imfs.oci.reference import Repository
+
+INDEX_PARALLEL = 2
+#: (layer index, bytes done, bytes total) while indexing
+IndexProgress = Callable[[int, int, int], None]
+
+
+@dataclass(slots=True)
+class LayerFiles:
+    index: int
+    descriptor: Descriptor
+    entries: tuple[Entry, ...]
+    tree: LayerTree
+    reader: LayerReader
+    blob: BlobReader
+
+    @property
+    def name(self) -> str:
+        """``NN-<first 12 hex of the digest>``, the directory name under ``layers/``."""
+        return f"{self.index:02d}-{short(self.descriptor.digest)}"
+
+
+@dataclass(slots=True)
+class ImageFiles:
+    manifest_raw: bytes
+    config_raw: bytes
+    layers: list[LayerFiles]
+    rootfs: MergedTree
+
+    @classmethod
+    async def open(
+        cls,
+        client: BlobSource,
+        repo: Repository,
+        manifest: Manifest,
+        config_raw: bytes,
+        cache: BlobCache,
+        cache_dir: Path,
+        progress: IndexProgress | None = None,
+    ) -> ImageFiles:
+        slots: list[LayerFiles | None] = [None] * len(manifest.layers)
+        limiter = trio.CapacityLimiter(INDEX_PARALLEL)
+
+        async def one(i: int, desc: Descriptor) -> None:
+            async with limiter:
+                slots[i] = await _open_layer(client, repo, i, desc, cache, cache_dir, progress)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i, desc in enumerate(manifest.layers):
+                    nursery.start_soon(one, i, desc)
+        except BaseExceptionGroup as group:
+            await _close_all(slots)
+            raise _first(group) from None
+        layers = [s for s in slots if s is not None]
+        rootfs = await _threads.run_sync(MergedTree.build, [list(x.entries) for x in layers])
+        return cls(manifest.raw, config_raw, layers, rootfs)
+
+    async def read(self, node: Node, offset: int, size: int) -> bytes:
+        layer = self.layers[node.layer]
+        return await _threads.run_sync(read_entry, layer.reader, node.entry, offset, size)
+
+    @property
+    def bytes_fetched(self) -> int:
+        return sum(x.blob.bytes_fetched for x in self.layers)
+
+    async def aclose(self) -> None:
+        await _close_all(list(self.layers))
+
+
+async def _open_layer(
+    client: BlobSource,
+    repo: Repository,
+    i: int,
+    desc: Descriptor,
+    cache: BlobCache,
+    cache_dir: Path,
+    progress: IndexProgress | None,
+) -> LayerFiles:
+    blob = await cache.open(client, repo, desc.digest, desc.size)
+    try:
+        readat = blob.sync_file()
+
+        def report(done: int, total: int) -> None:
+            if progress:
+                progress(i, done, total)
+
+        index = await _threads.run_sync(
+            lambda: load_or_build(
+                cache_dir, desc.digest, desc.media_type, readat, desc.size, progress=report
+            )
+        )
+        reader = index.open_reader(readat)
+        tree = await _threads.run_sync(LayerTree.build, list(index.entries), i)
+    except BaseException:
+        await blob.aclose()
+        raise
+    return LayerFiles(i, desc, index.entries, tree, reader, blob)
+
+
+async def _close_all(layers: list[LayerFiles | None]) -> None:
+    for layer in layers:
+        if layer is not None:
+            layer.reader.close()
+            await layer.blob.aclose()
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first real error of a group (one line for the user, not a tree)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc)
+        return exc
+    return group

@@ -1,0 +1,171 @@
+"""Mount lifecycle: serve an ``ImageFiles`` at a mountpoint until unmounted.
+
+``serve`` mounts (``ro``, ``default_permissions``, fsname ``r8imfs``), calls
+``ready()`` once the kernel has the mount, runs pyfuse3's main loop (many
+request tasks, so reads proceed in parallel) and returns when the mount goes
+away: ``r8imfs umount``/``fusermount3 -u`` ends the loop from outside;
+SIGINT/SIGTERM end it from inside and unmount. A pid file per mountpoint
+lets ``umount`` wait for the daemon to be gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from r8imfs.archive.image import ImageFiles
+from r8imfs.errors import R8imfsError, UsageError
+from r8imfs.fs.operations import ImageOperations
+
+FSNAME = "r8imfs"
+
+
+class MountError(R8imfsError):
+    """The kernel refused the mount, or the mountpoint is unusable."""
+
+
+def runtime_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    path = Path(base) / f"r8imfs-{os.getuid()}" / "mounts"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def pid_file(mountpoint: str | os.PathLike[str]) -> Path:
+    """Where the daemon serving ``mountpoint`` (an absolute, resolved path) keeps its pid."""
+    key = hashlib.sha256(os.fsencode(os.path.abspath(mountpoint))).hexdigest()[:24]
+    return runtime_dir() / f"{key}.pid"
+
+
+def resolved(mountpoint: str | os.PathLike[str]) -> str:
+    """``mountpoint`` with its parents' symlinks resolved, without a stat of itself."""
+    head, tail = os.path.split(os.path.abspath(mountpoint))
+    return os.path.join(os.path.realpath(head), tail)
+
+
+def mounted_fstype(mountpoint: str | os.PathLike[str]) -> str | None:
+    """The filesystem type mounted exactly at ``mountpoint`` (from mountinfo).
+
+    Only the path's parents are resolved, never the mountpoint itself: a
+    FUSE mount whose daemon is not answering would hang a ``stat`` of it.
+    """
+    real = resolved(mountpoint)
+    found = None
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) > 4 and _unescape(fields[4]) == real:
+            found = right.split()[0]
+    return found
+
+
+def _unescape(path: str) -> str:
+    return path.encode().decode("unicode_escape") if "\\" in path else path
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    if mounted_fstype(mountpoint) is not None:
+        raise UsageError(
+            f"{mountpoint} is already a mount point", hint=f"r8imfs umount {mountpoint} first"
+        )
+    if not Path(mountpoint).is_dir():
+        raise UsageError(f"mountpoint {mountpoint} is not a directory")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: this machine cannot mount FUSE filesystems")
+
+
+async def serve(
+    files: ImageFiles,
+    mountpoint: str,
+    *,
+    allow_other: bool = False,
+    ready: Callable[[], None] = lambda: None,
+) -> None:
+    # Resolve paths before mounting: once mounted, touching the mountpoint
+    # would wait for this very process to answer, which it cannot yet.
+    mountpoint = resolved(mountpoint)
+    pids = pid_file(mountpoint)
+    ops = ImageOperations(files)
+    options = set(pyfuse3.default_options) | {"ro", f"fsname={FSNAME}", f"subtype={FSNAME}"}
+    if allow_other:
+        options.add("allow_other")
+    try:
+        pyfuse3.init(ops, mountpoint, options)
+    except RuntimeError as exc:
+        raise MountError(f"cannot mount at {mountpoint}: {exc}") from exc
+    stopped_by_signal = False
+    try:
+        pids.write_text(f"{os.getpid()}\n")
+        ready()
+        async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                nonlocal stopped_by_signal
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        stopped_by_signal = True
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(on_signal)
+            await pyfuse3.main(min_tasks=4, max_tasks=64)
+            nursery.cancel_scope.cancel()
+    finally:
+        pids.unlink(missing_ok=True)
+        pyfuse3.close(unmount=stopped_by_signal or mounted_fstype(mountpoint) is not None)
+
+
+def unmount(mountpoint: str) -> None:
+    """Ask the kernel to unmount (fusermount3 -u, or umount(8) as a fallback)."""
+    for cmd in (["fusermount3", "-u", mountpoint], ["umount", mountpoint]):
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+        except FileNotFoundError:
+            continue
+        if proc.returncode == 0:
+            return
+        last = proc.stderr.strip()
+    else:
+        last = locals().get("last", "no fusermount3 or umount found")
+    raise MountError(f"cannot unmount {mountpoint}: {last}")
+
+
+def daemon_pid(mountpoint: str) -> int | None:
+    try:
+        return int(pid_file(mountpoint).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _not_zombie(pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+__all__ = ["MountError", "serve", "unmount", "check_mountpoint", "daemon_pid", "alive", "errno"]

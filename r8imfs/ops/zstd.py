@@ -1,0 +1,161 @@
+"""``zstd``: every layer recompressed as seekable zstd; diff_ids unchanged.
+
+Each gzip (or plain) layer streams down, through ``archive.recompress``
+(verified against its digest and diff_id, cut into independent frames,
+compressed on ``threads`` threads per layer, seek table last) and straight back up.
+``jobs`` layers run at once; each holds a bounded number of frames, so
+memory does not grow with layer size. Layers already zstd are mounted as
+they are. The manifest and config become OCI (zstd has no Docker media
+type); a layer shared by several platforms is recompressed once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+
+from r8imfs.archive.recompress import FRAME_SIZE, Recompressed, recompress_stream
+from r8imfs.errors import UnsupportedMediaType
+from r8imfs.oci import mediatypes as mt
+from r8imfs.oci.digest import short
+from r8imfs.oci.manifest import Descriptor, Platform
+from r8imfs.oci.reference import Reference, Repository
+from r8imfs.ops._tasks import collapse_groups, gather
+from r8imfs.ops.common import (
+    Context,
+    Needed,
+    NewImage,
+    Pushed,
+    load_source,
+    manifest_annotations,
+    place_blobs,
+    push_images,
+)
+from r8imfs.ops.layerstream import drain
+from r8imfs.registry.client import RegistryClient, human_size
+from r8imfs.registry.upload import upload_stream
+
+#: Recompressed frames waiting for the upload, per layer.
+OUT_QUEUE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ZstdOptions:
+    level: int = 3
+    platform: Platform | None = None
+    all_platforms: bool = False
+    frame_size: int = FRAME_SIZE
+    threads: int = min(4, max(2, os.cpu_count() or 1))
+    jobs: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    descriptor: Descriptor
+    diff_id: str | None
+
+
+async def recompress_layer(
+    client: RegistryClient,
+    src: Repository,
+    dest: Repository,
+    work: _Work,
+    options: ZstdOptions,
+    ctx: Context,
+) -> Descriptor:
+    """Stream one layer down, through zstd, and up; the new layer's descriptor."""
+    d = work.descriptor
+    compression = mt.layer_compression(d.media_type) or "unknown"
+    bar = ctx.progress.bar(f"zstd {short(d.digest)}", d.size)
+    send, recv = trio.open_memory_channel[bytes](OUT_QUEUE)
+    done: list[Recompressed] = []
+
+    async def produce(chunks: AsyncIterator[bytes]) -> None:
+        with send:  # closed on every path; ``drain`` tells success from failure
+            done.append(
+                await recompress_stream(
+                    counted(chunks, bar.advance),
+                    compression,
+                    send.send,
+                    expected_digest=d.digest,
+                    expected_diff_id=work.diff_id,
+                    level=options.level,
+                    frame_size=options.frame_size,
+                    threads=options.threads,
+                )
+            )
+
+    try:
+        with collapse_groups():
+            async with client.open_blob(src, d.digest) as stream, trio.open_nursery() as nursery:
+                nursery.start_soon(produce, stream.chunks())
+                up = await upload_stream(client, dest, drain(recv, lambda: bool(done)))
+    finally:
+        bar.finish()
+    ctx.notify(
+        f"layer {short(d.digest)}: {human_size(d.size)} {compression} -> "
+        f"{human_size(up.size)} zstd ({done[0].result.frames} frame(s)) {short(up.digest)}"
+    )
+    return Descriptor(mt.OCI_LAYER_ZSTD, up.digest, up.size)
+
+
+async def counted(
+    chunks: AsyncIterator[bytes], progress: Callable[[int], None]
+) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        progress(len(chunk))
+        yield chunk
+
+
+def _plan(source_children: list[tuple[Descriptor, str | None]]) -> dict[str, _Work]:
+    """Layers to recompress, once per digest."""
+    todo: dict[str, _Work] = {}
+    for d, diff_id in source_children:
+        compression = mt.layer_compression(d.media_type)
+        if compression is None:
+            raise UnsupportedMediaType(f"layer {d.digest} has unknown media type {d.media_type}")
+        if compression != "zstd":
+            todo.setdefault(d.digest, _Work(d, diff_id))
+    return todo
+
+
+async def recompress_image(
+    client: RegistryClient,
+    image: Reference,
+    dest: Reference,
+    options: ZstdOptions,
+    ctx: Context,
+) -> Pushed:
+    source = await load_source(
+        client, image, platform=options.platform, all_platforms=options.all_platforms, ctx=ctx
+    )
+    pairs = []
+    for child in source.children:
+        diff_ids = child.config.diff_ids
+        for i, d in enumerate(child.manifest.layers):
+            pairs.append((d, diff_ids[i] if i < len(diff_ids) else None))
+    todo = _plan(pairs)
+    repo, dest_repo = image.repository, dest.repository
+    jobs = [
+        partial(recompress_layer, client, repo, dest_repo, w, options, ctx) for w in todo.values()
+    ]
+    done = dict(zip(todo, await gather(jobs, options.jobs), strict=True))
+    kept = [Needed(d, (repo,)) for d, _ in pairs if d.digest not in done]
+    await place_blobs(client, dest_repo, kept, ctx)
+    images = []
+    for child in source.children:
+        layers = [
+            done.get(d.digest) or Descriptor(d.media_type, d.digest, d.size, None, d.annotations)
+            for d in child.manifest.layers
+        ]
+        images.append(
+            NewImage(
+                mt.OCI_MANIFEST, child.config.data, layers, child.entry,
+                manifest_annotations(child),
+            )
+        )
+    return await push_images(client, dest, source, images)
