@@ -5,7 +5,7 @@ neither ever whole in memory:
 
     download ─coalesce─▶ pipe.consume_stream ─▶ worker thread:
         hash the compressed bytes (they must match the layer digest)
-        ─▶ ``_Inflater`` (gzip members, zero padding; plain tars pass as they are)
+        ─▶ ``GzipInflater`` (gzip members, zero padding; plain tars pass as they are)
         ─▶ zstdwrite.write_seekable: fixed-size slices, each one independent
            zstd frame compressed on ``threads`` pool threads, in order, then
            the seek table of the zstd seekable format; hashes the tar (the
@@ -25,13 +25,13 @@ its caller then closes the channel) only when both digests matched.
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO, cast
 
 from r8imfs import _threads
+from r8imfs.archive.decompress import GzipInflater, HashingReader
 from r8imfs.archive.pipe import consume_stream
 from r8imfs.archive.zstdwrite import MiB, SeekableResult, write_seekable
 from r8imfs.errors import CorruptLayer, DigestMismatch
@@ -39,9 +39,6 @@ from r8imfs.errors import CorruptLayer, DigestMismatch
 FRAME_SIZE = 4 * MiB
 #: Download chunks are joined to this size before crossing to the worker thread.
 COALESCE = MiB
-READ = MiB
-#: Most tar bytes one zlib call may produce.
-INFLATE_PIECE = 4 * MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,97 +49,6 @@ class Recompressed:
     @property
     def diff_id(self) -> str:
         return self.result.diff_id
-
-
-class _HashingReader:
-    """A read-only file that hashes everything read through it."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self._raw = raw
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self.hash.update(data)
-        self.size += len(data)
-        return data
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:
-        data = self.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
-
-    def drain(self) -> None:
-        """Hash what the decompressor left unread (padding after the last member)."""
-        while self.read(READ):
-            pass
-
-
-class _Inflater:
-    """gzip members as one read-only stream of tar bytes.
-
-    ``gzip.GzipFile`` inflates in 128 KiB steps with a Python-level loop per
-    step; this hands zlib whole 1 MiB inputs and asks for as much output as
-    the caller wants (bounded, so a decompression bomb cannot balloon), which
-    is about 40% faster on the frame-sized reads ``write_seekable`` makes.
-    Members may follow each other (pigz); zero padding after the last one is
-    tolerated, anything else is not.
-    """
-
-    def __init__(self, raw: _HashingReader) -> None:
-        self._raw = raw
-        self._zlib = zlib.decompressobj(31)
-        self._pending = b""
-        self._members = 0
-        self._in_member = False
-        self._padding = False
-        self._eof = False
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        want = size if size >= 0 else 1 << 62
-        parts = []
-        while want > 0 and not self._eof:
-            if not self._pending and not self._refill():
-                break
-            if self._padding:
-                if self._pending.strip(b"\0"):
-                    raise CorruptLayer("layer has data after the end of its gzip stream")
-                self._pending = b""
-                continue
-            self._in_member = True
-            out = self._zlib.decompress(self._pending, min(want, INFLATE_PIECE))
-            self._pending = self._zlib.unconsumed_tail
-            if self._zlib.eof:
-                self._next_member()
-            parts.append(out)
-            want -= len(out)
-        return b"".join(parts)
-
-    def _refill(self) -> bool:
-        self._pending = self._raw.read(READ)
-        if self._pending:
-            return True
-        if self._in_member:
-            raise CorruptLayer("layer's gzip stream is truncated")
-        if not self._members:
-            raise CorruptLayer("layer is empty: no gzip stream at all")
-        self._eof = True
-        return False
-
-    def _next_member(self) -> None:
-        self._pending = self._zlib.unused_data
-        self._members += 1
-        self._in_member = False
-        self._zlib = zlib.decompressobj(31)
-        if self._pending[:1] == b"\0":
-            self._padding = True
 
 
 class _Writer:
@@ -162,9 +68,9 @@ def recompress_file(
     """Blocking: a compressed layer read from ``raw``, seekable zstd into ``write``."""
     if compression not in ("gzip", "none"):
         raise CorruptLayer(f"cannot recompress a {compression!r} layer")
-    src = _HashingReader(raw)
+    src = HashingReader(raw)
     dst = cast(IO[bytes], _Writer(write))
-    tar = cast(IO[bytes], _Inflater(src) if compression == "gzip" else src)
+    tar = cast(IO[bytes], GzipInflater(src) if compression == "gzip" else src)
     try:
         result = write_seekable(tar, dst, level=level, frame_size=frame_size, threads=threads)
         src.drain()

@@ -20,21 +20,20 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol
 
 from r8imfs.archive.decompress import (
     DECOMPRESSION_ERRORS,
+    HashingReader,
     compression_of,
     corrupt,
     open_decompressed,
 )
 from r8imfs.archive.pipe import consume_stream
-from r8imfs.archive.tarindex import ForwardFile
 from r8imfs.errors import CorruptLayer, DigestMismatch, NoWeightsFound, UnsafeLayer
 from r8imfs.oci.config import WEIGHTS_DIR, Layer, pair_layers, weights_candidates
-from r8imfs.oci.digest import Hasher
 from r8imfs.registry.client import Image, RegistryClient
 
 COPY_BUF = 1024 * 1024
@@ -74,7 +73,8 @@ class TarSink:
     """
 
     def __init__(self, out: IO[bytes]) -> None:
-        self._tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)
+        # closed by close() after the last layer: no with-block spans the layers
+        self._tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
 
     def add(self, name: str, info: tarfile.TarInfo, body: IO[bytes]) -> None:
         new = tarfile.TarInfo(name)
@@ -132,8 +132,7 @@ def _untar_weights(
 ) -> list[str]:
     """Worker thread: hash, decompress and untar one layer into the sink."""
     desc = layer.descriptor
-    hasher = Hasher()
-    hashed = ForwardFile(_hashing(raw, hasher))
+    hashed = HashingReader(raw)
     what = f"layer {layer.index} ({desc.digest})"
     names: list[str] = []
     try:
@@ -159,17 +158,12 @@ def _untar_weights(
     except BaseException:
         sink.abort()
         raise
-    if hasher.digest != desc.digest:
+    digest = "sha256:" + hashed.hash.hexdigest()
+    if digest != desc.digest:
         sink.abort()
-        raise DigestMismatch(f"{what} hashes to {hasher.digest}: refusing its files")
+        raise DigestMismatch(f"{what} hashes to {digest}: refusing its files")
     sink.commit()
     return names
-
-
-def _hashing(raw: IO[bytes], hasher: Hasher) -> Iterator[bytes]:
-    while chunk := raw.read(COPY_BUF):
-        hasher.update(chunk)
-        yield chunk
 
 
 async def extract(
