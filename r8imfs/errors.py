@@ -63,9 +63,7 @@ class NotBuilt(R8imfsError):
 class RegistryError(R8imfsError):
     """The registry answered with something we cannot use."""
 
-    def __init__(
-        self, message: str, *, hint: str | None = None, status: int | None = None
-    ) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, status: int | None = None) -> None:
         super().__init__(message, hint=hint)
         self.status = status
 

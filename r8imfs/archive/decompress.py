@@ -129,8 +129,10 @@ def open_decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
         source = raw if isinstance(raw, HashingReader) else HashingReader(raw)
         return GzipInflater(source)  # type: ignore[return-value]
     if compression == "zstd":
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return reader  # type: ignore[return-value]
+        reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
+            raw, read_across_frames=True
+        )
+        return reader
     return raw
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from r8imfs.errors import NotBuilt, UsageError
+from r8imfs.errors import NotBuilt
 from r8imfs.oci import reference
 from r8imfs.oci.manifest import Platform
 from r8imfs.oci.reference import Reference
@@ -44,9 +44,7 @@ def note(args: argparse.Namespace, message: str) -> None:
 
 
 def not_built(name: str, issue: int) -> NotBuilt:
-    return NotBuilt(
-        f"`r8imfs {name}` is not built yet in this version (tracked as issue #{issue})"
-    )
+    return NotBuilt(f"`r8imfs {name}` is not built yet in this version (tracked as issue #{issue})")
 
 
 def context(args: argparse.Namespace) -> Context:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from r8imfs.cli import _common
+from r8imfs.errors import UsageError
 from r8imfs.ops.extract import DirSink, TarSink, extract
 from r8imfs.registry.client import human_size
 
@@ -28,7 +29,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("image", help="image reference")
-    p.add_argument("-o", "--output", default="-", help="tar file to write ('-': stdout, the default)")
+    p.add_argument(
+        "-o", "--output", default="-", help="tar file to write ('-': stdout, the default)"
+    )
     p.add_argument("--dir", help="write the files into this directory instead of a tar")
     p.set_defaults(run=run)
     return p
@@ -46,7 +49,7 @@ async def run(args: argparse.Namespace) -> None:
             await extract(client, image, DirSink(Path(args.dir)), on_file)
         elif args.output == "-":
             if sys.stdout.isatty():
-                raise _common.UsageError(
+                raise UsageError(
                     "refusing to write a tar to a terminal", hint="use -o FILE, --dir DIR or a pipe"
                 )
             sink = TarSink(sys.stdout.buffer)

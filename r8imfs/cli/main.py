@@ -11,7 +11,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import ModuleType
 
 import trio
@@ -44,18 +44,25 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g = parser.add_argument_group("global options")
     g.add_argument("-t", "--token", default=d(None), help="Replicate cog token (or COG_TOKEN)")
     g.add_argument(
-        "-r", "--registry", default=d("r8.im"),
+        "-r",
+        "--registry",
+        default=d("r8.im"),
         help="registry for references without a host (default: r8.im)",
     )
     g.add_argument(
-        "--insecure", action="store_true", default=d(False),
+        "--insecure",
+        action="store_true",
+        default=d(False),
         help="plain HTTP for a non-loopback registry (loopback always uses HTTP)",
     )
     g.add_argument(
-        "--platform", default=d("linux/amd64"),
+        "--platform",
+        default=d("linux/amd64"),
         help="os/arch[/variant] to pick from multi-platform images (default: linux/amd64)",
     )
-    g.add_argument("-v", "--verbose", action="count", default=d(0), help="more detail; -vv for HTTP")
+    g.add_argument(
+        "-v", "--verbose", action="count", default=d(0), help="more detail; -vv for HTTP"
+    )
     g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress")
 
 
@@ -92,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.token is None:
         args.token = os.environ.get("COG_TOKEN") or None
     _setup_logging(args.verbose)
-    run: Callable[[argparse.Namespace], object] = args.run
+    run: Callable[[argparse.Namespace], Awaitable[None]] = args.run
     try:
         before = getattr(args, "before_trio", None)
         if before is not None and (code := before(args)) is not None:

@@ -36,7 +36,8 @@ async def run(args: argparse.Namespace) -> None:
     if pid is None:
         return
     with trio.move_on_after(WAIT) as scope:
-        while daemon.alive(pid):
+        # another process: there is no event to wait on, so poll
+        while daemon.alive(pid):  # noqa: ASYNC110
             await trio.sleep(0.05)
     if scope.cancelled_caught:
         _common.note(args, f"unmounted; the daemon (pid {pid}) is still finishing")

@@ -16,6 +16,7 @@ here: no index, each byte moved once.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tarfile
@@ -127,9 +128,7 @@ class DirSink:
         self._staged.clear()
 
 
-def _untar_weights(
-    raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | None
-) -> list[str]:
+def _untar_weights(raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | None) -> list[str]:
     """Worker thread: hash, decompress and untar one layer into the sink."""
     desc = layer.descriptor
     hashed = HashingReader(raw)
@@ -178,7 +177,8 @@ async def extract(
         for layer in group:
             async with client.open_blob(repo, layer.descriptor.digest) as blob:
                 names += await consume_stream(
-                    blob.chunks(), lambda raw, x=layer: _untar_weights(raw, x, sink, on_file)
+                    blob.chunks(),
+                    functools.partial(_untar_weights, layer=layer, sink=sink, on_file=on_file),
                 )
         if names:
             return names
@@ -187,4 +187,3 @@ async def extract(
         hint="looked for files under src/weights/ in layers made by '... # weights' "
         "or 'COPY . /src'",
     )
-

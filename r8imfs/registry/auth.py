@@ -74,7 +74,9 @@ class RegistryAuth(httpx.Auth):
         challenge = pick(parse_www_authenticate(response.headers["www-authenticate"]))
         extra = _challenge_scopes(challenge)
         self._challenge = challenge
-        header = await self._authorization(scopes or extra, stale=request.headers.get("Authorization"))
+        header = await self._authorization(
+            scopes or extra, stale=request.headers.get("Authorization")
+        )
         if header is None or header == request.headers.get("Authorization"):
             return  # nothing better to offer: the caller maps the 401
         request.headers["Authorization"] = header
@@ -153,7 +155,9 @@ class RegistryAuth(httpx.Auth):
             }
             request = httpx.Request("POST", realm, data=form)
         else:
-            query: list[tuple[str, str]] = [("service", service)] if service else []
+            query: list[tuple[str, str | int | float | bool | None]] = (
+                [("service", service)] if service else []
+            )
             query += [("scope", s) for s in scope_list]
             headers = {}
             user, password = await self._basic_pair()

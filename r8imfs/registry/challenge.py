@@ -61,7 +61,9 @@ def parse_www_authenticate(header: str) -> list[Challenge]:
         pos = new_pos
     good = [c for c in challenges if c.scheme in ("basic", "bearer")]
     if not good:
-        raise AuthError(f"registry sent an authentication challenge we cannot use: {header[:120]!r}")
+        raise AuthError(
+            f"registry sent an authentication challenge we cannot use: {header[:120]!r}"
+        )
     for c in good:
         if c.scheme == "bearer" and not c.realm:
             raise AuthError(f"registry's Bearer challenge has no realm: {header[:120]!r}")

@@ -120,7 +120,9 @@ class RegistryClient:
                 response = await self._http.send(request)
                 if response.status_code not in RETRY_STATUSES:
                     return response
-                await trio.sleep(self.options.retry.delay(attempt, response.headers.get("retry-after")))
+                await trio.sleep(
+                    self.options.retry.delay(attempt, response.headers.get("retry-after"))
+                )
             return response
 
     async def request(
@@ -230,7 +232,8 @@ class RegistryClient:
         )
         if response.status_code == 404:
             return None
-        return response.headers.get("docker-content-digest")
+        digest: str | None = response.headers.get("docker-content-digest")
+        return digest
 
     async def put_manifest(
         self, repo: Repository, identifier: str, raw: bytes, media_type: str
@@ -259,7 +262,9 @@ class RegistryClient:
                 raise RegistryError(f"{ref}: index entry {chosen.digest} is not an image manifest")
             top = child
             platform = chosen.platform
-        config = ImageConfig.parse(await self.get_blob(ref.repository, top.config.digest, MAX_CONFIG))
+        config = ImageConfig.parse(
+            await self.get_blob(ref.repository, top.config.digest, MAX_CONFIG)
+        )
         if platform is None and config.data.get("os"):
             platform = Platform(
                 config.data.get("os", ""),
@@ -378,7 +383,8 @@ class BlobStream:
                 attempt += 1
                 if attempt >= policy.attempts:
                     raise TransportError(
-                        f"{self.repo.registry}: blob {self.digest} kept dropping at byte {self._pos}"
+                        f"{self.repo.registry}: blob {self.digest} kept dropping"
+                        f" at byte {self._pos}"
                     ) from exc
                 await self._response.aclose()
                 await trio.sleep(policy.delay(attempt))

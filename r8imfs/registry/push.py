@@ -136,6 +136,4 @@ async def push_simple_image(
         for b, (_, created_by, comment) in zip(built, layers, strict=True)
     ]
     cfg = mutate.append_layers(base, new)
-    return await push_manifest(
-        client, ref, manifest_type, cfg, [b.descriptor for b in built]
-    )
+    return await push_manifest(client, ref, manifest_type, cfg, [b.descriptor for b in built])

@@ -17,6 +17,7 @@ so nothing is held whole in memory.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -68,12 +69,10 @@ async def mount_blob(
 
 
 async def _cancel(client: RegistryClient, repo: Repository, location: str) -> None:
-    try:
+    with contextlib.suppress(RegistryError):  # the registry reaps stale sessions itself
         await client.request(
             "DELETE", repo, _path(client, repo, location), what="upload cancel", ok=(204, 200, 404)
         )
-    except RegistryError:
-        pass  # the registry reaps stale sessions itself
 
 
 def _path(client: RegistryClient, repo: Repository, location: str) -> str:

@@ -65,7 +65,9 @@ def push(ref: str, **kw: Any) -> str:
     return trio.run(lambda: push_demo(ref, **kw))
 
 
-def cli(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     full_env.pop("COG_TOKEN", None) if env is None or "COG_TOKEN" not in env else None
     return subprocess.run(

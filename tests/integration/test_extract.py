@@ -18,15 +18,25 @@ from r8imfs.ops.extract import weights_name
 from tools.demoimage import tar_of
 
 
-def _weights_image(registry: RegistryServer, repo: str, **kw: object) -> tuple[str, dict[str, bytes]]:
+def _weights_image(
+    registry: RegistryServer, repo: str, **kw: object
+) -> tuple[str, dict[str, bytes]]:
     files = {
         "src/weights/model.bin": hashlib.sha256(b"seed").digest() * 40_000,
         "src/weights/sub/tokenizer.json": b'{"vocab": []}\n',
     }
     layers = [
         (tar_of({"etc/hostname": b"x\n"}), "ADD rootfs /", None),
-        (tar_of({"src/predict.py": b"print(1)\n", "src/weights/stale.bin": b"old"}), "COPY . /src", None),
-        (tar_of({"src/weights": None, **files, "src/weights/.wh.stale.bin": b""}), "COPY w /src/weights # weights", "weights"),
+        (
+            tar_of({"src/predict.py": b"print(1)\n", "src/weights/stale.bin": b"old"}),
+            "COPY . /src",
+            None,
+        ),
+        (
+            tar_of({"src/weights": None, **files, "src/weights/.wh.stale.bin": b""}),
+            "COPY w /src/weights # weights",
+            "weights",
+        ),
     ]
     ref = f"{registry.host}/{repo}:v1"
     push(ref, layers=layers, **kw)  # type: ignore[arg-type]
@@ -73,11 +83,17 @@ def test_extract_stdout_and_dir(registry: RegistryServer, repo_name: str, tmp_pa
     assert _read_tar(proc.stdout) == expected
     proc2 = cli("extract", ref, "--dir", str(tmp_path / "d"))
     assert proc2.returncode == 0, proc2.stderr
-    got = {str(p.relative_to(tmp_path / "d")): p.read_bytes() for p in (tmp_path / "d").rglob("*") if p.is_file()}
+    got = {
+        str(p.relative_to(tmp_path / "d")): p.read_bytes()
+        for p in (tmp_path / "d").rglob("*")
+        if p.is_file()
+    }
     assert got == expected
 
 
-def test_extract_falls_back_to_copy_src(registry: RegistryServer, repo_name: str, tmp_path: Path) -> None:
+def test_extract_falls_back_to_copy_src(
+    registry: RegistryServer, repo_name: str, tmp_path: Path
+) -> None:
     layers = [
         (tar_of({"src/predict.py": b"x", "src/weights/a.bin": b"AAA"}), "COPY . /src", None),
         (tar_of({"src/other.txt": b"y"}), "RUN echo # weights", None),
@@ -90,7 +106,9 @@ def test_extract_falls_back_to_copy_src(registry: RegistryServer, repo_name: str
     assert _read_tar(out.read_bytes()) == {"a.bin": b"AAA"}
 
 
-def test_no_weights_is_exit_1_and_no_file(registry: RegistryServer, repo_name: str, tmp_path: Path) -> None:
+def test_no_weights_is_exit_1_and_no_file(
+    registry: RegistryServer, repo_name: str, tmp_path: Path
+) -> None:
     ref = f"{registry.host}/{repo_name}:v1"
     push(ref, layers=[(tar_of({"etc/x": b"1"}), "ADD x /", None)])
     out = tmp_path / "w.tar"

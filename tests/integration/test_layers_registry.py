@@ -79,7 +79,11 @@ def test_multi_platform_index(registry: RegistryServer, repo_name: str) -> None:
     amd = push(f"{registry.host}/{repo_name}:amd")
     arm = push(
         f"{registry.host}/{repo_name}:arm",
-        config={"os": "linux", "architecture": "arm64", "rootfs": {"type": "layers", "diff_ids": []}},
+        config={
+            "os": "linux",
+            "architecture": "arm64",
+            "rootfs": {"type": "layers", "diff_ids": []},
+        },
     )
     ref = f"{registry.host}/{repo_name}:multi"
     trio.run(push_index, ref, {"linux/amd64": amd, "linux/arm64": arm})

@@ -32,7 +32,7 @@ def test_several_challenges_prefer_bearer() -> None:
 
 @pytest.mark.parametrize(
     "header",
-    ["", "Negotiate abcdef==", "Bearer service=\"x\"", "!!!", "Digest realm=\"x\""],
+    ["", "Negotiate abcdef==", 'Bearer service="x"', "!!!", 'Digest realm="x"'],
 )
 def test_unusable_challenges_are_auth_errors(header: str) -> None:
     with pytest.raises(AuthError):

@@ -56,7 +56,9 @@ def bearer_registry(request: httpx.Request) -> httpx.Response:
         auth = request.headers.get("authorization", "")
         if auth != "Basic " + base64.b64encode(b"alice:pw").decode():
             return httpx.Response(401)
-        return httpx.Response(200, json={"access_token": "tok:" + ",".join(scopes), "expires_in": 300})
+        return httpx.Response(
+            200, json={"access_token": "tok:" + ",".join(scopes), "expires_in": 300}
+        )
     if request.url.host == "cdn.test":
         return httpx.Response(200, stream=httpx.ByteStream(BLOB))
     if request.headers.get("authorization", "").startswith("Bearer tok:"):

@@ -68,7 +68,8 @@ def test_cred_helpers_and_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     _helper(
         tmp_path,
         "fake",
-        'read host; [ "$1" = get ] && echo "{\\"Username\\":\\"h-$host\\",\\"Secret\\":\\"sec\\"}"\n',
+        'read host; [ "$1" = get ] && '
+        'echo "{\\"Username\\":\\"h-$host\\",\\"Secret\\":\\"sec\\"}"\n',
     )
     _helper(tmp_path, "none", "exit 1\n")
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")

@@ -10,7 +10,15 @@ import r8imfs
 ROOT = Path(r8imfs.__file__).parent
 # package -> modules it must never import (directly)
 FORBIDDEN = {
-    "oci": ("httpx", "trio", "pyfuse3", "r8imfs.registry", "r8imfs.archive", "r8imfs.fs", "r8imfs.cli"),
+    "oci": (
+        "httpx",
+        "trio",
+        "pyfuse3",
+        "r8imfs.registry",
+        "r8imfs.archive",
+        "r8imfs.fs",
+        "r8imfs.cli",
+    ),
     "registry": ("pyfuse3", "r8imfs.archive", "r8imfs.fs", "r8imfs.cli"),
     "archive": ("pyfuse3", "httpx", "r8imfs.fs", "r8imfs.cli"),
     "fs": ("r8imfs.cli", "argparse"),

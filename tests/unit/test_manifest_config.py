@@ -47,7 +47,12 @@ def test_media_type_from_header_when_body_lacks_it() -> None:
         b"[1,2]",
         json.dumps({"mediaType": "application/vnd.example+json"}).encode(),
         json.dumps({"mediaType": mt.OCI_MANIFEST, "layers": []}).encode(),
-        json.dumps({"schemaVersion": 1, "mediaType": "application/vnd.docker.distribution.manifest.v1+prettyjws"}).encode(),
+        json.dumps(
+            {
+                "schemaVersion": 1,
+                "mediaType": "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            }
+        ).encode(),
     ],
 )
 def test_bad_manifests(raw: bytes) -> None:
@@ -61,7 +66,10 @@ def test_index_platform_selection() -> None:
             "schemaVersion": 2,
             "mediaType": mt.OCI_INDEX,
             "manifests": [
-                {**_desc(1, mt.OCI_MANIFEST), "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                {
+                    **_desc(1, mt.OCI_MANIFEST),
+                    "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"},
+                },
                 {**_desc(2, mt.OCI_MANIFEST), "platform": {"os": "linux", "architecture": "amd64"}},
             ],
         }
@@ -76,18 +84,25 @@ def test_index_platform_selection() -> None:
 
 def _config(history: list[dict[str, object]], n: int) -> ImageConfig:
     diff_ids = ["sha256:" + f"{i + 500:064x}" for i in range(n)]
-    return ImageConfig.parse(json.dumps({"rootfs": {"diff_ids": diff_ids}, "history": history}).encode())
+    return ImageConfig.parse(
+        json.dumps({"rootfs": {"diff_ids": diff_ids}, "history": history}).encode()
+    )
 
 
 def test_history_pairing_skips_empty_layers_and_trims_nop() -> None:
     history = [
         {"created_by": "/bin/sh -c #(nop) ADD file:abc in / "},
-        {"created_by": "/bin/sh -c #(nop)  CMD [\"bash\"]", "empty_layer": True},
+        {"created_by": '/bin/sh -c #(nop)  CMD ["bash"]', "empty_layer": True},
         {"created_by": "COPY . /src # buildkit", "comment": "buildkit"},
         {"comment": "no created_by here"},
     ]
     layers = pair_layers(_manifest(4), _config(history, 4))
-    assert [x.created_by for x in layers] == ["ADD file:abc in / ", "COPY . /src # buildkit", "", ""]
+    assert [x.created_by for x in layers] == [
+        "ADD file:abc in / ",
+        "COPY . /src # buildkit",
+        "",
+        "",
+    ]
     assert layers[2].comment == "no created_by here"
     assert layers[3].history is None and layers[3].comment == ""
     assert layers[1].diff_id == "sha256:" + f"{501:064x}"
