@@ -69,6 +69,28 @@ def affix_and_recompress(host: str, image: str, work: Path) -> None:
     step("same diff_ids, OCI media types, tar+zstd layers", "layers", zstd)
 
 
+def extract_and_mount(image: str, work: Path) -> None:
+    """Weights out two ways: extract (a tar), and a lazy mount plus plain cp."""
+    step("pull the weights out as a tar (only the weights layer is read)",
+         "extract", image, "-o", str(work / "weights.tar"))
+    mnt = work / "mnt"
+    mnt.mkdir()
+    step("mount the image: metadata now, file bodies on demand",
+         "mount", image, str(mnt), "--cache-dir", str(work / "cache"))
+    try:
+        shell(f"ls {mnt} {mnt}/layers")
+        shell(f"ls -l {mnt}/rootfs/src {mnt}/rootfs/src/weights")
+        shell(f"head -4 {mnt}/rootfs/src/predict.py")
+        shell(f"cp -r {mnt}/rootfs/src/weights {work}/weights-copy && ls -l {work}/weights-copy")
+    finally:
+        step("unmount and wait for the daemon to exit", "umount", str(mnt))
+
+
+def shell(command: str) -> None:
+    print(f"$ {command}", flush=True)
+    subprocess.run(command, shell=True, check=True)
+
+
 def capture(title: str, *args: str) -> str:
     print(f"\n== {title}\n$ r8imfs {shlex.join(args)}", flush=True)
     proc = subprocess.run([*R8IMFS, *args], check=True, stdout=subprocess.PIPE)
@@ -87,6 +109,7 @@ def main() -> int:
         print(f"pushed a cog-like demo image: {image}")
         step("what is in the image: one row per layer", "layers", image)
         step("the same as JSON", "layers", "--json", image)
+        extract_and_mount(image, work)
         affix_and_recompress(registry.host, image, work)
     finally:
         registry.stop()
