@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from counting_proxy import CountingProxy, start_counting_proxy
+from counting_proxy import CountingProxy
 from imagehelpers import push, push_index
 from readback import (
     OS_FILES,
@@ -30,13 +29,6 @@ from r8imfs.oci import mutate
 from tools.demoimage import tar_of
 
 KiB = 1024
-
-
-@pytest.fixture
-def proxy(registry: RegistryServer) -> Iterator[CountingProxy]:
-    p = start_counting_proxy(registry.host)
-    yield p
-    p.stop()
 
 
 def _new_weights(tmp_path: Path) -> tuple[Path, dict[str, bytes | str | None]]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import trio
-from counting_proxy import CountingProxy, start_counting_proxy
+from counting_proxy import CountingProxy
 from imagehelpers import push, push_index
 from readback import (
     cog_image,
@@ -28,13 +27,6 @@ from r8imfs.oci import mediatypes as mt
 from r8imfs.oci import mutate
 
 KiB = 1024
-
-
-@pytest.fixture
-def proxy(registry: RegistryServer) -> Iterator[CountingProxy]:
-    p = start_counting_proxy(registry.host)
-    yield p
-    p.stop()
 
 
 def test_clone_mounts_layers_and_labels(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from counting_proxy import CountingProxy, start_counting_proxy
+from counting_proxy import CountingProxy
 from imagehelpers import push
 from readback import (
     OS_FILES,
@@ -27,13 +26,6 @@ from r8imfs.oci import mediatypes as mt
 from tools.demoimage import tar_of
 
 KiB = 1024
-
-
-@pytest.fixture
-def proxy(registry: RegistryServer) -> Iterator[CountingProxy]:
-    p = start_counting_proxy(registry.host)
-    yield p
-    p.stop()
 
 
 @pytest.mark.parametrize("replace", [True, False])

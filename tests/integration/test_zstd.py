@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
-from counting_proxy import CountingProxy, start_counting_proxy
+from counting_proxy import CountingProxy
 from imagehelpers import push, push_index
 from readback import (
     cog_image,
@@ -35,13 +34,6 @@ from r8imfs.registry.client import RegistryClient
 from r8imfs.registry.push import push_manifest, push_tar_layer
 
 KiB = 1024
-
-
-@pytest.fixture
-def proxy(registry: RegistryServer) -> Iterator[CountingProxy]:
-    p = start_counting_proxy(registry.host)
-    yield p
-    p.stop()
 
 
 def _check_zstd_layers(ref: str, work: Path, diff_ids: list[str]) -> list[int]:
