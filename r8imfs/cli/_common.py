@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from r8imfs.errors import NotBuilt
+from r8imfs.archive import blobcache
+from r8imfs.errors import NotBuilt, UsageError
 from r8imfs.oci import reference
 from r8imfs.oci.manifest import Platform
 from r8imfs.oci.reference import Reference
@@ -76,15 +77,11 @@ def finish(ctx: Context, pushed: Pushed) -> None:
 
 
 def parse_size(text: str) -> int:
-    """``65536``, ``64K``, ``4M``, ``1G`` as a byte count."""
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    factor = units.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in units else text
+    """An argparse ``type``: ``65536``, ``64K``, ``4M``, ``1G`` as a positive byte count."""
     try:
-        value = int(number) * factor
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: e.g. 4M or 65536") from None
+        value = blobcache.parse_size(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if value <= 0:
         raise argparse.ArgumentTypeError("a size must be positive")
     return value
