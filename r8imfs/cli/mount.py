@@ -11,7 +11,9 @@ says ready, and only then lets go of the terminal.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,6 +24,8 @@ from r8imfs.archive.image import ImageFiles
 from r8imfs.cli import _common
 from r8imfs.fs import daemon
 from r8imfs.registry.client import human_size
+
+PR_SET_PDEATHSIG = 1
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -65,6 +69,11 @@ def before_trio(args: argparse.Namespace) -> int | None:
     if pid == 0:
         os.close(read_fd)
         os.setsid()
+        # Until it says ready, the child lives only as long as the waiting
+        # parent: Ctrl-C or a timeout that kills the parent takes it along.
+        _die_with_parent(signal.SIGTERM)
+        if os.getppid() == 1:
+            os._exit(1)
         args.ready_fd = write_fd
         return None
     os.close(write_fd)
@@ -73,7 +82,22 @@ def before_trio(args: argparse.Namespace) -> int | None:
     if said.startswith(b"ready"):
         return 0
     _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) or 1
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:  # killed: it could not say why itself
+        name = signal.Signals(-code).name
+        print(f"r8imfs mount: error: the mount process died of {name} before mounting",
+              file=sys.stderr)
+        return 128 - code
+    return code or 1
+
+
+def _die_with_parent(sig: int) -> None:
+    """``prctl(PR_SET_PDEATHSIG, sig)``; 0 clears it. Linux only, best effort."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 class _IndexProgress:
@@ -112,6 +136,7 @@ def _detach(args: argparse.Namespace, cache_dir: Path) -> None:
     os.dup2(out, 2)
     os.close(null)
     os.close(out)
+    _die_with_parent(0)  # from now on the daemon outlives the command
     os.write(fd, b"ready\n")
     os.close(fd)
 

@@ -35,6 +35,9 @@ async def run(args: argparse.Namespace) -> None:
     await trio.to_thread.run_sync(daemon.unmount, args.mountpoint)
     if pid is None:
         return
+    if not daemon.alive(pid):  # it died without cleaning up (SIGKILL, a crash)
+        daemon.pid_file(daemon.resolved(args.mountpoint)).unlink(missing_ok=True)
+        return
     with trio.move_on_after(WAIT) as scope:
         # another process: there is no event to wait on, so poll
         while daemon.alive(pid):  # noqa: ASYNC110

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -61,7 +62,7 @@ def mounted_fstype(mountpoint: str | os.PathLike[str]) -> str | None:
     real = resolved(mountpoint)
     found = None
     try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        lines = os.fsdecode(Path("/proc/self/mountinfo").read_bytes()).splitlines()
     except OSError:
         return None
     for line in lines:
@@ -72,8 +73,12 @@ def mounted_fstype(mountpoint: str | os.PathLike[str]) -> str | None:
     return found
 
 
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
 def _unescape(path: str) -> str:
-    return path.encode().decode("unicode_escape") if "\\" in path else path
+    """mountinfo writes space, tab, newline and backslash as ``\\ooo`` (octal)."""
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), path)
 
 
 def check_mountpoint(mountpoint: str) -> None:
@@ -81,6 +86,8 @@ def check_mountpoint(mountpoint: str) -> None:
         raise UsageError(
             f"{mountpoint} is already a mount point", hint=f"r8imfs umount {mountpoint} first"
         )
+    if not os.path.lexists(mountpoint):
+        raise UsageError(f"mountpoint {mountpoint} does not exist", hint=f"mkdir -p {mountpoint}")
     if not Path(mountpoint).is_dir():
         raise UsageError(f"mountpoint {mountpoint} is not a directory")
     if not os.path.exists("/dev/fuse"):

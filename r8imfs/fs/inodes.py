@@ -73,9 +73,8 @@ class Namespace:
         return self._static.get(ino) or self._targets.get(ino)
 
     def ino_of(self, tree: int, node: Node) -> int:
-        key: tuple[int, object] = (
-            (tree, ("link", node.data_key)) if node.nlink > 1 and not node.is_dir else (tree, node.path)
-        )
+        shared = node.nlink > 1 and not node.is_dir  # hardlinked names: one inode
+        key: tuple[int, object] = (tree, ("link", node.data_key) if shared else node.path)
         ino = self._by_key.get(key)
         if ino is None:
             ino = self._next

@@ -108,7 +108,9 @@ class ImageOperations(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         return self._attrs(inode)
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: Any = None
+    ) -> pyfuse3.EntryAttributes:
         ino = self.ns.lookup(parent_inode, os.fsdecode(name))
         if ino is None:
             raise pyfuse3.FUSEError(errno.ENOENT)

@@ -1,0 +1,91 @@
+"""A large file copies out of a mount with ``cp``, byte for byte.
+
+40 MiB of random bytes (incompressible, like weights) in a gzip layer pushed
+by r8imfs, and the same image recompressed to zstd by skopeo (a plain zstd
+stream, as containers/image writes it): ``cp`` from the mount gives the
+file's sha256 both times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from fusekit import CMD_TIMEOUT, Member, MountFactory, make_tar
+from imagehelpers import push
+from registry_server import RegistryServer
+
+from r8imfs.oci import mediatypes as mt
+
+SIZE = 40 * 1024 * 1024
+WEIGHTS = "src/weights/model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def weights() -> bytes:
+    return os.urandom(SIZE)
+
+
+@pytest.fixture(scope="module")
+def gzip_image(registry: RegistryServer, weights: bytes) -> str:
+    ref = f"{registry.host}/fuse/large-gzip:v1"
+    base = make_tar([Member("etc", "d"), Member("etc/hostname", data=b"large\n")])
+    layer = make_tar(
+        [Member("src", "d"), Member("src/weights", "d"), Member(WEIGHTS, data=weights)]
+    )
+    push(
+        ref,
+        layers=[(base, "base", None), (layer, "COPY weights # weights", "weights")],
+        manifest_type=mt.DOCKER_MANIFEST,
+        compression="gzip",
+    )
+    return ref
+
+
+def _copy_out(mountpoint: Path, dest: Path) -> str:
+    subprocess.run(
+        ["cp", str(mountpoint / "rootfs" / WEIGHTS), str(dest)],
+        check=True,
+        capture_output=True,
+        timeout=CMD_TIMEOUT,
+    )
+    return hashlib.sha256(dest.read_bytes()).hexdigest()
+
+
+def test_cp_of_a_large_gzip_file(
+    gzip_image: str, weights: bytes, mounted: MountFactory, tmp_path: Path
+) -> None:
+    with mounted(gzip_image) as m:
+        assert _copy_out(m.path, tmp_path / "out.bin") == hashlib.sha256(weights).hexdigest()
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+def test_cp_of_a_large_zstd_file_recompressed_by_skopeo(
+    gzip_image: str, registry: RegistryServer, weights: bytes, mounted: MountFactory, tmp_path: Path
+) -> None:
+    zstd_ref = f"{registry.host}/fuse/large-zstd:v1"
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--dest-compress-format",
+            "zstd",
+            "--format",
+            "oci",
+            f"docker://{gzip_image}",
+            f"docker://{zstd_ref}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=CMD_TIMEOUT,
+    )
+    with mounted(zstd_ref) as m:
+        manifest = (m.path / "manifest.json").read_text()
+        assert mt.OCI_LAYER_ZSTD in manifest
+        assert _copy_out(m.path, tmp_path / "out.bin") == hashlib.sha256(weights).hexdigest()
