@@ -2,13 +2,15 @@
 
 No I/O and no trio here (the h11 shape): ``RangeSet`` holds which bytes of a
 blob are present, ``Blocks`` maps offsets to aligned fetch blocks,
-``SequentialDetector`` decides when to read ahead, and ``Record`` is the
-on-disk ``<hex>.ranges`` file, encoded and decoded without touching disk.
+``SequentialDetector`` decides when to read ahead, ``Record`` is the
+on-disk ``<hex>.ranges`` file and ``BlockTable`` the ``<hex>.blocks`` file
+(with ``BlockHasher`` that makes it), encoded and decoded without touching disk.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -209,3 +211,75 @@ class Record:
 
     def rangeset(self) -> RangeSet:
         return RangeSet(self.ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockTable:
+    """The sha256 of each aligned block of a blob whose whole digest once checked out.
+
+    Kept in ``<hex>.blocks``, which eviction leaves behind (32 bytes a block):
+    when the blob is fetched again block by block, each block must match its
+    entry before it is stored or served, so a registry or CDN that serves
+    other bytes the second time gives an error, not wrong data. Decoding is
+    strict: anything off (another blob, size or version) is None, i.e. unknown.
+    """
+
+    digest: str
+    size: int
+    block_size: int
+    hashes: tuple[str, ...]
+
+    def expected(self, index: int) -> str:
+        return self.hashes[index]
+
+    def encode(self) -> bytes:
+        body = {
+            "version": TABLE_VERSION,
+            "digest": self.digest,
+            "size": self.size,
+            "block_size": self.block_size,
+            "sha256": list(self.hashes),
+        }
+        return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def decode(cls, raw: bytes, digest: str, size: int, block_size: int) -> BlockTable | None:
+        try:
+            body = json.loads(raw)
+            hashes = tuple(str(h) for h in body["sha256"])
+            ok = (body.get("version"), body.get("digest"), body.get("size")) == (
+                TABLE_VERSION, digest, size
+            ) and body.get("block_size") == block_size
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        if not ok or len(hashes) != Blocks(size, block_size).count:
+            return None
+        return cls(digest, size, block_size, hashes)
+
+
+TABLE_VERSION = 1
+
+
+class BlockHasher:
+    """Feed a blob in order from byte 0; ``hashes()`` is one sha256 per aligned block."""
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self._done: list[str] = []
+        self._h = hashlib.sha256()
+        self._filled = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            take = min(len(view), self.block_size - self._filled)
+            self._h.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == self.block_size:
+                self._done.append(self._h.hexdigest())
+                self._h, self._filled = hashlib.sha256(), 0
+
+    def hashes(self) -> tuple[str, ...]:
+        tail = [self._h.hexdigest()] if self._filled else []
+        return tuple(self._done + tail)

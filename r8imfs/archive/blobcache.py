@@ -23,6 +23,10 @@ On disk, per blob, under ``<cache_dir>/blobs/<algorithm>/``:
     claims bytes the data file does not hold. Chosen over SQLite: one pair of
     files per blob makes eviction two ``unlink``s, needs no shared database
     (and its locking) between processes, and the records are a few intervals.
+``<hex>.blocks``
+    Once the blob verified: the sha256 of each block (``BlockTable``). It
+    outlives eviction, so a blob fetched again later is checked block by
+    block before anything is served from it (below).
 
 Several processes may share a cache directory. A reader holds a shared
 ``flock`` on the data file for as long as it is open; eviction takes an
@@ -46,7 +50,13 @@ grows; when the last byte arrives the digest is compared before the read that
 completed it returns. A mismatch deletes both files, fails every pending and
 later read with ``DigestMismatch``, and nothing more is served from that
 blob. Ranges served before the blob is complete cannot be verified: that is
-inherent to lazy reading.
+inherent to lazy reading. The same pass hashes each block on its own; once the
+whole digest checks out those block hashes are kept, and from then on every
+block fetched from the network (after an eviction, in another process) must
+match its hash before it is stored: a mismatch fails that read with
+``DigestMismatch`` and stores nothing. So wrong bytes can only ever be served
+from a blob never before downloaded whole on this machine (a plain or
+seekable-zstd layer is indexed from its headers alone).
 
 A registry that answers a ranged GET with 200 sends the whole blob (Harbor's
 proxy cache, distribution#4667): that response is streamed into the data file,
@@ -63,6 +73,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import hashlib
 import os
 import re
 import secrets
@@ -76,7 +87,14 @@ from typing import Protocol, TypeVar, TypeVarTuple, Unpack, cast
 import trio
 
 from r8imfs._threads import from_thread, run_io
-from r8imfs.archive._ranges import Blocks, RangeSet, Record, SequentialDetector
+from r8imfs.archive._ranges import (
+    BlockHasher,
+    Blocks,
+    BlockTable,
+    RangeSet,
+    Record,
+    SequentialDetector,
+)
 from r8imfs.errors import DigestMismatch, R8imfsError, RegistryError, UsageError
 from r8imfs.oci import digest as _digest
 from r8imfs.oci.reference import Repository
@@ -142,12 +160,14 @@ class _Fetch:
 class _Paths:
     data: Path
     record: Path
+    blocks: Path
 
     @classmethod
     def of(cls, root: Path, digest: str) -> _Paths:
         algorithm, _, hexpart = _digest.validate(digest).partition(":")
         base = root / "blobs" / algorithm / hexpart
-        return cls(base.with_suffix(".data"), base.with_suffix(".ranges"))
+        return cls(base.with_suffix(".data"), base.with_suffix(".ranges"),
+                   base.with_suffix(".blocks"))
 
 
 class BlobCache:
@@ -282,6 +302,8 @@ class BlobReader:
         self._whole: _Fetch | None = None
         self._detector = SequentialDetector()
         self._hasher = _digest.Hasher(_algorithm(digest))
+        self._block_hasher = BlockHasher(cache.block_size)
+        self._table: BlockTable | None = None  # known block hashes: fetches are checked
         self._hash_pos = 0
         self._hash_lock = trio.Lock()
         self._record_lock = trio.Lock()
@@ -346,6 +368,9 @@ class BlobReader:
     async def _open(self) -> None:
         try:
             await self._open_files()
+            self._table = await run_io(
+                _load_table, self._paths.blocks, self.digest, self.size, self.cache.block_size
+            )
             if self.complete and not self._verified:
                 await self._check_complete_copy()
             self._record_mtime = await run_io(_touch, self._paths.record)
@@ -358,8 +383,10 @@ class BlobReader:
 
     async def _check_complete_copy(self) -> None:
         """Verify a copy completed by others; a damaged one is dropped and refetched."""
-        if await self._io(_file_matches, self.size, self.digest):
+        blocks = BlockHasher(self.cache.block_size)
+        if await self._io(_file_matches, self.size, self.digest, blocks):
             self._verified = True
+            await self._learn_blocks(blocks)
         elif self.size == 0:
             await self._fail(f"an empty blob does not hash to {self.digest}")
         else:
@@ -478,6 +505,7 @@ class BlobReader:
                     await self._fetch_whole(stream)
                     return
                 data = await self._collect(stream, end - start)
+            await self._check_block(block, data)
             await self._store(start, data)
         except (R8imfsError, OSError) as exc:
             fetch.error = exc
@@ -498,6 +526,18 @@ class BlobReader:
                 f"{self.repo.registry} sent {len(buf)} of {length} bytes asked of {self.digest}"
             )
         return buf
+
+    async def _check_block(self, block: int, data: bytearray) -> None:
+        """A fetched block of a blob verified before must hash as it did then."""
+        if self._table is None:
+            return
+        got = await run_io(_sha256_hex, data)
+        if got != self._table.expected(block):
+            start, end = self._blocks.span(block)
+            raise DigestMismatch(
+                f"{self.repo.registry} served bytes {start}-{end - 1} of blob {self.digest} "
+                "unlike the copy verified before; refusing them"
+            )
 
     async def _store(self, start: int, data: bytearray) -> None:
         self._check_usable()
@@ -538,6 +578,7 @@ class BlobReader:
 
     async def _stream_whole(self, stream: BlobStreamLike) -> None:
         hasher = _digest.Hasher(_algorithm(self.digest))
+        blocks = BlockHasher(self.cache.block_size)
         pos = 0
         buf = bytearray()
         async for chunk in stream.chunks():
@@ -547,9 +588,9 @@ class BlobReader:
                 await self._fail(f"blob {self.digest} is longer than its {self.size} bytes")
             if len(buf) >= WRITE_CHUNK:
                 piece, buf = buf, bytearray()
-                await self._io(_pwrite_hash, piece, pos, hasher)
+                await self._io(_pwrite_hash, piece, pos, hasher, blocks)
                 pos += len(piece)
-        await self._io(_pwrite_hash, buf, pos, hasher)
+        await self._io(_pwrite_hash, buf, pos, hasher, blocks)
         pos += len(buf)
         if pos != self.size:
             raise RegistryError(
@@ -562,6 +603,7 @@ class BlobReader:
         self._verified = True
         self._changes += 1
         await self._flush()
+        await self._learn_blocks(blocks)
 
     # -- verification and the record, in the background --------------------------
     def _kick_housekeeping(self) -> None:
@@ -588,7 +630,8 @@ class BlobReader:
                 end = self._present.contiguous_end(self._hash_pos)
                 if end == self._hash_pos:
                     break
-                await self._io(_hash_file, self._hash_pos, end, self._hasher)
+                blocks = self._block_hasher if self._table is None else None
+                await self._io(_hash_file, self._hash_pos, end, self._hasher, blocks)
                 self._hash_pos = end
             if self._verified or self._failed is not None or self._hash_pos < self.size:
                 return
@@ -596,6 +639,16 @@ class BlobReader:
                 await self._fail(f"blob {self.digest} hashes to {self._hasher.digest}")
             self._verified = True
             self._changes += 1
+            await self._learn_blocks(self._block_hasher)
+
+    async def _learn_blocks(self, blocks: BlockHasher) -> None:
+        """Keep the block hashes of a blob that just verified (once per blob)."""
+        if self._table is not None:
+            return
+        table = BlockTable(self.digest, self.size, self.cache.block_size, blocks.hashes())
+        self._table = table
+        with trio.CancelScope(shield=True):
+            await run_io(_write_table, self._paths.blocks, table)
 
     async def _fail(self, message: str) -> None:
         """Forget the blob's bytes, delete its files, and refuse it from now on."""
@@ -667,8 +720,8 @@ def _algorithm(digest: str) -> str:
 
 def _open_data(root: Path, paths: _Paths, size: int) -> tuple[int, int, Record | None]:
     """Open (creating) the data file under a shared flock; its fd, inode, record."""
-    if not root.exists():
-        root.mkdir(mode=0o700, parents=True)  # private images' layers land here too
+    # private images' layers land here too; exist_ok: other layers open at once
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     paths.data.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(10):
         fd = os.open(paths.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -755,25 +808,51 @@ def _pwrite(fd: int, data: bytearray, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def _pwrite_hash(fd: int, data: bytearray, offset: int, hasher: _digest.Hasher) -> None:
+def _pwrite_hash(
+    fd: int, data: bytearray, offset: int, hasher: _digest.Hasher, blocks: BlockHasher
+) -> None:
     hasher.update(cast(bytes, data))  # hashlib takes any buffer; spare a copy
+    blocks.update(data)
     _pwrite(fd, data, offset)
 
 
-def _hash_file(fd: int, start: int, end: int, hasher: _digest.Hasher) -> None:
+def _hash_file(
+    fd: int, start: int, end: int, hasher: _digest.Hasher, blocks: BlockHasher | None
+) -> None:
+    """Hash ``[start, end)`` of the data file; both hashers are fed in blob order."""
     pos = start
     while pos < end:
         chunk = os.pread(fd, min(MiB, end - pos), pos)
         if not chunk:
             raise OSError(f"cache file ended at {pos}, expected {end} bytes")
         hasher.update(chunk)
+        if blocks is not None:
+            blocks.update(chunk)
         pos += len(chunk)
 
 
-def _file_matches(fd: int, size: int, digest: str) -> bool:
+def _file_matches(fd: int, size: int, digest: str, blocks: BlockHasher) -> bool:
     hasher = _digest.Hasher(_algorithm(digest))
-    _hash_file(fd, 0, size, hasher)
+    _hash_file(fd, 0, size, hasher, blocks)
     return hasher.digest == digest
+
+
+def _sha256_hex(data: bytearray) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _load_table(path: Path, digest: str, size: int, block_size: int) -> BlockTable | None:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return BlockTable.decode(raw, digest, size, block_size)
+
+
+def _write_table(path: Path, table: BlockTable) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp.write_bytes(table.encode())
+    os.replace(tmp, path)
 
 
 def _delete(paths: _Paths, ino: int) -> None:

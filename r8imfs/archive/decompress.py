@@ -3,6 +3,7 @@
 For one sequential pass (``extract``, recompression, one-pass indexing):
 gzip may have several members (pigz, some producers concatenate); zstd may
 have several frames and skippable frames (the seekable format's seek table).
+Either one cut short is a ``CorruptLayer``, never a quietly shorter tar.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import zlib
 from typing import IO
 
+import pyzstd
 import zstandard
 
 from r8imfs.errors import CorruptLayer, UnsupportedMediaType
@@ -31,6 +33,8 @@ def compression_of(media_type: str) -> str:
 READ = 1024 * 1024
 #: Most tar bytes one zlib call may produce.
 INFLATE_PIECE = 4 * 1024 * 1024
+#: Most compressed bytes one zlib call is given (see ``GzipInflater``).
+SLICE = 64 * 1024
 
 
 class HashingReader:
@@ -65,9 +69,13 @@ class GzipInflater:
     """gzip members as one read-only stream of tar bytes.
 
     ``gzip.GzipFile`` inflates in 128 KiB steps with a Python-level loop per
-    step; this hands zlib whole 1 MiB inputs and asks for as much output as
-    the caller wants (bounded, so a decompression bomb cannot balloon), which
-    is about 40% faster on the frame-sized reads ``write_seekable`` makes.
+    step; this reads 1 MiB inputs and asks zlib for as much output as the
+    caller wants (bounded, so a decompression bomb cannot balloon), which is
+    about 40% faster on the frame-sized reads ``write_seekable`` makes.
+    zlib gets the input in ``SLICE`` pieces (memoryview, no copy): when a call
+    stops at the output bound, zlib copies the input it left over
+    (``unconsumed_tail``), so with a whole 1 MiB input every small read
+    (tarfile's stream mode reads 10 KiB) would copy up to 1 MiB.
     Members may follow each other (pigz); zero padding after the last one is
     tolerated, anything else is not.
     """
@@ -75,7 +83,7 @@ class GzipInflater:
     def __init__(self, raw: HashingReader) -> None:
         self._raw = raw
         self._zlib = zlib.decompressobj(31)
-        self._pending = b""
+        self._pending = memoryview(b"")
         self._members = 0
         self._in_member = False
         self._padding = False
@@ -91,21 +99,23 @@ class GzipInflater:
             if not self._pending and not self._refill():
                 break
             if self._padding:
-                if self._pending.strip(b"\0"):
+                if self._pending.tobytes().strip(b"\0"):
                     raise CorruptLayer("layer has data after the end of its gzip stream")
-                self._pending = b""
+                self._pending = memoryview(b"")
                 continue
             self._in_member = True
-            out = self._zlib.decompress(self._pending, min(want, INFLATE_PIECE))
-            self._pending = self._zlib.unconsumed_tail
+            piece = self._pending[:SLICE]
+            out = self._zlib.decompress(piece, min(want, INFLATE_PIECE))
             if self._zlib.eof:
-                self._next_member()
+                self._next_member(len(piece))
+            else:
+                self._pending = self._pending[len(piece) - len(self._zlib.unconsumed_tail) :]
             parts.append(out)
             want -= len(out)
         return b"".join(parts)
 
     def _refill(self) -> bool:
-        self._pending = self._raw.read(READ)
+        self._pending = memoryview(self._raw.read(READ))
         if self._pending:
             return True
         if self._in_member:
@@ -115,13 +125,50 @@ class GzipInflater:
         self._eof = True
         return False
 
-    def _next_member(self) -> None:
-        self._pending = self._zlib.unused_data
+    def _next_member(self, fed: int) -> None:
+        # At a member's end the rest of the slice zlib was fed is its
+        # unused_data (its unconsumed_tail may still hold a stale copy).
+        rest = self._pending[fed:].tobytes()
+        self._pending = memoryview(self._zlib.unused_data + rest)
         self._members += 1
         self._in_member = False
         self._zlib = zlib.decompressobj(31)
-        if self._pending[:1] == b"\0":
+        if self._pending[:1].tobytes() == b"\0":
             self._padding = True
+
+
+class ZstdInflater:
+    """zstd frames (skippable ones skipped) as one read-only stream of tar bytes.
+
+    ``zstandard``'s ``stream_reader`` ends quietly when the last frame is
+    cut short, handing tarfile a shorter tar that may even end on a member
+    boundary; here a stream that stops inside a frame is ``CorruptLayer``.
+    """
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._zstd = pyzstd.EndlessZstdDecompressor()
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        want = size if size >= 0 else 1 << 62
+        parts = []
+        while want > 0 and not self._eof:
+            data = b""
+            if self._zstd.needs_input:
+                data = self._raw.read(READ)
+                if not data:
+                    if not self._zstd.at_frame_edge:
+                        raise CorruptLayer("layer's zstd stream is truncated")
+                    self._eof = True
+                    break
+            out = self._zstd.decompress(data, min(want, INFLATE_PIECE))
+            parts.append(out)
+            want -= len(out)
+        return b"".join(parts)
 
 
 def open_decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
@@ -129,10 +176,7 @@ def open_decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
         source = raw if isinstance(raw, HashingReader) else HashingReader(raw)
         return GzipInflater(source)  # type: ignore[return-value]
     if compression == "zstd":
-        reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
-            raw, read_across_frames=True
-        )
-        return reader
+        return ZstdInflater(raw)  # type: ignore[return-value]
     return raw
 
 
@@ -142,6 +186,7 @@ DECOMPRESSION_ERRORS: tuple[type[BaseException], ...] = (
     gzip.BadGzipFile,
     EOFError,
     zstandard.ZstdError,
+    pyzstd.ZstdError,
 )
 
 

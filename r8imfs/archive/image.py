@@ -30,6 +30,7 @@ from r8imfs.archive.entry import Entry
 from r8imfs.archive.indexdb import load_or_build
 from r8imfs.archive.merged import LayerTree, MergedTree, Node
 from r8imfs.archive.readat import LayerReader, read_entry
+from r8imfs.errors import R8imfsError
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Manifest
 from r8imfs.oci.reference import Repository
@@ -126,8 +127,10 @@ async def _open_layer(
         )
         reader = index.open_reader(readat)
         tree = await _threads.run_sync(LayerTree.build, list(index.entries), i)
-    except BaseException:
+    except BaseException as exc:
         await blob.aclose()
+        if isinstance(exc, R8imfsError):  # say which layer: the mount fails on one line
+            exc.message = f"layer {i} ({desc.digest}): {exc.message}"
         raise
     return LayerFiles(i, desc, index.entries, tree, reader, blob)
 

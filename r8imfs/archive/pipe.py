@@ -4,6 +4,10 @@
 download) to ``fn(fileobj)`` running in a worker thread, through a small
 memory channel: the download and the decompression overlap, at most
 ``buffer`` chunks sit in memory, and the trio loop never decompresses.
+Chunks are joined to about ``PIECE`` bytes first: every chunk costs the
+worker a round trip through the trio loop, and HTTP bodies arrive in pieces
+of 64 KiB or less (for a 1 GiB layer, 16,000 round trips cost about 3 s of
+the worker's time; see docs/benchmarks.md).
 
 Failure rules: a network error in the download wins over whatever the
 consumer said about the truncated stream it then saw (the root cause is
@@ -13,7 +17,8 @@ download. Errors come out bare, not in an ExceptionGroup.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Callable, Iterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator
 from typing import IO, TypeVar
 
 import trio
@@ -22,6 +27,23 @@ from r8imfs import _threads
 from r8imfs.archive.tarindex import ForwardFile
 
 T = TypeVar("T")
+
+#: Chunks are joined to about this size before they cross to the worker thread.
+PIECE = 1024 * 1024
+
+
+async def coalesce(source: AsyncIterable[bytes], size: int = PIECE) -> AsyncGenerator[bytes, None]:
+    """Join small chunks so each thread crossing carries about ``size`` bytes."""
+    parts: list[bytes] = []
+    pending = 0
+    async for chunk in source:
+        parts.append(chunk)
+        pending += len(chunk)
+        if pending >= size:
+            yield b"".join(parts)
+            parts, pending = [], 0
+    if parts:
+        yield b"".join(parts)
 
 
 def _chunks(receive: trio.MemoryReceiveChannel[bytes]) -> Iterator[bytes]:
@@ -36,7 +58,7 @@ async def consume_stream(
     source: AsyncIterable[bytes],
     fn: Callable[[IO[bytes]], T],
     *,
-    buffer: int = 16,
+    buffer: int = 4,
 ) -> T:
     send, receive = trio.open_memory_channel[bytes](buffer)
     pump_error: BaseException | None = None
@@ -47,8 +69,9 @@ async def consume_stream(
         nonlocal pump_error
         async with send:
             try:
-                async for chunk in source:
-                    await send.send(chunk)
+                async with contextlib.aclosing(coalesce(source)) as pieces:
+                    async for chunk in pieces:
+                        await send.send(chunk)
             except trio.BrokenResourceError:
                 pass  # the consumer is done early
             except Exception as exc:

@@ -3,7 +3,7 @@
 Theory of operation. A layer blob streams in and a zstd blob streams out,
 neither ever whole in memory:
 
-    download ─coalesce─▶ pipe.consume_stream ─▶ worker thread:
+    download ─▶ pipe.consume_stream (1 MiB pieces) ─▶ worker thread:
         hash the compressed bytes (they must match the layer digest)
         ─▶ ``GzipInflater`` (gzip members, zero padding; plain tars pass as they are)
         ─▶ zstdwrite.write_seekable: fixed-size slices, each one independent
@@ -26,7 +26,7 @@ its caller then closes the channel) only when both digests matched.
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO, cast
 
@@ -37,8 +37,6 @@ from r8imfs.archive.zstdwrite import MiB, SeekableResult, write_seekable
 from r8imfs.errors import CorruptLayer, DigestMismatch
 
 FRAME_SIZE = 4 * MiB
-#: Download chunks are joined to this size before crossing to the worker thread.
-COALESCE = MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,20 +77,6 @@ def recompress_file(
     return Recompressed(result, "sha256:" + src.hash.hexdigest())
 
 
-async def coalesce(source: AsyncIterable[bytes], size: int = COALESCE) -> AsyncIterator[bytes]:
-    """Join small chunks so each thread crossing carries about ``size`` bytes."""
-    parts: list[bytes] = []
-    pending = 0
-    async for chunk in source:
-        parts.append(chunk)
-        pending += len(chunk)
-        if pending >= size:
-            yield b"".join(parts)
-            parts, pending = [], 0
-    if parts:
-        yield b"".join(parts)
-
-
 async def recompress_stream(
     source: AsyncIterable[bytes],
     compression: str,
@@ -118,7 +102,11 @@ async def recompress_stream(
             raw, compression, write, level=level, frame_size=frame_size, threads=threads
         )
 
-    done = await consume_stream(coalesce(source), work)
+    try:
+        done = await consume_stream(source, work)
+    except CorruptLayer as exc:  # name the layer: the user sees one line
+        exc.message = f"layer {expected_digest}: {exc.message}"
+        raise
     verify(done, expected_digest, expected_diff_id)
     return done
 

@@ -27,6 +27,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from r8imfs.archive.safetar import GuardedTarInfo
 from r8imfs.errors import CorruptLayer, UnsafeLayer
 
 DEFAULT_PREFIX = "src/weights/"
@@ -150,7 +151,7 @@ def check(
     symlinks: set[str] = set()
     entries = files = file_bytes = 0
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|") as tf:
+        with tarfile.open(fileobj=fileobj, mode="r|", tarinfo=GuardedTarInfo) as tf:
             for info in tf:
                 entries += 1
                 name = normalize(info.name)

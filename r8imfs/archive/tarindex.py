@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any, Protocol, cast
 
 from r8imfs.archive.entry import Entry, Kind, normalise_path
+from r8imfs.archive.safetar import GuardedTarInfo
 from r8imfs.errors import CorruptLayer
 
 _BLOCK = tarfile.BLOCKSIZE
@@ -151,7 +152,9 @@ def _walk(fileobj: SeekableFile, total_size: Callable[[], int]) -> list[Entry]:
     found: dict[str, Entry] = {}
     last: Entry | None = None
     try:
-        tf = tarfile.TarFile(fileobj=cast(IO[bytes], fileobj), mode="r", encoding="utf-8")
+        tf = tarfile.TarFile(
+            fileobj=cast(IO[bytes], fileobj), mode="r", encoding="utf-8", tarinfo=GuardedTarInfo
+        )
         for ordinal, info in enumerate(_members(tf)):
             entry = entry_from_tarinfo(info, ordinal)
             if entry is not None:

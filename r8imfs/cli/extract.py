@@ -53,7 +53,11 @@ async def run(args: argparse.Namespace) -> None:
                     "refusing to write a tar to a terminal", hint="use -o FILE, --dir DIR or a pipe"
                 )
             sink = TarSink(sys.stdout.buffer)
-            await extract(client, image, sink, on_file)
+            try:
+                await extract(client, image, sink, on_file)
+            except BaseException:
+                sink.discard(poison=True)
+                raise
             sink.close()
             sys.stdout.buffer.flush()
         else:
@@ -66,7 +70,11 @@ async def _to_file(client: Any, image: Any, path: Path, on_file: Any) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             sink = TarSink(out)
-            await extract(client, image, sink, on_file)
+            try:
+                await extract(client, image, sink, on_file)
+            except BaseException:
+                sink.discard()
+                raise
             sink.close()
         os.replace(tmp, path)
     except BaseException:

@@ -112,7 +112,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 141
+    except OSError as exc:
+        # A local file the command reads or writes: a full disk, a read-only
+        # or missing directory. One line, as for our own errors.
+        error = R8imfsError(_os_message(exc))
+        error.__cause__ = exc  # the -v traceback shows where it came from
+        return _report(error, args)
     return 0
+
+
+def _os_message(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
 
 
 def _report(exc: R8imfsError, args: argparse.Namespace) -> int:

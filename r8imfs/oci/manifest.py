@@ -8,12 +8,15 @@ is the registry's bytes, never a re-serialisation.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from r8imfs.errors import PlatformNotFound, UnsupportedMediaType
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci.digest import sha256
+
+_DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +63,20 @@ class Descriptor:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Descriptor:
+        """A descriptor from JSON; ValueError if its digest or size cannot be right.
+
+        The digest goes into registry URLs and cache paths, so anything but
+        ``algorithm:hex`` (say ``../../x``) is refused here, where it enters.
+        """
+        digest, size = obj["digest"], obj["size"]
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+            raise ValueError(f"invalid digest {str(digest)[:80]!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"invalid size {str(size)[:40]!r} of {digest}")
         return cls(
             media_type=obj.get("mediaType", ""),
-            digest=obj["digest"],
-            size=int(obj["size"]),
+            digest=digest,
+            size=size,
             platform=Platform.from_json(obj.get("platform")),
             annotations=obj.get("annotations") or None,
             urls=tuple(obj.get("urls") or ()),
@@ -149,8 +162,10 @@ def parse(raw: bytes, content_type: str | None = None) -> Manifest | Index:
         if media_type in mt.MANIFESTS:
             layers = tuple(Descriptor.from_json(layer) for layer in obj.get("layers", []))
             return Manifest(raw, media_type, Descriptor.from_json(obj["config"]), layers, obj)
-    except (KeyError, TypeError, ValueError) as exc:
+    except KeyError as exc:
         raise UnsupportedMediaType(f"malformed {media_type} manifest: missing {exc}") from exc
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise UnsupportedMediaType(f"malformed {media_type} manifest: {exc}") from exc
     raise UnsupportedMediaType(
         f"unsupported manifest media type {media_type!r}",
         hint="r8imfs reads OCI and Docker v2 schema 2 manifests and indexes",

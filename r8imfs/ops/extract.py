@@ -23,7 +23,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Protocol, cast
 
 from r8imfs.archive.decompress import (
     DECOMPRESSION_ERRORS,
@@ -33,6 +33,7 @@ from r8imfs.archive.decompress import (
     open_decompressed,
 )
 from r8imfs.archive.pipe import consume_stream
+from r8imfs.archive.safetar import GuardedTarInfo
 from r8imfs.errors import CorruptLayer, DigestMismatch, NoWeightsFound, UnsafeLayer
 from r8imfs.oci.config import WEIGHTS_DIR, Layer, pair_layers, weights_candidates
 from r8imfs.registry.client import Image, RegistryClient
@@ -65,17 +66,48 @@ def weights_name(path: str) -> str | None:
     return rest
 
 
+class _Cuttable:
+    """A write-only file that can be cut off: after ``cut()`` writes vanish.
+
+    tarfile's stream mode buffers a record and writes it on ``close`` (or,
+    unclosed, from ``__del__`` at exit); once a failed extract has given up
+    on its output, neither may touch it.
+    """
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out: IO[bytes] | None = out
+
+    def write(self, data: bytes) -> int:
+        if self._out is not None:
+            self._out.write(data)
+        return len(data)
+
+    def cut(self) -> IO[bytes] | None:
+        out, self._out = self._out, None
+        return out
+
+
+#: Written after the last good member when a streamed tar fails: GNU tar then
+#: says "Skipping to next header" and exits 2 instead of accepting an archive
+#: that merely lacks its end blocks (which it does silently).
+POISON = b"r8imfs: extract failed; this archive is incomplete\n".ljust(tarfile.BLOCKSIZE, b"\0")
+
+
 class TarSink:
     """Files into one output tar, streamed straight through.
 
     A tar cannot take back what it wrote, so the caller writes ``-o FILE``
     to a temporary name and renames it only on success; on stdout a failure
-    leaves the archive without its end blocks and the exit status non-zero.
+    ends the archive with ``POISON`` instead of its end blocks and the exit
+    status is non-zero (``discard``).
     """
 
     def __init__(self, out: IO[bytes]) -> None:
+        self._out = _Cuttable(out)
         # closed by close() after the last layer: no with-block spans the layers
-        self._tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        self._tar = tarfile.open(  # noqa: SIM115
+            fileobj=cast(IO[bytes], self._out), mode="w|", format=tarfile.PAX_FORMAT
+        )
 
     def add(self, name: str, info: tarfile.TarInfo, body: IO[bytes]) -> None:
         new = tarfile.TarInfo(name)
@@ -91,6 +123,14 @@ class TarSink:
 
     def close(self) -> None:
         self._tar.close()
+
+    def discard(self, poison: bool = False) -> None:
+        """Give up: nothing more reaches the output, except ``POISON`` if asked."""
+        out = self._out.cut()
+        self._tar.close()  # into the void: only so that nothing is left to flush at exit
+        if out is not None and poison:
+            out.write(POISON)
+            out.flush()
 
 
 class DirSink:
@@ -112,9 +152,13 @@ class DirSink:
         target.parent.mkdir(parents=True, exist_ok=True)
         self.target(name)  # again, now that parents exist (a symlinked parent)
         fd, tmp = tempfile.mkstemp(prefix=".r8imfs-", dir=target.parent)
-        with os.fdopen(fd, "wb") as f:
-            shutil.copyfileobj(body, f, COPY_BUF)
-        os.chmod(tmp, info.mode & 0o777 or 0o644)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(body, f, COPY_BUF)
+            os.chmod(tmp, info.mode & 0o777 or 0o644)
+        except BaseException:
+            os.unlink(tmp)  # a half-written file is not staged: abort() would miss it
+            raise
         self._staged.append((Path(tmp), target))
 
     def commit(self) -> None:
@@ -136,7 +180,7 @@ def _untar_weights(raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | N
     names: list[str] = []
     try:
         stream = open_decompressed(hashed, compression_of(desc.media_type))  # type: ignore[arg-type]
-        with tarfile.open(fileobj=stream, mode="r|") as tf:
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=GuardedTarInfo) as tf:
             for member in tf:
                 name = weights_name(member.name)
                 if name is None or not member.isreg():
@@ -154,6 +198,10 @@ def _untar_weights(raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | N
     except tarfile.TarError as exc:
         sink.abort()
         raise CorruptLayer(f"{what} is not a valid tar: {exc}") from exc
+    except CorruptLayer as exc:  # from the decompressor: name the layer
+        sink.abort()
+        exc.message = f"{what}: {exc.message}"
+        raise
     except BaseException:
         sink.abort()
         raise

@@ -93,6 +93,9 @@ def translate(host: str, what: str) -> Iterator[None]:
         yield
     except httpx.TimeoutException as exc:
         raise TransportError(f"timed out talking to {host} ({what})") from exc
+    except httpx.UnsupportedProtocol as exc:
+        # a realm or redirect to ftp:// or the like: no retry will change it
+        raise RegistryError(f"cannot reach {host} ({what}): {exc}") from exc
     except httpx.TransportError as exc:
         raise TransportError(f"cannot reach {host} ({what}): {exc or type(exc).__name__}") from exc
 

@@ -1,0 +1,216 @@
+"""Issue 4: ``r8imfs mount`` + ``cp -r`` + ``umount``; ls, cached mount, daemon RSS.
+
+Three kinds of run, each repeated, each with a fresh mountpoint and process:
+
+``cold``
+    empty cache dir: ``mount`` (which indexes every gzip layer, so it
+    downloads the weights blob into the blob cache), ``cp -r
+    rootfs/src/weights DEST``, ``umount``; against ``skopeo copy`` + ``tar x``.
+``index-only``
+    the cold run's index database kept, its blob cache deleted: ``mount``
+    (ready time), ``ls -R rootfs``, then ``cp -r`` which now downloads the
+    blob through ranged GETs as it copies: the "cp vs curl" case.
+``warm``
+    index and blobs cached: ``mount``, ``ls -R rootfs``, ``cp -r``, ``umount``.
+
+The daemon's RSS is sampled from /proc/PID/status every 50 ms during the
+copy (its pid from the mount's pid file); VmHWM, its peak over its whole
+life (indexing included), is read just before ``umount``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from r8imfs.fs.daemon import daemon_pid, mounted_fstype, resolved
+from tools.bench.common import R8IMFS, Row, Run, Section, note, rate, run, stat
+from tools.bench.context import Bench
+
+SPEEDUP = 5.0
+CURL_SHARE = 0.5
+LS_SECS = 0.5
+MOUNT_SECS = 1.0
+RSS_LIMIT = 300 * 1000 * 1000
+
+
+def status_bytes(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class RssSampler:
+    """The largest VmRSS of ``pid`` seen while the ``with`` block runs."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError):
+                self.peak = max(self.peak, status_bytes(self.pid, "VmRSS"))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass(frozen=True, slots=True)
+class MountRun:
+    mount: float
+    ls: float | None
+    cp: float | None
+    umount: float
+    rss_during_cp: int
+    hwm: int
+
+    @property
+    def total(self) -> float:
+        return self.mount + (self.ls or 0) + (self.cp or 0) + self.umount
+
+
+@contextlib.contextmanager
+def mounted(b: Bench, cache: Path, mnt: Path, ref: str) -> Iterator[Run]:
+    """``r8imfs mount``; always unmounted afterwards, even when the caller failed."""
+    done = run([*R8IMFS, "mount", "--cache-dir", str(cache), ref, str(mnt)], env=b.env)
+    try:
+        yield done
+    finally:
+        if mounted_fstype(mnt) is not None:
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=False, capture_output=True)
+
+
+def one_run(b: Bench, cache: Path, *, ls: bool, cp: bool, ref: str | None = None) -> MountRun:
+    mnt, dest = b.scratch("mnt"), b.work / "cp-dest"
+    shutil.rmtree(dest, ignore_errors=True)
+    with mounted(b, cache, mnt, ref or b.image.ref) as m:
+        pid = daemon_pid(resolved(mnt))
+        if pid is None:
+            raise RuntimeError("no pid file for the mount")
+        ls_run = run(f"ls -R {mnt}/rootfs > /dev/null") if ls else None
+        with RssSampler(pid) as sampler:
+            cp_run = run(["cp", "-r", f"{mnt}/rootfs/src/weights", str(dest)]) if cp else None
+        hwm = status_bytes(pid, "VmHWM")
+        um = run([*R8IMFS, "umount", str(mnt)], env=b.env)
+    if cp and (dest / "model.bin").stat().st_size != b.image.model_bytes:
+        raise RuntimeError("cp from the mount gave a model.bin of the wrong size")
+    shutil.rmtree(dest, ignore_errors=True)
+    return MountRun(m.secs, ls_run.secs if ls_run else None, cp_run.secs if cp_run else None,
+                    um.secs, sampler.peak, hwm)
+
+
+def measure(b: Bench) -> Section:
+    peers = b.peer_skopeo_tar()
+    curls = b.peer_curl()
+    cold, index_only, warm = [], [], []
+    for i in range(b.repeat):
+        cache = b.scratch("mount-cache")
+        note(f"mount: cold {i + 1}/{b.repeat}")
+        cold.append(one_run(b, cache, ls=False, cp=True))
+        shutil.rmtree(cache / "blobs")
+        note(f"mount: index cached, blobs not {i + 1}/{b.repeat}")
+        index_only.append(one_run(b, cache, ls=True, cp=True))
+        note(f"mount: index and blobs cached {i + 1}/{b.repeat}")
+        warm.append(one_run(b, cache, ls=True, cp=True))
+    zstd_ref = f"{b.image.host}/bench/model:zstd"
+    note("mount: recompressing the image with r8imfs zstd (not timed)")
+    run([*R8IMFS, "zstd", b.image.ref, zstd_ref], env=b.env)
+    zstd_cold = []
+    for i in range(b.repeat):
+        note(f"mount: cold, zstd image {i + 1}/{b.repeat}")
+        zstd_cold.append(one_run(b, b.scratch("mount-cache"), ls=False, cp=True, ref=zstd_ref))
+    shutil.rmtree(b.work / "mount-cache", ignore_errors=True)
+    s = report(b, peers, curls, cold, index_only, warm)
+    s.rows += zstd_rows(b, peers, curls, zstd_cold)
+    return s
+
+
+def zstd_rows(
+    b: Bench, peers: list[tuple[Run, Run]], curls: list[Run], runs: list[MountRun]
+) -> list[Row]:
+    """The same image after ``r8imfs zstd``: what the mount does without gzip's inflate."""
+    peer = stat([c.secs + t.secs for c, t in peers])
+    curl_rate = b.image.weights.size / stat([c.secs for c in curls]).median
+    total, cp = stat([r.total for r in runs]), stat([r.cp or 0 for r in runs])
+    cp_rate = b.image.weights_bytes / cp.median
+    return [
+        Row("zstd image (after `r8imfs zstd`): cold mount + cp -r + umount", "(for comparison)",
+            total.fmt(), f"{peer.median / total.median:.2f}× vs the peer"),
+        Row("  of which mount", "", stat([r.mount for r in runs]).fmt()),
+        Row("  of which cp -r", "", f"{cp.fmt()}; {rate(b.image.weights_bytes, cp.median)}",
+            f"{cp_rate / curl_rate:.0%} of curl"),
+        Row("  daemon RSS during cp (max of runs)", "", f"{max(r.rss_during_cp for r in runs) / 1e6:.0f} MB"),
+    ]
+
+
+def report(
+    b: Bench,
+    peers: list[tuple[Run, Run]],
+    curls: list[Run],
+    cold: list[MountRun],
+    index_only: list[MountRun],
+    warm: list[MountRun],
+) -> Section:
+    img = b.image
+    peer = stat([c.secs + t.secs for c, t in peers])
+    curl = stat([c.secs for c in curls])
+    curl_rate = img.weights.size / curl.median
+    s = Section(
+        "Issue 4: `r8imfs mount`",
+        "`r8imfs mount --cache-dir C IMAGE MNT` (returns once serving), `cp -r "
+        "MNT/rootfs/src/weights DEST`, `r8imfs umount MNT`. Peers: `skopeo copy` + `tar -xzf` "
+        f"(as in issue 3) and `curl -o /dev/null {img.blob_url(img.weights)}`.",
+    )
+    total = stat([r.total for r in cold])
+    speedup = peer.median / total.median
+    s.rows.append(Row("cold: mount + cp -r + umount, empty cache", f"≥ {SPEEDUP:g}× faster than the peer",
+                      total.fmt(), f"{speedup:.2f}×", speedup >= SPEEDUP))
+    s.rows.append(Row("  of which mount (indexes every layer)", "", stat([r.mount for r in cold]).fmt()))
+    s.rows.append(Row("  of which cp -r", "", stat([r.cp or 0 for r in cold]).fmt()))
+    s.rows.append(Row("peer: skopeo copy + tar -xzf", "", peer.fmt()))
+    s.rows.append(Row("peer: curl of the weights blob", "", f"{curl.fmt()}; {rate(img.weights.size, curl.median)}"))
+    for label, runs in (("cold (blob already cached by indexing)", cold),
+                        ("index cached, blob not (cp downloads)", index_only),
+                        ("warm (index and blob cached)", warm)):
+        cp = stat([r.cp or 0 for r in runs])
+        cp_rate = img.weights_bytes / cp.median
+        s.rows.append(Row(f"cp -r alone, {label}", f"≥ {CURL_SHARE:.0%} of curl's speed",
+                          f"{cp.fmt()}; {rate(img.weights_bytes, cp.median)}",
+                          f"{cp_rate / curl_rate:.0%} of curl", cp_rate >= CURL_SHARE * curl_rate))
+    for label, runs in (("index cached, blob not", index_only), ("warm", warm)):
+        ls = stat([r.ls or 0 for r in runs])
+        s.rows.append(Row(f"ls -R rootfs ({img.base.files + img.src.files + img.weights.files:,} files), {label}",
+                          f"≤ {LS_SECS:g} s", ls.fmt(), f"{ls.median / LS_SECS:.2f}× the limit",
+                          ls.median <= LS_SECS))
+    for label, runs in (("index cached, blob not", index_only), ("warm", warm)):
+        m = stat([r.mount for r in runs])
+        s.rows.append(Row(f"mount ready, {label}", f"≤ {MOUNT_SECS:g} s", m.fmt(),
+                          f"{m.median / MOUNT_SECS:.2f}× the limit", m.median <= MOUNT_SECS))
+    for label, runs in (("cold", cold), ("index cached, blob not", index_only), ("warm", warm)):
+        peak = max(r.rss_during_cp for r in runs)
+        s.rows.append(Row(f"daemon RSS during cp, {label} (max of runs)", "≤ 300 MB",
+                          f"{peak / 1e6:.0f} MB", f"{peak / RSS_LIMIT:.2f}× the limit", peak <= RSS_LIMIT))
+    hwm = max(r.hwm for r in cold)
+    s.rows.append(Row("daemon VmHWM over its life, cold (indexing included)", "",
+                      f"{hwm / 1e6:.0f} MB"))
+    s.rows.append(Row("umount", "", stat([r.umount for r in cold + index_only + warm]).fmt()))
+    return s
+
+
+

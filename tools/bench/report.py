@@ -1,0 +1,100 @@
+"""Machine facts, peer versions, and the Markdown of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tools.bench.common import Row, Section, load_average
+
+PEERS = {
+    "skopeo": ["skopeo", "--version"],
+    "curl": ["curl", "--version"],
+    "zstd": ["zstd", "--version"],
+    "tar": ["tar", "--version"],
+    "gzip": ["gzip", "--version"],
+    "docker-registry": ["/usr/bin/docker-registry", "--version"],
+}
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except OSError as exc:
+        return f"unavailable ({exc})"
+    return (out.stdout or out.stderr).strip().splitlines()[0]
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def mem_total() -> str:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    return "unknown"
+
+
+def busiest(n: int = 6) -> str:
+    """The processes using the most CPU right now (a hint of what else was running)."""
+    out = subprocess.run(["ps", "-eo", "pcpu,etime,comm", "--sort=-pcpu"],
+                         capture_output=True, text=True, check=False).stdout.splitlines()
+    return "; ".join(" ".join(line.split()) for line in out[1 : n + 1])
+
+
+@dataclass
+class Machine:
+    started: str = field(default_factory=lambda: _dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+    load_start: str = field(default_factory=load_average)
+    busy_start: str = field(default_factory=busiest)
+    load_end: str = ""
+    busy_end: str = ""
+    loads: list[tuple[str, str]] = field(default_factory=list)
+
+    def facts(self) -> list[tuple[str, str]]:
+        return [
+            ("date", self.started),
+            ("CPU", f"{os.cpu_count()} × {cpu_model()}"),
+            ("memory", mem_total()),
+            ("kernel", platform.release()),
+            ("python", sys.version.split()[0]),
+            ("load average (1, 5, 15 min) at start / end", f"{self.load_start} / {self.load_end}"),
+            ("load average as each area started", "; ".join(f"{a}: {l}" for a, l in self.loads)),
+        ]
+
+
+def render(machine: Machine, sections: list[Section], header: str, notes: list[str]) -> str:
+    out = [header, "", "## Machine and peers", "", "| | |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in machine.facts()]
+    out += [f"| {name} | {first_line(argv)} |" for name, argv in PEERS.items()]
+    out += ["", f"Busiest processes at the start: {machine.busy_start}.",
+            f"At the end: {machine.busy_end}.", ""]
+    for section in sections:
+        out += [f"## {section.title}", ""]
+        if section.intro:
+            out += [section.intro, ""]
+        out += ["| measurement | target | measured: median of runs (min–max) | ratio | result |",
+                "|---|---|---|---|---|"]
+        out += [_row(r) for r in section.rows]
+        out.append("")
+        out += [f"- {n}" for n in section.notes]
+        if section.notes:
+            out.append("")
+    if notes:
+        out += ["## Notes", ""] + notes + [""]
+    return "\n".join(out)
+
+
+def _row(r: Row) -> str:
+    result = "" if r.ok is None else ("**pass**" if r.ok else "**FAIL**")
+    cells = (r.what, r.target, r.measured, r.ratio, result)
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
