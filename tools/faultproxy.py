@@ -419,7 +419,13 @@ class _Exchange:
             return
         conn = http.client.HTTPConnection(self.proxy.upstream, timeout=120)
         try:
-            resp = self._forward(conn)
+            try:
+                resp = self._forward(conn)
+            except (OSError, http.client.HTTPException) as exc:
+                h.close_connection = True
+                body = json.dumps({"errors": [{"code": "BAD_GATEWAY", "message": str(exc)}]})
+                self._reply(502, body.encode(), {"Content-Type": "application/json"})
+                return
             with resp:
                 redirect = self.of(RedirectBlobs)
                 if redirect is not None and 200 <= resp.status < 300 and h.command == "GET":

@@ -80,7 +80,7 @@ class GzipInflater:
     tolerated, anything else is not.
     """
 
-    def __init__(self, raw: HashingReader) -> None:
+    def __init__(self, raw: HashingReader | IO[bytes]) -> None:
         self._raw = raw
         self._zlib = zlib.decompressobj(31)
         self._pending = memoryview(b"")

@@ -10,8 +10,9 @@ streaming pass, then reused across runs), and the layer reader the index
 opens (gzip checkpoints, zstd frames or plain offsets). Indexes are built
 in worker threads, at most ``INDEX_PARALLEL`` at once (it is CPU-bound).
 
-``read(node, offset, size)`` runs the sync engine in a worker thread; the
-engine pulls compressed bytes back through ``SyncBlobFile`` →
+``read(node, offset, size)`` answers from bytes a gzip reader decoded ahead
+when it can (``readat.cached_entry``), else runs the sync engine in a worker
+thread; the engine pulls compressed bytes back through ``SyncBlobFile`` →
 ``BlobReader.read`` on the loop. A failure surfaces as an ``R8imfsError``
 or ``OSError`` for the caller (the FUSE adapter maps it to EIO).
 """
@@ -29,7 +30,7 @@ from r8imfs.archive.blobcache import BlobCache, BlobReader, BlobSource
 from r8imfs.archive.entry import Entry
 from r8imfs.archive.indexdb import load_or_build
 from r8imfs.archive.merged import LayerTree, MergedTree, Node
-from r8imfs.archive.readat import LayerReader, read_entry
+from r8imfs.archive.readat import LayerReader, cached_entry, read_entry
 from r8imfs.errors import R8imfsError
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Manifest
@@ -93,6 +94,11 @@ class ImageFiles:
 
     async def read(self, node: Node, offset: int, size: int) -> bytes:
         layer = self.layers[node.layer]
+        # A sequential copy's reads mostly fall in bytes a gzip handle decoded
+        # ahead: served here, without a thread round trip (docs/benchmarks.md).
+        hit = cached_entry(layer.reader, node.entry, offset, size)
+        if hit is not None:
+            return hit
         return await _threads.run_sync(read_entry, layer.reader, node.entry, offset, size)
 
     @property

@@ -25,6 +25,7 @@ import trio
 
 from r8imfs import _threads
 from r8imfs.archive.tarindex import ForwardFile
+from r8imfs.oci.digest import Hasher
 
 T = TypeVar("T")
 
@@ -59,7 +60,15 @@ async def consume_stream(
     fn: Callable[[IO[bytes]], T],
     *,
     buffer: int = 4,
+    hasher: Hasher | None = None,
 ) -> T:
+    """``fn(fileobj)`` in a worker thread over the bytes of ``source``; its result.
+
+    With ``hasher``, every byte is hashed on the way, in a ``run_io`` thread
+    while ``fn`` works on the previous piece: a big hash off the consumer's
+    critical path. It covers what was sent, so ``fn`` must read to the end
+    for the digest to be the whole stream's.
+    """
     send, receive = trio.open_memory_channel[bytes](buffer)
     pump_error: BaseException | None = None
     consumer_error: BaseException | None = None
@@ -71,6 +80,8 @@ async def consume_stream(
             try:
                 async with contextlib.aclosing(coalesce(source)) as pieces:
                     async for chunk in pieces:
+                        if hasher is not None:
+                            await _threads.run_io(hasher.update, chunk)
                         await send.send(chunk)
             except trio.BrokenResourceError:
                 pass  # the consumer is done early

@@ -222,6 +222,22 @@ def read_entry(reader: LayerReader, entry: Entry, offset: int, size: int) -> byt
     return _read_sparse(reader, entry, offset, end)
 
 
+def cached_entry(reader: LayerReader, entry: Entry, offset: int, size: int) -> bytes | None:
+    """``read_entry``'s answer if the reader has it decoded already, else None.
+
+    Never blocks (readers without a ``cached`` method, and sparse entries,
+    always give None): for the trio side, to skip a worker thread on a hit.
+    """
+    cached = getattr(reader, "cached", None)
+    if cached is None or entry.sparse:
+        return None
+    end = min(entry.size, offset + size)
+    if offset >= end:
+        return b""
+    data: bytes | None = cached(entry.data_offset + offset, end - offset)
+    return data
+
+
 def _read_sparse(reader: LayerReader, entry: Entry, offset: int, end: int) -> bytes:
     out = bytearray(end - offset)
     stored = entry.data_offset

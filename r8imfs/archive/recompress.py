@@ -3,13 +3,13 @@
 Theory of operation. A layer blob streams in and a zstd blob streams out,
 neither ever whole in memory:
 
-    download ─▶ pipe.consume_stream (1 MiB pieces) ─▶ worker thread:
-        hash the compressed bytes (they must match the layer digest)
-        ─▶ ``GzipInflater`` (gzip members, zero padding; plain tars pass as they are)
+    download ─▶ pipe.consume_stream (1 MiB pieces, hashed there: they must
+    match the layer digest) ─▶ worker thread:
+        ``GzipInflater`` (gzip members, zero padding; plain tars pass as they are)
         ─▶ zstdwrite.write_seekable: fixed-size slices, each one independent
            zstd frame compressed on ``threads`` pool threads, in order, then
            the seek table of the zstd seekable format; hashes the tar (the
-           diff_id, which must not change) and the output
+           diff_id, which must not change); the upload hashes the output
         ─▶ ``write`` callback: each frame crosses back to trio into a
            bounded channel that the upload drains
 
@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from typing import IO, cast
 
 from r8imfs import _threads
-from r8imfs.archive.decompress import GzipInflater, HashingReader
+from r8imfs.archive.decompress import READ, GzipInflater, HashingReader
 from r8imfs.archive.pipe import consume_stream
 from r8imfs.archive.zstdwrite import MiB, SeekableResult, write_seekable
 from r8imfs.errors import CorruptLayer, DigestMismatch
+from r8imfs.oci.digest import Hasher
 
 FRAME_SIZE = 4 * MiB
 
@@ -62,19 +63,31 @@ def recompress_file(
     level: int = 3,
     frame_size: int = FRAME_SIZE,
     threads: int = 0,
+    source_digest: Callable[[], str] | None = None,
 ) -> Recompressed:
-    """Blocking: a compressed layer read from ``raw``, seekable zstd into ``write``."""
+    """Blocking: a compressed layer read from ``raw``, seekable zstd into ``write``.
+
+    ``source_digest``: the blob is hashed elsewhere (``consume_stream``'s
+    hasher) and this gives its digest once ``raw`` is read to the end; else
+    it is hashed here. The output is never hashed here (the upload does).
+    """
     if compression not in ("gzip", "none"):
         raise CorruptLayer(f"cannot recompress a {compression!r} layer")
-    src = HashingReader(raw)
+    src = HashingReader(raw) if source_digest is None else raw
     dst = cast(IO[bytes], _Writer(write))
     tar = cast(IO[bytes], GzipInflater(src) if compression == "gzip" else src)
     try:
-        result = write_seekable(tar, dst, level=level, frame_size=frame_size, threads=threads)
-        src.drain()
+        result = write_seekable(
+            tar, dst, level=level, frame_size=frame_size, threads=threads, digest_output=False
+        )
+        while src.read(READ):  # the rest (padding after the last member) counts too
+            pass
     except zlib.error as exc:
         raise CorruptLayer(f"layer does not decompress: {exc}") from exc
-    return Recompressed(result, "sha256:" + src.hash.hexdigest())
+    if isinstance(src, HashingReader):
+        return Recompressed(result, "sha256:" + src.hash.hexdigest())
+    assert source_digest is not None
+    return Recompressed(result, source_digest())
 
 
 async def recompress_stream(
@@ -97,15 +110,18 @@ async def recompress_stream(
     def write(data: bytes) -> None:
         _threads.from_thread(send, data)
 
+    hasher = Hasher()  # in the pump, off the worker thread that inflates
+
     def work(raw: IO[bytes]) -> Recompressed:
         return recompress_file(
-            raw, compression, write, level=level, frame_size=frame_size, threads=threads
+            raw, compression, write, level=level, frame_size=frame_size, threads=threads,
+            source_digest=lambda: hasher.digest,
         )
 
     try:
-        done = await consume_stream(source, work)
+        done = await consume_stream(source, work, hasher=hasher)
     except CorruptLayer as exc:  # name the layer: the user sees one line
-        exc.message = f"layer {expected_digest}: {exc.message}"
+        exc.message = f"{expected_digest}: {exc.message}"
         raise
     verify(done, expected_digest, expected_diff_id)
     return done

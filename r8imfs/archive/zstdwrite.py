@@ -35,7 +35,7 @@ MAX_FRAME_SIZE = 1 << 30  # sizes are u32 in the table; stay far below
 @dataclass(frozen=True, slots=True)
 class SeekableResult:
     compressed_size: int
-    compressed_digest: str  # "sha256:<hex>" of everything written
+    compressed_digest: str | None  # "sha256:<hex>" of everything written, if asked
     uncompressed_size: int
     diff_id: str  # "sha256:<hex>" of the input
     frames: int
@@ -48,12 +48,18 @@ def write_seekable(
     level: int = 3,
     frame_size: int = 4 * MiB,
     threads: int = 0,
+    digest_output: bool = True,
 ) -> SeekableResult:
-    """Compress ``src`` into ``dst`` as seekable zstd; ``threads=0``: up to 4."""
+    """Compress ``src`` into ``dst`` as seekable zstd; ``threads=0``: up to 4.
+
+    ``digest_output=False`` leaves ``compressed_digest`` None, for a caller
+    that hashes the output anyway (an upload does): a 1 GiB sha256 less on
+    this thread, which is the recompression's critical path.
+    """
     if not 0 < frame_size <= MAX_FRAME_SIZE:
         raise ValueError(f"frame_size must be in 1..{MAX_FRAME_SIZE}")
     workers = threads or min(4, os.cpu_count() or 1)
-    out = _HashingWriter(dst)
+    out = _HashingWriter(dst, digest_output)
     diff = hashlib.sha256()
     table: list[tuple[int, int, int]] = []
     for chunk, frame in _compress_all(_slices(src, frame_size), level, workers):
@@ -63,7 +69,7 @@ def write_seekable(
     out.write(seek_table_frame(table))
     return SeekableResult(
         compressed_size=out.size,
-        compressed_digest="sha256:" + out.hash.hexdigest(),
+        compressed_digest="sha256:" + out.hash.hexdigest() if digest_output else None,
         uncompressed_size=sum(u for _, u, _ in table),
         diff_id="sha256:" + diff.hexdigest(),
         frames=len(table),
@@ -133,12 +139,14 @@ def _compress_all(
 
 
 class _HashingWriter:
-    def __init__(self, dst: IO[bytes]) -> None:
+    def __init__(self, dst: IO[bytes], digest: bool = True) -> None:
         self._dst = dst
+        self._digest = digest
         self.hash = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes) -> None:
         self._dst.write(data)
-        self.hash.update(data)
+        if self._digest:
+            self.hash.update(data)
         self.size += len(data)

@@ -30,6 +30,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture(autouse=True)
+def no_cog_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials only where a test gives them (CLI runs in this process read the env)."""
+    monkeypatch.delenv("COG_TOKEN", raising=False)
+
+
 @pytest.fixture
 def proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
     p = FaultProxy(registry.host).start()
@@ -67,7 +73,7 @@ def push_image(
     from relkit import manifest_of
 
     ref = f"{registry.host}/{repo}:v1"
-    push(ref, layers=cog_layers(weights), **kw)  # type: ignore[arg-type]
+    push(ref, layers=cog_layers(weights), **kw)
     layers = tuple(d["digest"] for d in manifest_of(ref)["layers"])
     return Image(repo, "v1", weights, layers, layers[-1])
 

@@ -60,15 +60,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def run(
-    *args: str,
-    env: dict[str, str] | None = None,
-    timeout: float = CMD_TIMEOUT,
-    stdin: bytes | None = None,
+    *args: str, env: dict[str, str] | None = None, timeout: float = CMD_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
     """``python -m r8imfs ARGS``; a command still running after ``timeout`` fails the test."""
     return subprocess.run(
         [sys.executable, "-m", "r8imfs", *args],
-        input=stdin.decode("latin-1") if stdin is not None else None,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         env=env if env is not None else clean_env(),
@@ -383,3 +380,28 @@ def read_checked(
             return f"wrong bytes at {pos + first}"
         pos += len(got)
     return "ok"
+
+
+def run_here(capsys: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI's ``main`` in this process (no interpreter start-up), for quick failures.
+
+    For commands that fail before doing real work: usage errors, bad
+    manifests, bad challenges. stdout/stderr come from pytest's ``capsys``.
+    """
+    import logging
+
+    from r8imfs.cli.main import main
+
+    loggers = [logging.getLogger(n) for n in ("", "httpx", "httpcore")]
+    saved = [(lg, lg.level, lg.handlers[:]) for lg in loggers]
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse
+        code = int(exc.code or 0)
+    finally:  # main configures logging for a process; leave the test session's alone
+        for lg, level, handlers in saved:
+            lg.setLevel(level)
+            lg.handlers[:] = handlers
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["r8imfs", *args], code, out, err)

@@ -167,12 +167,12 @@ FATAL: dict[str, tuple[Callable[[Image], list[Fault]], tuple[str, ...], str]] = 
     ),
     "truncated-manifest": (
         lambda im: [Truncate(keep=120, match="/manifests/v1")],
-        ("layers", "extract", "affix", "zstd"),
+        ("layers", "affix"),
         "manifest",
     ),
     "manifest-put-500": (
         lambda im: [Status(code=500, retry_after="0", match="/manifests/out", methods=("PUT",))],
-        ("affix", "remix", "zstd", "clone-x"),
+        ("remix", "zstd", "clone-x"),
         "HTTP 500",
     ),
     "upload-dropped": (

@@ -23,6 +23,7 @@ from relkit import (
     one_line_error,
     push_blobs,
     run,
+    run_here,
     sha256,
     tag_is_whole,
 )
@@ -65,10 +66,12 @@ BAD_MANIFESTS: dict[str, tuple[bytes, str, str]] = {
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_MANIFESTS))
-def test_bad_manifests_give_one_line(image: Image, proxy: FaultProxy, kind: str) -> None:
+def test_bad_manifests_give_one_line(
+    image: Image, proxy: FaultProxy, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
     body, content_type, words = BAD_MANIFESTS[kind]
     proxy.set_faults([ReplaceBody(body=body, content_type=content_type)])
-    one_line_error(run("layers", image.ref(proxy.host), timeout=QUICK), contains=words)
+    one_line_error(run_here(capsys, "layers", image.ref(proxy.host)), contains=words)
     assert not any("/other/" in r.path for r in proxy.requests)
 
 
@@ -168,12 +171,13 @@ CHALLENGES = {
 
 @pytest.mark.parametrize("kind", sorted(CHALLENGES))
 def test_malformed_www_authenticate(
-    token_registry: RegistryServer, token_proxy: FaultProxy, kind: str
+    token_registry: RegistryServer, token_proxy: FaultProxy, capsys: pytest.CaptureFixture[str],
+    kind: str,
 ) -> None:
     value, words = CHALLENGES[kind]
     token_proxy.set_faults([SetHeader(header="WWW-Authenticate", value=value)])
     ref = f"{token_proxy.host}/rel/none:v1"
-    line = one_line_error(run("layers", ref, timeout=QUICK), contains=words)
+    line = one_line_error(run_here(capsys, "layers", ref), contains=words)
     assert len(line) < 400
     assert token_registry.password and token_registry.password not in line
 
@@ -205,14 +209,16 @@ BAD_REFERENCES = [
 
 
 @pytest.mark.parametrize("text", BAD_REFERENCES, ids=[f"r{i}" for i in range(len(BAD_REFERENCES))])
-def test_invalid_references_are_usage_errors(text: str) -> None:
-    proc = run("layers", text, timeout=QUICK)
+def test_invalid_references_are_usage_errors(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    proc = run_here(capsys, "layers", text)
     one_line_error(proc)
     assert proc.returncode == 2
 
 
-def test_invalid_destination_reference(image: Image, registry: RegistryServer) -> None:
-    proc = run("clone", "--base", image.ref(registry.host), "--dest", "Bad Name", timeout=QUICK)
+def test_invalid_destination_reference(
+    image: Image, registry: RegistryServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proc = run_here(capsys, "clone", "--base", image.ref(registry.host), "--dest", "Bad Name")
     one_line_error(proc)
     assert proc.returncode == 2
 

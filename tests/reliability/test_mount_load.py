@@ -18,6 +18,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,11 +58,12 @@ def _seekable(tar: bytes) -> bytes:
 def load_image(registry: RegistryServer) -> tuple[str, dict[str, bytes]]:
     files: dict[str, bytes] = {}
     layers = []
-    for kind, media_type, compress in [
+    kinds: list[tuple[str, str, Callable[[bytes], bytes]]] = [
         ("gz", mt.OCI_LAYER_GZIP, lambda t: gzip.compress(t, 1)),
         ("zs", mt.OCI_LAYER_ZSTD, _seekable),
         ("pl", mt.OCI_LAYER, lambda t: t),
-    ]:
+    ]
+    for kind, media_type, compress in kinds:
         mine = {f"data/{kind}/{i}.bin": os.urandom(FILE_SIZE) for i in range(FILES_PER_LAYER)}
         tar = tar_of({"data": None, f"data/{kind}": None, **mine})
         layers.append(RawLayer(compress(tar), media_type, sha256(tar), f"ADD {kind}", None))

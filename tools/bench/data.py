@@ -20,7 +20,11 @@ from pathlib import Path
 
 from tools.bench.common import MiB
 
-WORDS = ["the", "of", "and", "layer", "image", "registry", "blob", "digest", "manifest", "index", "tar", "gzip", "zstd", "python", "import", "def", "return", "class", "self", "none", "true", "false", "lib", "usr", "bin", "share", "config", "json", "model", "weights"]
+WORDS = [
+    "the", "of", "and", "layer", "image", "registry", "blob", "digest", "manifest", "index",
+    "tar", "gzip", "zstd", "python", "import", "def", "return", "class", "self", "none",
+    "true", "false", "lib", "usr", "bin", "share", "config", "json", "model", "weights",
+]
 
 
 def make_pool(size: int, rng: random.Random) -> bytes:

@@ -65,8 +65,10 @@ def ceiling_rows(b: Bench) -> list[Row]:
     """What one core does with the weights blob alone: the floor under any extract."""
     w = b.image.weights
     rows = []
-    for label, line in (("gzip -dc of the weights blob > /dev/null", f"gzip -dc {w.path} > /dev/null"),
-                        ("sha256sum of the weights blob", f"sha256sum {w.path} > /dev/null")):
+    for label, line in (
+        ("gzip -dc of the weights blob > /dev/null", f"gzip -dc {w.path} > /dev/null"),
+        ("sha256sum of the weights blob", f"sha256sum {w.path} > /dev/null"),
+    ):
         note(f"ceiling: {label}")
         secs = stat([run(line).secs for _ in range(b.repeat)])
         rows.append(Row(f"for scale: {label}", "", f"{secs.fmt()}; {rate(w.usize, secs.median)}"))
@@ -94,8 +96,8 @@ def fetched_rows(b: Bench) -> list[Row]:
             total <= FETCH_RATIO * w.size),
         Row("bytes of the base layer fetched", "0", f"{base_bytes:,} B", "",
             base_bytes == 0),
-        Row("  other than the weights blob", "", f"{(total - blobs.get(w.digest, 0)) / KiB:.1f} KiB "
-            "(manifest, config)"),
+        Row("  other than the weights blob", "",
+            f"{(total - blobs.get(w.digest, 0)) / KiB:.1f} KiB (manifest, config)"),
     ]
 
 

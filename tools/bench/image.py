@@ -3,9 +3,9 @@
 Layers, bottom first (Docker v2 schema 2 manifest, gzip -6 layers, as cog
 pushes to r8.im):
 
-0. ``base``: ~10,000 small files (a Python site-packages-like tree plus some
-   ``.so``-like binaries) of mixed text and binary content, ~220 MiB of tar
-   that gzip makes ~100 MiB; ``ADD file:… in /``;
+0. ``base``: 10,000 small files in ~1,000 directories (a Python
+   site-packages-like tree plus ``.so``-like binaries) of mixed text and
+   binary content, ~220 MiB of tar that gzip makes ~100 MiB; ``ADD file:… in /``;
 1. ``src``: ``COPY . /src``: predict.py and cog.yaml;
 2. ``weights``: ``src/weights/model.bin`` (1 GiB of float16-like bytes, see
    ``data``), ``tokenizer.json`` and ``config.json``; ``created_by`` ending
@@ -59,6 +59,7 @@ class LayerFile:
     created_by: str
     comment: str | None
     files: int  # regular files in it
+    dirs: int = 0  # directory entries in it
 
     @property
     def descriptor(self) -> Descriptor:
@@ -122,12 +123,14 @@ class GzipLayerWriter:
             self._out.write(data)
             self.size += len(data)
 
-    def finish(self, created_by: str, comment: str | None, files: int) -> LayerFile:
+    def finish(
+        self, created_by: str, comment: str | None, files: int, dirs: int = 0
+    ) -> LayerFile:
         self._put(self._zlib.flush())
         self._out.close()
         return LayerFile(
             self.path, "sha256:" + self._blob_hash.hexdigest(), self.size,
-            "sha256:" + self._tar_hash.hexdigest(), self.usize, created_by, comment, files,
+            "sha256:" + self._tar_hash.hexdigest(), self.usize, created_by, comment, files, dirs,
         )
 
 
@@ -139,11 +142,13 @@ def _info(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE) -> tarfile.Ta
 
 
 def _tar(writer: GzipLayerWriter) -> tarfile.TarFile:
-    return tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT, copybufsize=4 * MiB)  # type: ignore[call-overload]
+    return tarfile.open(  # type: ignore[call-overload, no-any-return]
+        fileobj=writer, mode="w", format=tarfile.PAX_FORMAT, copybufsize=4 * MiB
+    )
 
 
 def write_base(path: Path, tar_bytes: int, files: int = BASE_FILES, seed: int = 2) -> LayerFile:
-    """~``files`` small files in ~``files // 25`` directories, ~``tar_bytes`` of tar."""
+    """~``files`` small files in ~``files // 10`` directories, ~``tar_bytes`` of tar."""
     rng = random.Random(seed)
     pool = make_pool(32 * MiB, rng)
     sizes = [min(rng.lognormvariate(8.5, 1.6), 8 * MiB) for _ in range(files)]
@@ -162,13 +167,15 @@ def write_base(path: Path, tar_bytes: int, files: int = BASE_FILES, seed: int = 
                     tf.addfile(_info(d, kind=tarfile.DIRTYPE))
             start = rng.randrange(0, len(pool) - size)
             tf.addfile(_info(name, size), io.BytesIO(pool[start : start + size]))
-    return writer.finish("/bin/sh -c #(nop) ADD file:bench-rootfs in / ", None, files)
+    return writer.finish("/bin/sh -c #(nop) ADD file:bench-rootfs in / ", None, files,
+                         len(seen_dirs))
 
 
 def _base_name(i: int) -> str:
+    """About ten files per directory, as in a Python image (~1,000 directories)."""
     if i % 20 == 0:
-        return f"usr/lib/x86_64-linux-gnu/lib{i // 20:04d}/lib{i}.so.1"
-    pkg, sub = i % 400, (i // 400) % 5
+        return f"usr/lib/x86_64-linux-gnu/lib{i}.so.1"
+    pkg, sub = i % 160, (i // 160) % 5
     return f"usr/lib/python3.11/site-packages/pkg{pkg:03d}/sub{sub}/mod{i}.py"
 
 
@@ -184,14 +191,16 @@ def write_src(path: Path) -> LayerFile:
 def write_weights(path: Path, model_bytes: int) -> tuple[LayerFile, int]:
     """The weights layer; also the bytes of its regular files."""
     rng = random.Random(3)
-    tokenizer = " ".join(rng.choices(("tok", "en", "ize", "r", "▁the", "</s>"), k=max(1, model_bytes // 2000))).encode()
+    words = ("tok", "en", "ize", "r", "▁the", "</s>")
+    tokenizer = " ".join(rng.choices(words, k=max(1, model_bytes // 2000))).encode()
     config = b'{"hidden_size": 4096, "torch_dtype": "float16"}\n'
     writer = GzipLayerWriter(path)
     with _tar(writer) as tf:
         tf.addfile(_info("src/weights", kind=tarfile.DIRTYPE))
         tf.addfile(_info("src/weights/config.json", len(config)), io.BytesIO(config))
         tf.addfile(_info("src/weights/tokenizer.json", len(tokenizer)), io.BytesIO(tokenizer))
-        tf.addfile(_info("src/weights/model.bin", model_bytes), Float16Weights(model_bytes))  # type: ignore[arg-type]
+        model = Float16Weights(model_bytes)
+        tf.addfile(_info("src/weights/model.bin", model_bytes), model)
     layer = writer.finish("COPY ./weights /src/weights # weights", "weights", 3)
     return layer, len(config) + len(tokenizer) + model_bytes
 
@@ -221,7 +230,8 @@ async def push(host: str, layers: tuple[LayerFile, ...], tag: str) -> str:
                 await upload_stream(client, ref.repository, _read(layer.path))
         news = [mutate.NewLayer(x.descriptor, x.diff_id, x.created_by, x.comment) for x in layers]
         config = mutate.append_layers(mutate.new_config(), news)
-        return await push_manifest(client, ref, MANIFEST_TYPE, config, [x.descriptor for x in layers])
+        descriptors = [x.descriptor for x in layers]
+        return await push_manifest(client, ref, MANIFEST_TYPE, config, descriptors)
 
 
 async def _read(path: Path) -> AsyncIterator[bytes]:

@@ -42,7 +42,8 @@ def write_affix_tar(path: Path, size: int) -> None:
 def manifest_layers(host: str, pinned: str) -> list[dict[str, object]]:
     """The layers of ``REPO@sha256:…`` (what a mutation command printed last)."""
     repo, digest = pinned.split("/", 1)[1].rsplit("@", 1)
-    req = urllib.request.Request(f"http://{host}/v2/{repo}/manifests/{digest}", headers={"Accept": _ACCEPT})
+    url = f"http://{host}/v2/{repo}/manifests/{digest}"
+    req = urllib.request.Request(url, headers={"Accept": _ACCEPT})
     with urllib.request.urlopen(req, timeout=30) as resp:
         layers: list[dict[str, object]] = json.load(resp)["layers"]
     return layers
@@ -78,8 +79,8 @@ def measure(b: Bench, scale: float) -> Section:
             h = proxy.host
             done = run([*R8IMFS, "remix", "--replace-weights",
                         "--base", b.image.ref.replace(b.image.host, h, 1),
-                        "--weights", f"{h}/bench/affixed-0:v1", "--dest", f"{h}/bench/remixed-{i}:v1"],
-                       env=b.env)
+                        "--weights", f"{h}/bench/affixed-0:v1",
+                        "--dest", f"{h}/bench/remixed-{i}:v1"], env=b.env)
             remixes.append((done, proxy.downloaded + proxy.uploaded))
     finally:
         proxy.stop()
@@ -110,7 +111,8 @@ def affix_rows(affixes: list[tuple[Run, int, int, int]]) -> list[Row]:
         Row("affix: bytes uploaded (max of runs)", "≤ 1.01× new layer + 64 KiB",
             f"{up:,} B (new layer {layer:,} B)", f"{up / layer:.4f}× the layer", up <= allowed),
         Row("affix: wall time", "", stat([a[0].secs for a in affixes]).fmt()),
-        Row("affix: peak RSS (max of runs)", "", f"{max(a[0].maxrss for a in affixes) / 1e6:.0f} MB"),
+        Row("affix: peak RSS (max of runs)", "",
+            f"{max(a[0].maxrss for a in affixes) / 1e6:.0f} MB"),
     ]
 
 
@@ -138,8 +140,10 @@ def zstd_rows(b: Bench) -> list[Row]:
     rss = max(o.maxrss for o in ours)
     return [
         Row("zstd of the weights layer", f"≥ {ZSTD_SHARE:g}× the pipeline's throughput",
-            f"{mine.fmt()}; {rate(w.usize, mine.median)} of tar", f"{share:.2f}×", share >= ZSTD_SHARE),
-        Row("  local pipeline gzip -dc | zstd -T2 -3", "", f"{peer.fmt()}; {rate(w.usize, peer.median)}"),
+            f"{mine.fmt()}; {rate(w.usize, mine.median)} of tar", f"{share:.2f}×",
+            share >= ZSTD_SHARE),
+        Row("  local pipeline gzip -dc | zstd -T2 -3", "",
+            f"{peer.fmt()}; {rate(w.usize, peer.median)}"),
         Row("zstd: peak RSS (max of runs)", "≤ 300 MB", f"{rss / 1e6:.0f} MB",
             f"{rss / RSS_LIMIT:.2f}× the limit", rss <= RSS_LIMIT),
     ]

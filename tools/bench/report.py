@@ -51,14 +51,21 @@ def busiest(n: int = 6) -> str:
     return "; ".join(" ".join(line.split()) for line in out[1 : n + 1])
 
 
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
 @dataclass
 class Machine:
-    started: str = field(default_factory=lambda: _dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+    started: str = field(default_factory=lambda: _now())
     load_start: str = field(default_factory=load_average)
     busy_start: str = field(default_factory=busiest)
     load_end: str = ""
     busy_end: str = ""
     loads: list[tuple[str, str]] = field(default_factory=list)
+    versions: dict[str, str] = field(
+        default_factory=lambda: {name: first_line(argv) for name, argv in PEERS.items()}
+    )
 
     def facts(self) -> list[tuple[str, str]]:
         return [
@@ -68,14 +75,15 @@ class Machine:
             ("kernel", platform.release()),
             ("python", sys.version.split()[0]),
             ("load average (1, 5, 15 min) at start / end", f"{self.load_start} / {self.load_end}"),
-            ("load average as each area started", "; ".join(f"{a}: {l}" for a, l in self.loads)),
+            ("load average as each area started",
+             "; ".join(f"{area}: {load}" for area, load in self.loads)),
         ]
 
 
 def render(machine: Machine, sections: list[Section], header: str, notes: list[str]) -> str:
     out = [header, "", "## Machine and peers", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in machine.facts()]
-    out += [f"| {name} | {first_line(argv)} |" for name, argv in PEERS.items()]
+    out += [f"| {name} | {version} |" for name, version in machine.versions.items()]
     out += ["", f"Busiest processes at the start: {machine.busy_start}.",
             f"At the end: {machine.busy_end}.", ""]
     for section in sections:

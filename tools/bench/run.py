@@ -3,6 +3,7 @@
     .venv/bin/python tools/bench/run.py [--only extract,mount,mutate,engine]
         [--size-scale 1.0] [--repeat 3] [--out docs/benchmarks.md] [--workdir DIR]
     .venv/bin/python tools/bench/run.py --only tables   # docs/engine-measurements.md
+    .venv/bin/python tools/bench/run.py --render-from results.json   # redo the Markdown
 
 Starts Debian's docker-registry on 127.0.0.1 with its storage in a temporary
 directory (on /tmp's disk unless --workdir says otherwise), builds and pushes
@@ -14,11 +15,14 @@ target that fails is reported as FAIL.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
@@ -26,8 +30,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import trio  # noqa: E402
 from registry_server import start_registry  # noqa: E402
 
-from tools.bench import engine, extract, image, mount, mutate, report, tables  # noqa: E402
-from tools.bench.common import GiB, MiB, Section, load_average, note  # noqa: E402
+from tools.bench import engine, extract, image, mount, mutate, notes, report, tables  # noqa: E402
+from tools.bench.common import GiB, MiB, Row, Section, load_average, note  # noqa: E402
 from tools.bench.context import Bench, child_env  # noqa: E402
 
 AREAS = ("extract", "engine", "mount", "mutate")
@@ -43,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--workdir", type=Path, default=None, help="parent of the temporary directory")
     p.add_argument("--tables-mb", type=int, default=200, help="layer size for --only tables")
+    p.add_argument("--results", type=Path, default=None,
+                   help="also save the raw results as JSON here")
+    p.add_argument("--render-from", type=Path, default=None,
+                   help="write --out from results saved with --results, measuring nothing")
     args = p.parse_args(argv)
     args.areas = [a for a in args.only.split(",") if a]
     unknown = set(args.areas) - {*AREAS, "tables"}
@@ -99,9 +107,9 @@ def describe(b: Bench, args: argparse.Namespace) -> str:
         "same disk; everything it serves is in the page cache, so the wire is loopback "
         "and the costs are CPU: the registry, the client and the peers share the same cores.",
         f"- Image `{img.ref}`, Docker v2 schema 2 manifest, layers gzip -6 (zlib):",
-        f"  - base: {base.files:,} small files (site-packages-like `.py` text and `.so`-like "
-        f"binaries, lognormal sizes) in {base.usize / MiB:,.0f} MiB of tar, "
-        f"{base.size / MiB:,.1f} MiB gzip;",
+        f"  - base: {base.files:,} small files in {base.dirs:,} directories (site-packages-like "
+        f"`.py` text and `.so`-like binaries, lognormal sizes) in {base.usize / MiB:,.0f} MiB "
+        f"of tar, {base.size / MiB:,.1f} MiB gzip;",
         "  - `COPY . /src`: predict.py, cog.yaml;",
         f"  - weights (`COPY ./weights /src/weights # weights`): `src/weights/model.bin` "
         f"({img.model_bytes / GiB:,.2f} GiB), tokenizer.json, config.json: "
@@ -111,36 +119,57 @@ def describe(b: Bench, args: argparse.Namespace) -> str:
         "uniformly random low byte and a high byte (sign, exponent, top mantissa bits) drawn "
         "from the distribution of float16 N(0, 0.02) values. Like real fp16/bf16 checkpoints "
         "it barely compresses, but deflate codes it with Huffman blocks (not stored blocks), so "
-        "it inflates at zlib's real speed (~180 MB/s of output on this CPU), not at memcpy "
-        "speed as random bytes would.",
+        "it inflates at zlib's real speed (see the `gzip -dc` row), not at memcpy speed as "
+        "random bytes would.",
         f"- Each measurement runs {args.repeat} times, in a fresh process, interleaved with "
         "its peers; the tables give the median with min–max. Ratios compare medians.",
     ])
 
 
+def measure_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Registry up, image pushed, every area measured: the results as plain data."""
+    machine = report.Machine()
+    registry = start_registry(work / "registry", "open")
+    try:
+        img = build_image(work, registry.host, args.size_scale)
+        b = Bench(work, img, args.repeat, child_env(work))
+        sections = run_areas(b, args, machine)
+    finally:
+        registry.stop()
+    machine.load_end, machine.busy_end = load_average(), report.busiest()
+    return {"machine": asdict(machine), "header": describe(b, args),
+            "sections": [asdict(s) for s in sections]}
+
+
+def render(results: dict[str, Any]) -> str:
+    machine = report.Machine(**{k: v for k, v in results["machine"].items() if k != "loads"})
+    machine.loads = [tuple(x) for x in results["machine"]["loads"]]
+    sections = [
+        Section(s["title"], s["intro"], [Row(**r) for r in s["rows"]], s["notes"])
+        for s in results["sections"]
+    ]
+    return report.render(machine, sections, results["header"], notes.for_sections(sections))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    parent = args.workdir or Path(tempfile.gettempdir())
-    work = Path(tempfile.mkdtemp(prefix="r8imfs-bench-", dir=parent))
-    try:
-        if args.areas == ["tables"]:
-            tables.main(work / "tables", args.tables_mb)
-            return 0
-        machine = report.Machine()
-        registry = start_registry(work / "registry", "open")
+    if args.render_from:
+        results = json.loads(args.render_from.read_text())
+    else:
+        parent = args.workdir or Path(tempfile.gettempdir())
+        work = Path(tempfile.mkdtemp(prefix="r8imfs-bench-", dir=parent))
         try:
-            img = build_image(work, registry.host, args.size_scale)
-            b = Bench(work, img, args.repeat, child_env(work))
-            sections = run_areas(b, args, machine)
+            if args.areas == ["tables"]:
+                tables.main(work / "tables", args.tables_mb)
+                return 0
+            results = measure_all(args, work)
         finally:
-            registry.stop()
-        machine.load_end, machine.busy_end = load_average(), report.busiest()
-        text = report.render(machine, sections, describe(b, args), [])
-        args.out.write_text(text + "\n")
-        note(f"wrote {args.out}")
-        print(text)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
+        if args.results:
+            args.results.write_text(json.dumps(results, indent=1))
+    text = render(results)
+    args.out.write_text(text + "\n")
+    note(f"wrote {args.out}")
     return 0
 
 

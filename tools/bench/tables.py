@@ -67,7 +67,7 @@ def bench_gzip(gz: Path, usize: int, spacings: list[int]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for spacing in spacings:
         with FileReadAt(gz) as ra:
-            secs, res = timed(lambda ra=ra, s=spacing: build_gzip_index(ra, spacing=s))
+            secs, res = timed(lambda ra=ra, s=spacing: build_gzip_index(ra, spacing=s))  # type: ignore[misc]
             idx = res.index_bytes  # type: ignore[attr-defined]
             reader = GzipLayerReader(ra, idx, usize)
             lat = random_reads(reader.pread, usize, 200)
@@ -83,7 +83,7 @@ def bench_gzip(gz: Path, usize: int, spacings: list[int]) -> None:
 
 def bench_rapidgzip(gz: Path, usize: int) -> None:
     try:
-        import rapidgzip  # type: ignore[import-not-found]
+        import rapidgzip  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         print("\nrapidgzip not installed")
         return
@@ -130,7 +130,7 @@ def bench_zstd(tar: Path, work: Path, usize: int) -> None:
     print("|---|---|---|---|---|---|---|")
     for name, path in (("plain (zstd -3 -T2)", plain), ("seekable 4 MiB frames", seekable)):
         with FileReadAt(path) as ra:
-            secs, res = timed(lambda ra=ra: build_zstd_index(ra))
+            secs, res = timed(lambda ra=ra: build_zstd_index(ra))  # type: ignore[misc]
             frames = res.frames  # type: ignore[attr-defined]
             reader = ZstdLayerReader(ra, frames)
             lat = random_reads(reader.pread, usize, 40 if len(frames.cstarts) < 4 else 200)
