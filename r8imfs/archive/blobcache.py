@@ -270,6 +270,10 @@ class BlobCache:
         finally:
             self._evicting = False
 
+    def background(self) -> trio.Nursery:
+        """The cache's nursery, for work that lives as long as the cache (readahead)."""
+        return self._background()
+
     def _background(self) -> trio.Nursery:
         if self._nursery is None:
             raise trio.ClosedResourceError("the blob cache is closed")

@@ -19,7 +19,9 @@ or ``OSError`` for the caller (the FUSE adapter maps it to EIO).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,12 @@ from r8imfs.oci.manifest import Descriptor, Manifest
 from r8imfs.oci.reference import Repository
 
 INDEX_PARALLEL = 2
+#: decoded bytes per worker-thread round trip when serving reads, and how many to keep
+DECODED_BLOCK = 4 * 1024 * 1024
+DECODED_BLOCKS = 12
+BlockLoader = Callable[[Node, int], Awaitable[bytes]]
+#: (layer, entry ordinal, block number)
+BlockKey = tuple[int, int, int]
 #: (layer index, bytes done, bytes total) while indexing
 IndexProgress = Callable[[int, int, int], None]
 
@@ -62,6 +70,7 @@ class ImageFiles:
     config_raw: bytes
     layers: list[LayerFiles]
     rootfs: MergedTree
+    decoded: DecodedBlocks
 
     @classmethod
     async def open(
@@ -90,16 +99,31 @@ class ImageFiles:
             raise _first(group) from None
         layers = [s for s in slots if s is not None]
         rootfs = await _threads.run_sync(MergedTree.build, [list(x.entries) for x in layers])
-        return cls(manifest.raw, config_raw, layers, rootfs)
+        return cls(manifest.raw, config_raw, layers, rootfs, DecodedBlocks(cache.background()))
 
     async def read(self, node: Node, offset: int, size: int) -> bytes:
+        """``size`` bytes of a file at ``offset``, through the decoded-block cache."""
+        e = node.entry
+        end = min(e.size, offset + size)
+        if offset >= end:
+            return b""
         layer = self.layers[node.layer]
         # A sequential copy's reads mostly fall in bytes a gzip handle decoded
         # ahead: served here, without a thread round trip (docs/benchmarks.md).
-        hit = cached_entry(layer.reader, node.entry, offset, size)
+        hit = cached_entry(layer.reader, e, offset, end - offset)
         if hit is not None:
             return hit
-        return await _threads.run_sync(read_entry, layer.reader, node.entry, offset, size)
+        parts = []
+        for block in range(offset // DECODED_BLOCK, (end - 1) // DECODED_BLOCK + 1):
+            data = await self.decoded.get(node, block, self._load_block)
+            base = block * DECODED_BLOCK
+            parts.append(data[max(offset - base, 0) : end - base])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _load_block(self, node: Node, block: int) -> bytes:
+        reader = self.layers[node.layer].reader
+        start = block * DECODED_BLOCK
+        return await _threads.run_sync(read_entry, reader, node.entry, start, DECODED_BLOCK)
 
     @property
     def bytes_fetched(self) -> int:
@@ -107,6 +131,62 @@ class ImageFiles:
 
     async def aclose(self) -> None:
         await _close_all(list(self.layers))
+
+
+class DecodedBlocks:
+    """A small LRU of decoded file blocks, with readahead for sequential readers.
+
+    FUSE asks for 128 KiB at a time; one worker-thread round trip per request
+    caps a copy near 100 MiB/s whatever the codec. Decoding ``DECODED_BLOCK``
+    bytes of a file per round trip, serving the next requests from memory,
+    and decoding the following block in the background while they are served
+    keeps both cores busy. Bounded: ``DECODED_BLOCKS`` blocks in all.
+    Concurrent requests for one block share one decode.
+    """
+
+    def __init__(self, nursery: trio.Nursery, capacity: int = DECODED_BLOCKS) -> None:
+        self._nursery = nursery
+        self._capacity = capacity
+        self._blocks: OrderedDict[BlockKey, bytes] = OrderedDict()
+        self._pending: dict[BlockKey, trio.Event] = {}
+
+    async def get(self, node: Node, block: int, load: BlockLoader) -> bytes:
+        key = (node.layer, node.entry.ordinal, block)
+        data = self._blocks.get(key)
+        if data is None:
+            data = await self._fill(key, node, block, load)
+        else:
+            self._blocks.move_to_end(key)
+        nxt = (key[0], key[1], block + 1)
+        sequential = block > 0 and (key[0], key[1], block - 1) in self._blocks
+        more = (block + 1) * DECODED_BLOCK < node.entry.size
+        if sequential and more and nxt not in self._blocks and nxt not in self._pending:
+            self._nursery.start_soon(self._prefetch, nxt, node, block + 1, load)
+        return data
+
+    async def _fill(
+        self, key: tuple[int, int, int], node: Node, block: int, load: BlockLoader
+    ) -> bytes:
+        while (event := self._pending.get(key)) is not None:
+            await event.wait()
+            if key in self._blocks:
+                return self._blocks[key]
+        event = self._pending[key] = trio.Event()
+        try:
+            data = await load(node, block)
+        finally:
+            del self._pending[key]
+            event.set()
+        self._blocks[key] = data
+        while len(self._blocks) > self._capacity:
+            self._blocks.popitem(last=False)
+        return data
+
+    async def _prefetch(
+        self, key: tuple[int, int, int], node: Node, block: int, load: BlockLoader
+    ) -> None:
+        with contextlib.suppress(Exception):  # a real read will retry and report it
+            await self._fill(key, node, block, load)
 
 
 async def _open_layer(
