@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import queue
+import threading
 import zlib
 from typing import IO
 
@@ -37,12 +39,50 @@ INFLATE_PIECE = 4 * 1024 * 1024
 SLICE = 64 * 1024
 
 
+class BackgroundHash:
+    """sha256 on a thread of its own, so hashing overlaps decompression.
+
+    hashlib and zlib both release the GIL on large buffers: a layer that
+    must be hashed *and* inflated then costs the slower of the two, not
+    their sum (on this class of machine sha256 runs near 270 MiB/s and
+    inflate near 135 MiB/s). ``update`` queues (bounded), ``hexdigest``
+    waits for the queue to drain. Small inputs are hashed inline.
+    """
+
+    THRESHOLD = 256 * 1024
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._thread: threading.Thread | None = None
+
+    def update(self, data: bytes) -> None:
+        if len(data) < self.THRESHOLD and self._thread is None:
+            self._hash.update(data)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="r8imfs-hash", daemon=True)
+            self._thread.start()
+        self._queue.put(data)
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._hash.update(data)
+
+    def hexdigest(self) -> str:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        return self._hash.hexdigest()
+
+
 class HashingReader:
     """A read-only file that hashes everything read through it."""
 
     def __init__(self, raw: IO[bytes]) -> None:
         self._raw = raw
-        self.hash = hashlib.sha256()
+        self.hash = BackgroundHash()
         self.size = 0
 
     def readable(self) -> bool:
