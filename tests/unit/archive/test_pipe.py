@@ -1,0 +1,43 @@
+"""``pipe.consume_stream``: chunks joined before they cross, optional hashing on the way."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from typing import IO
+
+from r8imfs.archive.pipe import PIECE, consume_stream
+from r8imfs.oci.digest import Hasher
+
+
+async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def test_pieces_are_joined_and_everything_arrives() -> None:
+    data = os.urandom(3 * PIECE + 12345)
+
+    def read_all(f: IO[bytes]) -> bytes:
+        out = []
+        while chunk := f.read(PIECE // 2):
+            out.append(chunk)
+        return b"".join(out)
+
+    assert await consume_stream(_chunks(data, 16 * 1024), read_all) == data
+
+
+async def test_hasher_sees_every_byte() -> None:
+    data = os.urandom(2 * PIECE + 7)
+    hasher = Hasher()
+
+    def drain(f: IO[bytes]) -> int:
+        n = 0
+        while chunk := f.read(65536):
+            n += len(chunk)
+        return n
+
+    assert await consume_stream(_chunks(data, 65536), drain, hasher=hasher) == len(data)
+    assert hasher.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert hasher.size == len(data)
