@@ -41,7 +41,7 @@ from r8imfs.oci.reference import Repository
 INDEX_PARALLEL = 2
 #: decoded bytes per worker-thread round trip when serving reads, and how many to keep
 DECODED_BLOCK = 4 * 1024 * 1024
-DECODED_BLOCKS = 12
+DECODED_BLOCKS = 6
 BlockLoader = Callable[[Node, int], Awaitable[bytes]]
 #: (layer, entry ordinal, block number)
 BlockKey = tuple[int, int, int]

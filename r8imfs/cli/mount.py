@@ -26,6 +26,8 @@ from r8imfs.fs import daemon
 from r8imfs.registry.client import human_size
 
 PR_SET_PDEATHSIG = 1
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -62,6 +64,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def before_trio(args: argparse.Namespace) -> int | None:
     """Fork unless --foreground; the parent's exit code, or None in the child."""
     daemon.check_mountpoint(args.mountpoint)
+    _bound_malloc()  # before any thread exists, in the process that will serve
     if args.foreground:
         return None
     read_fd, write_fd = os.pipe()
@@ -89,6 +92,23 @@ def before_trio(args: argparse.Namespace) -> int | None:
               file=sys.stderr)
         return 128 - code
     return code or 1
+
+
+def _bound_malloc() -> None:
+    """Keep the daemon's memory near what it uses (glibc ``mallopt``, best effort).
+
+    Multi-MiB buffers churn through worker threads: glibc's per-thread arenas
+    and its sliding mmap threshold (up to 32 MiB) keep freed ones as resident
+    heap. Two arenas and a fixed 16 MiB threshold cut the daemon's peak RSS
+    by a fifth while copying a 300 MiB gzip file, at no speed cost; a 1 MiB
+    threshold cut it by 40% but made the copy 25% slower (mmap per block).
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, 16 * 1024 * 1024)
+        libc.mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass
 
 
 def _die_with_parent(sig: int) -> None:
