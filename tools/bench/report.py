@@ -45,10 +45,29 @@ def mem_total() -> str:
 
 
 def busiest(n: int = 6) -> str:
-    """The processes using the most CPU right now (a hint of what else was running)."""
-    out = subprocess.run(["ps", "-eo", "pcpu,etime,comm", "--sort=-pcpu"],
+    """The processes using the most CPU right now, ours excepted: what else was running."""
+    out = subprocess.run(["ps", "-eo", "pid,pcpu,etime,args", "--sort=-pcpu"],
                          capture_output=True, text=True, check=False).stdout.splitlines()
-    return "; ".join(" ".join(line.split()) for line in out[1 : n + 1])
+    rows = []
+    for line in out[1:]:
+        pid, cpu, etime, args = (line.split(None, 3) + ["", "", "", ""])[:4]
+        if pid.isdigit() and int(pid) != os.getpid():
+            rows.append(f"{cpu}% {args[:70]} (up {etime})")
+        if len(rows) == n:
+            break
+    return "; ".join(rows)
+
+
+def code_state() -> str:
+    """HEAD and the files under r8imfs/ that differ from it: what was measured."""
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, check=False,
+                             cwd=Path(__file__).resolve().parents[2])
+        return out.stdout.rstrip()
+
+    dirty = [line[3:] for line in git("status", "--short", "--", "r8imfs").splitlines()]
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return f"HEAD {head}" + (f", uncommitted changes in {', '.join(dirty)}" if dirty else "")
 
 
 def _now() -> str:
@@ -60,6 +79,8 @@ class Machine:
     started: str = field(default_factory=lambda: _now())
     load_start: str = field(default_factory=load_average)
     busy_start: str = field(default_factory=busiest)
+    code_start: str = field(default_factory=code_state)
+    code_end: str = ""
     load_end: str = ""
     busy_end: str = ""
     loads: list[tuple[str, str]] = field(default_factory=list)
@@ -74,6 +95,8 @@ class Machine:
             ("memory", mem_total()),
             ("kernel", platform.release()),
             ("python", sys.version.split()[0]),
+            ("code at start", self.code_start),
+            ("code at end", self.code_end),
             ("load average (1, 5, 15 min) at start / end", f"{self.load_start} / {self.load_end}"),
             ("load average as each area started",
              "; ".join(f"{area}: {load}" for area, load in self.loads)),

@@ -137,6 +137,7 @@ def measure_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     finally:
         registry.stop()
     machine.load_end, machine.busy_end = load_average(), report.busiest()
+    machine.code_end = report.code_state()
     return {"machine": asdict(machine), "header": describe(b, args),
             "sections": [asdict(s) for s in sections]}
 
