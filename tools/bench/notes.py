@@ -28,14 +28,15 @@ def for_sections(sections: list[Section]) -> list[str]:
 ANALYSIS = """
 ### Noise
 
-These are 2-core VMs shared with other engineers' test suites (full pytest
-runs, FUSE and fault-injection suites) while this ran; the load average is in
-the machine table, and every child process competes with the registry, the
-peers and those suites for the same two cores. Pipelines with many thread
-hand-offs (the mount's read path) suffer most: one `cp` of the same file out
-of the same warm mount took 8.4 s, 19.6 s and 23.3 s in three consecutive
-runs at a load of 4–5. Read the min–max ranges, and compare ratios, not
-absolute times. Peak RSS comes from GNU time's `%M` of each child (not our
+These are 2-core VMs, shared for most of the day with other engineers' test
+suites (full pytest runs, FUSE and fault-injection suites); this run's load
+average and the busiest other processes are in the machine table. Every
+measured process shares the two cores with the registry (and the peers with
+it too), so loopback numbers are CPU numbers. Under load, pipelines with many
+thread hand-offs (the mount's read path) suffer most: during the profiling,
+one `cp` of the same file out of the same warm mount took 8.4 s, 19.6 s and
+23.3 s in three consecutive runs at a load of 4–5. Read the min–max ranges,
+and compare ratios, not absolute times. Peak RSS comes from GNU time's `%M` of each child (not our
 own `wait4`: Python starts children with vfork, and Linux then charges the
 parent's high-water RSS to the child, which made every child of a benchmark
 process holding a 1 GiB buffer look 1 GB big in a first version).
@@ -46,8 +47,8 @@ process holding a 1 GiB buffer look 1 GB big in a first version).
   of output on one core here (the `gzip -dc` row; Python's `zlib` is the same
   library), so any gzip extract of a 1 GiB layer costs at least that on one
   core, while ≥ 5× the peer means the whole extract in ≤ ~3 s. With zlib the
-  target is out of reach whatever the rest of the pipeline does; `extract -o`
-  now runs within ~1.2× of `gzip -dc` alone. A faster inflater moves the
+  target is out of reach whatever the rest of the pipeline does; `extract`
+  now runs within ~1.2–1.3× of `gzip -dc` alone. A faster inflater moves the
   floor: on 300 MiB of this blob, python-isal (`isal.isal_zlib`, ISA-L)
   inflated at 352–367 MB/s and zlib-ng (`zlib_ng.zlib_ng`) at 301–374 MB/s,
   against zlib's 180–194 MB/s (neither is a dependency; installed in the venv
@@ -73,7 +74,7 @@ process holding a 1 GiB buffer look 1 GB big in a first version).
 - **Left**, `r8imfs/ops/extract.py`: `TarSink` writes through tarfile's `w|`
   stream in 10 KiB records (100,000 `write` calls per GiB); `w` mode over a
   file object with `tell()` and `copybufsize=1 MiB` would write 1 MiB at a
-  time. `--dir` is ~1 s slower than `-o` (staging files, then renaming).
+  time.
 
 ### Issue 3: the engine
 
@@ -93,8 +94,8 @@ inflates every byte twice (engine-measurements.md, "gzip").
   engine-measurements.md) or an ISA-L inflater, and serving the first copy
   from the indexing pass instead of inflating again. The zstd rows show the
   other road: after `r8imfs zstd`, a seekable-zstd layer is indexed from its
-  tar headers alone, so the cold mount takes ~2 s instead of ~12 s and the
-  whole cold mount + copy beats the peer.
+  tar headers alone, so the cold mount takes under 2 s instead of 12–16 s and
+  the whole cold mount + copy beats the peer.
 - **cp vs curl.** curl moves the blob at 1–2 GB/s on loopback with no
   decoding and no verification. A warm gzip copy now runs at the inflate
   floor (the `cp -r alone, warm` row against the `gzip -dc` row), which is
@@ -126,17 +127,17 @@ inflates every byte twice (engine-measurements.md, "gzip").
   thread when the range is present, skipping both hand-offs through the loop:
   the largest remaining overhead when a copy is not inflate-bound (zstd,
   plain layers).
-- **Daemon RSS** (fails in this run). After a mount with a cached index the
-  daemon holds ~60 MB; during a copy VmRSS climbs, all of it anonymous
-  memory: decoded blocks (12 × 4 MiB at the time of this run), gzip handles
-  (up to 3 × 8 MiB decoded + 4 MiB read buffer), and above all glibc malloc
-  keeping freed multi-MiB buffers in per-thread arenas. Before the decoded
-  blocks existed, the same downloading copy peaked at 289 MB by default,
-  181 MB with `MALLOC_ARENA_MAX=2` and 121 MB with
-  `MALLOC_MMAP_THRESHOLD_=1048576` (buffers of 1 MiB and more always mmapped,
-  so given back on free). Suggestion (`fs/daemon.py` or `cli/mount.py`):
-  `mallopt(M_MMAP_THRESHOLD, 1 MiB)` through ctypes when the daemon starts,
-  fewer decoded blocks, or reuse of block buffers in `BlobReader._collect`.
+- **Daemon RSS.** After a mount with a cached index the daemon holds ~60 MB;
+  during a copy VmRSS climbs, all of it anonymous memory: decoded blocks,
+  gzip handles (up to 3 × 8 MiB decoded + 4 MiB read buffer), and glibc
+  malloc keeping freed multi-MiB buffers in per-thread arenas. Before the
+  decoded blocks existed, the same downloading copy peaked at 289 MB by
+  default, 181 MB with `MALLOC_ARENA_MAX=2` and 121 MB with
+  `MALLOC_MMAP_THRESHOLD_=1048576`; with 12 decoded blocks the daemon reached
+  375–405 MB (a run at HEAD 0d288da). Commit 4419fd5 (another session, from
+  these notes) keeps 6 blocks and sets two arenas and a fixed 16 MiB mmap
+  threshold when the daemon starts (`cli/mount.py` `_bound_malloc`): the
+  RSS rows above are with it.
 - **ls -R** costs per directory, not per file: `OPENDIR`, `READDIRPLUS` pages
   and `RELEASEDIR` for each of the ~900 directories, ~50–70 µs per FUSE request
   in pyfuse3's request loop (its `_session_loop` tasks taking turns on a trio
