@@ -17,9 +17,11 @@ import socket
 import socketserver
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tools.faultproxy import request_body  # one body reader for both servers
 
 CHUNK = 1 << 16
 
@@ -134,36 +136,6 @@ def first_param(values: Mapping[str, list[str]], key: str) -> str | None:
 
 def lower_headers(h: Handler) -> dict[str, str]:
     return {name.lower(): value for name, value in h.headers.items()}
-
-
-def request_body(h: Handler) -> Iterator[bytes]:
-    """The request body as it arrives, chunked or Content-Length framed."""
-    if "chunked" in h.headers.get("Transfer-Encoding", "").lower():
-        yield from _read_chunked(h)
-        return
-    remaining = int(h.headers.get("Content-Length") or 0)
-    while remaining:
-        data = h.rfile.read(min(remaining, CHUNK))
-        if not data:
-            raise ConnectionError("client closed mid-body")
-        remaining -= len(data)
-        yield data
-
-
-def _read_chunked(h: Handler) -> Iterator[bytes]:
-    while True:
-        size = int(h.rfile.readline(1024).split(b";", 1)[0].strip(), 16)
-        if size == 0:
-            while h.rfile.readline(1024).strip():  # trailers, then the blank line
-                pass
-            return
-        while size:
-            data = h.rfile.read(min(size, CHUNK))
-            if not data:
-                raise ConnectionError("client closed mid-chunk")
-            size -= len(data)
-            yield data
-        h.rfile.readline(1024)
 
 
 def reply(h: Handler, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:

@@ -522,17 +522,7 @@ class _Exchange:
                 return
 
     def _request_body(self) -> Iterator[bytes]:
-        h = self.h
-        if "chunked" in h.headers.get("Transfer-Encoding", "").lower():
-            yield from _read_chunked(h)
-            return
-        remaining = int(h.headers.get("Content-Length") or 0)
-        while remaining:
-            data = h.rfile.read(min(remaining, CHUNK))
-            if not data:
-                raise ConnectionError("client closed mid-body")
-            remaining -= len(data)
-            yield data
+        return request_body(self.h)
 
     def _relay(self, resp: http.client.HTTPResponse) -> None:
         h = self.h
@@ -629,6 +619,21 @@ def _flip(data: bytes, pos: int, offset: int, length: int) -> bytes:
     for i in range(lo - pos, hi - pos):
         out[i] ^= 0xFF
     return bytes(out)
+
+
+def request_body(h: BaseHTTPRequestHandler) -> Iterator[bytes]:
+    """A request body as it arrives, chunked or Content-Length framed (also used by
+    the test registry harness, tests/harness_http.py)."""
+    if "chunked" in h.headers.get("Transfer-Encoding", "").lower():
+        yield from _read_chunked(h)
+        return
+    remaining = int(h.headers.get("Content-Length") or 0)
+    while remaining:
+        data = h.rfile.read(min(remaining, CHUNK))
+        if not data:
+            raise ConnectionError("client closed mid-body")
+        remaining -= len(data)
+        yield data
 
 
 def _read_chunked(h: BaseHTTPRequestHandler) -> Iterator[bytes]:
