@@ -25,13 +25,12 @@ its caller then closes the channel) only when both digests matched.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO, cast
 
 from r8imfs import _threads
-from r8imfs.archive.decompress import READ, GzipInflater, HashingReader
+from r8imfs.archive.decompress import INFLATE_ERRORS, READ, GzipInflater, HashingReader
 from r8imfs.archive.pipe import consume_stream
 from r8imfs.archive.zstdwrite import MiB, SeekableResult, write_seekable
 from r8imfs.errors import CorruptLayer, DigestMismatch
@@ -82,7 +81,7 @@ def recompress_file(
         )
         while src.read(READ):  # the rest (padding after the last member) counts too
             pass
-    except zlib.error as exc:
+    except INFLATE_ERRORS as exc:
         raise CorruptLayer(f"layer does not decompress: {exc}") from exc
     if isinstance(src, HashingReader):
         return Recompressed(result, "sha256:" + src.hash.hexdigest())
