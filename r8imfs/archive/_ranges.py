@@ -248,7 +248,9 @@ class BlockTable:
             body = json.loads(raw)
             hashes = tuple(str(h) for h in body["sha256"])
             ok = (body.get("version"), body.get("digest"), body.get("size")) == (
-                TABLE_VERSION, digest, size
+                TABLE_VERSION,
+                digest,
+                size,
             ) and body.get("block_size") == block_size
         except (ValueError, TypeError, KeyError, AttributeError):
             return None

@@ -166,8 +166,9 @@ class _Paths:
     def of(cls, root: Path, digest: str) -> _Paths:
         algorithm, _, hexpart = _digest.validate(digest).partition(":")
         base = root / "blobs" / algorithm / hexpart
-        return cls(base.with_suffix(".data"), base.with_suffix(".ranges"),
-                   base.with_suffix(".blocks"))
+        return cls(
+            base.with_suffix(".data"), base.with_suffix(".ranges"), base.with_suffix(".blocks")
+        )
 
 
 class BlobCache:
@@ -870,10 +871,13 @@ def _delete(paths: _Paths, ino: int) -> None:
 
 
 def _evict(root: Path, max_bytes: int, keep: frozenset[str]) -> int:
-    """Delete least-recently-used blobs not in use until under ``max_bytes``."""
+    """Delete least-recently-used blobs not in use until under ``max_bytes``.
+
+    Decoded copies of layers (``decodedcopy``) count and go the same way.
+    """
     blobs: list[tuple[float, int, Path]] = []
     usage = 0
-    for data in root.glob("blobs/*/*.data"):
+    for data in [*root.glob("blobs/*/*.data"), *root.glob("decoded/*/*.tar")]:
         try:
             st = data.stat()
         except FileNotFoundError:
@@ -919,6 +923,6 @@ def _remove_unused(data: Path) -> bool:
 
 def _remove_stale_tmp(root: Path) -> None:
     cutoff = time.time() - STALE_TMP
-    for tmp in root.glob("blobs/*/.*.tmp"):
+    for tmp in [*root.glob("blobs/*/.*.tmp"), *root.glob("decoded/*/.*.tmp")]:
         if _mtime(tmp) < cutoff:
             tmp.unlink(missing_ok=True)

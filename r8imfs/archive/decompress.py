@@ -8,12 +8,14 @@ Either one cut short is a ``CorruptLayer``, never a quietly shorter tar.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import queue
 import threading
 import zlib
-from typing import IO
+from collections.abc import Iterator
+from typing import IO, cast
 
 import pyzstd
 import zstandard
@@ -137,10 +139,14 @@ class GzipInflater:
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:
+    def read1(self, size: int = -1) -> bytes:
+        """What one inflate step gives, up to ``size`` (b"" only at the end): no joins."""
+        return self.read(size, one=True)
+
+    def read(self, size: int = -1, *, one: bool = False) -> bytes:
         want = size if size >= 0 else 1 << 62
-        parts = []
-        while want > 0 and not self._eof:
+        parts: list[bytes] = []
+        while want > 0 and not self._eof and not (one and parts):
             if not self._pending and not self._refill():
                 break
             if self._padding:
@@ -155,9 +161,10 @@ class GzipInflater:
                 self._next_member(len(piece))
             else:
                 self._pending = self._pending[len(piece) - len(self._zlib.unconsumed_tail) :]
-            parts.append(out)
+            if out:
+                parts.append(out)
             want -= len(out)
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _refill(self) -> bool:
         self._pending = memoryview(self._raw.read(READ))
@@ -216,6 +223,12 @@ class ZstdInflater:
         return b"".join(parts)
 
 
+def chunks_of(stream: IO[bytes]) -> Iterator[bytes]:
+    """A decompressed stream as pieces of at most ``READ`` bytes, as made (no joins)."""
+    read = getattr(stream, "read1", stream.read)
+    return iter(functools.partial(read, READ), b"")
+
+
 def open_decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
     if compression == "gzip":
         source = raw if isinstance(raw, HashingReader) else HashingReader(raw)
@@ -226,7 +239,10 @@ def open_decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
 
 
 #: what a broken gzip stream raises in ``GzipInflater`` (zlib-ng has its own class)
-INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, zlib_ng.error)
+INFLATE_ERRORS: tuple[type[Exception], ...] = (
+    zlib.error,
+    cast(type[Exception], zlib_ng.error),  # its stub types it as an instance
+)
 
 #: what a broken compressed stream raises while being read
 DECOMPRESSION_ERRORS: tuple[type[BaseException], ...] = (

@@ -20,8 +20,9 @@ or ``OSError`` for the caller (the FUSE adapter maps it to EIO).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +30,23 @@ import trio
 
 from r8imfs import _threads
 from r8imfs.archive.blobcache import BlobCache, BlobReader, BlobSource
+from r8imfs.archive.decodedcopy import worth_keeping
 from r8imfs.archive.entry import Entry
-from r8imfs.archive.indexdb import load_or_build
+from r8imfs.archive.indexdb import (
+    LayerIndex,
+    build_decoded_index,
+    index_path,
+    load_cached,
+    load_or_build,
+    write,
+)
 from r8imfs.archive.merged import LayerTree, MergedTree, Node
-from r8imfs.archive.readat import LayerReader, cached_entry, read_entry
+from r8imfs.archive.pipe import consume_stream
+from r8imfs.archive.readat import LayerReader, Progress, ReadAt, cached_entry, read_entry
 from r8imfs.errors import R8imfsError
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Manifest
+from r8imfs.oci.mediatypes import layer_compression
 from r8imfs.oci.reference import Repository
 
 INDEX_PARALLEL = 2
@@ -57,6 +68,7 @@ class LayerFiles:
     tree: LayerTree
     reader: LayerReader
     blob: BlobReader
+    streamed: int = 0  # bytes of the blob streamed past the blob cache (decoded copy)
 
     @property
     def name(self) -> str:
@@ -82,13 +94,17 @@ class ImageFiles:
         cache: BlobCache,
         cache_dir: Path,
         progress: IndexProgress | None = None,
+        *,
+        decoded_copies: bool = True,
     ) -> ImageFiles:
         slots: list[LayerFiles | None] = [None] * len(manifest.layers)
         limiter = trio.CapacityLimiter(INDEX_PARALLEL)
 
         async def one(i: int, desc: Descriptor) -> None:
             async with limiter:
-                slots[i] = await _open_layer(client, repo, i, desc, cache, cache_dir, progress)
+                slots[i] = await _open_layer(
+                    client, repo, i, desc, cache, cache_dir, progress, decoded_copies
+                )
 
         try:
             async with trio.open_nursery() as nursery:
@@ -127,7 +143,7 @@ class ImageFiles:
 
     @property
     def bytes_fetched(self) -> int:
-        return sum(x.blob.bytes_fetched for x in self.layers)
+        return sum(x.blob.bytes_fetched + x.streamed for x in self.layers)
 
     async def aclose(self) -> None:
         await _close_all(list(self.layers))
@@ -197,6 +213,7 @@ async def _open_layer(
     cache: BlobCache,
     cache_dir: Path,
     progress: IndexProgress | None,
+    decoded_copies: bool,
 ) -> LayerFiles:
     blob = await cache.open(client, repo, desc.digest, desc.size)
     try:
@@ -206,19 +223,83 @@ async def _open_layer(
             if progress:
                 progress(i, done, total)
 
-        index = await _threads.run_sync(
-            lambda: load_or_build(
-                cache_dir, desc.digest, desc.media_type, readat, desc.size, progress=report
-            )
+        keep = decoded_copies and worth_keeping(desc.size, cache.max_bytes)
+        index, reader, streamed = await _index_layer(
+            client, repo, desc, readat, cache_dir, keep, report
         )
-        reader = index.open_reader(readat)
         tree = await _threads.run_sync(LayerTree.build, list(index.entries), i)
     except BaseException as exc:
         await blob.aclose()
         if isinstance(exc, R8imfsError):  # say which layer: the mount fails on one line
             exc.message = f"layer {i} ({desc.digest}): {exc.message}"
         raise
-    return LayerFiles(i, desc, index.entries, tree, reader, blob)
+    return LayerFiles(i, desc, index.entries, tree, reader, blob, streamed)
+
+
+async def _index_layer(
+    client: BlobSource,
+    repo: Repository,
+    desc: Descriptor,
+    readat: ReadAt,
+    cache_dir: Path,
+    keep_decoded: bool,
+    progress: Progress,
+) -> tuple[LayerIndex, LayerReader, int]:
+    """The layer's index (cached, or built now), its open reader, bytes streamed."""
+    decoded = keep_decoded and layer_compression(desc.media_type) == "gzip"
+    streamed = 0
+    for _ in range(2):  # again if a decoded copy is evicted between load and open
+        index = await _threads.run_sync(
+            load_cached, cache_dir, desc.digest, desc.media_type, desc.size
+        )
+        if index is None and decoded:
+            index = await _stream_decoded(client, repo, desc, cache_dir, progress)
+            streamed += desc.size
+        elif index is None:
+            index = await _threads.run_sync(
+                functools.partial(
+                    load_or_build,
+                    cache_dir,
+                    desc.digest,
+                    desc.media_type,
+                    readat,
+                    desc.size,
+                    progress=progress,
+                )
+            )
+        try:
+            return index, await _threads.run_sync(index.open_reader, readat), streamed
+        except FileNotFoundError:
+            continue
+    raise R8imfsError(f"the decoded copy of layer {desc.digest} keeps vanishing from the cache")
+
+
+async def _stream_decoded(
+    client: BlobSource, repo: Repository, desc: Descriptor, cache_dir: Path, progress: Progress
+) -> LayerIndex:
+    """Index a gzip layer from one streamed GET, keeping its decoded copy.
+
+    A layer read whole anyway goes faster as one stream than as 4 MiB ranges
+    through the blob cache, and its compressed bytes need no cache: from now
+    on it is read from the copy.
+    """
+    build = functools.partial(
+        build_decoded_index, cache_dir, desc.digest, desc.media_type, desc.size
+    )
+    async with client.open_blob(repo, desc.digest) as stream:
+        index = await consume_stream(_counted(stream.chunks(), desc.size, progress), build)
+    await _threads.run_sync(write, index_path(cache_dir, desc.digest), index)
+    return index
+
+
+async def _counted(
+    chunks: AsyncIterator[bytes], total: int, progress: Progress
+) -> AsyncIterator[bytes]:
+    done = 0
+    async for chunk in chunks:
+        done += len(chunk)
+        progress(done, total)
+        yield chunk
 
 
 async def _close_all(layers: list[LayerFiles | None]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import sqlite3
@@ -22,12 +23,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
+from r8imfs.archive.decodedcopy import DecodedReader, build_decoded, decoded_path
+from r8imfs.archive.decompress import READ
 from r8imfs.archive.entry import Entry, Kind
 from r8imfs.archive.gzipindex import GzipLayerReader, build_gzip_index
 from r8imfs.archive.plain import PlainLayerReader, build_plain_index
-from r8imfs.archive.readat import LayerReader, Progress, ReadAt
+from r8imfs.archive.readat import BlobFile, LayerReader, Progress, ReadAt
 from r8imfs.archive.zstdindex import ZstdLayerReader, build_zstd_index
 from r8imfs.errors import CorruptLayer, UnsupportedMediaType
 from r8imfs.oci.digest import validate
@@ -51,8 +54,11 @@ class LayerIndex:
     compressed_size: int
     uncompressed_size: int
     entries: tuple[Entry, ...]  # tar order, duplicates resolved
-    checkpoints: bytes  # zran index (gzip) or frame table (zstd); b"" for none
+    #: zran index (gzip) or frame table (zstd); b"" for a plain layer, or for
+    #: a gzip layer read from its decoded copy (``decodedcopy``)
+    checkpoints: bytes
     readat: ReadAt | None = field(default=None, compare=False, repr=False)
+    decoded: Path | None = field(default=None, compare=False, repr=False)
 
     def by_path(self) -> dict[str, Entry]:
         return {e.path: e for e in self.entries}
@@ -62,6 +68,10 @@ class LayerIndex:
         source = readat if readat is not None else self.readat
         if source is None:
             raise ValueError("open_reader needs the layer's ReadAt")
+        if self.compression == "gzip" and not self.checkpoints:
+            if self.decoded is None:
+                raise ValueError("a gzip index without checkpoints needs its decoded copy")
+            return DecodedReader(self.decoded, self.uncompressed_size)
         if self.compression == "gzip":
             return GzipLayerReader(source, self.checkpoints, self.uncompressed_size)
         if self.compression == "zstd":
@@ -82,16 +92,56 @@ def load_or_build(
     size: int,
     *,
     progress: Progress | None = None,
+    keep_decoded: bool = False,
 ) -> LayerIndex:
-    """The cached index of a layer, building (and caching) it if needed."""
-    compression = _compression(media_type)
-    path = index_path(cache_dir, digest)
-    cached = load(path, digest)
-    if cached is not None and cached.compression == compression and cached.compressed_size == size:
-        return _with_readat(cached, readat, media_type)
-    index = build_index(digest, media_type, readat, size, progress=progress)
-    write(path, index)
+    """The cached index of a layer, building (and caching) it if needed.
+
+    ``keep_decoded``: a gzip layer indexed now keeps its decoded copy
+    (``decodedcopy``) instead of zran checkpoints.
+    """
+    cached = load_cached(cache_dir, digest, media_type, size)
+    if cached is not None:
+        return _with_readat(cached, readat, media_type, cached.decoded)
+    if _compression(media_type) == "gzip" and keep_decoded:
+        blob = BlobFile(readat, size=size, progress=progress, buffer_size=READ)
+        index = build_decoded_index(cache_dir, digest, media_type, size, cast(IO[bytes], blob))
+        index = _with_readat(index, readat, media_type, index.decoded)
+    else:
+        index = build_index(digest, media_type, readat, size, progress=progress)
+    write(index_path(cache_dir, digest), index)
     return index
+
+
+def load_cached(
+    cache_dir: str | os.PathLike[str], digest: str, media_type: str, size: int
+) -> LayerIndex | None:
+    """The cached index of a layer if it is there and usable (no ``readat`` yet).
+
+    An index that relies on a decoded copy no longer there is not usable.
+    """
+    compression = _compression(media_type)
+    cached = load(index_path(cache_dir, digest), digest)
+    if cached is None or cached.compression != compression or cached.compressed_size != size:
+        return None
+    copy = decoded_path(cache_dir, digest)
+    if compression == "gzip" and not cached.checkpoints:
+        if not copy.is_file():
+            return None
+        return _with_decoded(cached, copy)
+    return cached
+
+
+def build_decoded_index(
+    cache_dir: str | os.PathLike[str], digest: str, media_type: str, size: int, raw: IO[bytes]
+) -> LayerIndex:
+    """Index a gzip layer read once from ``raw``, keeping its decoded copy (not stored)."""
+    copy = decoded_path(cache_dir, digest)
+    entries, usize = build_decoded(raw, digest, copy)
+    return LayerIndex(digest, media_type, "gzip", size, usize, tuple(entries), b"", None, copy)
+
+
+def _with_decoded(index: LayerIndex, decoded: Path) -> LayerIndex:
+    return dataclasses.replace(index, decoded=decoded)
 
 
 def build_index(
@@ -127,7 +177,9 @@ def _compression(media_type: str) -> str:
     return compression
 
 
-def _with_readat(index: LayerIndex, readat: ReadAt, media_type: str) -> LayerIndex:
+def _with_readat(
+    index: LayerIndex, readat: ReadAt, media_type: str, decoded: Path | None = None
+) -> LayerIndex:
     return LayerIndex(
         index.digest,
         media_type,
@@ -137,6 +189,7 @@ def _with_readat(index: LayerIndex, readat: ReadAt, media_type: str) -> LayerInd
         index.entries,
         index.checkpoints,
         readat,
+        decoded,
     )
 
 
@@ -179,8 +232,8 @@ def _load(db: sqlite3.Connection, digest: str) -> LayerIndex | None:
         return None
     checkpoints = dict(db.execute("SELECT kind, data FROM checkpoints").fetchall())
     blob = checkpoints.get(compression, b"")
-    if compression in ("gzip", "zstd") and not blob:
-        return None
+    if compression == "zstd" and not blob:
+        return None  # (a gzip layer without checkpoints is read from its decoded copy)
     return LayerIndex(digest, media_type, compression, csize, usize, entries, bytes(blob))
 
 

@@ -113,7 +113,12 @@ async def recompress_stream(
 
     def work(raw: IO[bytes]) -> Recompressed:
         return recompress_file(
-            raw, compression, write, level=level, frame_size=frame_size, threads=threads,
+            raw,
+            compression,
+            write,
+            level=level,
+            frame_size=frame_size,
+            threads=threads,
             source_digest=lambda: hasher.digest,
         )
 

@@ -98,6 +98,16 @@ class ForwardFile(io.RawIOBase):
         memoryview(buffer).cast("B")[: len(data)] = data
         return len(data)
 
+    def read_view(self, size: int) -> memoryview:
+        """Up to ``size`` bytes (at most the rest of one chunk) without copying them."""
+        if size <= 0 or not self._fill():
+            return memoryview(b"")
+        step = min(size, len(self._chunk) - self._at)
+        view = memoryview(self._chunk)[self._at : self._at + step]
+        self._at += step
+        self._pos += step
+        return view
+
     def drain(self) -> int:
         """Consume everything left; return the total length of the stream."""
         self._pos += len(self._chunk) - self._at

@@ -35,27 +35,36 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--tar", help="tar file to append as a new layer ('-' reads stdin)")
     p.add_argument(
-        "--created-by", default=DEFAULT_CREATED_BY,
+        "--created-by",
+        default=DEFAULT_CREATED_BY,
         help=f"history created_by of the new layer (default: {DEFAULT_CREATED_BY!r})",
     )
     p.add_argument(
-        "--comment", default=DEFAULT_COMMENT,
+        "--comment",
+        default=DEFAULT_COMMENT,
         help=f"history comment of the new layer (default: {DEFAULT_COMMENT!r})",
     )
     p.add_argument(
-        "--weights-prefix", default=DEFAULT_PREFIX,
+        "--weights-prefix",
+        default=DEFAULT_PREFIX,
         help=f"directory the tar may write into (default: {DEFAULT_PREFIX})",
     )
     p.add_argument(
-        "--allow-overwrite", action="store_true",
+        "--allow-overwrite",
+        action="store_true",
         help="allow files outside the weights prefix (they replace the image's files)",
     )
     p.add_argument(
-        "--all-platforms", action="store_true",
+        "--all-platforms",
+        action="store_true",
         help="with a multi-platform base, add the layer to every platform and push an index",
     )
     p.add_argument(
-        "--level", type=int, choices=range(1, 10), default=DEFAULT_LEVEL, metavar="1-9",
+        "--level",
+        type=int,
+        choices=range(1, 10),
+        default=DEFAULT_LEVEL,
+        metavar="1-9",
         help=f"gzip level of the new layer (default: {DEFAULT_LEVEL})",
     )
     p.set_defaults(run=run)

@@ -19,7 +19,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, help="source image reference")
     p.add_argument("--dest", required=True, help="destination reference")
     p.add_argument(
-        "--all-platforms", action="store_true",
+        "--all-platforms",
+        action="store_true",
         help="with a multi-platform source, copy every platform and push an index",
     )
     p.set_defaults(run=run)

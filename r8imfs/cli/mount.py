@@ -39,7 +39,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "  rootfs/                      the merged root filesystem (whiteouts applied)\n"
         "  layers/NN-<digest>/          each layer as stored\n"
         "Only metadata is read up front (gzip layers are indexed once and the index is\n"
-        "cached); file bodies are fetched with HTTP range reads when read.",
+        "cached); file bodies are fetched with HTTP range reads when read. Indexing a\n"
+        "gzip layer inflates all of it: what it inflates is kept in the cache as the\n"
+        "layer's decoded copy (for layers up to a quarter of --cache-size), so copying\n"
+        "files out afterwards reads local bytes instead of inflating the layer again.",
         epilog="examples:\n"
         "  r8imfs mount r8.im/user/model /mnt/model\n"
         "  cp -r /mnt/model/rootfs/src/weights ./weights\n"
@@ -53,7 +56,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--cache-size",
         default=None,
-        help=f"bound on the blob cache (default: {human_size(DEFAULT_MAX_BYTES)})",
+        help=f"bound on the cache (default: {human_size(DEFAULT_MAX_BYTES)})",
+    )
+    p.add_argument(
+        "--no-decoded-copies",
+        dest="decoded_copies",
+        action="store_false",
+        help="index gzip layers with checkpoints only: less disk, but every read of a "
+        "file inflates it again",
     )
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     p.add_argument("--log", help="daemon log file (default: <cache-dir>/logs/mount-<pid>.log)")
@@ -88,8 +98,10 @@ def before_trio(args: argparse.Namespace) -> int | None:
     code = os.waitstatus_to_exitcode(status)
     if code < 0:  # killed: it could not say why itself
         name = signal.Signals(-code).name
-        print(f"r8imfs mount: error: the mount process died of {name} before mounting",
-              file=sys.stderr)
+        print(
+            f"r8imfs mount: error: the mount process died of {name} before mounting",
+            file=sys.stderr,
+        )
         return 128 - code
     return code or 1
 
@@ -136,8 +148,12 @@ class _IndexProgress:
         self.last = now
         pct = 100 * done // max(total, 1)
         line = f"indexing layer {layer + 1}/{self.layers}: {pct}% of {human_size(total)}"
-        print(("\r" + line + "\x1b[K") if self.tty else line, end="" if self.tty else "\n",
-              file=sys.stderr, flush=True)
+        print(
+            ("\r" + line + "\x1b[K") if self.tty else line,
+            end="" if self.tty else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _detach(args: argparse.Namespace, cache_dir: Path) -> None:
@@ -170,7 +186,14 @@ async def run(args: argparse.Namespace) -> None:
         async with BlobCache(cache_dir, max_bytes) as cache:
             progress = _IndexProgress(args, len(image.manifest.layers))
             files = await ImageFiles.open(
-                client, ref.repository, image.manifest, image.config.raw, cache, cache_dir, progress
+                client,
+                ref.repository,
+                image.manifest,
+                image.config.raw,
+                cache,
+                cache_dir,
+                progress,
+                decoded_copies=args.decoded_copies,
             )
             if progress.tty and progress.last:
                 print(file=sys.stderr)

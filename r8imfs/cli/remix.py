@@ -22,7 +22,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, help="image whose weights layers to take")
     p.add_argument("--dest", required=True, help="destination reference")
     p.add_argument(
-        "--replace-weights", action="store_true",
+        "--replace-weights",
+        action="store_true",
         help="drop the base's own weights layers first",
     )
     p.set_defaults(run=run)

@@ -29,16 +29,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--dest", dest="dest_flag", metavar="DEST", help="destination, as a flag")
     p.add_argument("--level", type=int, default=3, help="zstd level, 1-22 (default 3)")
     p.add_argument(
-        "--all-platforms", action="store_true",
+        "--all-platforms",
+        action="store_true",
         help="with a multi-platform image, recompress every platform and push an index",
     )
     p.add_argument(
-        "--threads", type=int, default=ZstdOptions().threads,
+        "--threads",
+        type=int,
+        default=ZstdOptions().threads,
         help="compression threads per layer (default: CPUs, 2 to 4)",
     )
     p.add_argument("--jobs", type=int, default=2, help="layers in flight at once (default 2)")
     p.add_argument(
-        "--frame-size", type=_common.parse_size, default=FRAME_SIZE,
+        "--frame-size",
+        type=_common.parse_size,
+        default=FRAME_SIZE,
         help="uncompressed bytes per zstd frame, the unit a lazy reader seeks to (default 4M)",
     )
     p.set_defaults(run=run)

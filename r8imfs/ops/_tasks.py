@@ -36,9 +36,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
-async def gather(
-    jobs: Iterable[Callable[[], Awaitable[T]]], limit: int = 8
-) -> list[T]:
+async def gather(jobs: Iterable[Callable[[], Awaitable[T]]], limit: int = 8) -> list[T]:
     """Run ``jobs`` with at most ``limit`` at once; results in the jobs' order."""
     todo = list(jobs)
     results: list[T | None] = [None] * len(todo)

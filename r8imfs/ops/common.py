@@ -229,7 +229,11 @@ async def push_images(
     if source.index is None:
         (image,) = images
         desc = await push_image_manifest(
-            client, dest, image.manifest_type, image.config, image.layers,
+            client,
+            dest,
+            image.manifest_type,
+            image.config,
+            image.layers,
             annotations=image.annotations,
         )
         return Pushed(repo, desc.digest, dest.tag)
@@ -237,14 +241,21 @@ async def push_images(
     untagged = Reference(repo, None, None)
     for image in images:
         desc = await push_image_manifest(
-            client, untagged, image.manifest_type, image.config, image.layers,
+            client,
+            untagged,
+            image.manifest_type,
+            image.config,
+            image.layers,
             annotations=image.annotations,
         )
         assert image.entry is not None
         entries.append(
             Descriptor(
-                desc.media_type, desc.digest, desc.size,
-                image.entry.platform, image.entry.annotations,
+                desc.media_type,
+                desc.digest,
+                desc.size,
+                image.entry.platform,
+                image.entry.annotations,
             )
         )
     index_type = _index_type(source.index.media_type, [e.media_type for e in entries])

@@ -16,6 +16,7 @@ here: no index, each byte moved once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -27,8 +28,8 @@ from typing import IO, Protocol, cast
 
 from r8imfs.archive.decompress import (
     DECOMPRESSION_ERRORS,
-    READ,
     HashingReader,
+    chunks_of,
     compression_of,
     corrupt,
     open_decompressed,
@@ -36,6 +37,7 @@ from r8imfs.archive.decompress import (
 from r8imfs.archive.pipe import consume_stream
 from r8imfs.archive.safetar import GuardedTarInfo
 from r8imfs.archive.tarindex import ForwardFile
+from r8imfs.archive.writer import BackgroundWriter
 from r8imfs.errors import CorruptLayer, DigestMismatch, NoWeightsFound, UnsafeLayer
 from r8imfs.oci.config import WEIGHTS_DIR, Layer, pair_layers, weights_candidates
 from r8imfs.registry.client import Image, RegistryClient
@@ -111,10 +113,13 @@ class TarSink:
 
     def __init__(self, out: IO[bytes]) -> None:
         self._out = _Cuttable(out)
+        self._writer = BackgroundWriter(self._out.write)
         self._offset = 0
+        self._discarded = False
 
     def _write(self, data: bytes) -> None:
-        self._offset += self._out.write(data)
+        if not self._discarded:
+            self._offset += self._writer.write(data)
 
     def add(self, name: str, info: tarfile.TarInfo, body: IO[bytes]) -> None:
         new = tarfile.TarInfo(name)
@@ -139,9 +144,13 @@ class TarSink:
     def close(self) -> None:
         self._write(bytes(2 * tarfile.BLOCKSIZE))
         self._write(bytes(-self._offset % tarfile.RECORDSIZE))
+        self._writer.close()
 
     def discard(self, poison: bool = False) -> None:
         """Give up: nothing more reaches the output, except ``POISON`` if asked."""
+        self._discarded = True
+        with contextlib.suppress(Exception):  # a failed write is one more reason to give up
+            self._writer.close()
         out = self._out.cut()
         if out is not None and poison:
             out.write(POISON)
@@ -168,8 +177,8 @@ class DirSink:
         self.target(name)  # again, now that parents exist (a symlinked parent)
         fd, tmp = tempfile.mkstemp(prefix=".r8imfs-", dir=target.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
-                shutil.copyfileobj(body, f, COPY_BUF)
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                _copy_body(body, f, info.size)
             os.chmod(tmp, info.mode & 0o777 or 0o644)
         except BaseException:
             os.unlink(tmp)  # a half-written file is not staged: abort() would miss it
@@ -187,6 +196,48 @@ class DirSink:
         self._staged.clear()
 
 
+def _copy_body(body: IO[bytes], out: IO[bytes], size: int) -> None:
+    """A file's body into ``out``; a big one through a ``BackgroundWriter``."""
+    if size < 4 * COPY_BUF:
+        shutil.copyfileobj(body, out, COPY_BUF)
+        return
+    writer = BackgroundWriter(out.write)
+    try:
+        while piece := body.read(COPY_BUF):
+            writer.write(piece)
+    finally:
+        writer.close()
+
+
+class _Body:
+    """A member's body read straight from the forward file, as views of its chunks.
+
+    tarfile reads a member's headers and leaves the file at its body (in
+    ``"r"`` mode it seeks to the next header itself afterwards); a short
+    body is the tar's "unexpected end of data".
+    """
+
+    def __init__(self, tar: ForwardFile, size: int) -> None:
+        self._tar = tar
+        self._left = size
+
+    def read(self, size: int = -1) -> memoryview:
+        size = self._left if size < 0 else min(size, self._left)
+        view = self._tar.read_view(size)
+        if size and not view:
+            raise tarfile.ReadError("unexpected end of data")
+        self._left -= len(view)
+        return view
+
+
+def _body(tf: tarfile.TarFile, tar: ForwardFile, member: tarfile.TarInfo) -> IO[bytes]:
+    if member.sparse is None and tar.tell() == member.offset_data:
+        return cast(IO[bytes], _Body(tar, member.size))
+    body = tf.extractfile(member)  # a GNU sparse file: tarfile knows its map
+    assert body is not None
+    return body
+
+
 def _untar_weights(raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | None) -> list[str]:
     """Worker thread: hash, decompress and untar one layer into the sink."""
     desc = layer.descriptor
@@ -195,10 +246,10 @@ def _untar_weights(raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | N
     names: list[str] = []
     try:
         stream = open_decompressed(hashed, compression_of(desc.media_type))  # type: ignore[arg-type]
-        # tarfile over a forward-only file rather than in stream mode ("r|"):
-        # bodies are then read in 1 MiB pieces straight from the inflater
-        # instead of through the stream mode's 10 KiB record loop.
-        tar = ForwardFile(iter(functools.partial(stream.read, READ), b""))
+        # tarfile over a forward-only file rather than in stream mode ("r|"),
+        # for the headers only: bodies are views of the inflater's own output
+        # (``_Body``), not copies through the stream mode's 10 KiB record loop.
+        tar = ForwardFile(chunks_of(stream))
         with tarfile.TarFile(
             fileobj=cast(IO[bytes], tar), mode="r", encoding="utf-8", tarinfo=GuardedTarInfo
         ) as tf:
@@ -206,8 +257,7 @@ def _untar_weights(raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | N
                 name = weights_name(member.name)
                 if name is None or not member.isreg():
                     continue
-                body = tf.extractfile(member)
-                assert body is not None
+                body = _body(tf, tar, member)
                 sink.add(name, member, body)
                 names.append(name)
                 if on_file:

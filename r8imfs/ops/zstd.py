@@ -154,7 +154,10 @@ async def recompress_image(
         ]
         images.append(
             NewImage(
-                mt.OCI_MANIFEST, child.config.data, layers, child.entry,
+                mt.OCI_MANIFEST,
+                child.config.data,
+                layers,
+                child.entry,
                 manifest_annotations(child),
             )
         )

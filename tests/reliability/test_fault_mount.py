@@ -111,9 +111,15 @@ def test_reads_ride_out_drops_503s_and_delays(
 def test_corrupt_refetch_after_eviction_is_eio_never_wrong_bytes(
     mimage: MountImage, proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    """Blocks fetched again after an eviction must match the blob verified before."""
+    """Blocks fetched again after an eviction must match the blob verified before.
+
+    Checkpoints only (``--no-decoded-copies``): the gzip layer is then read
+    through the blob cache too, as every layer is when its decoded copy
+    would not fit the cache.
+    """
     cache = tmp_path / "cache"
-    with mounted(mimage.ref(proxy.host), tmp_path, name="first", cache_dir=cache) as m:
+    with mounted(mimage.ref(proxy.host), tmp_path, "--no-decoded-copies", name="first",
+                 cache_dir=cache) as m:
         for name, body in mimage.bodies.items():  # whole files: every blob completes, verifies
             assert read_checked(_path(m.rootfs, name), body) == "ok"
     assert len(list(cache.glob("blobs/sha256/*.blocks"))) >= 3
@@ -132,6 +138,28 @@ def test_corrupt_refetch_after_eviction_is_eio_never_wrong_bytes(
         proxy.set_faults([])  # the registry heals: the same reads now succeed
         for name, body in mimage.bodies.items():
             assert read_checked(_path(m.rootfs, name), body) == "ok"
+
+
+def test_an_evicted_decoded_copy_is_rebuilt_and_a_corrupt_refetch_fails_the_mount(
+    mimage: MountImage, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A gzip layer's decoded copy gone from the cache: indexed again, verified again."""
+    cache = tmp_path / "cache"
+    with mounted(mimage.ref(proxy.host), tmp_path, name="first", cache_dir=cache) as m:
+        assert read_checked(_path(m.rootfs, "gz.bin"), mimage.bodies["gz.bin"]) == "ok"
+    assert len(list(cache.glob("decoded/sha256/*.tar"))) >= 1
+    proxy.set_faults([Corrupt(offset=MiB, length=64, match=mimage.digests["gz.bin"])])
+    mountpoint = tmp_path / "second"
+    mountpoint.mkdir()
+    # --cache-size 1M: opening the cache evicts the decoded copies too
+    proc = run("mount", mimage.ref(proxy.host), str(mountpoint), "--cache-dir", str(cache),
+               "--cache-size", "1M", "--log", str(tmp_path / "log"))
+    one_line_error(proc, contains="hashes to")
+    assert not is_mounted(mountpoint)
+    assert not list(cache.glob("decoded/sha256/*.tar"))
+    proxy.set_faults([])
+    with mounted(mimage.ref(proxy.host), tmp_path, name="third", cache_dir=cache) as m:
+        assert read_checked(_path(m.rootfs, "gz.bin"), mimage.bodies["gz.bin"]) == "ok"
 
 
 def test_a_fresh_mount_of_a_corrupted_gzip_layer_fails_cleanly(

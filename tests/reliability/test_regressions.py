@@ -146,9 +146,14 @@ def test_a_discarded_tar_sink_writes_nothing_later(tmp_path: Path) -> None:
         info.size = 3
         sink.add("a", info, io.BytesIO(b"abc"))
         sink.discard()
+        out.flush()
+        before = path.read_bytes()
+        sink.add("b", info, io.BytesIO(b"def"))  # after discard: into the void
+        sink.close()
     del sink
     gc.collect()  # tarfile's __del__ used to write its buffer into the closed file here
-    assert path.read_bytes() == b""
+    assert path.read_bytes() == before
+    assert b"def" not in before
     piped = io.BytesIO()
     TarSink(piped).discard(poison=True)
     assert piped.getvalue().startswith(b"r8imfs: extract failed")

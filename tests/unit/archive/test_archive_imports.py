@@ -18,6 +18,8 @@ ENGINE = [
     "r8imfs.archive.zstdwrite",
     "r8imfs.archive.indexdb",
     "r8imfs.archive.merged",
+    "r8imfs.archive.decodedcopy",
+    "r8imfs.archive.writer",
 ]
 
 

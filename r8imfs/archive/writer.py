@@ -1,0 +1,48 @@
+"""Big sequential outputs written on a thread of their own (sync, no trio)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+
+
+class BackgroundWriter:
+    """``write`` calls made in order on a thread of their own.
+
+    Filling fresh page-cache pages costs real system time (1-2 s per GiB on
+    the benchmark VM), about what inflating them costs in user time: a
+    consumer that inflates and writes big outputs runs nearly twice as fast
+    when the writes happen here (``write`` releases the GIL). The queue is
+    bounded; the first error is raised by the next ``write`` or by ``close``,
+    which waits for everything queued.
+    """
+
+    def __init__(self, write: Callable[[bytes], object], *, depth: int = 8) -> None:
+        self._write = write
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="r8imfs-write", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining, so that a put never blocks for ever
+            try:
+                self._write(data)
+            except BaseException as exc:
+                self._error = exc
+
+    def write(self, data: bytes) -> int:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+        return len(data)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
