@@ -31,9 +31,14 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
-from r8imfs.archive.decompress import INFLATE_ERRORS, READ, GzipInflater, HashingReader
+from r8imfs.archive.decompress import (
+    INFLATE_ERRORS,
+    GzipInflater,
+    HashingReader,
+    chunks_of,
+)
 from r8imfs.archive.entry import Entry
 from r8imfs.archive.tarindex import index_stream
 from r8imfs.archive.writer import BackgroundWriter
@@ -67,7 +72,7 @@ def build_decoded(raw: IO[bytes], digest: str, target: Path) -> tuple[list[Entry
         inflater = GzipInflater(hashed)
 
         def chunks() -> Iterator[bytes]:
-            for chunk in iter(functools.partial(inflater.read, READ), b""):
+            for chunk in chunks_of(cast(IO[bytes], inflater)):
                 writer.write(chunk)
                 yield chunk
 
@@ -137,7 +142,7 @@ class DecodedReader:
 
     read_at = pread
 
-    def cached(self, offset: int, size: int) -> bytes | None:
+    def cached(self, offset: int, size: int) -> bytes | bytearray | None:
         size = max(0, min(size, self._size - offset))
         if not self._nowait or size == 0:
             return None if size else b""
@@ -150,7 +155,7 @@ class DecodedReader:
                     self._nowait = False
                 return None
             raise
-        return bytes(buf) if got == size else None
+        return buf if got == size else None  # not copied again: FUSE replies take any buffer
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -117,7 +117,7 @@ class ImageFiles:
         rootfs = await _threads.run_sync(MergedTree.build, [list(x.entries) for x in layers])
         return cls(manifest.raw, config_raw, layers, rootfs, DecodedBlocks(cache.background()))
 
-    async def read(self, node: Node, offset: int, size: int) -> bytes:
+    async def read(self, node: Node, offset: int, size: int) -> bytes | bytearray:
         """``size`` bytes of a file at ``offset``, through the decoded-block cache."""
         e = node.entry
         end = min(e.size, offset + size)

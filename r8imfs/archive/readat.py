@@ -222,7 +222,9 @@ def read_entry(reader: LayerReader, entry: Entry, offset: int, size: int) -> byt
     return _read_sparse(reader, entry, offset, end)
 
 
-def cached_entry(reader: LayerReader, entry: Entry, offset: int, size: int) -> bytes | None:
+def cached_entry(
+    reader: LayerReader, entry: Entry, offset: int, size: int
+) -> bytes | bytearray | None:
     """``read_entry``'s answer if the reader has it decoded already, else None.
 
     Never blocks (readers without a ``cached`` method, and sparse entries,
@@ -234,7 +236,7 @@ def cached_entry(reader: LayerReader, entry: Entry, offset: int, size: int) -> b
     end = min(entry.size, offset + size)
     if offset >= end:
         return b""
-    data: bytes | None = cached(entry.data_offset + offset, end - offset)
+    data: bytes | bytearray | None = cached(entry.data_offset + offset, end - offset)
     return data
 
 

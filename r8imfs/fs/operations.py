@@ -154,7 +154,8 @@ class ImageOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         return pyfuse3.FileInfo(fh=inode, keep_cache=True, direct_io=False)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    # pyfuse3's stub says bytes; it replies with any buffer (PyObject_GetBuffer)
+    async def read(self, fh: int, off: int, size: int) -> bytes | bytearray:  # type: ignore[override]
         target = self.ns.get(fh)
         if isinstance(target, Static):
             return target.data[off : off + size]
