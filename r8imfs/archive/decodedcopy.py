@@ -45,9 +45,9 @@ from r8imfs.archive.writer import BackgroundWriter
 from r8imfs.errors import CorruptLayer, DigestMismatch
 from r8imfs.oci.digest import validate
 
-#: A copy is kept for a layer whose compressed size is at most this share of
+#: A copy is kept for a layer whose compressed size is at most 1/SHARE of
 #: the cache bound (weights barely compress: their copy is about as big).
-SHARE = 4
+SHARE = 2
 
 
 def decoded_path(cache_dir: str | os.PathLike[str], digest: str) -> Path:

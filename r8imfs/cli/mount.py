@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "Only metadata is read up front (gzip layers are indexed once and the index is\n"
         "cached); file bodies are fetched with HTTP range reads when read. Indexing a\n"
         "gzip layer inflates all of it: what it inflates is kept in the cache as the\n"
-        "layer's decoded copy (for layers up to a quarter of --cache-size), so copying\n"
+        "layer's decoded copy (for layers up to half of --cache-size), so copying\n"
         "files out afterwards reads local bytes instead of inflating the layer again.",
         epilog="examples:\n"
         "  r8imfs mount r8.im/user/model /mnt/model\n"

@@ -138,6 +138,6 @@ def test_eviction_takes_copies_least_recently_used_first_but_not_open_ones(
     assert [path.exists() for path, _ in copies] == [True, False, True]
 
 
-def test_worth_keeping_is_a_quarter_of_the_cache() -> None:
-    assert worth_keeping(5 * 2**30, 20 * 2**30)
-    assert not worth_keeping(6 * 2**30, 20 * 2**30)
+def test_worth_keeping_is_half_of_the_cache() -> None:
+    assert worth_keeping(10 * 2**30, 20 * 2**30)
+    assert not worth_keeping(11 * 2**30, 20 * 2**30)
