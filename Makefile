@@ -17,7 +17,7 @@ lint: setup
 	$(PY) -m mypy
 
 bench: setup
-	$(PY) tools/bench/run.py
+	$(PY) tools/bench/run.py --results docs/benchmarks.json
 
 # Back to a fresh checkout (the next target run rebuilds .venv).
 clean:

@@ -235,13 +235,17 @@ def report(
 
 
 def cp_rows(b: Bench, runs: dict[str, list[MountRun]], curl_rate: float) -> list[Row]:
+    """The target applies to what a mount does by default; ``--no-decoded-copies`` compares."""
     rows = []
     for label, key in CP_CASES:
         cp = stat([r.cp or 0 for r in runs[key]])
         cp_rate = b.image.weights_bytes / cp.median
-        rows.append(Row(f"cp -r alone, {label}", f"≥ {CURL_SHARE:.0%} of curl's speed",
+        graded = key != "index_only"
+        rows.append(Row(f"cp -r alone, {label}",
+                        f"≥ {CURL_SHARE:.0%} of curl's speed" if graded else "(comparison)",
                         f"{cp.fmt()}; {rate(b.image.weights_bytes, cp.median)}",
-                        f"{cp_rate / curl_rate:.0%} of curl", cp_rate >= CURL_SHARE * curl_rate))
+                        f"{cp_rate / curl_rate:.0%} of curl",
+                        cp_rate >= CURL_SHARE * curl_rate if graded else None))
     return rows
 
 

@@ -41,92 +41,90 @@ own `wait4`: Python starts children with vfork, and Linux then charges the
 parent's high-water RSS to the child, which made every child of a benchmark
 process holding a 1 GiB buffer look 1 GB big in a first version).
 
+### What one core does here (design measurements)
+
+`tools/bench/run.py --only tables` (engine-measurements.md, "Inflaters") and
+hand runs on this image's weights blob (989.6 MB gzip, 1,026 MiB tar), one
+core, Python: sha256 0.55 s (SHA-NI through OpenSSL; coreutils `sha256sum`,
+the row above, does not use it); inflate with zlib 3.86 s, ISA-L 2.86 s,
+zlib-ng 2.75 s, rapidgzip 4.02 s with one thread and 1.97 s with two.
+Writing 1 GiB of *new* file data costs 1.0–2.3 s of system time on this VM
+(`dd` to ext4; 0.47 s to tmpfs; 0.1 s when overwriting cached pages). The
+download through our client: 0.93 s wall, 0.64 s of user time. curl moves
+the blob at ~1.8 GB/s with nothing to decode, hash or write.
+
 ### Issue 3: `extract`
 
-- **The floor is zlib's inflate.** Weights-like data inflates at 135–190 MB/s
-  of output on one core here (the `gzip -dc` row; Python's `zlib` is the same
-  library), so any gzip extract of a 1 GiB layer costs at least that on one
-  core, while ≥ 5× the peer means the whole extract in ≤ ~3 s. With zlib the
-  target is out of reach whatever the rest of the pipeline does; `extract`
-  now runs within ~1.2–1.3× of `gzip -dc` alone. A faster inflater moves the
-  floor: on 300 MiB of this blob, python-isal (`isal.isal_zlib`, ISA-L)
-  inflated at 352–367 MB/s and zlib-ng (`zlib_ng.zlib_ng`) at 301–374 MB/s,
-  against zlib's 180–194 MB/s (neither is a dependency; installed in the venv
-  only to measure). That is the one change left that could reach 5× here
-  (with the peer's ~14 s, ≤ 2.9 s at ~370 MB/s is on the edge).
-- **Fixed**, `r8imfs/archive/decompress.py` `GzipInflater.read`: zlib was given
-  the whole 1 MiB input on every call with an output bound, and zlib copies
-  the input it left over (`unconsumed_tail`) each time it stops at the bound;
-  tarfile's stream mode reads 10 KiB at a time, so every 10 KiB of tar cost a
-  copy of up to 1 MiB. zlib now gets 64 KiB memoryview slices. The inflater
-  alone, 10 KiB reads: 73 → ~200 MB/s.
-- **Fixed**, `r8imfs/archive/pipe.py` `consume_stream`: each download chunk
-  (≤ 64 KiB from httpx) crossed to the worker thread on its own, ~16,000
-  `from_thread` round trips per GiB (17% of the extract's samples); chunks are
-  now joined to 1 MiB first (`coalesce`, which recompress.py had, moved here).
-- **Fixed** (commit 919dd96, after these profiles): the blob's sha256 runs on a
-  thread of its own (`decompress.BackgroundHash`) while the worker inflates;
-  sha256 runs at only ~360 MB/s here (the `sha256sum` row), so it had been a
-  third of the worker's time.
-- Together: `extract -o` of this image went from 20.2 s in the first full run
-  of this benchmark (same day, same image, peer 18.9 s) to the time in the
-  table; RSS stays ~55 MB.
-- **Left**, `r8imfs/ops/extract.py`: `TarSink` writes through tarfile's `w|`
-  stream in 10 KiB records (100,000 `write` calls per GiB); `w` mode over a
-  file object with `tell()` and `copybufsize=1 MiB` would write 1 MiB at a
-  time.
+- **Why 5× is out of reach on this machine.** 5× the peer's ~13.5 s is
+  ~2.7 s for the whole extract. The work it cannot skip (inflate 2.75 s at
+  zlib-ng speed, write the 1 GiB out 1–2.3 s, hash 0.55 s, the download
+  ~0.7 s, plus the registry serving it) is 5–6.5 CPU-seconds on two cores
+  shared with the registry: ≥ ~3 s even with perfect overlap. A parallel
+  inflater does not change that here: rapidgzip with two threads, over a
+  local file, with the tar walk, the write and the hash, took 3.9–4.6 s,
+  against 3.8 s for our single-threaded pipeline over the same file (two
+  cores are already busy). What is left between ~3 s and the table's time
+  is the overlap the threads do not get (the inflating thread waits for
+  input about 1 s of its ~5 s in profiles) and the ~0.4 s of start-up
+  (imports).
+- **Fixed this round** (`extract -o`: 9.1 s in the previous run → the table):
+  - `archive/decompress.py`: zlib-ng instead of zlib (zlib's API; its own
+    `error` class joins `INFLATE_ERRORS`), 1.4× on inflate;
+  - `ops/extract.py`: tarfile reads only the headers, over a forward-only
+    file (`"r"` mode, not the `"r|"` stream mode and its 10 KiB record
+    loop); bodies are `memoryview`s of the inflater's own output
+    (`decompress.chunks_of`, `ForwardFile.read_view`); `TarSink` writes
+    headers with `TarInfo.tobuf` and bodies straight through (tarfile's
+    `addfile` copied in 16 KiB pieces);
+  - `archive/writer.py` `BackgroundWriter`: output writes on a thread of
+    their own, overlapping the inflate (filling new page-cache pages is the
+    system time above);
+  - `GzipInflater` gives zlib input slices sized to the output asked for:
+    with 64 KiB slices every call ended by taking the GIL back, and next to
+    busy Python threads (HTTP, the other layer's tar walk) that wait can be a
+    5 ms switch interval: the cold mount's 1 GiB inflate took 5.8 s of its
+    thread's time in a profile, 4.3 s after.
 
 ### Issue 3: the engine
 
-Both targets hold. The indexing pass runs at ~115 MB/s of tar because zran
-inflates every byte twice (engine-measurements.md, "gzip").
+Both targets hold. The zran indexing pass runs at ~115 MB/s of tar because
+zran inflates every byte twice (engine-measurements.md, "gzip"); with a
+decoded copy (the mount's default, the `with a decoded copy` rows) the pass
+inflates once with zlib-ng and random reads are `pread`s of a local file.
 
 ### Issue 4: `mount`
 
-- **Cold mount + cp: three inflations against the peer's one.** `mount`
-  indexes every gzip layer before it serves (`r8imfs/archive/image.py`
-  `ImageFiles.open` → `indexdb.load_or_build` → `gzipindex.build_gzip_index`):
-  a full pass over the 1 GiB weights blob, downloaded through the blob cache,
-  in which zran inflates each byte twice; then `cp` inflates the file again
-  through the checkpoints. With one inflation at ~7 s, the 5× target
-  (≤ ~3 s) is not reachable for gzip layers of weights. What would move it:
-  rapidgzip for the indexing pass (one inflation, 1.7× faster,
-  engine-measurements.md) or an ISA-L inflater, and serving the first copy
-  from the indexing pass instead of inflating again. The zstd rows show the
-  other road: after `r8imfs zstd`, a seekable-zstd layer is indexed from its
-  tar headers alone, so the cold mount takes under 2 s instead of 12–16 s and
-  the whole cold mount + copy beats the peer.
-- **cp vs curl.** curl moves the blob at 1–2 GB/s on loopback with no
-  decoding and no verification. A warm gzip copy now runs at the inflate
-  floor (the `cp -r alone, warm` row against the `gzip -dc` row), which is
-  ~8% of curl: 50% is out of reach for gzip weights on this machine. For the
-  zstd image decoding is not the limit (zstd decodes at > 1 GB/s); the read
-  path is, see below.
-- **The read path's hand-offs.** Before the fixes, each FUSE read (cp reads
-  128 KiB at a time) cost a trio → worker-thread round trip
-  (`ImageFiles.read` → `_threads.run_sync`), and each compressed read of the
-  engine two more hand-offs through the loop (`archive/blobcache.py`
-  `SyncBlobFile.read_at` → `from_thread` → `BlobReader.read` → `run_io`
-  pread). Profile of a warm gzip copy then (16 s): the engine thread ~40%
-  inflating in zran, ~40% waiting in `SyncBlobFile.read_at`. Fixed:
-  - `archive/gzipindex.py` `READ_BUF`: zran read the blob 1 MiB at a time, now
-    4 MiB (one cache block): warm gzip copy 15.3–15.8 s → 10.3–11.8 s in
-    alternating A/B runs; a random 64 KiB read costs +0.5 ms (still ~9 ms);
-  - `archive/zstdindex.py` `CURSOR_READ`: zstd cursors read the blob 128 KiB
-    at a time (the decoder's input size), now 1 MiB: warm zstd copy 8.3 s →
-    4.7–5.4 s (A/B);
-  - `archive/image.py` `ImageFiles.read` + `GzipLayerReader.cached` +
-    `readat.cached_entry`: a read inside bytes a gzip handle has already
-    decoded is answered on the loop, without a worker thread;
-  - commit cf74888 (another session, after these profiles): `DecodedBlocks`,
-    4 MiB of a file decoded per round trip, an LRU of them, and the next
-    block decoded in the background for sequential readers; it does for every
-    codec what `cached` does for gzip, so one of the two can go.
-- **Suggested, not done** (files being changed by others at the time):
-  `SyncBlobFile.read_at` could `pread` the cache file directly in the calling
-  thread when the range is present, skipping both hand-offs through the loop:
-  the largest remaining overhead when a copy is not inflate-bound (zstd,
-  plain layers).
+- **Decoded copies (new).** Before, a cold mount inflated the weights layer
+  three times: twice in zran's indexing pass and once more for the `cp`
+  (24 s in the previous run). Now the indexing pass streams the blob with one
+  GET, inflates it once with zlib-ng, and keeps what it inflated as the
+  layer's decoded copy in the cache (`archive/decodedcopy.py`; renamed into
+  place only after the blob's digest matched). The `cp` then reads a local
+  file. The compressed blob is not cached at all for such a layer.
+- **Why 5× is out of reach on this machine.** The cold run has to do all of
+  `extract`'s work (above: ≥ ~3 s here) *and* fill two 1 GiB files with new
+  pages (the decoded copy, then `cp`'s destination: 1–2.3 s of system time
+  each), against the peer's ~13.5 s.
+- **cp vs curl.** curl writes to `/dev/null`; `cp` writes a 1 GiB file,
+  which alone costs 1–2.3 s here (above), while 50% of curl's ~1.8 GB/s
+  means ~1.1 s for the whole copy. The `cat > /dev/null` row measures the
+  mount under curl's terms. What made it fast: the kernel's readahead for
+  the mount is raised to 1 MiB once it serves (`fs/daemon.py`
+  `widen_readahead`; root only), so a sequential reader's page-cache misses
+  become 1 MiB FUSE requests instead of 128 KiB (a 1 GiB `cat`: 1.5 s →
+  0.4–1.1 s), and page-cache hits in the decoded copy are answered on the
+  trio thread (`preadv` with `RWF_NOWAIT`) and handed to pyfuse3 without
+  another copy. About 70% of the daemon's samples during such a read are
+  pyfuse3's own reply path (`fuse_reply_buf` copying into the kernel, with
+  the GIL held).
+- **Without decoded copies** (`--no-decoded-copies`, or layers over half the
+  cache bound), a copy inflates through zran checkpoints at the inflate floor
+  (the `--no-decoded-copies` row), as in the previous runs.
+- **Left:** the decoded copy is `fdatasync`ed before it is renamed into
+  place (0.4–1 s of the cold mount): publishing it in the background after
+  the mount is serving would take that off the critical path; the compressed
+  bytes of a layer indexed through the blob cache are still hashed twice
+  (digest frontier and per-block table).
 - **Daemon RSS.** After a mount with a cached index the daemon holds ~60 MB;
   during a copy VmRSS climbs, all of it anonymous memory: decoded blocks,
   gzip handles (up to 3 × 8 MiB decoded + 4 MiB read buffer), and glibc
@@ -163,8 +161,8 @@ inflates every byte twice (engine-measurements.md, "gzip").
   writer and `registry/upload.py` `upload_stream`), now only by the upload
   (`digest_output=False`); the blob's digest is computed in
   `pipe.consume_stream`'s pump (`hasher=`) instead of on the inflating
-  thread. After that the worker thread is ~60% inflate (zlib, the same floor
-  as issue 3) and ~30% waiting for trio; an isal/zlib-ng inflater is again
-  the next step. Before these changes the ratio was 0.52 (first run) and
+  thread. After that the worker thread was ~60% inflate (zlib, the same floor
+  as issue 3) and ~30% waiting for trio; it now inflates with zlib-ng
+  (issue 3 above). Before these changes the ratio was 0.52 (first run) and
   0.65 (second run) against the pipeline.
 """

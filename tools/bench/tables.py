@@ -1,7 +1,8 @@
 """The engine experiments behind docs/engine-measurements.md (``--only tables``).
 
 Prints Markdown tables to stdout (it does not write docs/benchmarks.md): gzip
-checkpoint spacing, indexed_gzip against rapidgzip (when installed), plain
+checkpoint spacing, indexed_gzip against rapidgzip (when installed), the
+inflaters (zlib, zlib-ng, and ISA-L and rapidgzip when installed), plain
 against seekable zstd, index-database load times, merged-tree build. The layer
 is ``data.make_layer``: a synthetic tar of lognormal-sized files of mixed
 word soup, random bytes and hex, about 2.2:1 under gzip -6. CPU costs only:
@@ -35,7 +36,7 @@ from r8imfs.archive import (
 )
 from r8imfs.oci import mediatypes as mt
 from tools.bench.common import MiB, timed
-from tools.bench.data import make_layer
+from tools.bench.data import Float16Weights, make_layer
 
 
 def random_reads(
@@ -113,6 +114,68 @@ def bench_rapidgzip(gz: Path, usize: int) -> None:
             f"{secs:.1f} | {usize / MiB / secs:.0f} | {statistics.median(lat):.1f} | "
             f"{statistics.quantiles(lat, n=10)[-1]:.1f} | |"
         )
+
+
+def _inflate_all(module: object, data: bytes) -> int:
+    d = module.decompressobj(31)  # type: ignore[attr-defined]
+    view, n = memoryview(data), 0
+    for i in range(0, len(data), MiB):
+        n += len(d.decompress(view[i : i + MiB]))
+    return n
+
+
+def _optional(name: str) -> object | None:
+    try:
+        return __import__(name, fromlist=["_"])
+    except ImportError:
+        return None
+
+
+def bench_inflaters(label: str, gz: Path, usize: int) -> None:
+    """One core: each inflater over the whole blob in memory, best of 2; sha256 for scale."""
+    import hashlib
+    import zlib
+
+    from zlib_ng import zlib_ng
+
+    data = gz.read_bytes()
+    rows: list[tuple[str, Callable[[], object]]] = [
+        ("hashlib sha256 (for scale)", lambda: hashlib.sha256(data).digest()),
+        ("zlib", lambda: _inflate_all(zlib, data)),
+        ("zlib-ng (`zlib_ng.zlib_ng`, what r8imfs uses)", lambda: _inflate_all(zlib_ng, data)),
+    ]
+    isal = _optional("isal.isal_zlib")
+    if isal is not None:
+        rows.append(("ISA-L (`isal.isal_zlib`)", lambda: _inflate_all(isal, data)))
+    rapidgzip = _optional("rapidgzip")
+    for par in (1, 2) if rapidgzip is not None else ():
+
+        def rg(par: int = par) -> int:
+            with rapidgzip.open(str(gz), parallelization=par) as f:  # type: ignore[attr-defined]
+                return sum(iter(lambda: len(f.read(4 * MiB)), 0))
+
+        rows.append((f"rapidgzip, parallelization={par}", rg))
+    print(f"\n{label}: {len(data) / MiB:.0f} MiB gzip, {usize / MiB:.0f} MiB uncompressed")
+    print("| inflater | s (best of 2) | MiB/s of output |\n|---|---|---|")
+    for name, fn in rows:
+        best = min(timed(fn)[0] for _ in range(2))
+        print(f"| {name} | {best:.2f} | {usize / MiB / best:.0f} |")
+
+
+def weights_gz(work: Path, size: int) -> tuple[Path, int]:
+    """A gzip -6 file of ``size`` float16-like bytes (the benchmark image's weights)."""
+    gz = work / "weights.bin.gz"
+    if not gz.exists():
+        src = Float16Weights(size)
+        with open(gz, "wb") as out:
+            proc = subprocess.Popen(["gzip", "-6", "-c"], stdin=subprocess.PIPE, stdout=out)
+            assert proc.stdin is not None
+            while piece := src.read(MiB):
+                proc.stdin.write(piece)
+            proc.stdin.close()
+            if proc.wait():
+                raise RuntimeError("gzip failed")
+    return gz, size
 
 
 def bench_zstd(tar: Path, work: Path, usize: int) -> None:
@@ -193,6 +256,8 @@ def main(work: Path, size_mb: int) -> None:
     )
     bench_gzip(gz, usize, [1 * MiB, 2 * MiB, 4 * MiB, 8 * MiB])
     bench_rapidgzip(gz, usize)
+    bench_inflaters("mixed layer", gz, usize)
+    bench_inflaters("float16-like weights", *weights_gz(work, size_mb * MiB))
     bench_zstd(tar, work, usize)
     bench_indexdb(work, 10_000)
     bench_indexdb(work, 100_000)
