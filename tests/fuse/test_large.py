@@ -56,11 +56,21 @@ def _copy_out(mountpoint: Path, dest: Path) -> str:
     return hashlib.sha256(dest.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize("decoded", [True, False], ids=["decoded-copy", "checkpoints"])
 def test_cp_of_a_large_gzip_file(
-    gzip_image: str, weights: bytes, mounted: MountFactory, tmp_path: Path
+    gzip_image: str, weights: bytes, mounted: MountFactory, tmp_path: Path, decoded: bool
 ) -> None:
-    with mounted(gzip_image) as m:
+    extra = () if decoded else ("--no-decoded-copies",)
+    with mounted(gzip_image, *extra) as m:
         assert _copy_out(m.path, tmp_path / "out.bin") == hashlib.sha256(weights).hexdigest()
+        copies = list(m.cache_dir.glob("decoded/sha256/*.tar"))
+        blobs = list(m.cache_dir.glob("blobs/sha256/*.data"))
+    if decoded:  # both gzip layers kept what their indexing pass inflated
+        assert len(copies) == 2
+        assert max(c.stat().st_size for c in copies) > SIZE
+    else:  # read through zran checkpoints from the cached blob
+        assert copies == []
+        assert max(b.stat().st_blocks * 512 for b in blobs) >= SIZE
 
 
 @pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,6 +160,28 @@ def test_mount_options(small_image: str, mounted: MountFactory) -> None:
         options = _super_options(m.path)
         assert {"ro", "allow_other", "default_permissions"} <= options, options
         assert (m.rootfs / "app/blob.bin").read_bytes() == BODY
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may set a mount's readahead")
+def test_the_kernel_readahead_is_widened_once_serving(
+    small_image: str, mounted: MountFactory
+) -> None:
+    with mounted(small_image) as m:
+        dev = _device(m.path)
+        setting = Path(f"/sys/class/bdi/{dev}/read_ahead_kb")
+        deadline = time.monotonic() + 10
+        while setting.read_text().strip() != "1024" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert setting.read_text().strip() == "1024"
+        assert (m.rootfs / "app/blob.bin").read_bytes() == BODY
+
+
+def _device(mountpoint: Path) -> str:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(mountpoint):
+            return fields[2]
+    raise AssertionError(f"{mountpoint} is not mounted")
 
 
 def _super_options(mountpoint: Path) -> set[str]:
