@@ -27,9 +27,13 @@ def test_the_first_error_is_raised_by_a_later_write_or_by_close() -> None:
             raise OSError(28, "No space left on device")
 
     writer = BackgroundWriter(failing, depth=1)
-    with pytest.raises(OSError, match="No space"):
+
+    def write_many() -> None:
         for _ in range(1000):  # more than the queue holds: must not block for ever
             writer.write(b"x")
+
+    with pytest.raises(OSError, match="No space"):
+        write_many()
     with pytest.raises(OSError, match="No space"):
         writer.close()
     assert calls == 3  # nothing written after the failure
