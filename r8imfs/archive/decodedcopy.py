@@ -30,6 +30,7 @@ import functools
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
@@ -40,6 +41,7 @@ from r8imfs.archive.decompress import (
     chunks_of,
 )
 from r8imfs.archive.entry import Entry
+from r8imfs.archive.readat import FileReadAt
 from r8imfs.archive.tarindex import index_stream
 from r8imfs.archive.writer import BackgroundWriter
 from r8imfs.errors import CorruptLayer, DigestMismatch
@@ -59,13 +61,15 @@ def worth_keeping(compressed_size: int, max_bytes: int) -> bool:
     return compressed_size * SHARE <= max_bytes
 
 
-def build_decoded(raw: IO[bytes], digest: str, target: Path) -> tuple[list[Entry], int]:
+def build_decoded(raw: IO[bytes], digest: str, target: Path) -> tuple[list[Entry], int, Pending]:
     """One pass over a gzip layer read from ``raw``: its tar entries and size.
 
-    Its decoded copy is left at ``target`` once the layer hashed to ``digest``.
+    The decoded copy is left as a ``Pending`` file once the layer hashed to
+    ``digest``; ``publish`` puts it at ``target``.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=target.parent)
+    pending = Pending(fd, Path(tmp), target)
     writer = BackgroundWriter(functools.partial(_write_all, fd))
     try:
         hashed = HashingReader(raw)
@@ -86,14 +90,42 @@ def build_decoded(raw: IO[bytes], digest: str, target: Path) -> tuple[list[Entry
         got = "sha256:" + hashed.hash.hexdigest()
         if got != digest:
             raise DigestMismatch(f"layer {digest} hashes to {got}: not indexed")
-        os.fdatasync(fd)
-        os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        pending.discard()
         raise
-    finally:
-        os.close(fd)
-    return entries, usize
+    return entries, usize, pending
+
+
+@dataclass(slots=True)
+class Pending:
+    """A decoded copy, whole and verified, not yet under its final name.
+
+    ``publish`` flushes its data and only then renames it into place (so a
+    crash can never leave a copy with holes under the final name). It may run
+    after the copy is in use: readers hold the file open, not the name.
+    """
+
+    fd: int
+    path: Path
+    target: Path
+
+    def publish(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+            os.replace(self.path, self.target)
+        except BaseException:
+            self.discard()
+            raise
+        self._close()
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._close()
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -102,7 +134,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-class DecodedReader:
+class DecodedReader(FileReadAt):
     """A ``LayerReader`` over a decoded copy: ``pread``, plus ``cached``.
 
     ``cached`` answers only from the page cache (``RWF_NOWAIT``), so the
@@ -111,39 +143,26 @@ class DecodedReader:
     """
 
     def __init__(self, path: Path, size: int) -> None:
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        super().__init__(path)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_SH)  # eviction skips it while we read
-            actual = os.fstat(self._fd).st_size
         except BaseException:
-            os.close(self._fd)
+            self.close()
             raise
-        if actual != size:
-            os.close(self._fd)
-            raise CorruptLayer(f"decoded copy {path} has {actual} bytes, not {size}")
-        self._size = size
+        if self.size != size:
+            self.close()
+            raise CorruptLayer(f"decoded copy {path} has {self.size} bytes, not {size}")
         self._nowait = hasattr(os, "RWF_NOWAIT")
 
-    @property
-    def size(self) -> int:
-        return self._size
-
     def pread(self, offset: int, size: int) -> bytes:
-        size = max(0, min(size, self._size - offset))
-        parts = []
-        while size > 0:
-            chunk = os.pread(self._fd, size, offset)
-            if not chunk:
-                raise CorruptLayer("decoded copy is shorter than its layer")
-            parts.append(chunk)
-            offset += len(chunk)
-            size -= len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    read_at = pread
+        size = max(0, min(size, self.size - offset))
+        data = self.read_at(offset, size)
+        if len(data) != size:
+            raise CorruptLayer("decoded copy is shorter than its layer")
+        return data
 
     def cached(self, offset: int, size: int) -> bytes | bytearray | None:
-        size = max(0, min(size, self._size - offset))
+        size = max(0, min(size, self.size - offset))
         if not self._nowait or size == 0:
             return None if size else b""
         buf = bytearray(size)
@@ -156,14 +175,3 @@ class DecodedReader:
                 return None
             raise
         return buf if got == size else None  # not copied again: FUSE replies take any buffer
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __enter__(self) -> DecodedReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

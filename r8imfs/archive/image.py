@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import trio
 
 from r8imfs import _threads
 from r8imfs.archive.blobcache import BlobCache, BlobReader, BlobSource
-from r8imfs.archive.decodedcopy import worth_keeping
+from r8imfs.archive.decodedcopy import DecodedReader, Pending, worth_keeping
 from r8imfs.archive.entry import Entry
 from r8imfs.archive.indexdb import (
     LayerIndex,
@@ -49,6 +50,7 @@ from r8imfs.oci.manifest import Descriptor, Manifest
 from r8imfs.oci.mediatypes import layer_compression
 from r8imfs.oci.reference import Repository
 
+log = logging.getLogger("r8imfs.archive")
 INDEX_PARALLEL = 2
 #: decoded bytes per worker-thread round trip when serving reads, and how many to keep
 DECODED_BLOCK = 4 * 1024 * 1024
@@ -225,7 +227,7 @@ async def _open_layer(
 
         keep = decoded_copies and worth_keeping(desc.size, cache.max_bytes)
         index, reader, streamed = await _index_layer(
-            client, repo, desc, readat, cache_dir, keep, report
+            client, repo, desc, readat, cache_dir, keep, report, cache.background()
         )
         tree = await _threads.run_sync(LayerTree.build, list(index.entries), i)
     except BaseException as exc:
@@ -244,18 +246,20 @@ async def _index_layer(
     cache_dir: Path,
     keep_decoded: bool,
     progress: Progress,
+    background: trio.Nursery,
 ) -> tuple[LayerIndex, LayerReader, int]:
     """The layer's index (cached, or built now), its open reader, bytes streamed."""
     decoded = keep_decoded and layer_compression(desc.media_type) == "gzip"
-    streamed = 0
     for _ in range(2):  # again if a decoded copy is evicted between load and open
         index = await _threads.run_sync(
             load_cached, cache_dir, desc.digest, desc.media_type, desc.size
         )
         if index is None and decoded:
-            index = await _stream_decoded(client, repo, desc, cache_dir, progress)
-            streamed += desc.size
-        elif index is None:
+            index, reader = await _stream_decoded(
+                client, repo, desc, cache_dir, progress, background
+            )
+            return index, reader, desc.size
+        if index is None:
             index = await _threads.run_sync(
                 functools.partial(
                     load_or_build,
@@ -268,28 +272,54 @@ async def _index_layer(
                 )
             )
         try:
-            return index, await _threads.run_sync(index.open_reader, readat), streamed
+            return index, await _threads.run_sync(index.open_reader, readat), 0
         except FileNotFoundError:
             continue
     raise R8imfsError(f"the decoded copy of layer {desc.digest} keeps vanishing from the cache")
 
 
 async def _stream_decoded(
-    client: BlobSource, repo: Repository, desc: Descriptor, cache_dir: Path, progress: Progress
-) -> LayerIndex:
+    client: BlobSource,
+    repo: Repository,
+    desc: Descriptor,
+    cache_dir: Path,
+    progress: Progress,
+    background: trio.Nursery,
+) -> tuple[LayerIndex, LayerReader]:
     """Index a gzip layer from one streamed GET, keeping its decoded copy.
 
     A layer read whole anyway goes faster as one stream than as 4 MiB ranges
     through the blob cache, and its compressed bytes need no cache: from now
-    on it is read from the copy.
+    on it is read from the copy. The copy serves at once; flushing it to disk,
+    renaming it into place and storing the index happen in the background
+    (``_publish``), off the mount's critical path.
     """
     build = functools.partial(
         build_decoded_index, cache_dir, desc.digest, desc.media_type, desc.size
     )
     async with client.open_blob(repo, desc.digest) as stream:
-        index = await consume_stream(_counted(stream.chunks(), desc.size, progress), build)
-    await _threads.run_sync(write, index_path(cache_dir, desc.digest), index)
-    return index
+        index, pending = await consume_stream(_counted(stream.chunks(), desc.size, progress), build)
+    try:
+        reader = await _threads.run_io(DecodedReader, pending.path, index.uncompressed_size)
+    except BaseException:
+        pending.discard()
+        raise
+    background.start_soon(_publish, pending, index_path(cache_dir, desc.digest), index)
+    return index, reader
+
+
+async def _publish(pending: Pending, path: Path, index: LayerIndex) -> None:
+    """Flush and rename the copy, then store the index; shielded, so an unmount waits."""
+
+    def publish() -> None:
+        pending.publish()
+        write(path, index)
+
+    with trio.CancelScope(shield=True):
+        try:
+            await _threads.run_io(publish)
+        except Exception as exc:  # the mount goes on; the next one indexes again
+            log.warning("could not keep the decoded copy of %s: %s", index.digest, exc)
 
 
 async def _counted(

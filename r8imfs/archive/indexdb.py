@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any, cast
 
-from r8imfs.archive.decodedcopy import DecodedReader, build_decoded, decoded_path
+from r8imfs.archive.decodedcopy import DecodedReader, Pending, build_decoded, decoded_path
 from r8imfs.archive.decompress import READ
 from r8imfs.archive.entry import Entry, Kind
 from r8imfs.archive.gzipindex import GzipLayerReader, build_gzip_index
@@ -104,7 +104,10 @@ def load_or_build(
         return _with_readat(cached, readat, media_type, cached.decoded)
     if _compression(media_type) == "gzip" and keep_decoded:
         blob = BlobFile(readat, size=size, progress=progress, buffer_size=READ)
-        index = build_decoded_index(cache_dir, digest, media_type, size, cast(IO[bytes], blob))
+        index, pending = build_decoded_index(
+            cache_dir, digest, media_type, size, cast(IO[bytes], blob)
+        )
+        pending.publish()
         index = _with_readat(index, readat, media_type, index.decoded)
     else:
         index = build_index(digest, media_type, readat, size, progress=progress)
@@ -133,11 +136,16 @@ def load_cached(
 
 def build_decoded_index(
     cache_dir: str | os.PathLike[str], digest: str, media_type: str, size: int, raw: IO[bytes]
-) -> LayerIndex:
-    """Index a gzip layer read once from ``raw``, keeping its decoded copy (not stored)."""
+) -> tuple[LayerIndex, Pending]:
+    """Index a gzip layer read once from ``raw``; its decoded copy still to publish.
+
+    The index is not stored: write it once the copy is published (an index
+    whose copy is missing is rebuilt anyway).
+    """
     copy = decoded_path(cache_dir, digest)
-    entries, usize = build_decoded(raw, digest, copy)
-    return LayerIndex(digest, media_type, "gzip", size, usize, tuple(entries), b"", None, copy)
+    entries, usize, pending = build_decoded(raw, digest, copy)
+    index = LayerIndex(digest, media_type, "gzip", size, usize, tuple(entries), b"", None, copy)
+    return index, pending
 
 
 def _with_decoded(index: LayerIndex, decoded: Path) -> LayerIndex:

@@ -17,7 +17,7 @@ import io
 import os
 import threading
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 from r8imfs.archive.entry import Entry
 
@@ -91,7 +91,7 @@ class FileReadAt:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> FileReadAt:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
