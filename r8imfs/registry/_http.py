@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import httpcore
 import httpx
 
 from r8imfs.errors import (
@@ -25,6 +26,21 @@ from r8imfs.errors import (
     RegistryError,
     TransportError,
 )
+
+#: Bytes httpcore asks the socket for at a time (its default is 64 KiB). Each
+#: read is a pass through h11 and the trio loop; blob bodies are big, and 1 MiB
+#: reads cut a 1 GiB download's CPU from ~0.6-0.85 s to ~0.2 s (and its wall
+#: time on loopback from ~1 s to ~0.5 s). A read returns what the socket has:
+#: small responses wait for nothing.
+SOCKET_READ = 1024 * 1024
+
+
+def widen_socket_reads(size: int = SOCKET_READ) -> None:
+    """Make httpcore's HTTP/1.1 connections read ``size`` bytes at a time."""
+    for cls in (httpcore.AsyncHTTP11Connection, httpcore.HTTP11Connection):
+        if isinstance(getattr(cls, "READ_NUM_BYTES", None), int):
+            cls.READ_NUM_BYTES = max(cls.READ_NUM_BYTES, size)
+
 
 RETRY_STATUSES = frozenset({408, 429, 499, 500, 502, 503, 504, 522})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})

@@ -34,6 +34,7 @@ from r8imfs.registry._http import (
     raise_for_status,
     same_origin,
     translate,
+    widen_socket_reads,
 )
 from r8imfs.registry.auth import RegistryAuth
 
@@ -75,6 +76,7 @@ class RegistryClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.options = options or ClientOptions()
+        widen_socket_reads()
         timeout = httpx.Timeout(
             self.options.connect_timeout, read=self.options.read_timeout, pool=None
         )

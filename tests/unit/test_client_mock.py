@@ -164,3 +164,13 @@ async def test_404_is_manifest_unknown_with_registry_words() -> None:
     async with client:
         with pytest.raises(ManifestUnknown, match="MANIFEST_UNKNOWN"):
             await client.get_manifest(parse("127.0.0.1:1/a:nope"))
+
+
+def test_the_client_reads_sockets_a_mebibyte_at_a_time() -> None:
+    import httpcore
+
+    from r8imfs.registry._http import SOCKET_READ
+    from r8imfs.registry.client import RegistryClient
+
+    RegistryClient()
+    assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES >= SOCKET_READ
