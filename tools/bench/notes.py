@@ -50,16 +50,19 @@ the row above, does not use it); inflate with zlib 3.86 s, ISA-L 2.86 s,
 zlib-ng 2.75 s, rapidgzip 4.02 s with one thread and 1.97 s with two.
 Writing 1 GiB of *new* file data costs 1.0–2.3 s of system time on this VM
 (`dd` to ext4; 0.47 s to tmpfs; 0.1 s when overwriting cached pages). The
-download through our client: 0.93 s wall, 0.64 s of user time. curl moves
-the blob at ~1.8 GB/s with nothing to decode, hash or write.
+download through our client: 0.9–1.2 s wall and 0.6–0.85 s of user time
+with httpcore's 64 KiB socket reads, 0.45–0.75 s and ~0.2 s with 1 MiB reads
+(now the default, `registry/_http.py` `widen_socket_reads`). curl moves the
+blob at ~1.8 GB/s with nothing to decode, hash or write.
 
 ### Issue 3: `extract`
 
-- **Why 5× is out of reach on this machine.** 5× the peer's ~13.5 s is
-  ~2.7 s for the whole extract. The work it cannot skip (inflate 2.75 s at
+- **Why 5× is out of reach on this machine.** 5× the peer's 12–13.5 s is
+  2.4–2.7 s for the whole extract. The work it cannot skip (inflate 2.75 s at
   zlib-ng speed, write the 1 GiB out 1–2.3 s, hash 0.55 s, the download
-  ~0.7 s, plus the registry serving it) is 5–6.5 CPU-seconds on two cores
-  shared with the registry: ≥ ~3 s even with perfect overlap. A parallel
+  ~0.25 s of CPU, plus the registry serving it) is 4.5–6 CPU-seconds on two
+  cores shared with the registry: ≥ ~2.5–3 s even with perfect overlap, with
+  the inflate alone (2.75 s) on one thread. A parallel
   inflater does not change that here: rapidgzip with two threads, over a
   local file, with the tar walk, the write and the hash, took 3.9–4.6 s,
   against 3.8 s for our single-threaded pipeline over the same file (two
@@ -67,7 +70,7 @@ the blob at ~1.8 GB/s with nothing to decode, hash or write.
   is the overlap the threads do not get (the inflating thread waits for
   input about 1 s of its ~5 s in profiles) and the ~0.4 s of start-up
   (imports).
-- **Fixed this round** (`extract -o`: 9.1 s in the previous run → the table):
+- **Fixed this round** (`extract -o`: 9.1 s in the run at 4419fd5 → the table):
   - `archive/decompress.py`: zlib-ng instead of zlib (zlib's API; its own
     `error` class joins `INFLATE_ERRORS`), 1.4× on inflate;
   - `ops/extract.py`: tarfile reads only the headers, over a forward-only
@@ -79,6 +82,10 @@ the blob at ~1.8 GB/s with nothing to decode, hash or write.
   - `archive/writer.py` `BackgroundWriter`: output writes on a thread of
     their own, overlapping the inflate (filling new page-cache pages is the
     system time above);
+  - `registry/_http.py` `widen_socket_reads`: httpcore read the socket
+    64 KiB at a time, each read a pass through h11 and the trio loop; 1 MiB
+    reads took ~0.5 s of CPU off the loop thread per GiB (extract 5.2–5.9 s
+    → 4.6–4.8 s in hand runs before this benchmark);
   - `GzipInflater` gives zlib input slices sized to the output asked for:
     with 64 KiB slices every call ended by taking the GIL back, and next to
     busy Python threads (HTTP, the other layer's tar walk) that wait can be a
@@ -96,7 +103,7 @@ inflates once with zlib-ng and random reads are `pread`s of a local file.
 
 - **Decoded copies (new).** Before, a cold mount inflated the weights layer
   three times: twice in zran's indexing pass and once more for the `cp`
-  (24 s in the previous run). Now the indexing pass streams the blob with one
+  (24 s in the run at 4419fd5). Now the indexing pass streams the blob with one
   GET, inflates it once with zlib-ng, and keeps what it inflated as the
   layer's decoded copy in the cache (`archive/decodedcopy.py`; renamed into
   place only after the blob's digest matched). The `cp` then reads a local
