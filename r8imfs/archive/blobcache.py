@@ -72,21 +72,18 @@ the sync archive engine, in ``run_sync`` threads, reads through
 from __future__ import annotations
 
 import copy
-import fcntl
-import hashlib
 import os
 import re
-import secrets
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar, TypeVarTuple, Unpack, cast
+from typing import Protocol, TypeVar, TypeVarTuple, Unpack
 
 import trio
 
 from r8imfs._threads import from_thread, run_io
+from r8imfs.archive import _blobfiles as _files
 from r8imfs.archive._ranges import (
     BlockHasher,
     Blocks,
@@ -109,7 +106,6 @@ DEFAULT_PARALLEL = 8
 DEFAULT_MAX_BYTES = 20 * 1024 * MiB
 FLUSH_INTERVAL = 2.0  # seconds between record writes while blocks arrive
 WRITE_CHUNK = 4 * MiB  # whole-blob streams are written in pieces of this size
-STALE_TMP = 3600.0  # seconds after which an orphaned record temp file is removed
 
 
 def default_cache_dir() -> Path:
@@ -156,21 +152,6 @@ class _Fetch:
     error: BaseException | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Paths:
-    data: Path
-    record: Path
-    blocks: Path
-
-    @classmethod
-    def of(cls, root: Path, digest: str) -> _Paths:
-        algorithm, _, hexpart = _digest.validate(digest).partition(":")
-        base = root / "blobs" / algorithm / hexpart
-        return cls(
-            base.with_suffix(".data"), base.with_suffix(".ranges"), base.with_suffix(".blocks")
-        )
-
-
 class BlobCache:
     """The shared, bounded on-disk cache; owns the nursery of background fetches.
 
@@ -207,7 +188,7 @@ class BlobCache:
         stack = AsyncExitStack()
         self._nursery = await stack.enter_async_context(trio.open_nursery())
         self._stack = stack
-        self._usage = await run_io(_evict, self.root, self.max_bytes, frozenset())
+        self._usage = await run_io(_files.evict, self.root, self.max_bytes, frozenset())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -223,7 +204,7 @@ class BlobCache:
 
     def path_of(self, digest: str) -> Path:
         """The data file that caches ``digest``."""
-        return _Paths.of(self.root, digest).data
+        return _files.Paths.of(self.root, digest).data
 
     async def open(
         self, client: BlobSource, repo: Repository, digest: str, size: int
@@ -255,8 +236,8 @@ class BlobCache:
 
     async def evict(self) -> int:
         """Evict down to ``max_bytes`` now; returns the bytes the cache then holds."""
-        keep = frozenset(_Paths.of(self.root, d).data.name for d in self._readers)
-        self._usage = await run_io(_evict, self.root, self.max_bytes, keep)
+        keep = frozenset(_files.Paths.of(self.root, d).data.name for d in self._readers)
+        self._usage = await run_io(_files.evict, self.root, self.max_bytes, keep)
         return self._usage
 
     def _note_written(self, n: int) -> None:
@@ -298,7 +279,7 @@ class BlobReader:
         self.size = size
         self.bytes_fetched = 0
         self.requests = 0
-        self._paths = _Paths.of(cache.root, digest)
+        self._paths = _files.Paths.of(cache.root, digest)
         self._blocks = Blocks(size, cache.block_size)
         self._present = RangeSet()
         self._verified = False
@@ -306,7 +287,7 @@ class BlobReader:
         self._inflight: dict[int, _Fetch] = {}
         self._whole: _Fetch | None = None
         self._detector = SequentialDetector()
-        self._hasher = _digest.Hasher(_algorithm(digest))
+        self._hasher = _digest.Hasher(_files.algorithm(digest))
         self._block_hasher = BlockHasher(cache.block_size)
         self._table: BlockTable | None = None  # known block hashes: fetches are checked
         self._hash_pos = 0
@@ -350,7 +331,7 @@ class BlobReader:
         await self._ensure(offset, end)
         if not self._verified and self.complete:
             await self._advance_hash()
-        data = await self._io(_pread, end - offset, offset)
+        data = await self._io(_files.pread, end - offset, offset)
         self._check_usable()
         return data
 
@@ -374,11 +355,11 @@ class BlobReader:
         try:
             await self._open_files()
             self._table = await run_io(
-                _load_table, self._paths.blocks, self.digest, self.size, self.cache.block_size
+                _files.load_table, self._paths.blocks, self.digest, self.size, self.cache.block_size
             )
             if self.complete and not self._verified:
                 await self._check_complete_copy()
-            self._record_mtime = await run_io(_touch, self._paths.record)
+            self._record_mtime = await run_io(_files.touch, self._paths.record)
             self._nursery = await self.cache._background().start(self._serve)
         except BaseException:
             await self._close()
@@ -389,13 +370,13 @@ class BlobReader:
     async def _check_complete_copy(self) -> None:
         """Verify a copy completed by others; a damaged one is dropped and refetched."""
         blocks = BlockHasher(self.cache.block_size)
-        if await self._io(_file_matches, self.size, self.digest, blocks):
+        if await self._io(_files.file_matches, self.size, self.digest, blocks):
             self._verified = True
             await self._learn_blocks(blocks)
         elif self.size == 0:
             await self._fail(f"an empty blob does not hash to {self.digest}")
         else:
-            await run_io(_delete, self._paths, self._ino)
+            await run_io(_files.delete, self._paths, self._ino)
             os.close(self._fd)
             self._fd = -1
             self._present = RangeSet()
@@ -403,7 +384,7 @@ class BlobReader:
 
     async def _open_files(self) -> None:
         self._fd, self._ino, record = await run_io(
-            _open_data, self.cache.root, self._paths, self.size
+            _files.open_data, self.cache.root, self._paths, self.size
         )
         if record is not None and self._usable(record):
             self._present = record.rangeset()
@@ -536,7 +517,7 @@ class BlobReader:
         """A fetched block of a blob verified before must hash as it did then."""
         if self._table is None:
             return
-        got = await run_io(_sha256_hex, data)
+        got = await run_io(_files.sha256_hex, data)
         if got != self._table.expected(block):
             start, end = self._blocks.span(block)
             raise DigestMismatch(
@@ -546,7 +527,7 @@ class BlobReader:
 
     async def _store(self, start: int, data: bytearray) -> None:
         self._check_usable()
-        await self._io(_pwrite, data, start)
+        await self._io(_files.pwrite, data, start)
         if self._failed is not None:
             return
         self.cache._note_written(self._present.add(start, start + len(data)))
@@ -582,7 +563,7 @@ class BlobReader:
             whole.done.set()
 
     async def _stream_whole(self, stream: BlobStreamLike) -> None:
-        hasher = _digest.Hasher(_algorithm(self.digest))
+        hasher = _digest.Hasher(_files.algorithm(self.digest))
         blocks = BlockHasher(self.cache.block_size)
         pos = 0
         buf = bytearray()
@@ -593,9 +574,9 @@ class BlobReader:
                 await self._fail(f"blob {self.digest} is longer than its {self.size} bytes")
             if len(buf) >= WRITE_CHUNK:
                 piece, buf = buf, bytearray()
-                await self._io(_pwrite_hash, piece, pos, hasher, blocks)
+                await self._io(_files.pwrite_hash, piece, pos, hasher, blocks)
                 pos += len(piece)
-        await self._io(_pwrite_hash, buf, pos, hasher, blocks)
+        await self._io(_files.pwrite_hash, buf, pos, hasher, blocks)
         pos += len(buf)
         if pos != self.size:
             raise RegistryError(
@@ -636,7 +617,7 @@ class BlobReader:
                 if end == self._hash_pos:
                     break
                 blocks = self._block_hasher if self._table is None else None
-                await self._io(_hash_file, self._hash_pos, end, self._hasher, blocks)
+                await self._io(_files.hash_file, self._hash_pos, end, self._hasher, blocks)
                 self._hash_pos = end
             if self._verified or self._failed is not None or self._hash_pos < self.size:
                 return
@@ -653,7 +634,7 @@ class BlobReader:
         table = BlockTable(self.digest, self.size, self.cache.block_size, blocks.hashes())
         self._table = table
         with trio.CancelScope(shield=True):
-            await run_io(_write_table, self._paths.blocks, table)
+            await run_io(_files.write_table, self._paths.blocks, table)
 
     async def _fail(self, message: str) -> None:
         """Forget the blob's bytes, delete its files, and refuse it from now on."""
@@ -661,7 +642,7 @@ class BlobReader:
         self._present = RangeSet()
         self._verified = False
         with trio.CancelScope(shield=True):
-            await run_io(_delete, self._paths, self._ino)
+            await run_io(_files.delete, self._paths, self._ino)
         raise copy.copy(self._failed)
 
     # -- the record ----------------------------------------------------------------
@@ -669,18 +650,18 @@ class BlobReader:
         """Write the record (merged with what other processes recorded)."""
         async with self._record_lock:
             if self._changes == self._recorded or self._failed is not None:
-                await run_io(_touch, self._paths.record)
+                await run_io(_files.touch, self._paths.record)
                 return
             changes = self._changes
             mine = Record(self.digest, self.size, self._ino, tuple(self._present), self._verified)
-            merged, self._record_mtime = await self._io(_write_record, self._paths, mine)
+            merged, self._record_mtime = await self._io(_files.write_record, self._paths, mine)
             self._recorded = changes
             self._last_flush = trio.current_time()
             self._merge(merged)
 
     async def _reload_record(self) -> None:
         """Take the ranges another process recorded since we last looked."""
-        record, mtime = await run_io(_load_if_changed, self._paths.record, self._record_mtime)
+        record, mtime = await run_io(_files.load_if_changed, self._paths.record, self._record_mtime)
         self._record_mtime = mtime
         if record is not None:
             self._merge(record)
@@ -714,215 +695,3 @@ async def _wait(fetch: _Fetch) -> None:
     await fetch.done.wait()
     if fetch.error is not None:
         raise copy.copy(fetch.error) from fetch.error
-
-
-def _algorithm(digest: str) -> str:
-    return digest.partition(":")[0]
-
-
-# -- blocking helpers: these run in run_io threads --------------------------------
-
-
-def _open_data(root: Path, paths: _Paths, size: int) -> tuple[int, int, Record | None]:
-    """Open (creating) the data file under a shared flock; its fd, inode, record."""
-    # private images' layers land here too; exist_ok: other layers open at once
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    paths.data.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(10):
-        fd = os.open(paths.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        st = os.fstat(fd)
-        try:
-            same = os.stat(paths.data).st_ino == st.st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # evicted between our open and our lock: start again
-    else:
-        raise OSError(f"cannot open {paths.data}: it keeps being replaced")
-    if st.st_size != size:
-        os.ftruncate(fd, size)
-    record = _load(paths.record) if st.st_size == size else None
-    return fd, st.st_ino, record
-
-
-def _load(path: Path) -> Record | None:
-    try:
-        return Record.decode(path.read_bytes())
-    except FileNotFoundError:
-        return None
-
-
-def _load_if_changed(path: Path, mtime: int) -> tuple[Record | None, int]:
-    try:
-        now = path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return None, mtime
-    if now == mtime:
-        return None, mtime
-    return _load(path), now
-
-
-def _write_record(fd: int, paths: _Paths, mine: Record) -> tuple[Record, int]:
-    """Merge ``mine`` with the record on disk, write it atomically; (merged, mtime)."""
-    os.fdatasync(fd)  # the bytes first, then the record that claims them
-    ranges = RangeSet(mine.ranges)
-    verified = mine.verified
-    theirs = _load(paths.record)
-    if theirs is not None and (theirs.ino, theirs.size) == (mine.ino, mine.size):
-        ranges.update(theirs.rangeset())
-        verified = verified or theirs.verified
-    merged = Record(mine.digest, mine.size, mine.ino, tuple(ranges), verified)
-    try:
-        if os.stat(paths.data).st_ino != mine.ino:
-            return merged, 0  # our data file was deleted: its record must not return
-    except FileNotFoundError:
-        return merged, 0
-    tmp = paths.record.with_name(f".{paths.record.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    tmp.write_bytes(merged.encode())
-    os.replace(tmp, paths.record)
-    return merged, paths.record.stat().st_mtime_ns
-
-
-def _touch(path: Path) -> int:
-    """Mark a blob used now (for LRU); returns the record's mtime, 0 if none."""
-    try:
-        os.utime(path)
-        return path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return 0
-
-
-def _pread(fd: int, size: int, offset: int) -> bytes:
-    parts = []
-    while size > 0:
-        chunk = os.pread(fd, size, offset)
-        if not chunk:
-            break
-        parts.append(chunk)
-        offset += len(chunk)
-        size -= len(chunk)
-    return b"".join(parts)
-
-
-def _pwrite(fd: int, data: bytearray, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
-
-
-def _pwrite_hash(
-    fd: int, data: bytearray, offset: int, hasher: _digest.Hasher, blocks: BlockHasher
-) -> None:
-    hasher.update(cast(bytes, data))  # hashlib takes any buffer; spare a copy
-    blocks.update(data)
-    _pwrite(fd, data, offset)
-
-
-def _hash_file(
-    fd: int, start: int, end: int, hasher: _digest.Hasher, blocks: BlockHasher | None
-) -> None:
-    """Hash ``[start, end)`` of the data file; both hashers are fed in blob order."""
-    pos = start
-    while pos < end:
-        chunk = os.pread(fd, min(MiB, end - pos), pos)
-        if not chunk:
-            raise OSError(f"cache file ended at {pos}, expected {end} bytes")
-        hasher.update(chunk)
-        if blocks is not None:
-            blocks.update(chunk)
-        pos += len(chunk)
-
-
-def _file_matches(fd: int, size: int, digest: str, blocks: BlockHasher) -> bool:
-    hasher = _digest.Hasher(_algorithm(digest))
-    _hash_file(fd, 0, size, hasher, blocks)
-    return hasher.digest == digest
-
-
-def _sha256_hex(data: bytearray) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _load_table(path: Path, digest: str, size: int, block_size: int) -> BlockTable | None:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    return BlockTable.decode(raw, digest, size, block_size)
-
-
-def _write_table(path: Path, table: BlockTable) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    tmp.write_bytes(table.encode())
-    os.replace(tmp, path)
-
-
-def _delete(paths: _Paths, ino: int) -> None:
-    try:
-        if os.stat(paths.data).st_ino != ino:
-            return  # already replaced by someone else's fresh copy
-    except FileNotFoundError:
-        pass
-    for path in (paths.record, paths.data):
-        path.unlink(missing_ok=True)
-
-
-def _evict(root: Path, max_bytes: int, keep: frozenset[str]) -> int:
-    """Delete least-recently-used blobs not in use until under ``max_bytes``.
-
-    Decoded copies of layers (``decodedcopy``) count and go the same way.
-    """
-    blobs: list[tuple[float, int, Path]] = []
-    usage = 0
-    for data in [*root.glob("blobs/*/*.data"), *root.glob("decoded/*/*.tar")]:
-        try:
-            st = data.stat()
-        except FileNotFoundError:
-            continue
-        record = data.with_suffix(".ranges")
-        used = max(st.st_mtime, _mtime(record))
-        blobs.append((used, st.st_blocks * 512, data))
-        usage += st.st_blocks * 512
-    _remove_stale_tmp(root)
-    for _used, allocated, data in sorted(blobs):
-        if usage <= max_bytes:
-            break
-        if data.name not in keep and _remove_unused(data):
-            usage -= allocated
-    return usage
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
-
-
-def _remove_unused(data: Path) -> bool:
-    """Delete a blob's files if no process holds it open (its flock)."""
-    try:
-        fd = os.open(data, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return False
-    try:
-        data.with_suffix(".ranges").unlink(missing_ok=True)
-        data.unlink(missing_ok=True)
-        return True
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_tmp(root: Path) -> None:
-    cutoff = time.time() - STALE_TMP
-    for tmp in [*root.glob("blobs/*/.*.tmp"), *root.glob("decoded/*/.*.tmp")]:
-        if _mtime(tmp) < cutoff:
-            tmp.unlink(missing_ok=True)

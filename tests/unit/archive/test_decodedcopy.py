@@ -13,7 +13,7 @@ import pytest
 from archive_helpers import M, make_tar
 
 from r8imfs.archive import BytesReadAt, load_or_build, read_entry
-from r8imfs.archive.blobcache import _evict
+from r8imfs.archive._blobfiles import evict
 from r8imfs.archive.decodedcopy import DecodedReader, decoded_path, worth_keeping
 from r8imfs.archive.indexdb import load_cached
 from r8imfs.errors import CorruptLayer, DigestMismatch
@@ -134,7 +134,7 @@ def test_eviction_takes_copies_least_recently_used_first_but_not_open_ones(
         copies.append((path, len(tar)))
     # copy 0 in use: eviction must skip it and take copy 1 instead
     with DecodedReader(*copies[0]):
-        _evict(tmp_path, max_bytes=2 * 1024 * 1024 + 300 * 1024, keep=frozenset())
+        evict(tmp_path, max_bytes=2 * 1024 * 1024 + 300 * 1024, keep=frozenset())
     assert [path.exists() for path, _ in copies] == [True, False, True]
 
 
