@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import cast
 
 from r8imfs.archive._ranges import BlockHasher, BlockTable, RangeSet, Record
+from r8imfs.archive.readat import pread_all
 from r8imfs.oci import digest as _digest
 
 MiB = 1024 * 1024
@@ -117,16 +118,7 @@ def touch(path: Path) -> int:
         return 0
 
 
-def pread(fd: int, size: int, offset: int) -> bytes:
-    parts = []
-    while size > 0:
-        chunk = os.pread(fd, size, offset)
-        if not chunk:
-            break
-        parts.append(chunk)
-        offset += len(chunk)
-        size -= len(chunk)
-    return b"".join(parts)
+pread = pread_all
 
 
 def pwrite(fd: int, data: bytearray, offset: int) -> None:

@@ -64,6 +64,19 @@ class BytesReadAt:
         return bytes(self._data[offset : offset + size])
 
 
+def pread_all(fd: int, size: int, offset: int) -> bytes:
+    """``size`` bytes at ``offset`` (fewer only at the end of the file)."""
+    parts = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+        size -= len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 class FileReadAt:
     """A ``ReadAt`` over a local file, with ``os.pread`` (no shared cursor)."""
 
@@ -76,15 +89,7 @@ class FileReadAt:
         return self._size
 
     def read_at(self, offset: int, size: int) -> bytes:
-        parts = []
-        while size > 0:
-            chunk = os.pread(self._fd, size, offset)
-            if not chunk:
-                break
-            parts.append(chunk)
-            offset += len(chunk)
-            size -= len(chunk)
-        return b"".join(parts)
+        return pread_all(self._fd, size, offset)
 
     def close(self) -> None:
         if self._fd >= 0:
