@@ -1,4 +1,10 @@
-"""Decoded copies of gzip layers: the tar bytes an indexing pass already made.
+"""Decoded copies of layers: the tar bytes an indexing pass already made.
+
+For gzip layers, and for zstd layers without a seek table (one frame, or
+frames with no index: what ``skopeo --dest-compress-format zstd`` writes),
+which also have to be decoded whole to be listed and can only be decoded
+from a frame start. A seekable-zstd or plain layer is indexed from its
+headers and read lazily instead.
 
 Indexing a gzip layer inflates all of it (its tar headers are spread
 through the stream). zran's checkpoints then let a later read inflate again
@@ -35,9 +41,10 @@ from pathlib import Path
 from typing import IO, cast
 
 from r8imfs.archive.decompress import (
-    INFLATE_ERRORS,
+    DECOMPRESSION_ERRORS,
     GzipInflater,
     HashingReader,
+    ZstdInflater,
     chunks_of,
 )
 from r8imfs.archive.entry import Entry
@@ -61,8 +68,10 @@ def worth_keeping(compressed_size: int, max_bytes: int) -> bool:
     return compressed_size * SHARE <= max_bytes
 
 
-def build_decoded(raw: IO[bytes], digest: str, target: Path) -> tuple[list[Entry], int, Pending]:
-    """One pass over a gzip layer read from ``raw``: its tar entries and size.
+def build_decoded(
+    raw: IO[bytes], digest: str, target: Path, compression: str = "gzip"
+) -> tuple[list[Entry], int, Pending]:
+    """One pass over a gzip or zstd layer read from ``raw``: its tar entries and size.
 
     The decoded copy is left as a ``Pending`` file once the layer hashed to
     ``digest``; ``publish`` puts it at ``target``.
@@ -73,7 +82,9 @@ def build_decoded(raw: IO[bytes], digest: str, target: Path) -> tuple[list[Entry
     writer = BackgroundWriter(functools.partial(_write_all, fd))
     try:
         hashed = HashingReader(raw)
-        inflater = GzipInflater(hashed)
+        inflater = (
+            GzipInflater(hashed) if compression == "gzip" else ZstdInflater(cast(IO[bytes], hashed))
+        )
 
         def chunks() -> Iterator[bytes]:
             for chunk in chunks_of(cast(IO[bytes], inflater)):
@@ -83,8 +94,8 @@ def build_decoded(raw: IO[bytes], digest: str, target: Path) -> tuple[list[Entry
         try:
             entries, usize = index_stream(chunks())
             hashed.drain()
-        except INFLATE_ERRORS as exc:
-            raise CorruptLayer(f"gzip layer does not decompress: {exc}") from exc
+        except DECOMPRESSION_ERRORS as exc:
+            raise CorruptLayer(f"{compression} layer does not decompress: {exc}") from exc
         finally:
             writer.close()
         got = "sha256:" + hashed.hash.hexdigest()

@@ -39,6 +39,7 @@ from r8imfs.archive.indexdb import (
     index_path,
     load_cached,
     load_or_build,
+    needs_full_pass,
     write,
 )
 from r8imfs.archive.merged import LayerTree, MergedTree, Node
@@ -47,7 +48,6 @@ from r8imfs.archive.readat import LayerReader, Progress, ReadAt, cached_entry, r
 from r8imfs.errors import R8imfsError
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Manifest
-from r8imfs.oci.mediatypes import layer_compression
 from r8imfs.oci.reference import Repository
 
 log = logging.getLogger("r8imfs.archive")
@@ -249,12 +249,11 @@ async def _index_layer(
     background: trio.Nursery,
 ) -> tuple[LayerIndex, LayerReader, int]:
     """The layer's index (cached, or built now), its open reader, bytes streamed."""
-    decoded = keep_decoded and layer_compression(desc.media_type) == "gzip"
     for _ in range(2):  # again if a decoded copy is evicted between load and open
         index = await _threads.run_sync(
             load_cached, cache_dir, desc.digest, desc.media_type, desc.size
         )
-        if index is None and decoded:
+        if index is None and keep_decoded and await _whole_pass(desc, readat):
             index, reader = await _stream_decoded(
                 client, repo, desc, cache_dir, progress, background
             )
@@ -276,6 +275,11 @@ async def _index_layer(
         except FileNotFoundError:
             continue
     raise R8imfsError(f"the decoded copy of layer {desc.digest} keeps vanishing from the cache")
+
+
+async def _whole_pass(desc: Descriptor, readat: ReadAt) -> bool:
+    """gzip, or zstd without a seek table (one read of the blob's tail)."""
+    return await _threads.run_sync(needs_full_pass, desc.media_type, readat, desc.size)
 
 
 async def _stream_decoded(

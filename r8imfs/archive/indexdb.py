@@ -31,12 +31,14 @@ from r8imfs.archive.entry import Entry, Kind
 from r8imfs.archive.gzipindex import GzipLayerReader, build_gzip_index
 from r8imfs.archive.plain import PlainLayerReader, build_plain_index
 from r8imfs.archive.readat import BlobFile, LayerReader, Progress, ReadAt
-from r8imfs.archive.zstdindex import ZstdLayerReader, build_zstd_index
+from r8imfs.archive.zstdindex import ZstdLayerReader, build_zstd_index, read_seek_table
 from r8imfs.errors import CorruptLayer, UnsupportedMediaType
 from r8imfs.oci.digest import validate
 from r8imfs.oci.mediatypes import layer_compression
 
 FORMAT_VERSION = 1
+#: compressions whose index may rely on a decoded copy instead of checkpoints
+DECODED = frozenset({"gzip", "zstd"})
 _KINDS = {k.value: k for k in Kind}
 _COLUMNS = (
     "ordinal, path, kind, mode, uid, gid, mtime, size, linkname, "
@@ -55,7 +57,7 @@ class LayerIndex:
     uncompressed_size: int
     entries: tuple[Entry, ...]  # tar order, duplicates resolved
     #: zran index (gzip) or frame table (zstd); b"" for a plain layer, or for
-    #: a gzip layer read from its decoded copy (``decodedcopy``)
+    #: a gzip or zstd layer read from its decoded copy (``decodedcopy``)
     checkpoints: bytes
     readat: ReadAt | None = field(default=None, compare=False, repr=False)
     decoded: Path | None = field(default=None, compare=False, repr=False)
@@ -68,9 +70,9 @@ class LayerIndex:
         source = readat if readat is not None else self.readat
         if source is None:
             raise ValueError("open_reader needs the layer's ReadAt")
-        if self.compression == "gzip" and not self.checkpoints:
+        if self.compression in DECODED and not self.checkpoints:
             if self.decoded is None:
-                raise ValueError("a gzip index without checkpoints needs its decoded copy")
+                raise ValueError(f"a {self.compression} index without checkpoints needs its copy")
             return DecodedReader(self.decoded, self.uncompressed_size)
         if self.compression == "gzip":
             return GzipLayerReader(source, self.checkpoints, self.uncompressed_size)
@@ -96,13 +98,14 @@ def load_or_build(
 ) -> LayerIndex:
     """The cached index of a layer, building (and caching) it if needed.
 
-    ``keep_decoded``: a gzip layer indexed now keeps its decoded copy
-    (``decodedcopy``) instead of zran checkpoints.
+    ``keep_decoded``: a layer indexed now by decoding all of it (gzip, zstd
+    without a seek table) keeps its decoded copy (``decodedcopy``) instead
+    of checkpoints.
     """
     cached = load_cached(cache_dir, digest, media_type, size)
     if cached is not None:
         return _with_readat(cached, readat, media_type, cached.decoded)
-    if _compression(media_type) == "gzip" and keep_decoded:
+    if keep_decoded and needs_full_pass(media_type, readat, size):
         blob = BlobFile(readat, size=size, progress=progress, buffer_size=READ)
         index, pending = build_decoded_index(
             cache_dir, digest, media_type, size, cast(IO[bytes], blob)
@@ -113,6 +116,18 @@ def load_or_build(
         index = build_index(digest, media_type, readat, size, progress=progress)
     write(index_path(cache_dir, digest), index)
     return index
+
+
+def needs_full_pass(media_type: str, readat: ReadAt, size: int) -> bool:
+    """Whether indexing the layer decodes all of it (so a decoded copy is worth keeping).
+
+    gzip: always. zstd: unless the blob ends with a seek table (one small
+    read of its tail). Plain tar: never.
+    """
+    compression = _compression(media_type)
+    if compression == "gzip":
+        return True
+    return compression == "zstd" and read_seek_table(readat, size) is None
 
 
 def load_cached(
@@ -127,7 +142,7 @@ def load_cached(
     if cached is None or cached.compression != compression or cached.compressed_size != size:
         return None
     copy = decoded_path(cache_dir, digest)
-    if compression == "gzip" and not cached.checkpoints:
+    if compression in DECODED and not cached.checkpoints:
         if not copy.is_file():
             return None
         return _with_decoded(cached, copy)
@@ -137,14 +152,17 @@ def load_cached(
 def build_decoded_index(
     cache_dir: str | os.PathLike[str], digest: str, media_type: str, size: int, raw: IO[bytes]
 ) -> tuple[LayerIndex, Pending]:
-    """Index a gzip layer read once from ``raw``; its decoded copy still to publish.
+    """Index a gzip or zstd layer read once from ``raw``; its decoded copy still to publish.
 
     The index is not stored: write it once the copy is published (an index
     whose copy is missing is rebuilt anyway).
     """
     copy = decoded_path(cache_dir, digest)
-    entries, usize, pending = build_decoded(raw, digest, copy)
-    index = LayerIndex(digest, media_type, "gzip", size, usize, tuple(entries), b"", None, copy)
+    compression = _compression(media_type)
+    entries, usize, pending = build_decoded(raw, digest, copy, compression)
+    index = LayerIndex(
+        digest, media_type, compression, size, usize, tuple(entries), b"", None, copy
+    )
     return index, pending
 
 
@@ -239,9 +257,7 @@ def _load(db: sqlite3.Connection, digest: str) -> LayerIndex | None:
     if len(entries) != count:
         return None
     checkpoints = dict(db.execute("SELECT kind, data FROM checkpoints").fetchall())
-    blob = checkpoints.get(compression, b"")
-    if compression == "zstd" and not blob:
-        return None  # (a gzip layer without checkpoints is read from its decoded copy)
+    blob = checkpoints.get(compression, b"")  # none: read from its decoded copy
     return LayerIndex(digest, media_type, compression, csize, usize, entries, bytes(blob))
 
 

@@ -44,7 +44,7 @@ CREATE TABLE entries (
 -- Decoder restart points, one row per kind:
 --   'gzip' : indexed_gzip (zran) export_index bytes
 --   'zstd' : r8imfs frame table (zstdindex.FrameTable.to_bytes)
--- A gzip layer with no row here is read from its decoded copy
+-- A gzip or zstd layer with no row here is read from its decoded copy
 -- (<cache>/decoded/<algorithm>/<hex>.tar, see decodedcopy.py); if that copy
 -- is gone the index is rebuilt.
 CREATE TABLE checkpoints (

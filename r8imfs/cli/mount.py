@@ -40,9 +40,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "  layers/NN-<digest>/          each layer as stored\n"
         "Only metadata is read up front (gzip layers are indexed once and the index is\n"
         "cached); file bodies are fetched with HTTP range reads when read. Indexing a\n"
-        "gzip layer inflates all of it: what it inflates is kept in the cache as the\n"
-        "layer's decoded copy (for layers up to half of --cache-size), so copying\n"
-        "files out afterwards reads local bytes instead of inflating the layer again.",
+        "gzip layer (or a zstd layer without a seek table) decodes all of it: what it\n"
+        "decodes is kept in the cache as the layer's decoded copy (for layers up to\n"
+        "half of --cache-size), so copying files out afterwards reads local bytes\n"
+        "instead of decoding the layer again.",
         epilog="examples:\n"
         "  r8imfs mount r8.im/user/model /mnt/model\n"
         "  cp -r /mnt/model/rootfs/src/weights ./weights\n"
@@ -62,8 +63,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--no-decoded-copies",
         dest="decoded_copies",
         action="store_false",
-        help="index gzip layers with checkpoints only: less disk, but every read of a "
-        "file inflates it again",
+        help="index gzip and zstd layers with checkpoints only: less disk, but every "
+        "read of a file decodes it again",
     )
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     p.add_argument("--log", help="daemon log file (default: <cache-dir>/logs/mount-<pid>.log)")

@@ -3,7 +3,7 @@
 40 MiB of random bytes (incompressible, like weights) in a gzip layer pushed
 by r8imfs, and the same image recompressed to zstd by skopeo (a plain zstd
 stream, as containers/image writes it): ``cp`` from the mount gives the
-file's sha256 both times.
+file's sha256 every time, read from decoded copies or through checkpoints.
 """
 
 from __future__ import annotations
@@ -99,3 +99,7 @@ def test_cp_of_a_large_zstd_file_recompressed_by_skopeo(
         manifest = (m.path / "manifest.json").read_text()
         assert mt.OCI_LAYER_ZSTD in manifest
         assert _copy_out(m.path, tmp_path / "out.bin") == hashlib.sha256(weights).hexdigest()
+        # no seek table: indexing decoded the layers whole, and kept what it decoded
+        copies = list(m.cache_dir.glob("decoded/sha256/*.tar"))
+    assert len(copies) == 2
+    assert max(c.stat().st_size for c in copies) > SIZE

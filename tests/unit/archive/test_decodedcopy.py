@@ -1,18 +1,20 @@
-"""Decoded copies of gzip layers: built in the indexing pass, verified, evictable."""
+"""Decoded copies of layers: built in the indexing pass, verified, evictable."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import random
 import time
 from pathlib import Path
 
 import pytest
+import zstandard
 from archive_helpers import M, make_tar
 
-from r8imfs.archive import BytesReadAt, load_or_build, read_entry
+from r8imfs.archive import BytesReadAt, load_or_build, read_entry, write_seekable
 from r8imfs.archive._blobfiles import evict
 from r8imfs.archive.decodedcopy import DecodedReader, decoded_path, worth_keeping
 from r8imfs.archive.indexdb import load_cached
@@ -136,6 +138,39 @@ def test_eviction_takes_copies_least_recently_used_first_but_not_open_ones(
     with DecodedReader(*copies[0]):
         evict(tmp_path, max_bytes=2 * 1024 * 1024 + 300 * 1024, keep=frozenset())
     assert [path.exists() for path, _ in copies] == [True, False, True]
+
+
+def test_a_plain_zstd_layer_keeps_a_copy_and_a_seekable_one_does_not(tmp_path: Path) -> None:
+    tar = make_tar(MEMBERS)
+    plain = zstandard.ZstdCompressor(level=3).compress(tar)  # one frame, no seek table
+    out = io.BytesIO()
+    write_seekable(io.BytesIO(tar), out, frame_size=256 * 1024)
+    seekable = out.getvalue()
+    model = MEMBERS[1].data
+    for blob, kept in ((plain, True), (seekable, False)):
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        index = load_or_build(
+            tmp_path, digest, mt.OCI_LAYER_ZSTD, BytesReadAt(blob), len(blob), keep_decoded=True
+        )
+        assert decoded_path(tmp_path, digest).exists() == kept
+        assert (index.checkpoints == b"") == kept
+        entry = index.by_path()["src/weights/model.bin"]
+        with index.open_reader() as reader:
+            assert isinstance(reader, DecodedReader) == kept
+            assert read_entry(reader, entry, 0, entry.size) == model
+        again = load_cached(tmp_path, digest, mt.OCI_LAYER_ZSTD, len(blob))
+        assert again is not None and again.entries == index.entries
+
+
+def test_a_truncated_zstd_layer_leaves_no_copy(tmp_path: Path) -> None:
+    blob = zstandard.ZstdCompressor(level=3).compress(make_tar(MEMBERS))[:-100]
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    with pytest.raises(CorruptLayer):
+        load_or_build(
+            tmp_path, digest, mt.OCI_LAYER_ZSTD, BytesReadAt(blob), len(blob), keep_decoded=True
+        )
+    assert not decoded_path(tmp_path, digest).exists()
+    assert not _tmp_files(tmp_path)
 
 
 def test_worth_keeping_is_half_of_the_cache() -> None:
