@@ -129,6 +129,13 @@ inflates once with zlib-ng and random reads are `pread`s of a local file.
   another copy. About 70% of the daemon's samples during such a read are
   pyfuse3's own reply path (`fuse_reply_buf` copying into the kernel, with
   the GIL held).
+- **zstd.** A zstd layer without a seek table (what `skopeo copy
+  --dest-compress-format zstd` writes) also has to be decoded whole to be
+  listed, and before could only be read by decoding from a frame start: it
+  now gets a decoded copy too (the `skopeo … zstd` rows). A seekable-zstd
+  layer (what `r8imfs zstd` writes) is indexed from its seek table and tar
+  headers alone, so its mount is fast and its copy downloads and decodes as
+  it goes, through the blob cache (the `r8imfs zstd` rows).
 - **Without decoded copies** (`--no-decoded-copies`, or layers over half the
   cache bound), a copy inflates through zran checkpoints at the inflate floor
   (the `--no-decoded-copies` row), as in the previous runs.
