@@ -116,11 +116,15 @@ inflates once with zlib-ng and random reads are `pread`s of a local file.
   which alone costs 0.5–2.3 s here (above), while 50% of curl's ~1.8–2 GB/s
   means ~1–1.1 s for the whole copy, and reading through the mount fills the
   mount's own page cache with 1 GiB of new pages too (kept: `mmap` needs it).
-  So the target sits at the edge of this machine: in the four `make bench`
-  runs of this session the warm copy reached 55%, 61%, 56% and 40% of curl,
-  the copy right after a cold mount (while the decoded copy is flushed to
-  the same disk) 77%, 39%, 40% and 45%. The `cat > /dev/null` row measures
-  the mount under curl's terms. What made it fast: the kernel's readahead for
+  So the target sits at the edge of this machine: in the five `make bench`
+  runs of this session the warm copy reached 55%, 61%, 56%, 40% and 40% of
+  curl, the copy right after a cold mount (while the decoded copy is flushed
+  to the same disk) 77%, 39%, 40%, 45% and 27%; the later runs wrote more
+  (each run leaves gigabytes of dirty pages behind it: decoded copies, copies,
+  the peers' layouts), and these times follow the disk's writeback more than
+  the code. The `cat > /dev/null` row measures the mount under curl's terms
+  (56–64% across the runs). `ls -R` likewise: 0.24–0.36 s in the earlier
+  runs, up to 0.56 s in the last one, with the same code path. What made it fast: the kernel's readahead for
   the mount is raised to 1 MiB once it serves (`fs/daemon.py`
   `widen_readahead`; root only), so a sequential reader's page-cache misses
   become 1 MiB FUSE requests instead of 128 KiB (a 1 GiB `cat`: 1.5 s →
