@@ -493,7 +493,9 @@ class BlobReader:
                 data = await self._collect(stream, end - start)
             await self._check_block(block, data)
             await self._store(start, data)
-        except (R8imfsError, OSError) as exc:
+        except (R8imfsError, OSError, trio.ClosedResourceError) as exc:
+            # (closed: the reader went away while this fetch was finishing;
+            # whoever still waits on it hears so, nothing escapes the nursery)
             fetch.error = exc
         finally:
             if self._inflight.get(block) is fetch:
