@@ -124,7 +124,9 @@ inflates once with zlib-ng and random reads are `pread`s of a local file.
   the peers' layouts), and these times follow the disk's writeback more than
   the code. The `cat > /dev/null` row measures the mount under curl's terms
   (56–64% across the runs). `ls -R` likewise: 0.24–0.36 s in the earlier
-  runs, up to 0.56 s in the last one, with the same code path. What made it fast: the kernel's readahead for
+  runs, up to 0.56 s in the last one, with the same code path (a warm mount
+  was ready in 0.53–0.62 s at 43b5ad1 and 0.54–0.58 s at HEAD, A/B by hand
+  right after that run). What made the read fast: the kernel's readahead for
   the mount is raised to 1 MiB once it serves (`fs/daemon.py`
   `widen_readahead`; root only), so a sequential reader's page-cache misses
   become 1 MiB FUSE requests instead of 128 KiB (a 1 GiB `cat`: 1.5 s →
