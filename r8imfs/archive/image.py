@@ -48,6 +48,7 @@ from r8imfs.archive.readat import LayerReader, Progress, ReadAt, cached_entry, r
 from r8imfs.errors import R8imfsError
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Manifest
+from r8imfs.oci.mediatypes import layer_compression
 from r8imfs.oci.reference import Repository
 
 log = logging.getLogger("r8imfs.archive")
@@ -279,6 +280,8 @@ async def _index_layer(
 
 async def _whole_pass(desc: Descriptor, readat: ReadAt) -> bool:
     """gzip, or zstd without a seek table (one read of the blob's tail)."""
+    if layer_compression(desc.media_type) != "zstd":
+        return layer_compression(desc.media_type) == "gzip"  # no read needed
     return await _threads.run_sync(needs_full_pass, desc.media_type, readat, desc.size)
 
 

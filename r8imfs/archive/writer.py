@@ -1,4 +1,4 @@
-"""Big sequential outputs written on a thread of their own (sync, no trio)."""
+"""Big sequential outputs (writes, a hash) fed to a thread of their own (sync, no trio)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ class BackgroundWriter:
     which waits for everything queued.
     """
 
-    def __init__(self, write: Callable[[bytes], object], *, depth: int = 8) -> None:
+    def __init__(
+        self, write: Callable[[bytes], object], *, depth: int = 8, name: str = "r8imfs-write"
+    ) -> None:
         self._write = write
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="r8imfs-write", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:

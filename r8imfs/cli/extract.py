@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from r8imfs._threads import run_io
 from r8imfs.cli import _common
 from r8imfs.errors import UsageError
 from r8imfs.ops.extract import DirSink, TarSink, extract
@@ -58,7 +59,7 @@ async def run(args: argparse.Namespace) -> None:
             except BaseException:
                 sink.discard(poison=True)
                 raise
-            sink.close()
+            await run_io(sink.close)  # waits for its writer thread: not on the loop
             sys.stdout.buffer.flush()
         else:
             await _to_file(client, image, Path(args.output), on_file)
@@ -75,7 +76,7 @@ async def _to_file(client: Any, image: Any, path: Path, on_file: Any) -> None:
             except BaseException:
                 sink.discard()
                 raise
-            sink.close()
+            await run_io(sink.close)  # waits for its writer thread: not on the loop
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

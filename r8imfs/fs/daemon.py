@@ -93,9 +93,12 @@ READ_AHEAD_KB = 1024
 async def _widen_readahead_once_serving(mountpoint: str) -> None:
     # The kernel caps the readahead when it gets the reply to FUSE_INIT, which
     # the main loop sends: a stat that returns means that happened.
-    with contextlib.suppress(OSError):
-        await trio.to_thread.run_sync(os.stat, mountpoint)
+    def stat_then_widen() -> None:
+        os.stat(mountpoint)
         widen_readahead(mountpoint)
+
+    with contextlib.suppress(OSError):
+        await trio.to_thread.run_sync(stat_then_widen)
 
 
 def widen_readahead(mountpoint: str | os.PathLike[str], kib: int = READ_AHEAD_KB) -> bool:

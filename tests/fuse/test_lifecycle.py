@@ -176,22 +176,24 @@ def test_the_kernel_readahead_is_widened_once_serving(
         assert (m.rootfs / "app/blob.bin").read_bytes() == BODY
 
 
-def _device(mountpoint: Path) -> str:
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        if fields[4] == str(mountpoint):
-            return fields[2]
-    raise AssertionError(f"{mountpoint} is not mounted")
-
-
-def _super_options(mountpoint: Path) -> set[str]:
+def _mountinfo(mountpoint: Path) -> tuple[list[str], list[str]]:
+    """The mount's /proc/self/mountinfo fields: before and after the `` - ``."""
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         left, _, right = line.partition(" - ")
         if left.split()[4] == str(mountpoint):
-            fstype, _source, superopts = right.split()[:3]
-            assert fstype == "fuse.r8imfs"
-            return set(left.split()[5].split(",")) | set(superopts.split(","))
+            return left.split(), right.split()
     raise AssertionError(f"{mountpoint} is not mounted")
+
+
+def _device(mountpoint: Path) -> str:
+    return _mountinfo(mountpoint)[0][2]
+
+
+def _super_options(mountpoint: Path) -> set[str]:
+    left, right = _mountinfo(mountpoint)
+    fstype, _source, superopts = right[:3]
+    assert fstype == "fuse.r8imfs"
+    return set(left[5].split(",")) | set(superopts.split(","))
 
 
 def test_umount_of_something_not_mounted_fails(tmp_path: Path) -> None:
