@@ -1,0 +1,304 @@
+"""Cut a tar stream into zstd:chunked pieces and build its TOC and tar-split.
+
+The writer (``zstdwrite.write_chunked``) compresses each ``Piece`` as one zstd
+frame. ``TarCutter`` decides where frames start, as containers/storage
+``pkg/chunked/compressor`` does: the raw bytes between file bodies (padding,
+PAX/GNU extension headers, the header itself; consecutive bodiless members
+together) form header frames, and each body is cut into chunks of at most
+``frame_size`` bytes, one frame each. Boundaries need not match c/storage's
+rolling checksum: readers take them from the TOC.
+
+It walks the tar itself, 512-byte block by block, and hands each member's
+header group to ``tarfile`` only to parse it (PAX records, long names). What it
+cannot describe faithfully (a sparse member, an unknown type flag, a header
+that does not parse, a body cut short) turns the cutter *off* (``on`` is
+False): the rest of the stream passes through in plain ``frame_size`` slices
+and the writer leaves the TOC out, so the blob is plain seekable zstd. Never
+a wrong TOC.
+
+Hashing: a body that fits one chunk is hashed in the compression worker (its
+digest is both the file's and the chunk's); longer bodies are hashed here in
+order, and their chunks in the workers. The tar-split needs a CRC-64/ISO of
+every body (``fastcrc``: many GB/s, without the GIL).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import fastcrc
+
+BLOCK = tarfile.BLOCKSIZE
+_EXTENSION = frozenset(b"xgXLK")  # PAX (global, Solaris), GNU long name/link
+_TYPES = {
+    tarfile.REGTYPE: "reg",
+    tarfile.AREGTYPE: "reg",
+    tarfile.CONTTYPE: "reg",
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.CHRTYPE: "char",
+    tarfile.BLKTYPE: "block",
+    tarfile.DIRTYPE: "dir",
+    tarfile.FIFOTYPE: "fifo",
+}
+_SCHILY = "SCHILY.xattr."
+
+
+def crc64(data: bytes, previous: int | None = None) -> int:
+    """CRC-64/GO-ISO, the checksum tar-split stores for each body (Go's
+    crc64.ISO); ``previous`` continues a running value. fastcrc releases the GIL."""
+    return int(fastcrc.crc64.go_iso(data, previous))
+
+
+@dataclass(slots=True)
+class FileRecord:
+    """A regular file's TOC entry while its chunks are being written."""
+
+    meta: dict[str, Any]
+    size: int
+    chunked: bool  # more than one chunk: chunk fields in the TOC, hashed here
+    hasher: Any = None
+    chunks: list[tuple[int, int, int, int, str]] = field(default_factory=list)
+    # (compressed start, compressed end, offset in file, length, "sha256:…")
+
+    def add_chunk(self, start: int, end: int, offset: int, length: int, digest: str) -> None:
+        self.chunks.append((start, end, offset, length, digest))
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Bytes to become one zstd frame: a body chunk of ``file``, else header bytes."""
+
+    data: bytes
+    file: FileRecord | None = None
+    offset: int = 0  # of the chunk inside its file
+
+
+class TarCutter:
+    """Iterate ``pieces()`` over a tar; then, if ``on``, ``tarsplit()`` and ``toc()``."""
+
+    def __init__(self, src: IO[bytes], frame_size: int) -> None:
+        self._src = src
+        self._frame = frame_size
+        self._pending = bytearray()  # raw bytes not yet cut into a frame
+        self._segment = bytearray()  # raw bytes not yet in a tar-split segment
+        self._records: list[FileRecord | dict[str, Any]] = []
+        self._split: list[bytes] = []  # tar-split JSON lines
+        self.on = True
+
+    def pieces(self) -> Iterator[Piece]:
+        while self.on:
+            group = self._header_group()
+            if group is None:
+                break
+            yield from self._member(group)
+        while data := self._src.read(self._frame):  # end of archive, trailing bytes
+            self._raw(data)
+            yield from self._flush(self._frame)
+        self._split_segment()
+        yield from self._flush(0)
+
+    def _raw(self, data: bytes | bytearray) -> None:
+        self._pending += data
+        if self.on:
+            self._segment += data
+
+    def _header_group(self) -> bytes | None:
+        """Extension headers + the member header, or None at the end of the archive."""
+        group = bytearray()
+        while True:
+            block = _read_full(self._src, BLOCK)
+            if len(block) < BLOCK or not block.strip(b"\0"):
+                self._raw(group + block)
+                return None
+            group += block
+            if block[156] not in _EXTENSION:
+                return bytes(group)
+            try:
+                size = tarfile.nti(block[124:136])  # type: ignore[attr-defined]
+            except tarfile.HeaderError:
+                self._off(group)
+                return None
+            group += _read_full(self._src, -(-size // BLOCK) * BLOCK)
+
+    def _off(self, group: bytes | bytearray) -> None:
+        """Stop cutting: the rest is plain frames and there will be no TOC."""
+        self.on = False
+        self._pending += group
+
+    def _member(self, group: bytes) -> Iterator[Piece]:
+        info = _parse(group)
+        kind = _TYPES.get(info.type) if info is not None else None
+        if info is None or kind is None or info.issparse():
+            self._off(group)
+            return
+        self._raw(group)
+        self._split_segment()
+        name = info.name + "/" if kind == "dir" and info.name else info.name
+        size = info.size if kind == "reg" else 0
+        meta = toc_metadata(info, kind, name)
+        if size == 0:
+            self._records.append(meta)
+            self._split_file(name, 0, b"")
+            return
+        yield from self._flush(0)
+        yield from self._body(FileRecord(meta, size, chunked=size > self._frame))
+        self._raw(_read_full(self._src, -size % BLOCK))
+
+    def _body(self, rec: FileRecord) -> Iterator[Piece]:
+        rec.hasher = hashlib.sha256() if rec.chunked else None
+        crc: int | None = None
+        self._records.append(rec)
+        done = 0
+        while done < rec.size:
+            data = _read_full(self._src, min(self._frame, rec.size - done))
+            if not data:  # a tar cut short: no TOC, the bytes still pass through
+                self.on = False
+                return
+            crc = crc64(data, crc)
+            if rec.hasher is not None:
+                rec.hasher.update(data)
+            yield Piece(data, rec, done)
+            done += len(data)
+        self._split_file(rec.meta["name"], rec.size, (crc or 0).to_bytes(8, "big"))
+
+    def _flush(self, keep: int) -> Iterator[Piece]:
+        """Cut pending raw bytes into frames while more than ``keep`` wait."""
+        while len(self._pending) > keep:
+            data = bytes(self._pending[: self._frame])
+            del self._pending[: self._frame]
+            yield Piece(data)
+
+    def _split_segment(self) -> None:
+        if self._segment and self.on:
+            payload = base64.b64encode(self._segment).decode()
+            self._split.append(
+                f'{{"type":2,"payload":"{payload}","position":{len(self._split)}}}\n'.encode()
+            )
+        self._segment.clear()
+
+    def _split_file(self, name: str, size: int, crc: bytes) -> None:
+        line: dict[str, Any] = {"type": 1}
+        raw = name.encode("utf-8", "surrogateescape")
+        try:
+            line["name"] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line["name_raw"] = base64.b64encode(raw).decode()
+        if size:
+            line["size"] = size
+        line["payload"] = base64.b64encode(crc).decode() if crc else None
+        self._split_line(line)
+
+    def _split_line(self, line: dict[str, Any]) -> None:
+        line["position"] = len(self._split)
+        self._split.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+
+    def tarsplit(self) -> bytes:
+        """The tar-split (vbatts/tar-split JSON lines) of the whole stream, once cut."""
+        return b"".join(self._split)
+
+    def toc(self, tarsplit_digest: str) -> bytes:
+        """The TOC JSON; ``tarsplit_digest`` is that of the *compressed* tar-split."""
+        toc: dict[str, Any] = {"version": 1, "entries": list(self._entries())}
+        toc["tarSplitDigest"] = tarsplit_digest
+        return json.dumps(toc, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def _entries(self) -> Iterator[dict[str, Any]]:
+        for rec in self._records:
+            if isinstance(rec, dict):
+                yield rec
+            else:
+                yield from file_entries(rec)
+
+
+def _parse(group: bytes) -> tarfile.TarInfo | None:
+    """The member a header group describes (one plain header parses directly:
+    most members have no extension headers), or None if it does not parse."""
+    try:
+        if len(group) == BLOCK:
+            return tarfile.TarInfo.frombuf(group, "utf-8", "surrogateescape")
+        return tarfile.TarFile(fileobj=io.BytesIO(group + bytes(2 * BLOCK))).next()
+    except (tarfile.TarError, EOFError, ValueError, UnicodeError):
+        return None
+
+
+def file_entries(rec: FileRecord) -> Iterator[dict[str, Any]]:
+    """The ``reg`` entry, and one ``chunk`` entry per further chunk (c/storage layout)."""
+    chunks = sorted(rec.chunks, key=lambda c: c[2])
+    main = dict(rec.meta)
+    main["digest"] = "sha256:" + rec.hasher.hexdigest() if rec.chunked else chunks[0][4]
+    main["offset"], main["endOffset"] = chunks[0][0], chunks[-1][1]
+    if not rec.chunked:
+        yield main
+        return
+    for i, (start, _, offset, length, digest) in enumerate(chunks):
+        entry = main if i == 0 else {"type": "chunk", "name": main["name"]}
+        entry["offset"] = start
+        entry["chunkSize"] = length
+        if offset:
+            entry["chunkOffset"] = offset
+        entry["chunkDigest"] = digest
+        if i:
+            yield entry
+        else:
+            yield main
+
+
+def toc_metadata(info: tarfile.TarInfo, kind: str, name: str) -> dict[str, Any]:
+    """The TOC fields of a member, in containers/storage's order, zero ones left out.
+
+    ``name`` as Go's tar reader reports it (``tarfile`` drops a directory's
+    trailing slash; the TOC and the tar-split keep it)."""
+    pax = info.pax_headers
+    meta: dict[str, Any] = {"type": kind, "name": name}
+    _put(meta, "linkName", info.linkname)
+    _put(meta, "mode", info.mode)
+    _put(meta, "size", info.size if kind == "reg" else 0)
+    _put(meta, "uid", info.uid)
+    _put(meta, "gid", info.gid)
+    _put(meta, "modtime", _rfc3339(info.mtime))
+    _put(meta, "accesstime", _rfc3339(float(pax["atime"])) if "atime" in pax else None)
+    _put(meta, "changetime", _rfc3339(float(pax["ctime"])) if "ctime" in pax else None)
+    _put(meta, "devMajor", info.devmajor)
+    _put(meta, "devMinor", info.devminor)
+    xattrs = {
+        key[len(_SCHILY) :]: base64.b64encode(value.encode("utf-8", "surrogateescape")).decode()
+        for key, value in pax.items()
+        if key.startswith(_SCHILY)
+    }
+    _put(meta, "xattrs", xattrs)
+    return meta
+
+
+def _put(meta: dict[str, Any], key: str, value: Any) -> None:
+    if value:
+        meta[key] = value
+
+
+def _rfc3339(seconds: float) -> str | None:
+    if not seconds:
+        return None
+    when = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    text = when.strftime("%Y-%m-%dT%H:%M:%S")
+    if when.microsecond:
+        text += f".{when.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+def _read_full(src: IO[bytes], size: int) -> bytes:
+    parts: list[bytes] = []
+    while size > 0:
+        data = src.read(size)
+        if not data:
+            break
+        parts.append(data)
+        size -= len(data)
+    return b"".join(parts)
