@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import io
 import json
+import json.encoder
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ _TYPES = {
     tarfile.FIFOTYPE: "fifo",
 }
 _SCHILY = "SCHILY.xattr."
+_json_str = json.encoder.encode_basestring  # the C one
 
 
 def crc64(data: bytes, previous: int | None = None) -> int:
@@ -86,7 +89,7 @@ class TarCutter:
     """Iterate ``pieces()`` over a tar; then, if ``on``, ``tarsplit()`` and ``toc()``."""
 
     def __init__(self, src: IO[bytes], frame_size: int) -> None:
-        self._src = src
+        self._src = _Buffered(src)
         self._frame = frame_size
         self._pending = bytearray()  # raw bytes not yet cut into a frame
         self._segment = bytearray()  # raw bytes not yet in a tar-split segment
@@ -115,7 +118,7 @@ class TarCutter:
         """Extension headers + the member header, or None at the end of the archive."""
         group = bytearray()
         while True:
-            block = _read_full(self._src, BLOCK)
+            block = self._src.read(BLOCK)
             if len(block) < BLOCK or not block.strip(b"\0"):
                 self._raw(group + block)
                 return None
@@ -127,7 +130,7 @@ class TarCutter:
             except tarfile.HeaderError:
                 self._off(group)
                 return None
-            group += _read_full(self._src, -(-size // BLOCK) * BLOCK)
+            group += self._src.read(-(-size // BLOCK) * BLOCK)
 
     def _off(self, group: bytes | bytearray) -> None:
         """Stop cutting: the rest is plain frames and there will be no TOC."""
@@ -151,7 +154,7 @@ class TarCutter:
             return
         yield from self._flush(0)
         yield from self._body(FileRecord(meta, size, chunked=size > self._frame))
-        self._raw(_read_full(self._src, -size % BLOCK))
+        self._raw(self._src.read(-size % BLOCK))
 
     def _body(self, rec: FileRecord) -> Iterator[Piece]:
         rec.hasher = hashlib.sha256() if rec.chunked else None
@@ -159,7 +162,7 @@ class TarCutter:
         self._records.append(rec)
         done = 0
         while done < rec.size:
-            data = _read_full(self._src, min(self._frame, rec.size - done))
+            data = self._src.read(min(self._frame, rec.size - done))
             if not data:  # a tar cut short: no TOC, the bytes still pass through
                 self.on = False
                 return
@@ -186,20 +189,17 @@ class TarCutter:
         self._segment.clear()
 
     def _split_file(self, name: str, size: int, crc: bytes) -> None:
-        line: dict[str, Any] = {"type": 1}
+        """A tar-split file line (vbatts/tar-split ``storage.Entry``): the name as
+        text, or base64 ``name_raw`` when it is not UTF-8; ``payload`` the CRC."""
         raw = name.encode("utf-8", "surrogateescape")
         try:
-            line["name"] = raw.decode("utf-8")
+            named = '"name":' + _json_str(raw.decode("utf-8"))
         except UnicodeDecodeError:
-            line["name_raw"] = base64.b64encode(raw).decode()
-        if size:
-            line["size"] = size
-        line["payload"] = base64.b64encode(crc).decode() if crc else None
-        self._split_line(line)
-
-    def _split_line(self, line: dict[str, Any]) -> None:
-        line["position"] = len(self._split)
-        self._split.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+            named = '"name_raw":"' + base64.b64encode(raw).decode() + '"'
+        sized = f',"size":{size}' if size else ""
+        payload = '"' + base64.b64encode(crc).decode() + '"' if crc else "null"
+        line = f'{{"type":1,{named}{sized},"payload":{payload},"position":{len(self._split)}}}\n'
+        self._split.append(line.encode())
 
     def tarsplit(self) -> bytes:
         """The tar-split (vbatts/tar-split JSON lines) of the whole stream, once cut."""
@@ -283,6 +283,7 @@ def _put(meta: dict[str, Any], key: str, value: Any) -> None:
         meta[key] = value
 
 
+@functools.lru_cache(maxsize=4096)  # a layer's files share few mtimes
 def _rfc3339(seconds: float) -> str | None:
     if not seconds:
         return None
@@ -291,6 +292,35 @@ def _rfc3339(seconds: float) -> str | None:
     if when.microsecond:
         text += f".{when.microsecond:06d}".rstrip("0")
     return text + "Z"
+
+
+class _Buffered:
+    """Reads of exactly ``size`` bytes (fewer only at the end), served from
+    1 MiB refills: a tar of small files is mostly 512-byte reads, and each
+    call into a file object may drop and retake the GIL while the compression
+    workers want it."""
+
+    def __init__(self, src: IO[bytes], refill: int = 1 << 20) -> None:
+        self._src = src
+        self._refill = refill
+        self._buf = b""
+        self._at = 0
+
+    def read(self, size: int) -> bytes:
+        avail = len(self._buf) - self._at
+        if size <= avail:
+            self._at += size
+            return self._buf[self._at - size : self._at]
+        parts = [self._buf[self._at :]] if avail else []
+        need = size - avail
+        self._buf, self._at = b"", 0
+        if need >= self._refill:
+            parts.append(_read_full(self._src, need))
+        else:
+            self._buf = _read_full(self._src, self._refill)
+            self._at = min(need, len(self._buf))
+            parts.append(self._buf[: self._at])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _read_full(src: IO[bytes], size: int) -> bytes:

@@ -119,13 +119,18 @@ def write_chunked(
     table: list[tuple[int, int, int]] = []
     cutter = TarCutter(src, frame_size)
     cctx = _compressor(level)
+    small: list[bytes] = []  # hashed together: hashlib drops the GIL per call
     for piece, frame, digest in _compress_pieces(_at_least_one(cutter.pieces()), cctx, workers):
         start = out.size
-        diff.update(piece.data)
+        small.append(piece.data)
+        if len(small) >= BATCH_PIECES or len(piece.data) >= BATCH_BYTES // 4:
+            diff.update(b"".join(small))
+            small.clear()
         out.write(frame)
         table.append((len(frame), len(piece.data), _U32.unpack_from(frame, len(frame) - 4)[0]))
         if piece.file is not None:
             piece.file.add_chunk(start, out.size, piece.offset, len(piece.data), digest)
+    diff.update(b"".join(small))
     annotations = _write_toc(out, table, cutter, cctx()) if cutter.on else {}
     out.write(seek_table_frame(table))
     return SeekableResult(
