@@ -148,6 +148,14 @@ def test_absurd_toc_size(layer: tuple[bytes, dict[str, str]]) -> None:
         load_toc(BytesReadAt(blob), bad)
 
 
+def test_a_toc_longer_than_its_position_says(layer: tuple[bytes, dict[str, str]]) -> None:
+    blob, ann = layer
+    off, clen, ulen, _ = tf.parse_position(ann[tf.MANIFEST_POSITION], 4)
+    bad = {**ann, tf.MANIFEST_POSITION: f"{off}:{clen}:{ulen // 2}:1"}
+    with pytest.raises(BadToc, match="its position says"):
+        load_toc(BytesReadAt(blob), bad)
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
