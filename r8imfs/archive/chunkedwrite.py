@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import fastcrc
+import zstandard
 
 BLOCK = tarfile.BLOCKSIZE
 _EXTENSION = frozenset(b"xgXLK")  # PAX (global, Solaris), GNU long name/link
@@ -71,9 +72,17 @@ class FileRecord:
     hasher: Any = None
     chunks: list[tuple[int, int, int, int, str]] = field(default_factory=list)
     # (compressed start, compressed end, offset in file, length, "sha256:…")
+    done: int = 0
+    json: bytes = b""  # its TOC entries, once every chunk is written
 
     def add_chunk(self, start: int, end: int, offset: int, length: int, digest: str) -> None:
+        """Record a written chunk; the last one turns the record into JSON text
+        (a layer of a million files keeps text, not dicts, until the TOC)."""
         self.chunks.append((start, end, offset, length, digest))
+        self.done += length
+        if self.done == self.size:
+            self.json = b",".join(_dump(e) for e in file_entries(self))
+            self.chunks, self.meta, self.hasher = [], {}, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +97,16 @@ class Piece:
 class TarCutter:
     """Iterate ``pieces()`` over a tar; then, if ``on``, ``tarsplit()`` and ``toc()``."""
 
-    def __init__(self, src: IO[bytes], frame_size: int) -> None:
+    def __init__(self, src: IO[bytes], frame_size: int, level: int = 3) -> None:
         self._src = _Buffered(src)
         self._frame = frame_size
         self._pending = bytearray()  # raw bytes not yet cut into a frame
         self._segment = bytearray()  # raw bytes not yet in a tar-split segment
-        self._records: list[FileRecord | dict[str, Any]] = []
-        self._split: list[bytes] = []  # tar-split JSON lines
+        self._records: list[FileRecord | bytes] = []  # TOC entries (JSON) in tar order
+        # the tar-split is compressed as it grows: it is as long as all headers
+        self._split_z = zstandard.ZstdCompressor(level=level).compressobj()
+        self._split_parts: list[bytes] = []
+        self._split_lines = self._split_size = 0
         self.on = True
 
     def pieces(self) -> Iterator[Piece]:
@@ -149,7 +161,7 @@ class TarCutter:
         size = info.size if kind == "reg" else 0
         meta = toc_metadata(info, kind, name)
         if size == 0:
-            self._records.append(meta)
+            self._records.append(_dump(meta))
             self._split_file(name, 0, b"")
             return
         yield from self._flush(0)
@@ -183,9 +195,7 @@ class TarCutter:
     def _split_segment(self) -> None:
         if self._segment and self.on:
             payload = base64.b64encode(self._segment).decode()
-            self._split.append(
-                f'{{"type":2,"payload":"{payload}","position":{len(self._split)}}}\n'.encode()
-            )
+            self._split_add(f'{{"type":2,"payload":"{payload}","position":{self._split_lines}}}')
         self._segment.clear()
 
     def _split_file(self, name: str, size: int, crc: bytes) -> None:
@@ -198,25 +208,34 @@ class TarCutter:
             named = '"name_raw":"' + base64.b64encode(raw).decode() + '"'
         sized = f',"size":{size}' if size else ""
         payload = '"' + base64.b64encode(crc).decode() + '"' if crc else "null"
-        line = f'{{"type":1,{named}{sized},"payload":{payload},"position":{len(self._split)}}}\n'
-        self._split.append(line.encode())
+        self._split_add(
+            f'{{"type":1,{named}{sized},"payload":{payload},"position":{self._split_lines}}}'
+        )
 
-    def tarsplit(self) -> bytes:
-        """The tar-split (vbatts/tar-split JSON lines) of the whole stream, once cut."""
-        return b"".join(self._split)
+    def _split_add(self, line: str) -> None:
+        data = line.encode() + b"\n"
+        self._split_lines += 1
+        self._split_size += len(data)
+        if out := self._split_z.compress(data):
+            self._split_parts.append(out)
+
+    def tarsplit(self) -> tuple[bytes, int]:
+        """The zstd-compressed tar-split (vbatts/tar-split JSON lines) of the
+        whole stream, once cut, and its uncompressed length."""
+        self._split_parts.append(self._split_z.flush())
+        return b"".join(self._split_parts), self._split_size
 
     def toc(self, tarsplit_digest: str) -> bytes:
         """The TOC JSON; ``tarsplit_digest`` is that of the *compressed* tar-split."""
-        toc: dict[str, Any] = {"version": 1, "entries": list(self._entries())}
-        toc["tarSplitDigest"] = tarsplit_digest
-        return json.dumps(toc, separators=(",", ":"), ensure_ascii=False).encode()
+        parts = [rec if isinstance(rec, bytes) else rec.json for rec in self._records]
+        if not all(parts):
+            raise RuntimeError("a file's chunks were not all written before the TOC")
+        head = b'{"version":1,"entries":['
+        return head + b",".join(parts) + b'],"tarSplitDigest":' + _dump(tarsplit_digest) + b"}"
 
-    def _entries(self) -> Iterator[dict[str, Any]]:
-        for rec in self._records:
-            if isinstance(rec, dict):
-                yield rec
-            else:
-                yield from file_entries(rec)
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _parse(group: bytes) -> tarfile.TarInfo | None:

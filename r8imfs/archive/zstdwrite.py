@@ -117,7 +117,7 @@ def write_chunked(
     out = _HashingWriter(dst, digest_output)
     diff = hashlib.sha256()
     table: list[tuple[int, int, int]] = []
-    cutter = TarCutter(src, frame_size)
+    cutter = TarCutter(src, frame_size, level)
     cctx = _compressor(level)
     small: list[bytes] = []  # hashed together: hashlib drops the GIL per call
     for piece, frame, digest in _compress_pieces(_at_least_one(cutter.pieces()), cctx, workers):
@@ -150,13 +150,12 @@ def _write_toc(
     cctx: zstandard.ZstdCompressor,
 ) -> dict[str, str]:
     """TOC, tar-split and footer frames (each a 0-byte entry of the seek table)."""
-    split = cutter.tarsplit()
-    split_z = cctx.compress(split)
+    split_z, split_len = cutter.tarsplit()
     toc = cutter.toc("sha256:" + hashlib.sha256(split_z).hexdigest())
     toc_z = cctx.compress(toc)
     toc_at = out.size + 8
     split_at = toc_at + len(toc_z) + 8
-    footer = tf.chunked_footer(toc_at, len(toc_z), len(toc), split_at, len(split_z), len(split))
+    footer = tf.chunked_footer(toc_at, len(toc_z), len(toc), split_at, len(split_z), split_len)
     for data in (toc_z, split_z, footer):
         frame = tf.skippable_frame(data)
         out.write(frame)
@@ -164,7 +163,7 @@ def _write_toc(
     return {
         tf.MANIFEST_CHECKSUM: "sha256:" + hashlib.sha256(toc_z).hexdigest(),
         tf.MANIFEST_POSITION: f"{toc_at}:{len(toc_z)}:{len(toc)}:{tf.MANIFEST_TYPE_CRFS}",
-        tf.TARSPLIT_POSITION: f"{split_at}:{len(split_z)}:{len(split)}",
+        tf.TARSPLIT_POSITION: f"{split_at}:{len(split_z)}:{split_len}",
     }
 
 
