@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 from archive_helpers import M, make_tar, payload
 from zstdchunked_spec import check_blob, crc64_iso
 
@@ -173,3 +174,27 @@ def test_a_read_fetches_only_the_chunks_it_needs() -> None:
         assert reader.cached(big.start + 2 * FRAME, 50) is not None
         assert reader.read_file(big, 0, big.size) == payload(5 * FRAME + 123, 1)
         assert reader.chunks_verified == 6  # the others, decoded on the pool
+
+
+@pytest.mark.parametrize("case", ["unknown member type", "body cut short"])
+def test_what_the_toc_cannot_describe_gets_no_toc(case: str) -> None:
+    if case == "unknown member type":
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+            t.addfile(tarfile.TarInfo("a"), io.BytesIO())
+            odd = tarfile.TarInfo("volume")
+            odd.type = b"V"  # a GNU volume header: no TOC type for it
+            t.addfile(odd)
+            info = tarfile.TarInfo("b")
+            info.size = 3 * FRAME
+            t.addfile(info, io.BytesIO(payload(3 * FRAME, seed=5)))
+        tar = buf.getvalue()
+    else:
+        tar = make_tar(members())[: 2 * FRAME]  # ends inside usr/lib/big.bin
+    blob, result = chunked(tar)
+    assert result.annotations == {}
+    assert result.diff_id == _sha(tar)
+    table = read_seek_table(BytesReadAt(blob))
+    assert table is not None and table.uncompressed_size == len(tar)
+    reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
+    assert reader.read() == tar
