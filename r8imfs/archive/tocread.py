@@ -21,14 +21,14 @@ import io
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Self
 
 import zstandard
 
 from r8imfs.archive.readat import ReadAt
-from r8imfs.archive.toc import Chunk, TocFile, TocIndex
+from r8imfs.archive.toc import Chunk, TocFile, TocIndex, load_toc
 from r8imfs.errors import CorruptLayer, DigestMismatch
 
 MiB = 1024 * 1024
@@ -204,3 +204,14 @@ def decode(raw: bytes, codec: str, want: int) -> bytes:
         return b"".join(parts)
     except (zlib.error, zstandard.ZstdError) as exc:
         raise CorruptLayer(f"TOC layer chunk does not decompress: {exc}") from exc
+
+
+def open_toc_reader(
+    readat: ReadAt, annotations: Mapping[str, str] | None, *, threads: int = 2
+) -> TocReader | None:
+    """A verified reader for a TOC layer (its entries in ``.index.entries``), or
+    None when the descriptor announces no TOC. Blocking: run it on a worker
+    thread. Raises ``BadToc`` for a TOC to refuse: the caller logs it and reads
+    the layer as a plain stream instead."""
+    index = load_toc(readat, annotations)
+    return None if index is None else TocReader(readat, index, threads=threads)

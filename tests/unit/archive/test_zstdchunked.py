@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import random
 import shutil
 import subprocess
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from r8imfs.archive.entry import normalise_path
 from r8imfs.archive.readat import BytesReadAt, CountingReadAt, read_entry
 from r8imfs.archive.tarindex import index_seekable
 from r8imfs.archive.toc import load_toc
-from r8imfs.archive.tocread import TocReader
+from r8imfs.archive.tocread import TocReader, open_toc_reader
 from r8imfs.archive.zstdindex import build_zstd_index, read_seek_table
 from r8imfs.archive.zstdwrite import SeekableResult, write_chunked
 
@@ -198,3 +200,27 @@ def test_what_the_toc_cannot_describe_gets_no_toc(case: str) -> None:
     assert table is not None and table.uncompressed_size == len(tar)
     reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
     assert reader.read() == tar
+
+
+def test_concurrent_reads_agree_with_the_tar() -> None:
+    tar = make_tar(members())
+    blob, result = chunked(tar)
+    reader = open_toc_reader(BytesReadAt(blob), result.annotations)
+    assert reader is not None
+    bodies = tar_bodies(tar)
+    files = [e for e in reader.index.entries if e.kind == "file" and e.size]
+    errors: list[str] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(200):
+            e = rng.choice(files)
+            at = rng.randrange(e.size)
+            n = rng.randrange(1, 3 * FRAME)
+            if read_entry(reader, e, at, n) != bodies[e.path][at : at + n]:
+                errors.append(f"{e.path} {at}+{n}")
+
+    with reader, ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(8)))
+    assert errors == []
+    assert open_toc_reader(BytesReadAt(blob), {}) is None  # no TOC announced
