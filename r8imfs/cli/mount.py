@@ -21,8 +21,10 @@ from typing import Any
 
 from r8imfs.archive.blobcache import DEFAULT_MAX_BYTES, BlobCache, default_cache_dir, parse_size
 from r8imfs.archive.image import ImageFiles
+from r8imfs.archive.upper import Origin, UpperDir, default_location
 from r8imfs.cli import _common
-from r8imfs.fs import daemon
+from r8imfs.fs import daemon, mountstate
+from r8imfs.oci.digest import sha256
 from r8imfs.registry.client import human_size
 
 PR_SET_PDEATHSIG = 1
@@ -34,7 +36,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "mount",
         help="mount an image as a directory; file bodies are fetched lazily",
-        description="Mounts IMAGE read-only at MOUNTPOINT:\n"
+        description="Mounts IMAGE at MOUNTPOINT (read-only unless --writable):\n"
         "  manifest.json, config.json   the registry's exact bytes\n"
         "  rootfs/                      the merged root filesystem (whiteouts applied)\n"
         "  layers/NN-<digest>/          each layer as stored\n"
@@ -67,6 +69,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "read of a file decodes it again",
     )
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
+    p.add_argument(
+        "--writable",
+        action="store_true",
+        help="make rootfs/ writable; changes go to an upper directory until `r8imfs commit` "
+        "or `r8imfs umount --discard`",
+    )
+    p.add_argument(
+        "--upper",
+        metavar="DIR",
+        help="keep the changes of a writable mount in DIR (implies --writable; "
+        "default: <cache-dir>/upper/<key>); reopening DIR resumes them",
+    )
     p.add_argument("--log", help="daemon log file (default: <cache-dir>/logs/mount-<pid>.log)")
     p.set_defaults(run=run, before_trio=before_trio)
     return p
@@ -198,12 +212,42 @@ async def run(args: argparse.Namespace) -> None:
             )
             if progress.tty and progress.last:
                 print(file=sys.stderr)
+            upper = _upper(args, ref, image.manifest.raw, image.config.raw, cache_dir)
             try:
                 await daemon.serve(
                     files,
                     args.mountpoint,
                     allow_other=args.allow_other,
-                    ready=lambda: _detach(args, cache_dir),
+                    ready=lambda: _ready(args, cache_dir, upper, str(ref)),
+                    upper=upper,
                 )
             finally:
+                if upper is not None:
+                    mountstate.remove(daemon.resolved(args.mountpoint))
                 await files.aclose()
+
+
+def _upper(
+    args: argparse.Namespace, ref: Any, manifest: bytes, config: bytes, cache_dir: Path
+) -> UpperDir | None:
+    """The writable mount's upper directory, locked by this process; None if read-only."""
+    if not (args.writable or args.upper):
+        return None
+    digest = sha256(manifest)
+    mountpoint = daemon.resolved(args.mountpoint)
+    path = Path(args.upper).absolute() if args.upper else None
+    path = path or default_location(cache_dir, mountpoint, digest)
+    origin = Origin(str(ref), str(ref.repository), digest)
+    upper = UpperDir.prepare(path, origin, manifest, config)
+    upper.lock()
+    if upper.has_changes():
+        _common.note(args, f"resuming the changes kept in {path}")
+    return upper
+
+
+def _ready(args: argparse.Namespace, cache_dir: Path, upper: UpperDir | None, image: str) -> None:
+    if upper is not None:
+        state = mountstate.MountState(upper.root, image, owned=not args.upper)
+        mountstate.write(daemon.resolved(args.mountpoint), state)
+        _common.note(args, f"writable: changes are kept in {upper.root}")
+    _detach(args, cache_dir)

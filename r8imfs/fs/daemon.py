@@ -26,8 +26,10 @@ import pyfuse3
 import trio
 
 from r8imfs.archive.image import ImageFiles
+from r8imfs.archive.upper import UpperDir
 from r8imfs.errors import R8imfsError, UsageError
 from r8imfs.fs.operations import ImageOperations
+from r8imfs.fs.writable import WritableOperations
 
 FSNAME = "r8imfs"
 log = logging.getLogger("r8imfs.fs")
@@ -144,13 +146,17 @@ async def serve(
     *,
     allow_other: bool = False,
     ready: Callable[[], None] = lambda: None,
+    upper: UpperDir | None = None,
 ) -> None:
     # Resolve paths before mounting: once mounted, touching the mountpoint
     # would wait for this very process to answer, which it cannot yet.
     mountpoint = resolved(mountpoint)
     pids = pid_file(mountpoint)
-    ops = ImageOperations(files)
-    options = set(pyfuse3.default_options) | {"ro", f"fsname={FSNAME}", f"subtype={FSNAME}"}
+    # writable: rootfs/ over the upper directory (fs/writable.py); the rest stays read-only
+    ops = ImageOperations(files) if upper is None else WritableOperations(files, upper)
+    options = set(pyfuse3.default_options) | {f"fsname={FSNAME}", f"subtype={FSNAME}"}
+    if upper is None:
+        options.add("ro")
     if allow_other:
         options.add("allow_other")
     try:
