@@ -28,9 +28,9 @@ from readback import (
     inspect_raw,
     layout_blob,
     tag_digest,
+    unpack,
 )
 from readback import tree as tree_of
-from readback import unpack
 from registry_server import RegistryServer
 
 from r8imfs.oci import mediatypes as mt
@@ -115,7 +115,10 @@ def _change_everything(root: Path) -> Tree:
 
 
 def test_commit_of_every_kind_of_change(
-    registry: RegistryServer, proxy: CountingProxy, repo_name: str, mounted: MountFactory,
+    registry: RegistryServer,
+    proxy: CountingProxy,
+    repo_name: str,
+    mounted: MountFactory,
     tmp_path: Path,
 ) -> None:
     base = _base(proxy.host, repo_name)
