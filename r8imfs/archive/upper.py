@@ -363,6 +363,8 @@ class Overlay:
     def _check_name(self, path: str) -> None:
         if path.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
             raise _err(errno.EPERM, path)  # reserved: it would be a whiteout in the layer
+        if not self._is_dir(parent_of(path)):
+            raise _err(errno.ENOENT, path)
         if self.find(path) is not None:
             raise _err(errno.EEXIST, path)
 
