@@ -108,7 +108,6 @@ class UpperDir:
             record = {"format": FORMAT, **_origin_json(origin), "commits": []}
             _write_json(root / ORIGIN, record)
         upper.tree.mkdir(exist_ok=True)
-        shutil.rmtree(upper.work, ignore_errors=True)  # a crashed copy-up's leftovers
         upper.work.mkdir(exist_ok=True)
         return upper
 
@@ -121,6 +120,11 @@ class UpperDir:
             os.close(fd)
             raise UpperInUse(f"{self.root} is in use by another writable mount") from None
         self._lock_fd = fd
+        # ours alone now: drop what a killed daemon or commit left half done
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir()
+        for leftover in self.root.glob("commit-*.tar*"):
+            leftover.unlink(missing_ok=True)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:

@@ -47,6 +47,8 @@ WEIGHTS: dict[str, bytes | str | None] = {
     "src/weights/sub/a.bin": b"a" * 1000,
     "src/weights/sub/deep": None,
     "src/weights/sub/deep/b.bin": b"b" * 1000,
+    "src/weights/mvdir": None,
+    "src/weights/mvdir/x.bin": b"x" * 3000,
 }
 
 
@@ -107,6 +109,10 @@ def _change_everything(root: Path) -> Tree:
     for gone in ("sub/a.bin", "sub/deep", "sub/deep/b.bin"):
         del want[f"src/weights/{gone}"]
     want["src/weights/sub/c.bin"] = b"c"
+    # a lower directory: rename(2) says EXDEV (as overlayfs does), mv copies and deletes
+    subprocess.run(["mv", str(w / "mvdir"), str(w / "moved")], check=True, timeout=60)
+    want["src/weights/moved"] = want.pop("src/weights/mvdir")
+    want["src/weights/moved/x.bin"] = want.pop("src/weights/mvdir/x.bin")
     (w / "link").symlink_to("new.bin")  # symlink, mkdir
     want["src/weights/link"] = "-> new.bin"
     (w / "more/deeper").mkdir(parents=True)
