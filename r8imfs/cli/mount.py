@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from r8imfs.archive.blobcache import DEFAULT_MAX_BYTES, BlobCache, default_cache_dir, parse_size
 from r8imfs.archive.image import ImageFiles
 from r8imfs.archive.upper import Origin, UpperDir, default_location
@@ -212,7 +214,9 @@ async def run(args: argparse.Namespace) -> None:
             )
             if progress.tty and progress.last:
                 print(file=sys.stderr)
-            upper = _upper(args, ref, image.manifest.raw, image.config.raw, cache_dir)
+            upper = await trio.to_thread.run_sync(
+                _upper, args, ref, image.manifest.raw, image.config.raw, cache_dir
+            )
             try:
                 await daemon.serve(
                     files,

@@ -328,3 +328,37 @@ def test_uncommitted_changes_survive_umount_and_can_be_discarded(
         assert done.returncode == 0, done.stderr
         assert "discarded" in done.stderr
     assert not upper.exists()
+
+
+def test_overwrites_and_unchanged_files_are_not_downloaded(
+    registry: RegistryServer,
+    proxy: CountingProxy,
+    repo_name: str,
+    mounted: MountFactory,
+    tmp_path: Path,
+) -> None:
+    """Over a plain layer (indexed from its headers, read by ranges): replacing a
+    16 MiB file with O_TRUNC, adding one, and committing fetch none of its body."""
+    big = os.urandom(16 * 1024 * KiB)
+    files: dict[str, bytes | str | None] = {
+        "src/weights": None,
+        "src/weights/big.bin": big,
+        "src/weights/small.bin": b"s",
+    }
+    ref = f"{proxy.host}/{repo_name}/plain:v1"
+    layers = [(tar_of(SRC_FILES), "COPY . /src", None), (tar_of(files), "COPY w # weights", None)]
+    push(ref, layers=layers, manifest_type=mt.OCI_MANIFEST, compression="none")
+    weights_layer = inspect_raw(f"{registry.host}/{repo_name}/plain:v1")["layers"][-1]
+    assert weights_layer["mediaType"] == mt.OCI_LAYER
+    dest = f"{proxy.host}/{repo_name}/plain:v2"
+    with mounted(ref, "--writable") as m:
+        w = m.rootfs / "src/weights"
+        (w / "big.bin").write_bytes(b"replaced")  # open(O_TRUNC): nothing to copy up
+        (w / "new.bin").write_bytes(b"new")
+        assert (w / "small.bin").read_bytes() == b"s"
+        _pushed(_commit(m, dest))
+    fetched = proxy.blob_downloads().get(weights_layer["digest"], 0)
+    assert fetched < len(big) // 2, f"{fetched} bytes of the weights layer were downloaded"
+    got = unpack(f"{registry.host}/{repo_name}/plain:v2", tmp_path / "umoci")
+    assert got["src/weights/big.bin"] == b"replaced"
+    assert got["src/weights/new.bin"] == b"new"
