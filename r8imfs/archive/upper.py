@@ -193,15 +193,13 @@ def walk(top: Path) -> list[tuple[str, os.stat_result]]:
     stack = [""]
     while stack:
         rel = stack.pop()
-        names = sorted(os.listdir(top / rel) if rel else os.listdir(top), reverse=True)
-        for name in names:
+        for name in os.listdir(top / rel if rel else top):
             child = join(rel, name)
             st = os.lstat(top / child)
             out.append((child, st))
             if stat.S_ISDIR(st.st_mode):
                 stack.append(child)
-    # depth-first order with parents first: sort by path components
-    out.sort(key=lambda item: item[0].split("/"))
+    out.sort(key=lambda item: item[0].split("/"))  # parents first, siblings sorted
     return out
 
 
@@ -262,7 +260,6 @@ class Overlay:
     def __init__(self, upper: UpperDir, lower: MergedTree) -> None:
         self.upper = upper
         self.lower = lower
-        self._tmp = 0
 
     def up(self, path: str) -> Path:
         return self.upper.tree / path if path else self.upper.tree

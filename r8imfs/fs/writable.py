@@ -273,7 +273,8 @@ class WritableOperations(ImageOperations):
         if not isinstance(handle, _Upper):
             raise pyfuse3.FUSEError(errno.EBADF)
         try:
-            return await _threads.run_io(os.pwrite, handle.fd, buf, off)
+            await _threads.run_io(_pwrite_all, handle.fd, buf, off)
+            return len(buf)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
 

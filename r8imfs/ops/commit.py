@@ -6,7 +6,7 @@ markers. A commit, in an order that leaves no tag behind on failure:
 
 1. tar the upper tree to a temporary file next to it (``archive.uppertar``;
    a file written meanwhile fails the commit);
-2. the ``affix`` guard on that tar (``ops.affix.check_tar``): anything but
+2. the ``affix`` guard on that tar (``archive.tarcheck.check``): anything but
    directories outside ``--weights-prefix`` is refused unless
    ``--allow-overwrite``; whiteouts of code count as changes to code;
 3. upload it: gzip through affix's one-pass path (``upload_tar_as_gzip``),
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r8imfs._threads import run_io, run_sync
-from r8imfs.archive.tarcheck import DEFAULT_PREFIX
+from r8imfs.archive import tarcheck
 from r8imfs.archive.upper import UpperDir
 from r8imfs.archive.uppertar import TarStats, write_layer_tar
 from r8imfs.archive.zstdwrite import write_seekable
@@ -43,7 +43,6 @@ from r8imfs.oci.config import ImageConfig
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Manifest, parse
 from r8imfs.oci.reference import Reference
-from r8imfs.ops.affix import AffixOptions, check_tar
 from r8imfs.ops.common import (
     Child,
     Context,
@@ -70,7 +69,7 @@ class NothingToCommit(R8imfsError):
 class CommitOptions:
     message: str | None = None
     zstd: bool = False
-    weights_prefix: str = DEFAULT_PREFIX
+    weights_prefix: str = tarcheck.DEFAULT_PREFIX
     allow_overwrite: bool = False
     level: int = DEFAULT_LEVEL
 
@@ -88,15 +87,12 @@ async def commit(
     origin = await run_io(upper.origin)
     base_repo = oci_reference.parse_repository(origin.repository).repository
     child = await run_io(_base, upper)
-    guard = AffixOptions(
-        weights_prefix=options.weights_prefix, allow_overwrite=options.allow_overwrite
-    )
     fd, name = tempfile.mkstemp(dir=upper.root, prefix="commit-", suffix=".tar")
     os.close(fd)
     tar = Path(name)
     try:
         stats = await run_sync(_write_tar, upper, tar)
-        await run_sync(check_tar, tar, guard)
+        await run_sync(_guard, tar, options)
         ctx.notify(
             f"changes: {stats.entries} entries, {stats.files} file(s), "
             f"{human_size(stats.file_bytes)}; checked"
@@ -123,10 +119,18 @@ def _base(upper: UpperDir) -> Child:
 
 def _write_tar(upper: UpperDir, tar: Path) -> TarStats:
     with tar.open("wb") as f:
-        stats = write_layer_tar(upper.tree, f)
-        f.flush()
-        os.fsync(f.fileno())
-    return stats
+        return write_layer_tar(upper.tree, f)
+
+
+def _guard(tar: Path, options: CommitOptions) -> None:
+    """affix's guard (``archive.tarcheck``), on the layer about to be pushed."""
+    with tar.open("rb") as f:
+        tarcheck.check(
+            f,
+            prefix=options.weights_prefix,
+            allow_overwrite=options.allow_overwrite,
+            what="the mount's changes",
+        )
 
 
 async def _upload(
