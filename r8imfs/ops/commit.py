@@ -129,7 +129,7 @@ def _guard(tar: Path, options: CommitOptions) -> None:
             f,
             prefix=options.weights_prefix,
             allow_overwrite=options.allow_overwrite,
-            what="the mount's changes",
+            what="this commit",
         )
 
 

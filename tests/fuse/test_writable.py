@@ -191,7 +191,7 @@ def test_guard_refuses_a_code_change_and_tags_nothing(
         (m.rootfs / "src/weights/new.bin").write_bytes(b"fine")
         (m.rootfs / "src/predict.py").write_text("print('broken')\n")
         line = _one_error(_commit(m, dest))
-        assert "the mount's changes write outside src/weights/" in line
+        assert "this commit writes outside src/weights/" in line
         assert "src/predict.py" in line and "--allow-overwrite" in line
         assert tag_digest(dest) is None
         _pushed(_commit(m, dest, "--allow-overwrite"))
