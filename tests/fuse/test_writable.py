@@ -89,6 +89,10 @@ def _one_error(proc: subprocess.CompletedProcess[str], command: str = "commit") 
     return lines[0]
 
 
+def _sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, timeout=60, capture_output=True)
+
+
 def _change_everything(root: Path) -> Tree:
     """Added, modified, deleted, renamed, an opaque directory; the tree to expect."""
     w = root / "src/weights"
@@ -363,3 +367,35 @@ def test_overwrites_and_unchanged_files_are_not_downloaded(
     got = unpack(f"{registry.host}/{repo_name}/plain:v2", tmp_path / "umoci")
     assert got["src/weights/big.bin"] == b"replaced"
     assert got["src/weights/new.bin"] == b"new"
+
+
+def test_everyday_tools_work_in_the_mount(
+    registry: RegistryServer, repo_name: str, mounted: MountFactory, tmp_path: Path
+) -> None:
+    """sed -i (temp file renamed over a lower file), cp -a, tar -x, truncate, chmod, touch."""
+    base = _base(registry.host, repo_name)
+    src = tmp_path / "src-dir"
+    (src / "inner").mkdir(parents=True)
+    (src / "inner/f.txt").write_bytes(b"from cp -a")
+    os.chmod(src / "inner/f.txt", 0o600)
+    tarball = tmp_path / "x.tar"
+    tarball.write_bytes(tar_of({"untarred": None, "untarred/u.bin": b"u" * 2000}))
+    with mounted(base, "--writable") as m:
+        w = m.rootfs / "src/weights"
+        _sh("sed", "-i", "s/old/new/", str(w / "old.bin"))
+        _sh("cp", "-a", str(src), str(w / "copied"))
+        _sh("tar", "-xf", str(tarball), "-C", str(w))
+        _sh("truncate", "-s", "10", str(w / "model.bin"))
+        _sh("chmod", "600", str(w / "keep.txt"))
+        _sh("touch", "-d", "@978307200", str(w / "sub/a.bin"))
+        assert (w / "old.bin").read_bytes() == b"new weights\n"
+        assert (w / "copied/inner/f.txt").stat().st_mode & 0o777 == 0o600
+        assert (w / "model.bin").read_bytes() == MODEL[:10]
+        assert (w / "keep.txt").stat().st_mode & 0o777 == 0o600
+        assert int((w / "sub/a.bin").stat().st_mtime) == 978307200
+        want = tree_of(m.rootfs)
+        dest = f"{registry.host}/{repo_name}/out:tools"
+        _pushed(_commit(m, dest))
+    got = unpack(dest, tmp_path / "umoci")
+    assert got == want
+    assert got["src/weights/untarred/u.bin"] == b"u" * 2000
