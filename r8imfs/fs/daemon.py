@@ -3,9 +3,9 @@
 ``serve`` mounts (``ro`` unless given an upper directory, ``default_permissions``,
 fsname ``r8imfs``), calls ``ready()`` once the kernel has the mount, runs
 pyfuse3's main loop (many request tasks, so reads proceed in parallel) and
-returns when the mount goes away: ``r8imfs umount``/``fusermount3 -u`` ends the loop from outside;
-SIGINT/SIGTERM end it from inside and unmount. A pid file per mountpoint
-lets ``umount`` wait for the daemon to be gone.
+returns when the mount goes away: ``r8imfs umount``/``fusermount3 -u`` ends
+the loop from outside; SIGINT/SIGTERM end it from inside and unmount. A pid
+file per mountpoint lets ``umount`` wait for the daemon to be gone.
 """
 
 from __future__ import annotations
