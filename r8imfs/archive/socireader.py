@@ -26,9 +26,9 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from datetime import datetime
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 
 from r8imfs.archive import ztoc
 from r8imfs.archive.entry import Entry, Kind, normalise_path

@@ -261,9 +261,16 @@ class CheckpointBuilder:
         if ret == Z_BUF_ERROR and z.strm.avail_in:
             raise CorruptLayer("gzip stream is corrupt: inflate made no progress")
         dt = z.strm.data_type
-        if dt & 128 and not dt & 64 and (self.total_out == 0 or self.total_out - self._last > self.span):
+        if (
+            dt & 128
+            and not dt & 64
+            and (self.total_out == 0 or self.total_out - self._last > self.span)
+        ):
             cp = Checkpoint(
-                self.total_in, self.total_out, dt & 7, bytes(self._out[self._pos - WINDOW : self._pos])
+                self.total_in,
+                self.total_out,
+                dt & 7,
+                bytes(self._out[self._pos - WINDOW : self._pos]),
             )
             self.checkpoints.append(cp)
             self._hasher.checkpoint(chunk, chunk_start, cp)
@@ -328,7 +335,6 @@ def _run(z: _Inflater, data: bytes, offset: int, out: bytearray) -> int:
             z.reset(_GZIP_AUTO)
             z.strm.next_in = base + consumed
             z.strm.avail_in = len(data) - consumed
-        elif ret == Z_BUF_ERROR or z.strm.avail_in == 0 and z.strm.avail_out:
-            if z.strm.avail_in == 0:
-                raise CorruptLayer("compressed span ends before the data it should hold")
-    return len(out) - z.strm.avail_out
+        elif z.strm.avail_out and (ret == Z_BUF_ERROR or z.strm.avail_in == 0):
+            raise CorruptLayer("compressed span ends before the data it should hold")
+    return len(out) - int(z.strm.avail_out)

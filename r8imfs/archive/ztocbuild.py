@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import IO, cast
 
@@ -159,12 +159,12 @@ def _check_stop(fwd: ForwardFile, offset: int) -> None:
             return
 
 
-def _metadata(info: tarfile.TarInfo, global_pax: dict[str, str]) -> ztoc.FileMetadata:
+def _metadata(info: tarfile.TarInfo, global_pax: Mapping[str, str]) -> ztoc.FileMetadata:
     kind = _TYPES.get(info.type)
     if kind is None:
         what = "a sparse file" if info.type == tarfile.GNUTYPE_SPARSE else f"type {info.type!r}"
         raise CorruptLayer(f"tar entry {info.name[:200]!r} is {what}, which a zTOC cannot list")
-    if info.sparse:  # type: ignore[attr-defined]
+    if info.sparse:
         raise CorruptLayer(f"tar entry {info.name[:200]!r} is a sparse file (no zTOC for it)")
     pax = {k: v for k, v in info.pax_headers.items() if global_pax.get(k) != v}
     name = info.name + "/" if kind == "dir" and not info.name.endswith("/") else info.name
