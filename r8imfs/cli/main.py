@@ -17,10 +17,20 @@ from types import ModuleType
 import trio
 
 from r8imfs import __version__
-from r8imfs.cli import _common, affix, clone, extract, layers, mount, remix, umount, zstd
+from r8imfs.cli import _common, affix, clone, extract, index, layers, mount, remix, umount, zstd
 from r8imfs.errors import R8imfsError
 
-COMMANDS: tuple[ModuleType, ...] = (layers, extract, affix, remix, zstd, clone, mount, umount)
+COMMANDS: tuple[ModuleType, ...] = (
+    layers,
+    extract,
+    affix,
+    remix,
+    zstd,
+    index,
+    clone,
+    mount,
+    umount,
+)
 
 DESCRIPTION = """\
 Look inside and change container images straight on the registry:
