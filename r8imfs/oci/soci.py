@@ -14,7 +14,9 @@ Facts from awslabs/soci-snapshotter (``soci/soci_index.go``, ``soci/soci_convert
   index goes into an OCI image index beside it, as a descriptor with
   ``artifactType`` v2, the platform and ``com.amazon.soci.image-manifest-digest``.
   soci convert also turns a Docker manifest into an OCI one (media types of
-  the manifest and its config descriptor; the layers keep theirs).
+  the manifest and its config descriptor), leaving Docker layer types in an
+  OCI manifest, which umoci and other strict readers refuse; we give the
+  layers their OCI types too (same bytes), and the zTOC annotations say so.
 * **v1**: ``subject`` names the image manifest; found through the referrers
   API (or its tag-schema fallback), never by annotation.
 """
@@ -28,6 +30,7 @@ from typing import Any
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci.digest import sha256
 from r8imfs.oci.manifest import Descriptor, Manifest, Platform, dumps
+from r8imfs.oci.mutate import convert_layer_type
 
 SOCI_INDEX_V1 = "application/vnd.amazon.soci.index.v1+json"
 SOCI_INDEX_V2 = "application/vnd.amazon.soci.index.v2+json"
@@ -54,7 +57,7 @@ def ztoc_descriptor(digest: str, size: int, layer: Descriptor, span_size: int) -
         "digest": digest,
         "size": size,
         "annotations": {
-            LAYER_MEDIA_TYPE: layer.media_type,
+            LAYER_MEDIA_TYPE: oci_layer_type(layer.media_type),
             LAYER_DIGEST: layer.digest,
             SPAN_SIZE: str(span_size),
         },
@@ -85,11 +88,16 @@ def soci_index(
     return dumps(obj)
 
 
+def oci_layer_type(media_type: str) -> str:
+    """A layer's media type in an OCI manifest (Docker gzip/tar types mapped, same bytes)."""
+    return convert_layer_type(media_type, mt.OCI_MANIFEST)
+
+
 def annotate_manifest(manifest: Manifest, index_digest: str) -> bytes:
     """The image manifest as soci convert rewrites it: OCI, pointing at its index.
 
-    Only the manifest changes; config and layers are the same blobs (the
-    layer descriptors are kept byte for byte, annotations and all).
+    Only the manifest changes; config and layers are the same blobs (layer
+    descriptors keep every field but get OCI media types).
     """
     obj = json.loads(manifest.raw)
     obj["mediaType"] = mt.OCI_MANIFEST
@@ -97,6 +105,10 @@ def annotate_manifest(manifest: Manifest, index_digest: str) -> bytes:
     if config.get("mediaType") == mt.DOCKER_CONFIG:
         config["mediaType"] = mt.OCI_CONFIG
     obj["config"] = config
+    obj["layers"] = [
+        {**layer, "mediaType": oci_layer_type(str(layer.get("mediaType", "")))}
+        for layer in obj.get("layers") or []
+    ]
     obj["annotations"] = {**(obj.get("annotations") or {}), INDEX_DIGEST: index_digest}
     return dumps(obj)
 
