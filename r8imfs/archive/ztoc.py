@@ -312,7 +312,7 @@ def validate(z: Ztoc, layer_size: int, span_size: int | None = None) -> Spans:
         raise InvalidZtoc(
             f"zTOC has max_span_id {z.max_span_id} but {len(z.span_digests)} span digests"
         )
-    spans = _gzip_spans(z) if z.compression == GZIP else _tar_spans(z)
+    spans = _gzip_spans(z, limit) if z.compression == GZIP else _tar_spans(z)
     if len(spans) != len(z.span_digests):
         raise InvalidZtoc(f"zTOC has {len(spans)} spans but {len(z.span_digests)} span digests")
     if span_size is not None and spans.span_size != span_size:
@@ -321,7 +321,10 @@ def validate(z: Ztoc, layer_size: int, span_size: int | None = None) -> Spans:
     return spans
 
 
-def _gzip_spans(z: Ztoc) -> Spans:
+def _gzip_spans(z: Ztoc, limit: int) -> Spans:
+    """Spans from the checkpoints. A checkpoint may lie past the tar's end (in the
+    zeros after the end-of-archive blocks, which Go's reader never reaches): such
+    spans are valid, they are just never read."""
     span_size, cps = decode_gzip_zinfo(z.checkpoints)
     if span_size <= 0:
         raise InvalidZtoc(f"zTOC span size {span_size}")
@@ -330,14 +333,14 @@ def _gzip_spans(z: Ztoc) -> Spans:
         raise InvalidZtoc("zTOC's first checkpoint is not at the start of the data")
     for k, cp in enumerate(cps):
         prev = cps[k - 1] if k else None
-        if not 0 <= cp.bits <= 7 or not 10 <= cp.cin <= size or cp.out > usize:
+        if not 0 <= cp.bits <= 7 or not 10 <= cp.cin <= size or cp.out > limit:
             raise InvalidZtoc(f"zTOC checkpoint {k} is outside the layer")
         if prev is not None and (cp.cin <= prev.cin or cp.out <= prev.out):
             raise InvalidZtoc(f"zTOC checkpoint {k} does not follow checkpoint {k - 1}")
     cstart = tuple(cp.start for cp in cps)
     cend = (*(cp.cin for cp in cps[1:]), size)
     ustart = tuple(cp.out for cp in cps)
-    uend = (*ustart[1:], usize)
+    uend = (*ustart[1:], max(usize, ustart[-1]))
     return Spans(span_size, cstart, cend, ustart, uend, tuple(cps))
 
 

@@ -163,3 +163,16 @@ def test_entries_from_the_toc() -> None:
 )
 def test_parse_mod_time(text: str, want: float) -> None:
     assert socireader.parse_mod_time(text) == want
+
+
+def test_checkpoints_past_the_end_of_the_archive() -> None:
+    """Zeros after the end-of-archive blocks hold checkpoints Go's reader never reaches."""
+    tar = make_tar([M("f", "w.bin", random.Random(3).randbytes(300_000))]) + bytes(400_000)
+    blob = gzip.compress(tar, compresslevel=0, mtime=0)  # stored blocks: boundaries everywhere
+    z = ztocbuild.build_gzip(io.BytesIO(blob), span_size=64 * 1024)
+    _, cps = ztoc.decode_gzip_zinfo(z.checkpoints)
+    assert cps[-1].out > z.uncompressed_archive_size
+    with socireader.SociLayer(z, BytesReadAt(blob)) as reader:
+        assert reader.pread(0, len(tar)) == tar[: z.uncompressed_archive_size]
+        f = z.files[0]
+        assert reader.read_file(f, 0, 300_000) == tar[f.uncompressed_offset :][:300_000]
