@@ -2,20 +2,23 @@
 
 ``SociLayer`` is a ``LayerReader`` (``pread`` on offsets of the uncompressed
 tar) over a ``ReadAt`` of the *compressed* blob. A read maps its range to
-spans; each missing span is one task on the reader's thread pool:
+spans, and for the spans not cached or already being loaded:
 
-1. fetch the span's compressed bytes (``[start, end)`` from the zTOC; with
-   ``bits`` the partial byte before a checkpoint belongs to both neighbours);
-2. check their sha256 against ``span_digests`` *before* inflating a byte, so a
-   wrong blob or a lying zTOC gives ``SpanDigestMismatch``, never wrong bytes;
-3. inflate the whole span from its checkpoint (libz through ctypes, which drops
-   the GIL: spans of one big read inflate on all cores at once);
-4. keep the decoded span in a small LRU (whole spans, as soci-snapshotter's
-   span manager does), so sequential small reads decode each span once.
+1. fetches their compressed bytes, one ``read_at`` per run of neighbouring
+   spans, *in the calling thread* (a ``ReadAt`` over the trio blob cache calls
+   back into trio, which only threads trio started may do); span ``i`` is
+   ``[cstart, cend)`` from the zTOC, and with ``bits`` the partial byte before
+   a checkpoint belongs to both neighbours;
+2. on the reader's thread pool, per span: checks the sha256 against
+   ``span_digests`` *before* inflating a byte, so a wrong blob or a lying zTOC
+   gives ``SpanDigestMismatch``, never wrong bytes; then inflates the whole
+   span from its checkpoint (libz through ctypes drops the GIL: the spans of
+   one big read inflate on all cores at once);
+3. keeps decoded spans in a small LRU (whole spans, as soci-snapshotter's span
+   manager does), so sequential small reads decode each span once.
 
-Two readers of the same span share one task. Span tasks run on the pool and
-never wait on each other, so the pool cannot deadlock; ``pread`` itself must
-not be called from a pool thread.
+Two readers of the same span share one load. Pool tasks never wait on
+anything, so the pool cannot deadlock.
 
 ``entries(z)`` turns the zTOC's TOC into ``Entry`` records, so a mount can
 serve a layer's tree from the zTOC without reading any of the layer.
@@ -29,6 +32,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
 
 from r8imfs.archive import ztoc
 from r8imfs.archive.entry import Entry, Kind, normalise_path
@@ -81,7 +85,9 @@ class SociLayer:
             return b""
         first = ztoc.span_of(self.spans, offset)
         last = ztoc.span_of(self.spans, end - 1)
-        futures = [self._span_future(i) for i in range(first, last + 1)]
+        futures, mine = self._claim(first, last)
+        if mine:
+            self._load(mine)
         parts = []
         for i, fut in zip(range(first, last + 1), futures, strict=True):
             data, base = fut.result(), self.spans.ustart[i]
@@ -111,52 +117,89 @@ class SociLayer:
 
     # -- spans ------------------------------------------------------------------
 
-    def _span_future(self, i: int) -> Future[bytes]:
+    def _claim(self, first: int, last: int) -> tuple[list[Future[bytes]], list[int]]:
+        """A future per span; the spans nobody has or is loading are claimed by us."""
+        futures: list[Future[bytes]] = []
+        mine: list[int] = []
         with self._lock:
-            cached = self._cache.get(i)
-            if cached is not None:
-                self._cache.move_to_end(i)
-                done: Future[bytes] = Future()
-                done.set_result(cached)
-                return done
-            fut = self._inflight.get(i)
-            if fut is None:
-                fut = self._pool.submit(self._load, i)
-                self._inflight[i] = fut
-            return fut
+            for i in range(first, last + 1):
+                cached = self._cache.get(i)
+                fut = self._inflight.get(i)
+                if cached is not None:
+                    self._cache.move_to_end(i)
+                    fut = Future()
+                    fut.set_result(cached)
+                elif fut is None:
+                    fut = self._inflight[i] = Future()
+                    mine.append(i)
+                futures.append(fut)
+        return futures, mine
 
-    def _load(self, i: int) -> bytes:
-        try:
-            data = self._decode(i, self._fetch(i))
-            with self._lock:
+    def _load(self, mine: list[int]) -> None:
+        """Fetch our spans here (one read per run of neighbours), then verify and
+        inflate each on the pool. The fetch stays on the calling thread: a
+        ``ReadAt`` backed by the trio blob cache may only be called from there."""
+        runs: list[list[int]] = []
+        for i in mine:
+            if runs and runs[-1][-1] == i - 1:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        for n, run in enumerate(runs):
+            try:
+                data = self._fetch(run)
+            except BaseException as exc:
+                for i in [i for later in runs[n:] for i in later]:
+                    self._settle(i, None, exc)
+                raise
+            base = self.spans.cstart[run[0]]
+            for i in run:
+                piece = data[self.spans.cstart[i] - base : self.spans.cend[i] - base]
+                task = self._pool.submit(self._verify_decode, i, piece)
+                task.add_done_callback(partial(self._done, i))
+
+    def _done(self, i: int, task: Future[bytes]) -> None:
+        exc = task.exception()
+        self._settle(i, None if exc else task.result(), exc)
+
+    def _settle(self, i: int, data: bytes | None, exc: BaseException | None) -> None:
+        with self._lock:
+            fut = self._inflight.pop(i)
+            if data is not None:
                 self._cache[i] = data
                 while len(self._cache) > self._cache_spans:
                     self._cache.popitem(last=False)
-            return data
-        finally:
-            with self._lock:
-                self._inflight.pop(i, None)
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(data)  # type: ignore[arg-type]
 
-    def _fetch(self, i: int) -> bytes:
-        start, end = self.spans.cstart[i], self.spans.cend[i]
+    def _fetch(self, run: list[int]) -> memoryview:
+        start, end = self.spans.cstart[run[0]], self.spans.cend[run[-1]]
         data = self._blob.read_at(start, end - start)
         with self._lock:
-            self.spans_fetched += 1
+            self.spans_fetched += len(run)
         if len(data) != end - start:
-            raise CorruptLayer(f"{self._name}: span {i} is cut short ({len(data)} bytes)")
+            raise CorruptLayer(
+                f"{self._name}: spans {run[0]}-{run[-1]} are cut short ({len(data)} bytes)"
+            )
+        return memoryview(data)
+
+    def _verify_decode(self, i: int, data: memoryview) -> bytes:
         want = self.ztoc.span_digests[i]
         got = "sha256:" + hashlib.sha256(data).hexdigest()
         if got != want:
+            start, end = self.spans.cstart[i], self.spans.cend[i]
             raise SpanDigestMismatch(
                 f"{self._name}: span {i} (compressed bytes {start}-{end}) hashes to {got}, "
                 f"its zTOC says {want}"
             )
-        return data
+        return self._decode(i, data)
 
-    def _decode(self, i: int, data: bytes) -> bytes:
+    def _decode(self, i: int, data: memoryview) -> bytes:
         want = self.spans.uend[i] - self.spans.ustart[i]
         if self.ztoc.compression == ztoc.UNCOMPRESSED:
-            return data
+            return bytes(data)
         out = inflate_from(self.spans.checkpoints[i], data, 0, want)
         if len(out) != want:
             raise CorruptLayer(f"{self._name}: span {i} inflates to {len(out)} bytes, not {want}")

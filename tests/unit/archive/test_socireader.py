@@ -176,3 +176,21 @@ def test_checkpoints_past_the_end_of_the_archive() -> None:
         assert reader.pread(0, len(tar)) == tar[: z.uncompressed_archive_size]
         f = z.files[0]
         assert reader.read_file(f, 0, 300_000) == tar[f.uncompressed_offset :][:300_000]
+
+
+def test_blob_reads_stay_on_the_calling_thread(layer: tuple[bytes, bytes, ztoc.Ztoc]) -> None:
+    """The mount's ReadAt calls back into trio: only the thread that called pread may use it."""
+    import threading
+
+    tar, blob, z = layer
+    callers: set[int] = set()
+
+    class Recording(BytesReadAt):
+        def read_at(self, offset: int, size: int) -> bytes:
+            callers.add(threading.get_ident())
+            return super().read_at(offset, size)
+
+    with socireader.SociLayer(z, Recording(blob), workers=4) as reader:
+        assert reader.pread(0, 10 * SPAN) == tar[: 10 * SPAN]
+        assert reader.spans_fetched >= 10
+    assert callers == {threading.get_ident()}
