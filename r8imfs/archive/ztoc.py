@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from r8imfs.archive import _flatbuf as fb
 from r8imfs.archive.zran import WINDOW, Checkpoint
 from r8imfs.errors import CorruptLayer
+from r8imfs.oci.soci import MAX_ZTOC
 
 VERSION = "0.9"
 GZIP = "gzip"
@@ -34,8 +35,6 @@ UNCOMPRESSED = "uncompressed"
 _ALGORITHMS = {1: GZIP, 2: UNCOMPRESSED}
 TYPES = ("reg", "dir", "symlink", "hardlink", "char", "block", "fifo")
 
-#: Largest zTOC we fetch or parse (a 20 GB layer's checkpoints are ~160 MiB).
-MAX_ZTOC = 1 << 30
 MAX_FILES = 10_000_000
 MAX_XATTRS = 4096  # PAX records on one entry
 MAX_NAME = 64 * 1024

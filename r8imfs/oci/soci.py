@@ -46,6 +46,8 @@ INDEX_DIGEST = "com.amazon.soci.index-digest"
 
 EMPTY_JSON = b"{}"
 EMPTY_JSON_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+#: Largest zTOC fetched or parsed (a 20 GB layer's checkpoints are ~160 MiB).
+MAX_ZTOC = 1 << 30
 #: What ``soci create`` skips by default; r8imfs indexes every layer unless told.
 SOCI_MIN_LAYER_SIZE = 10 << 20
 

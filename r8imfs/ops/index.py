@@ -15,8 +15,10 @@ as ``soci convert`` does (``oci/soci.py`` has the facts):
 3. an OCI image index at DEST lists the annotated manifests, then each SOCI
    index descriptor (``artifactType``, platform, ``…image-manifest-digest``).
 
-A layer shared by several platforms is indexed once; zstd layers get no zTOC
-(SOCI has no zstd format) and are left to local indexing.
+A layer shared by several platforms is indexed once; a layer the source's own
+SOCI index already has a valid zTOC for (same span size) is not read at all,
+its zTOC is reused; zstd layers get no zTOC (SOCI has no zstd format) and are
+left to local indexing.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 from r8imfs.archive import ztoc, ztocbuild
 from r8imfs.archive.pipe import consume_stream
 from r8imfs.archive.zran import SPAN_SIZE
-from r8imfs.errors import DigestMismatch, UnsupportedMediaType
+from r8imfs.errors import DigestMismatch, R8imfsError, UnsupportedMediaType
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci import soci
 from r8imfs.oci.config import ImageConfig
@@ -38,6 +40,7 @@ from r8imfs.oci.reference import Reference, Repository
 from r8imfs.ops._tasks import gather
 from r8imfs.ops.common import Context, Needed, Pushed, is_attestation, place_blobs
 from r8imfs.registry.client import MAX_CONFIG, RegistryClient, human_size
+from r8imfs.registry.referrers import fetch_ztoc, find_soci_index
 from r8imfs.registry.upload import upload_bytes
 
 
@@ -65,6 +68,7 @@ class BuiltZtoc:
     size: int
     files: int
     spans: int
+    reused: bool = False  # found in the source's own SOCI index, not built
 
 
 async def build_layer_ztoc(
@@ -114,14 +118,14 @@ async def index_image(
     top = await client.get_manifest(image)
     children = await _children(client, image, top, options.platform, ctx)
     src, repo = image.repository, dest.repository
-    todo = _plan(children, options)
-    jobs = [
-        partial(build_layer_ztoc, client, src, repo, d, options.span_size, ctx)
-        for d in todo.values()
-    ]
-    built = dict(zip(todo, await gather(jobs, options.jobs), strict=True))
+    built = await _ztocs(client, src, repo, children, options, ctx)
     await upload_bytes(client, repo, soci.EMPTY_JSON)
     needed = [Needed(d, (src,)) for c in children for d in (c.manifest.config, *c.manifest.layers)]
+    needed += [
+        Needed(Descriptor(soci.ZTOC_MEDIA_TYPE, b.digest, b.size), (src,))
+        for b in built.values()
+        if b.reused
+    ]
     await place_blobs(client, repo, needed, ctx)
     entries: list[dict[str, Any]] = []
     index_entries: list[dict[str, Any]] = []
@@ -135,6 +139,62 @@ async def index_image(
     raw = soci.image_index(kept + entries + index_entries, annotations or None)
     digest = await client.put_manifest(repo, dest.tag or sha256(raw), raw, mt.OCI_INDEX)
     return Pushed(repo, digest, dest.tag)
+
+
+async def _ztocs(
+    client: RegistryClient,
+    src: Repository,
+    repo: Repository,
+    children: list[_Child],
+    options: IndexOptions,
+    ctx: Context,
+) -> dict[str, BuiltZtoc]:
+    """A zTOC in ``repo`` (reused or built) for every layer to index, by layer digest."""
+    todo = _plan(children, options)
+    built = await _reuse(client, src, children, todo, options, ctx)
+    jobs = [
+        partial(build_layer_ztoc, client, src, repo, d, options.span_size, ctx)
+        for digest, d in todo.items()
+        if digest not in built
+    ]
+    fresh = await gather(jobs, options.jobs)
+    built.update((b.layer.digest, b) for b in fresh)
+    return built
+
+
+async def _reuse(
+    client: RegistryClient,
+    src: Repository,
+    children: list[_Child],
+    todo: dict[str, Descriptor],
+    options: IndexOptions,
+    ctx: Context,
+) -> dict[str, BuiltZtoc]:
+    """zTOCs the source already publishes (same span size, valid for the layer):
+    used as they are, so re-indexing an indexed image reads no layer."""
+    found: dict[str, BuiltZtoc] = {}
+    for child in children:
+        try:
+            index = await find_soci_index(client, src, child.manifest)
+        except R8imfsError as exc:
+            ctx.notify(f"ignoring the source's SOCI index: {exc}")
+            continue
+        if index is None:
+            continue
+        for digest, ref in index.ztocs.items():
+            layer = todo.get(digest)
+            if layer is None or digest in found or ref.span_size != options.span_size:
+                continue
+            try:
+                z = ztoc.decode(await fetch_ztoc(client, src, ref))
+                ztoc.validate(z, layer.size, options.span_size)
+            except R8imfsError as exc:
+                ctx.notify(f"layer {short(digest)}: not reusing zTOC {short(ref.digest)}: {exc}")
+                continue
+            spans = z.max_span_id + 1
+            found[digest] = BuiltZtoc(layer, ref.digest, ref.size, len(z.files), spans, True)
+            ctx.notify(f"layer {short(digest)}: reusing zTOC {short(ref.digest)}")
+    return found
 
 
 def _plan(children: list[_Child], options: IndexOptions) -> dict[str, Descriptor]:

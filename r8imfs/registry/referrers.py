@@ -132,3 +132,15 @@ async def _fetch_index(client: RegistryClient, repo: Repository, digest: str) ->
     if not isinstance(found, Manifest):
         raise RegistryError(f"SOCI index {digest} is not an image manifest")
     return found
+
+
+async def fetch_ztoc(client: RegistryClient, repo: Repository, ref: soci.ZtocRef) -> bytes:
+    """A zTOC's bytes, checked against its digest and size (the SOCI index's word)."""
+    if not _DIGEST.fullmatch(ref.digest):
+        raise RegistryError(f"zTOC digest {ref.digest[:80]!r} is not sha256:<hex>")
+    if not 0 < ref.size <= soci.MAX_ZTOC:
+        raise RegistryError(f"zTOC {ref.digest} claims {ref.size} bytes")
+    data = await client.get_blob(repo, ref.digest, ref.size)
+    if len(data) != ref.size:
+        raise RegistryError(f"zTOC {ref.digest} is {len(data)} bytes, its index says {ref.size}")
+    return data

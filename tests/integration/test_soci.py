@@ -309,3 +309,39 @@ def test_discovery_v2_v1_and_reading_spans(registry: RegistryServer, repo_name: 
         assert blob.bytes < layer["size"]
         with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
             assert [e.path for e in socireader.entries(z)] == [m.name for m in tf.getmembers()]
+
+
+def test_reindexing_reuses_published_ztocs(
+    registry: RegistryServer, proxy: CountingProxy, repo_name: str
+) -> None:
+    layers, _ = cog_image(_weights(800 * KiB))
+    source = f"{registry.host}/{repo_name}:v1"
+    push(source, layers=layers)
+    pushed(run_cli("index", "--span-size", "64K", source))
+    first = inspect_raw(f"{source}-soci")
+    first_index = inspect_raw(f"{registry.host}/{repo_name}@{first['manifests'][1]['digest']}")
+
+    proxy.reset()
+    proc = run_cli(
+        "index",
+        "--span-size",
+        "64K",
+        f"{proxy.host}/{repo_name}:v1-soci",
+        f"{proxy.host}/{repo_name}-again:x",
+    )
+    pushed(proc)
+    assert "reusing zTOC" in proc.stderr.decode()
+    layer_digests = {x["digest"] for x in inspect_raw(source)["layers"]}
+    assert not layer_digests & proxy.blob_downloads().keys()  # no layer read again
+    again = inspect_raw(f"{registry.host}/{repo_name}-again:x")
+    assert [m.get("artifactType") for m in again["manifests"]] == [None, soci.SOCI_INDEX_V2]
+    index = inspect_raw(f"{registry.host}/{repo_name}-again@{again['manifests'][1]['digest']}")
+    assert index["layers"] == first_index["layers"]  # the same zTOCs, mounted over
+    for z in index["layers"]:
+        assert len(_blob(registry.host, f"{repo_name}-again", z["digest"])) == z["size"]
+
+    proc = run_cli(
+        "index", f"{registry.host}/{repo_name}:v1-soci", f"{registry.host}/{repo_name}:4m"
+    )
+    pushed(proc)
+    assert "reusing" not in proc.stderr.decode()  # another span size: built anew
