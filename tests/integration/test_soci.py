@@ -44,6 +44,7 @@ from r8imfs.oci.manifest import Descriptor, Manifest, dumps
 from r8imfs.oci.reference import parse
 from r8imfs.registry.client import RegistryClient
 from r8imfs.registry.referrers import FoundIndex, find_soci_index
+from r8imfs.registry.upload import upload_bytes
 
 KiB = 1024
 SPAN = 64 * KiB
@@ -250,6 +251,7 @@ async def _publish_v1(source: str, ztocs: list[dict[str, Any]]) -> str:
         subject = Descriptor(manifest.media_type, manifest.digest, len(manifest.raw))
         raw = soci.soci_index(ztocs, "test", subject=subject)
         repo = parsed.repository
+        await upload_bytes(client, repo, soci.EMPTY_JSON)
         digest = await client.put_manifest(repo, _sha(raw), raw, mt.OCI_MANIFEST)
         listing = dumps(
             {
@@ -345,3 +347,39 @@ def test_reindexing_reuses_published_ztocs(
     )
     pushed(proc)
     assert "reusing" not in proc.stderr.decode()  # another span size: built anew
+
+
+async def _upload(ref: str, data: bytes) -> str:
+    async with RegistryClient() as client:
+        return (await upload_bytes(client, parse(ref).repository, data)).digest
+
+
+def test_a_hostile_published_ztoc_is_refused_and_rebuilt(
+    registry: RegistryServer, repo_name: str
+) -> None:
+    layers, _ = cog_image(_weights(200 * KiB))
+    source = f"{registry.host}/{repo_name}:v1"
+    push(source, layers=layers)
+    layer = inspect_raw(source)["layers"][-1]
+    bogus = b"\x08\x00\x00\x00" + bytes(range(256)) * 8  # a root offset into garbage
+    digest = trio.run(_upload, source, bogus)
+    zdesc = {
+        "mediaType": soci.ZTOC_MEDIA_TYPE,
+        "digest": digest,
+        "size": len(bogus),
+        "annotations": {
+            soci.LAYER_DIGEST: layer["digest"],
+            soci.LAYER_MEDIA_TYPE: layer["mediaType"],
+            soci.SPAN_SIZE: str(SPAN),
+        },
+    }
+    trio.run(_publish_v1, source, [zdesc])
+    found = trio.run(_find, source)
+    assert found is not None and found.version == 1  # discovered, then judged
+
+    proc = run_cli("index", "--span-size", "64K", source)
+    pushed(proc)
+    err = proc.stderr.decode()
+    assert "not reusing zTOC" in err and "malformed zTOC" in err
+    index = _check_published(registry.host, repo_name, f"{source}-soci", inspect_raw(source))
+    assert digest not in {z["digest"] for z in index["layers"]}
