@@ -164,6 +164,7 @@ class _SpanHasher:
         self.digests: list[str] = []
         self._hash: hashlib._Hash | None = None
         self._pos = 0  # bytes of the stream hashed (into the current span) so far
+        self._last = b""  # the previous chunk's last byte: a partial byte may be there
 
     def checkpoint(self, chunk: memoryview, chunk_start: int, cp: Checkpoint) -> None:
         """A new span starts at ``cp``; ``chunk`` (at ``chunk_start``) holds ``cin``."""
@@ -172,13 +173,15 @@ class _SpanHasher:
             self.digests.append("sha256:" + self._hash.hexdigest())
         self._hash = hashlib.sha256()
         if cp.bits:
-            self._hash.update(chunk[cp.cin - 1 - chunk_start : cp.cin - chunk_start])
+            at = cp.cin - 1 - chunk_start
+            self._hash.update(chunk[at : at + 1] if at >= 0 else self._last)
         self._pos = cp.cin
 
     def chunk_done(self, chunk: memoryview, chunk_start: int) -> None:
         if self._hash is not None:
             self._hash.update(chunk[self._pos - chunk_start :])
         self._pos = chunk_start + len(chunk)
+        self._last = bytes(chunk[-1:])
 
     def finish(self) -> None:
         if self._hash is not None:
@@ -191,8 +194,6 @@ class CheckpointBuilder:
 
     ``feed(chunk)`` takes compressed bytes in order and returns the
     uncompressed bytes they produced; ``finish()`` checks the stream ended.
-    The last byte of each chunk is kept: a checkpoint's partial byte may sit
-    at the end of the previous chunk.
     """
 
     def __init__(self, span: int = SPAN_SIZE, *, out_buffer: int = OUT_BUFFER) -> None:
@@ -209,7 +210,6 @@ class CheckpointBuilder:
         self._last = 0
         self._ended = False  # the last member ended; more input means another member
         self._hasher = _SpanHasher()
-        self._prev_tail = b""
         self._flushed = WINDOW  # output before this was returned already
 
     @property
@@ -221,18 +221,13 @@ class CheckpointBuilder:
             return []
         view = memoryview(chunk)
         start = self.total_in
-        # The partial byte of a checkpoint at this chunk's first byte is the
-        # previous chunk's last: hash over both when needed.
-        joined = memoryview(self._prev_tail + chunk) if self._prev_tail else view
-        joined_start = start - len(self._prev_tail)
         produced: list[bytes] = []
         keep = chunk  # the buffer next_in points into must outlive the calls
         self._z.strm.next_in = ctypes.cast(ctypes.c_char_p(keep), ctypes.c_void_p)
         self._z.strm.avail_in = len(chunk)
         while self._z.strm.avail_in:
-            self._step(produced, joined, joined_start)
+            self._step(produced, view, start)
         self._hasher.chunk_done(view, start)
-        self._prev_tail = chunk[-1:]
         if self._pos > WINDOW:
             produced.append(bytes(self._out[self._flushed : self._pos]))
             self._flushed = self._pos

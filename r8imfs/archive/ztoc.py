@@ -38,6 +38,7 @@ TYPES = ("reg", "dir", "symlink", "hardlink", "char", "block", "fifo")
 MAX_FILES = 10_000_000
 MAX_XATTRS = 4096  # PAX records on one entry
 MAX_NAME = 64 * 1024
+MAX_SPANS = 1 << 21  # 8 TiB of tar at 4 MiB spans
 #: deflate expands at most ~1032:1; anything claiming more is lying.
 MAX_RATIO = 1040
 
@@ -349,8 +350,8 @@ def _tar_spans(z: Ztoc) -> Spans:
         raise InvalidZtoc(f"TarZinfo span size {span_size}, size {size} do not fit the layer")
     if version != 2:
         raise InvalidZtoc(f"TarZinfo version {version} is not 2")
-    if size > span_size * (MAX_FILES + 1):
-        raise InvalidZtoc("TarZinfo spans are too many")
+    if size > span_size * MAX_SPANS:
+        raise InvalidZtoc(f"TarZinfo spans of {span_size} bytes are too many for {size} bytes")
     starts = tuple(range(0, size, span_size))
     ends = (*starts[1:], size)
     return Spans(span_size, starts, ends, starts, ends)

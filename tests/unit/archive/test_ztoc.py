@@ -245,3 +245,15 @@ def test_uncompressed_zinfo_must_fit(good: tuple[ztoc.Ztoc, int]) -> None:
     _refused(
         dataclasses.replace(z, checkpoints=ztoc.encode_tar_zinfo(0, len(tar))), len(tar), "TarZinfo"
     )
+
+
+def test_tiny_spans_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TarZinfo with 1-byte spans would make millions of spans: bounded."""
+    tar = make_tar([M("f", "a", payload(300_000))])
+    z = ztocbuild.build_tar(io.BytesIO(tar), span_size=SPAN)
+    monkeypatch.setattr(ztoc, "MAX_SPANS", 10)
+    _refused(
+        dataclasses.replace(z, checkpoints=ztoc.encode_tar_zinfo(1024, len(tar))),
+        len(tar),
+        "too many",
+    )
