@@ -23,6 +23,7 @@ left to local indexing.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -85,7 +86,7 @@ async def build_layer_ztoc(
     bar = ctx.progress.bar(f"index {short(layer.digest)}", layer.size)
     hasher = Hasher()
 
-    async def counted() -> Any:
+    async def counted() -> AsyncIterator[bytes]:
         async with client.open_blob(src, layer.digest) as stream:
             async for chunk in stream.chunks():
                 bar.advance(len(chunk))
