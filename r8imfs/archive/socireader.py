@@ -30,7 +30,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from datetime import datetime
 from functools import partial
 
@@ -60,12 +60,17 @@ class SociLayer:
         workers: int | None = None,
         cache_spans: int = CACHE_SPANS,
         name: str = "layer",
+        pool: Executor | None = None,
     ) -> None:
+        """Validate ``z`` against ``blob`` (``InvalidZtoc``); spans verify and
+        inflate on ``pool`` if given (shared by layers, not shut down here), else
+        on a pool of ``workers`` threads of the reader's own."""
         self.ztoc = z
         self.spans = ztoc.validate(z, blob.size, span_size)
         self._blob = blob
         self._name = name
-        self._pool = ThreadPoolExecutor(
+        self._own_pool = pool is None
+        self._pool = pool or ThreadPoolExecutor(
             max_workers=workers or max(2, os.cpu_count() or 1), thread_name_prefix="soci-span"
         )
         self._lock = threading.Lock()
@@ -105,7 +110,8 @@ class SociLayer:
         return self.pread(f.uncompressed_offset + offset, end - offset)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._own_pool:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             self._cache.clear()
 
@@ -159,6 +165,9 @@ class SociLayer:
                 task.add_done_callback(partial(self._done, i))
 
     def _done(self, i: int, task: Future[bytes]) -> None:
+        if task.cancelled():  # the reader was closed under a read
+            self._settle(i, None, CorruptLayer(f"{self._name}: reader closed during a read"))
+            return
         exc = task.exception()
         self._settle(i, None if exc else task.result(), exc)
 

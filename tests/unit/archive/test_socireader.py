@@ -194,3 +194,12 @@ def test_blob_reads_stay_on_the_calling_thread(layer: tuple[bytes, bytes, ztoc.Z
         assert reader.pread(0, 10 * SPAN) == tar[: 10 * SPAN]
         assert reader.spans_fetched >= 10
     assert callers == {threading.get_ident()}
+
+
+def test_a_shared_pool_outlives_its_readers(layer: tuple[bytes, bytes, ztoc.Ztoc]) -> None:
+    tar, blob, z = layer
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(2):
+            with socireader.SociLayer(z, BytesReadAt(blob), pool=pool) as reader:
+                assert reader.pread(SPAN, 3 * SPAN) == tar[SPAN : 4 * SPAN]
+        assert pool.submit(lambda: 7).result() == 7  # still open
