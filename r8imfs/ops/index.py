@@ -45,6 +45,10 @@ from r8imfs.registry.referrers import fetch_ztoc, find_soci_index
 from r8imfs.registry.upload import upload_bytes
 
 
+class NothingToIndex(R8imfsError):
+    """No layer of the image can have a zTOC (all zstd, or under --min-layer-size)."""
+
+
 @dataclass(frozen=True, slots=True)
 class IndexOptions:
     platform: Platform | None = None  # None: every platform of an index
@@ -120,6 +124,11 @@ async def index_image(
     children = await _children(client, image, top, options.platform, ctx)
     src, repo = image.repository, dest.repository
     built = await _ztocs(client, src, repo, children, options, ctx)
+    if not built:
+        raise NothingToIndex(
+            f"no layer of {image} can have a zTOC",
+            hint="SOCI handles gzip and uncompressed layers; check --min-layer-size",
+        )
     await upload_bytes(client, repo, soci.EMPTY_JSON)
     needed = [Needed(d, (src,)) for c in children for d in (c.manifest.config, *c.manifest.layers)]
     needed += [
@@ -131,6 +140,9 @@ async def index_image(
     entries: list[dict[str, Any]] = []
     index_entries: list[dict[str, Any]] = []
     for child in children:
+        if not any(d.digest in built for d in child.manifest.layers):
+            entries.append(await _republish(client, repo, child, ctx))
+            continue
         manifest_raw, index_raw = await _publish_child(client, repo, child, built, options)
         annotations = (child.entry or {}).get("annotations")
         entries.append(soci.manifest_entry(manifest_raw, child.platform, annotations))
@@ -140,6 +152,18 @@ async def index_image(
     raw = soci.image_index(kept + entries + index_entries, annotations or None)
     digest = await client.put_manifest(repo, dest.tag or sha256(raw), raw, mt.OCI_INDEX)
     return Pushed(repo, digest, dest.tag)
+
+
+async def _republish(
+    client: RegistryClient, repo: Repository, child: _Child, ctx: Context
+) -> dict[str, Any]:
+    """A platform with nothing to index, kept as it is (pushed if DEST is elsewhere)."""
+    m = child.manifest
+    ctx.notify(f"{child.platform}: no layer to index, manifest {short(m.digest)} kept as it is")
+    await client.put_manifest(repo, m.digest, m.raw, m.media_type)
+    if child.entry is not None:
+        return dict(child.entry)
+    return {"mediaType": m.media_type, "digest": m.digest, "size": len(m.raw)}
 
 
 async def _ztocs(

@@ -383,3 +383,27 @@ def test_a_hostile_published_ztoc_is_refused_and_rebuilt(
     assert "not reusing zTOC" in err and "malformed zTOC" in err
     index = _check_published(registry.host, repo_name, f"{source}-soci", inspect_raw(source))
     assert digest not in {z["digest"] for z in index["layers"]}
+
+
+def test_min_layer_size_and_nothing_to_index(registry: RegistryServer, repo_name: str) -> None:
+    layers, _ = cog_image(_weights(400 * KiB))
+    source = f"{registry.host}/{repo_name}:v1"
+    push(source, layers=layers)
+    raw = inspect_raw(source)
+    pushed(run_cli("index", "--span-size", "64K", "--min-layer-size", "100K", source))
+    top = inspect_raw(f"{source}-soci")
+    index = inspect_raw(f"{registry.host}/{repo_name}@{top['manifests'][1]['digest']}")
+    big = [x["digest"] for x in raw["layers"] if x["size"] >= 100 * KiB]
+    assert (
+        [z["annotations"][soci.LAYER_DIGEST] for z in index["layers"]]
+        == big
+        == [raw["layers"][-1]["digest"]]
+    )
+
+    zstd_source = f"{registry.host}/{repo_name}:zstd"
+    push(zstd_source, layers=layers, compression="zstd")
+    proc = run_cli("index", zstd_source)
+    assert proc.returncode == 1
+    err = proc.stderr.decode().strip().splitlines()
+    assert err[-1].startswith("r8imfs index: error: no layer of") and "zTOC" in err[-1]
+    assert tag_digest(f"{zstd_source}-soci") is None  # nothing was published
