@@ -50,7 +50,6 @@ Z_STREAM_END = 1
 Z_NEED_DICT = 2
 Z_BUF_ERROR = -5
 _GZIP_AUTO = 47  # 32 + 15: zlib or gzip header, detected
-_GZIP = 31  # gzip header only
 _RAW = -15
 _TRAILER = 8  # CRC32 + ISIZE after each gzip member
 
