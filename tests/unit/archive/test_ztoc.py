@@ -257,3 +257,16 @@ def test_tiny_spans_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         len(tar),
         "too many",
     )
+
+
+def test_gzip_header_with_a_file_name() -> None:
+    """gzip(1) stores the file name: the first checkpoint comes after it."""
+    tar = make_tar([M("f", f"f{i}", payload(50_000, seed=i)) for i in range(10)])
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="layer.tar", mode="wb", fileobj=buf, mtime=0) as gz:
+        gz.write(tar)
+    blob = buf.getvalue()
+    z = ztocbuild.build_gzip(io.BytesIO(blob), span_size=SPAN)
+    _, cps = ztoc.decode_gzip_zinfo(z.checkpoints)
+    assert cps[0].cin == 10 + len(b"layer.tar\0")
+    check_gzip_ztoc(ztoc.encode(z), blob, SPAN)
