@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from r8imfs.archive import blobcache
+from r8imfs.cache import blobcache
 from r8imfs.errors import NotBuilt, UsageError
 from r8imfs.oci import reference
 from r8imfs.oci.manifest import Platform

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from r8imfs.archive.blobcache import DEFAULT_MAX_BYTES, BlobCache, default_cache_dir, parse_size
-from r8imfs.archive.image import ImageFiles
+from r8imfs.cache.blobcache import DEFAULT_MAX_BYTES, BlobCache, default_cache_dir, parse_size
 from r8imfs.cli import _common
 from r8imfs.fs import daemon
+from r8imfs.image.image import ImageFiles
 from r8imfs.registry.client import human_size
 
 PR_SET_PDEATHSIG = 1

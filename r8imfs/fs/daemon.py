@@ -25,9 +25,9 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from r8imfs.archive.image import ImageFiles
 from r8imfs.errors import R8imfsError, UsageError
 from r8imfs.fs.operations import ImageOperations
+from r8imfs.image.image import ImageFiles
 
 FSNAME = "r8imfs"
 log = logging.getLogger("r8imfs.fs")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r8imfs._threads import run_io, run_sync
-from r8imfs.archive import tarcheck
+from r8imfs.engine import tarcheck
 from r8imfs.oci import mutate
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Platform

@@ -7,7 +7,7 @@ under ``src/weights/``, the layers whose build step starts with
 stripped, whiteouts ignored.
 
 Each chosen layer is one streaming pass: download → decompress → untar, in
-a worker thread (``archive.pipe``), hashing the compressed bytes on the way.
+a worker thread (``image.pipe``), hashing the compressed bytes on the way.
 Every file is staged and only published once its layer's digest checks out,
 so a corrupt or truncated blob never yields a file (``DigestMismatch``).
 Weights are big and read whole, so a straight stream beats random access
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol, cast
 
-from r8imfs.archive.decompress import (
+from r8imfs.engine.codecs.decompress import (
     DECOMPRESSION_ERRORS,
     HashingReader,
     chunks_of,
@@ -34,11 +34,11 @@ from r8imfs.archive.decompress import (
     corrupt,
     open_decompressed,
 )
-from r8imfs.archive.pipe import consume_stream
-from r8imfs.archive.safetar import GuardedTarInfo
-from r8imfs.archive.tarindex import ForwardFile
-from r8imfs.archive.writer import BackgroundWriter
+from r8imfs.engine.safetar import GuardedTarInfo
+from r8imfs.engine.tarindex import ForwardFile
+from r8imfs.engine.writer import BackgroundWriter
 from r8imfs.errors import CorruptLayer, DigestMismatch, NoWeightsFound, UnsafeLayer
+from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.config import WEIGHTS_DIR, Layer, pair_layers, weights_candidates
 from r8imfs.registry.client import Image, RegistryClient
 

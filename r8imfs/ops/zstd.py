@@ -1,6 +1,6 @@
 """``zstd``: every layer recompressed as seekable zstd; diff_ids unchanged.
 
-Each gzip (or plain) layer streams down, through ``archive.recompress``
+Each gzip (or plain) layer streams down, through ``image.recompress``
 (verified against its digest and diff_id, cut into independent frames,
 compressed on ``threads`` threads per layer, seek table last) and straight back up.
 ``jobs`` layers run at once; each holds a bounded number of frames, so
@@ -18,8 +18,8 @@ from functools import partial
 
 import trio
 
-from r8imfs.archive.recompress import FRAME_SIZE, Recompressed, recompress_stream
 from r8imfs.errors import UnsupportedMediaType
+from r8imfs.image.recompress import FRAME_SIZE, Recompressed, recompress_stream
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Platform

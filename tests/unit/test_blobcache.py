@@ -14,7 +14,7 @@ import trio.lowlevel
 import trio.testing
 
 from r8imfs import _threads
-from r8imfs.archive.blobcache import (
+from r8imfs.cache.blobcache import (
     BlobCache,
     BlobReader,
     default_cache_dir,

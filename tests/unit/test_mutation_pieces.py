@@ -11,10 +11,10 @@ import os
 import pytest
 import zstandard
 
-from r8imfs.archive.readat import BytesReadAt
-from r8imfs.archive.recompress import recompress_file, verify
-from r8imfs.archive.zstdindex import read_seek_table
+from r8imfs.engine.codecs.zstdindex import read_seek_table
+from r8imfs.engine.readat import BytesReadAt
 from r8imfs.errors import CorruptLayer, DigestMismatch, UsageError
+from r8imfs.image.recompress import recompress_file, verify
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci import mutate
 from r8imfs.oci.reference import parse, parse_repository

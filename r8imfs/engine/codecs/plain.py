@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from r8imfs.archive.entry import Entry
-from r8imfs.archive.readat import BlobFile, Progress, ReadAt
-from r8imfs.archive.tarindex import index_seekable
+from r8imfs.engine.entry import Entry
+from r8imfs.engine.readat import BlobFile, Progress, ReadAt
+from r8imfs.engine.tarindex import index_seekable
 
 
 def build_plain_index(

@@ -40,9 +40,9 @@ from typing import Any
 import indexed_gzip
 from indexed_gzip.indexed_gzip import CrcError, NotCoveredError, ZranError
 
-from r8imfs.archive.entry import Entry
-from r8imfs.archive.readat import BlobFile, Progress, ReadAt
-from r8imfs.archive.tarindex import index_stream
+from r8imfs.engine.entry import Entry
+from r8imfs.engine.readat import BlobFile, Progress, ReadAt
+from r8imfs.engine.tarindex import index_stream
 from r8imfs.errors import CorruptLayer, R8imfsError
 
 MiB = 1024 * 1024

@@ -30,10 +30,10 @@ from pathlib import Path
 import trio
 
 from r8imfs import _threads
-from r8imfs.archive.blobcache import BlobCache, BlobReader, BlobSource
-from r8imfs.archive.decodedcopy import DecodedReader, Pending, worth_keeping
-from r8imfs.archive.entry import Entry
-from r8imfs.archive.indexdb import (
+from r8imfs.cache.blobcache import BlobCache, BlobReader, BlobSource
+from r8imfs.engine.decodedcopy import DecodedReader, Pending, worth_keeping
+from r8imfs.engine.entry import Entry
+from r8imfs.engine.indexdb import (
     LayerIndex,
     build_decoded_index,
     index_path,
@@ -42,16 +42,16 @@ from r8imfs.archive.indexdb import (
     needs_full_pass,
     write,
 )
-from r8imfs.archive.merged import LayerTree, MergedTree, Node
-from r8imfs.archive.pipe import consume_stream
-from r8imfs.archive.readat import LayerReader, Progress, ReadAt, cached_entry, read_entry
+from r8imfs.engine.merged import LayerTree, MergedTree, Node
+from r8imfs.engine.readat import LayerReader, Progress, ReadAt, cached_entry, read_entry
 from r8imfs.errors import R8imfsError
+from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Manifest
 from r8imfs.oci.mediatypes import layer_compression
 from r8imfs.oci.reference import Repository
 
-log = logging.getLogger("r8imfs.archive")
+log = logging.getLogger("r8imfs.image")
 INDEX_PARALLEL = 2
 #: decoded bytes per worker-thread round trip when serving reads, and how many to keep
 DECODED_BLOCK = 4 * 1024 * 1024

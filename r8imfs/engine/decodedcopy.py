@@ -40,17 +40,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
-from r8imfs.archive.decompress import (
+from r8imfs.engine.codecs.decompress import (
     DECOMPRESSION_ERRORS,
     GzipInflater,
     HashingReader,
     ZstdInflater,
     chunks_of,
 )
-from r8imfs.archive.entry import Entry
-from r8imfs.archive.readat import FileReadAt
-from r8imfs.archive.tarindex import index_stream
-from r8imfs.archive.writer import BackgroundWriter
+from r8imfs.engine.entry import Entry
+from r8imfs.engine.readat import FileReadAt
+from r8imfs.engine.tarindex import index_stream
+from r8imfs.engine.writer import BackgroundWriter
 from r8imfs.errors import CorruptLayer, DigestMismatch
 from r8imfs.oci.digest import validate
 

@@ -19,7 +19,7 @@ import pyzstd
 import zstandard
 from zlib_ng import zlib_ng
 
-from r8imfs.archive.writer import BackgroundWriter
+from r8imfs.engine.writer import BackgroundWriter
 from r8imfs.errors import CorruptLayer, UnsupportedMediaType
 from r8imfs.oci.mediatypes import layer_compression
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol, Self, runtime_checkable
 
-from r8imfs.archive.entry import Entry
+from r8imfs.engine.entry import Entry
 
 #: Called as ``progress(done, total)``: bytes of the stream scanned so far (the
 #: compressed blob; for seekable zstd, the uncompressed tar), never decreasing.

@@ -41,9 +41,9 @@ from typing import IO, cast
 import pyzstd
 import zstandard
 
-from r8imfs.archive.entry import Entry
-from r8imfs.archive.readat import BlobFile, Progress, ReadAt
-from r8imfs.archive.tarindex import index_seekable, index_stream
+from r8imfs.engine.entry import Entry
+from r8imfs.engine.readat import BlobFile, Progress, ReadAt
+from r8imfs.engine.tarindex import index_seekable, index_stream
 from r8imfs.errors import CorruptLayer
 
 MiB = 1024 * 1024

@@ -25,13 +25,13 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any, cast
 
-from r8imfs.archive.decodedcopy import DecodedReader, Pending, build_decoded, decoded_path
-from r8imfs.archive.decompress import READ
-from r8imfs.archive.entry import Entry, Kind
-from r8imfs.archive.gzipindex import GzipLayerReader, build_gzip_index
-from r8imfs.archive.plain import PlainLayerReader, build_plain_index
-from r8imfs.archive.readat import BlobFile, LayerReader, Progress, ReadAt
-from r8imfs.archive.zstdindex import ZstdLayerReader, build_zstd_index, read_seek_table
+from r8imfs.engine.codecs.decompress import READ
+from r8imfs.engine.codecs.gzipindex import GzipLayerReader, build_gzip_index
+from r8imfs.engine.codecs.plain import PlainLayerReader, build_plain_index
+from r8imfs.engine.codecs.zstdindex import ZstdLayerReader, build_zstd_index, read_seek_table
+from r8imfs.engine.decodedcopy import DecodedReader, Pending, build_decoded, decoded_path
+from r8imfs.engine.entry import Entry, Kind
+from r8imfs.engine.readat import BlobFile, LayerReader, Progress, ReadAt
 from r8imfs.errors import CorruptLayer, UnsupportedMediaType
 from r8imfs.oci.digest import validate
 from r8imfs.oci.mediatypes import layer_compression
@@ -369,4 +369,4 @@ def _fsync(path: str) -> None:
 
 
 def schema_sql() -> str:
-    return resources.files("r8imfs.archive").joinpath("schema.sql").read_text("utf-8")
+    return resources.files("r8imfs.engine").joinpath("schema.sql").read_text("utf-8")

@@ -83,8 +83,8 @@ from typing import Protocol, TypeVar, TypeVarTuple, Unpack
 import trio
 
 from r8imfs._threads import from_thread, run_io
-from r8imfs.archive import _blobfiles as _files
-from r8imfs.archive._ranges import (
+from r8imfs.cache import _blobfiles as _files
+from r8imfs.cache._ranges import (
     BlockHasher,
     Blocks,
     BlockTable,
@@ -675,7 +675,7 @@ class BlobReader:
 
 
 class SyncBlobFile:
-    """``ReadAt`` (r8imfs.archive.readat) over a ``BlobReader``, for engine threads.
+    """``ReadAt`` (r8imfs.engine.readat) over a ``BlobReader``, for engine threads.
 
     ``read_at`` must be called from a ``r8imfs._threads.run_sync`` thread:
     it runs ``reader.read`` on the trio loop and blocks until it is done.
