@@ -47,6 +47,10 @@ class LayerReader(Protocol):
 
     def read_at(self, offset: int, size: int) -> bytes: ...
 
+    def cached(self, offset: int, size: int) -> bytes | bytearray | None:
+        """What ``pread`` would return, if held decoded already; else None. Never blocks."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -232,17 +236,15 @@ def cached_entry(
 ) -> bytes | bytearray | None:
     """``read_entry``'s answer if the reader has it decoded already, else None.
 
-    Never blocks (readers without a ``cached`` method, and sparse entries,
+    Never blocks (sparse entries, and readers that keep nothing decoded,
     always give None): for the trio side, to skip a worker thread on a hit.
     """
-    cached = getattr(reader, "cached", None)
-    if cached is None or entry.sparse:
+    if entry.sparse:
         return None
     end = min(entry.size, offset + size)
     if offset >= end:
         return b""
-    data: bytes | bytearray | None = cached(entry.data_offset + offset, end - offset)
-    return data
+    return reader.cached(entry.data_offset + offset, end - offset)
 
 
 def _read_sparse(reader: LayerReader, entry: Entry, offset: int, end: int) -> bytes:

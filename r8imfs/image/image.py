@@ -31,6 +31,7 @@ import trio
 
 from r8imfs import _threads
 from r8imfs.cache.blobcache import BlobCache, BlobReader, BlobSource
+from r8imfs.engine.codecs.table import codec_for
 from r8imfs.engine.decodedcopy import DecodedReader, Pending, worth_keeping
 from r8imfs.engine.entry import Entry
 from r8imfs.engine.indexdb import (
@@ -39,7 +40,6 @@ from r8imfs.engine.indexdb import (
     index_path,
     load_cached,
     load_or_build,
-    needs_full_pass,
     write,
 )
 from r8imfs.engine.merged import LayerTree, MergedTree, Node
@@ -48,7 +48,6 @@ from r8imfs.errors import R8imfsError
 from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Manifest
-from r8imfs.oci.mediatypes import layer_compression
 from r8imfs.oci.reference import Repository
 
 log = logging.getLogger("r8imfs.image")
@@ -280,9 +279,10 @@ async def _index_layer(
 
 async def _whole_pass(desc: Descriptor, readat: ReadAt) -> bool:
     """gzip, or zstd without a seek table (one read of the blob's tail)."""
-    if layer_compression(desc.media_type) != "zstd":
-        return layer_compression(desc.media_type) == "gzip"  # no read needed
-    return await _threads.run_sync(needs_full_pass, desc.media_type, readat, desc.size)
+    codec = codec_for(desc.media_type)
+    if codec.full_pass_known is not None:
+        return codec.full_pass_known  # no read needed
+    return await _threads.run_sync(codec.needs_full_pass, readat, desc.size)
 
 
 async def _stream_decoded(

@@ -30,10 +30,9 @@ from r8imfs.engine.codecs.decompress import (
     DECOMPRESSION_ERRORS,
     HashingReader,
     chunks_of,
-    compression_of,
     corrupt,
-    open_decompressed,
 )
+from r8imfs.engine.codecs.table import codec_for
 from r8imfs.engine.safetar import GuardedTarInfo
 from r8imfs.engine.tarindex import ForwardFile
 from r8imfs.engine.writer import BackgroundWriter
@@ -245,7 +244,7 @@ def _untar_weights(raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | N
     what = f"layer {layer.index} ({desc.digest})"
     names: list[str] = []
     try:
-        stream = open_decompressed(hashed, compression_of(desc.media_type))  # type: ignore[arg-type]
+        stream = codec_for(desc.media_type).inflate(cast(IO[bytes], hashed))
         # tarfile over a forward-only file rather than in stream mode ("r|"),
         # for the headers only: bodies are views of the inflater's own output
         # (``_Body``), not copies through the stream mode's 10 KiB record loop.

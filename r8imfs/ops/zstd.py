@@ -118,7 +118,7 @@ def _plan(source_children: list[tuple[Descriptor, str | None]]) -> dict[str, _Wo
         compression = mt.layer_compression(d.media_type)
         if compression is None:
             raise UnsupportedMediaType(f"layer {d.digest} has unknown media type {d.media_type}")
-        if compression != "zstd":
+        if compression is not mt.Compression.ZSTD:
             todo.setdefault(d.digest, _Work(d, diff_id))
     return todo
 

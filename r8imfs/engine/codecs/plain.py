@@ -34,6 +34,10 @@ class PlainLayerReader:
 
     read_at = pread
 
+    def cached(self, offset: int, size: int) -> None:
+        """Nothing is kept decoded: every read goes to the ``ReadAt``."""
+        return None
+
     def close(self) -> None:
         pass
 

@@ -301,6 +301,10 @@ class ZstdLayerReader:
 
     read_at = pread
 
+    def cached(self, offset: int, size: int) -> None:
+        """Cursors keep no decoded buffer to answer from: always a read."""
+        return None
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
