@@ -79,7 +79,6 @@ range and block bookkeeping).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -87,15 +86,15 @@ from pathlib import Path
 import trio
 
 from r8imfs._threads import run_io
+from r8imfs._units import MiB
 from r8imfs.cache import _blobfiles as _files
 from r8imfs.cache.reader import BlobReader as BlobReader
 from r8imfs.cache.reader import BlobSource as BlobSource
 from r8imfs.cache.reader import BlobStreamLike as BlobStreamLike
 from r8imfs.cache.reader import SyncBlobFile as SyncBlobFile
-from r8imfs.errors import RegistryError, UsageError
+from r8imfs.errors import RegistryError
 from r8imfs.oci.reference import Repository
 
-MiB = 1024 * 1024
 DEFAULT_BLOCK_SIZE = 4 * MiB
 DEFAULT_READAHEAD = 4
 DEFAULT_PARALLEL = 8
@@ -107,18 +106,6 @@ def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME")
     root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
     return root / "r8imfs"
-
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE = re.compile(r"^(\d+(?:\.\d*)?)\s*([KMGT]?)(?:I?B)?$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``"10G"``, ``"500M"``, ``"64KiB"``, ``"1.5GB"``, ``"4096"``: binary units, in bytes."""
-    match = _SIZE.match(text.strip())
-    if match is None:
-        raise UsageError(f"invalid size {text!r}", hint="a number with K, M, G or T, e.g. 10G")
-    return int(float(match[1]) * _UNITS[match[2].upper()])
 
 
 class BlobCache:

@@ -51,8 +51,8 @@ from r8imfs.engine.readat import BytesReadAt as BytesReadAt
 from r8imfs.engine.readat import CountingReadAt as CountingReadAt
 from r8imfs.engine.readat import FileReadAt as FileReadAt
 from r8imfs.engine.readat import LayerReader as LayerReader
-from r8imfs.engine.readat import Progress as Progress
 from r8imfs.engine.readat import ReadAt as ReadAt
+from r8imfs.engine.readat import ScanProgress as ScanProgress
 from r8imfs.engine.readat import read_entry as read_entry
 from r8imfs.engine.tarindex import ForwardFile as ForwardFile
 from r8imfs.engine.tarindex import index_seekable as index_seekable

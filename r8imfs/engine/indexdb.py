@@ -29,7 +29,7 @@ from r8imfs.engine.codecs.decompress import READ
 from r8imfs.engine.codecs.table import CODECS, Codec, Compression, codec_for
 from r8imfs.engine.decodedcopy import DecodedReader, Pending, build_decoded, decoded_path
 from r8imfs.engine.entry import Entry, Kind
-from r8imfs.engine.readat import BlobFile, LayerReader, Progress, ReadAt
+from r8imfs.engine.readat import BlobFile, LayerReader, ReadAt, ScanProgress
 from r8imfs.errors import CorruptLayer
 from r8imfs.oci.digest import validate
 
@@ -90,7 +90,7 @@ def load_or_build(
     readat: ReadAt,
     size: int,
     *,
-    progress: Progress | None = None,
+    progress: ScanProgress | None = None,
     keep_decoded: bool = False,
 ) -> LayerIndex:
     """The cached index of a layer, building (and caching) it if needed.
@@ -170,7 +170,7 @@ def build_index(
     readat: ReadAt,
     size: int,
     *,
-    progress: Progress | None = None,
+    progress: ScanProgress | None = None,
 ) -> LayerIndex:
     """Scan a layer blob (no caching)."""
     codec = codec_for(media_type)

@@ -23,7 +23,10 @@ from r8imfs.engine.entry import Entry
 
 #: Called as ``progress(done, total)``: bytes of the stream scanned so far (the
 #: compressed blob; for seekable zstd, the uncompressed tar), never decreasing.
-Progress = Callable[[int, int], None]
+#: (One of three progress notions, each named for itself: ``ScanProgress`` here,
+#: one blob scanned; ``image.IndexProgress``, a mount's layers being indexed;
+#: ``ops.progress.Transfers``, the bars of a command's uploads and downloads.)
+ScanProgress = Callable[[int, int], None]
 
 
 @runtime_checkable
@@ -142,7 +145,7 @@ class BlobFile(io.RawIOBase):
         *,
         size: int | None = None,
         buffer_size: int = 64 * 1024,
-        progress: Progress | None = None,
+        progress: ScanProgress | None = None,
     ) -> None:
         super().__init__()
         self._readat = readat

@@ -43,7 +43,7 @@ from r8imfs.engine.indexdb import (
     write,
 )
 from r8imfs.engine.merged import LayerTree, MergedTree, Node
-from r8imfs.engine.readat import LayerReader, Progress, ReadAt, cached_entry, read_entry
+from r8imfs.engine.readat import LayerReader, ReadAt, ScanProgress, cached_entry, read_entry
 from r8imfs.errors import R8imfsError
 from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.digest import short
@@ -245,7 +245,7 @@ async def _index_layer(
     readat: ReadAt,
     cache_dir: Path,
     keep_decoded: bool,
-    progress: Progress,
+    progress: ScanProgress,
     background: trio.Nursery,
 ) -> tuple[LayerIndex, LayerReader, int]:
     """The layer's index (cached, or built now), its open reader, bytes streamed."""
@@ -290,7 +290,7 @@ async def _stream_decoded(
     repo: Repository,
     desc: Descriptor,
     cache_dir: Path,
-    progress: Progress,
+    progress: ScanProgress,
     background: trio.Nursery,
 ) -> tuple[LayerIndex, LayerReader]:
     """Index a gzip layer from one streamed GET, keeping its decoded copy.
@@ -330,7 +330,7 @@ async def _publish(pending: Pending, path: Path, index: LayerIndex) -> None:
 
 
 async def _counted(
-    chunks: AsyncIterator[bytes], total: int, progress: Progress
+    chunks: AsyncIterator[bytes], total: int, progress: ScanProgress
 ) -> AsyncIterator[bytes]:
     done = 0
     async for chunk in chunks:

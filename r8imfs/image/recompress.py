@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from typing import IO, cast
 
 from r8imfs import _threads
+from r8imfs._units import MiB
 from r8imfs.engine.codecs.decompress import INFLATE_ERRORS, READ, HashingReader
 from r8imfs.engine.codecs.table import CODECS, Compression
-from r8imfs.engine.codecs.zstdwrite import MiB, SeekableResult, write_seekable
+from r8imfs.engine.codecs.zstdwrite import SeekableResult, write_seekable
 from r8imfs.errors import CorruptLayer, DigestMismatch
 from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.digest import Hasher

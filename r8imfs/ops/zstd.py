@@ -18,6 +18,7 @@ from functools import partial
 
 import trio
 
+from r8imfs._units import human_size
 from r8imfs.errors import UnsupportedMediaType
 from r8imfs.image.recompress import FRAME_SIZE, Recompressed, recompress_stream
 from r8imfs.oci import mediatypes as mt
@@ -36,7 +37,7 @@ from r8imfs.ops.common import (
     push_images,
 )
 from r8imfs.ops.layerstream import drain
-from r8imfs.registry.client import RegistryClient, human_size
+from r8imfs.registry.client import RegistryClient
 from r8imfs.registry.upload import upload_stream
 
 #: Recompressed frames waiting for the upload, per layer.

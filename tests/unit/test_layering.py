@@ -21,7 +21,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("cache",),
     ("engine", "registry"),
     ("oci",),
-    ("_threads", "errors"),
+    ("_threads", "_units"),
+    ("errors",),
 )
 FLOOR_OF = {unit: level for level, units in enumerate(FLOORS) for unit in units}
 

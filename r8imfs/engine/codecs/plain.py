@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from r8imfs.engine.entry import Entry
-from r8imfs.engine.readat import BlobFile, Progress, ReadAt
+from r8imfs.engine.readat import BlobFile, ReadAt, ScanProgress
 from r8imfs.engine.tarindex import index_seekable
 
 
 def build_plain_index(
-    readat: ReadAt, *, size: int | None = None, progress: Progress | None = None
+    readat: ReadAt, *, size: int | None = None, progress: ScanProgress | None = None
 ) -> list[Entry]:
     """Hop header to header; bodies are never read."""
     blob = BlobFile(readat, size=size, buffer_size=16 * 1024, progress=progress)

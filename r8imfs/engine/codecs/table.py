@@ -33,7 +33,7 @@ from r8imfs.engine.codecs.gzipindex import GzipLayerReader, build_gzip_index
 from r8imfs.engine.codecs.plain import PlainLayerReader, build_plain_index
 from r8imfs.engine.codecs.zstdindex import ZstdLayerReader, build_zstd_index, read_seek_table
 from r8imfs.engine.entry import Entry
-from r8imfs.engine.readat import LayerReader, Progress, ReadAt
+from r8imfs.engine.readat import LayerReader, ReadAt, ScanProgress
 from r8imfs.errors import UnsupportedMediaType
 from r8imfs.oci.mediatypes import Compression, layer_compression
 
@@ -71,7 +71,7 @@ class Codec(Protocol):
         ...
 
     def build_index(
-        self, readat: ReadAt, size: int, *, progress: Progress | None = None
+        self, readat: ReadAt, size: int, *, progress: ScanProgress | None = None
     ) -> BuiltIndex: ...
 
     def open_reader(
@@ -96,7 +96,7 @@ class GzipCodec:
         return True
 
     def build_index(
-        self, readat: ReadAt, size: int, *, progress: Progress | None = None
+        self, readat: ReadAt, size: int, *, progress: ScanProgress | None = None
     ) -> BuiltIndex:
         gz = build_gzip_index(readat, size=size, progress=progress)
         return BuiltIndex(gz.entries, gz.index_bytes, gz.uncompressed_size)
@@ -121,7 +121,7 @@ class ZstdCodec:
         return read_seek_table(readat, size) is None
 
     def build_index(
-        self, readat: ReadAt, size: int, *, progress: Progress | None = None
+        self, readat: ReadAt, size: int, *, progress: ScanProgress | None = None
     ) -> BuiltIndex:
         zs = build_zstd_index(readat, size=size, progress=progress)
         return BuiltIndex(zs.entries, zs.frames.to_bytes(), zs.uncompressed_size)
@@ -146,7 +146,7 @@ class PlainCodec:
         return False
 
     def build_index(
-        self, readat: ReadAt, size: int, *, progress: Progress | None = None
+        self, readat: ReadAt, size: int, *, progress: ScanProgress | None = None
     ) -> BuiltIndex:
         return BuiltIndex(build_plain_index(readat, size=size, progress=progress), b"", size)
 
