@@ -26,16 +26,12 @@ import pyfuse3
 import trio
 
 from r8imfs import _threads
-from r8imfs.errors import R8imfsError, UsageError
+from r8imfs.errors import MountError, UsageError
 from r8imfs.fs.handlers import ImageOperations
 from r8imfs.image.image import ImageFiles
 
 FSNAME = "r8imfs"
 log = logging.getLogger("r8imfs.fs")
-
-
-class MountError(R8imfsError):
-    """The kernel refused the mount, or the mountpoint is unusable."""
 
 
 def runtime_dir() -> Path:

@@ -10,8 +10,9 @@ streaming pass, then reused across runs), and the layer reader the index
 opens (gzip checkpoints, zstd frames or plain offsets). Indexes are built
 in worker threads, at most ``INDEX_PARALLEL`` at once (it is CPU-bound).
 
-``read(node, offset, size)`` answers from bytes a gzip reader decoded ahead
-when it can (``readat.cached_entry``), else runs the sync engine in a worker
+``read(node, offset, size)`` answers from bytes the layer reader holds decoded
+when it can (``LayerReader.cached`` via ``readat.cached_entry``: a gzip
+handle's buffer, a decoded copy in the page cache), else runs the engine in a worker
 thread; the engine pulls compressed bytes back through ``SyncBlobFile`` →
 ``BlobReader.read`` on the loop. A failure surfaces as an ``R8imfsError``
 or ``OSError`` for the caller (the FUSE adapter maps it to EIO).
