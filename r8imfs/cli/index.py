@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from r8imfs.archive.zran import SPAN_SIZE
 from r8imfs.cli import _common
+from r8imfs.engine.codecs.zran import SPAN_SIZE
 from r8imfs.errors import UsageError
 from r8imfs.ops.index import IndexOptions, index_image
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import trio
 
+from r8imfs import _threads
 from r8imfs.cli import _common
 from r8imfs.errors import UsageError
 from r8imfs.fs import daemon
@@ -32,7 +33,7 @@ async def run(args: argparse.Namespace) -> None:
     if fstype != f"fuse.{daemon.FSNAME}":
         raise UsageError(f"{args.mountpoint} is a {fstype} mount, not an r8imfs one")
     pid = daemon.daemon_pid(daemon.resolved(args.mountpoint))
-    await trio.to_thread.run_sync(daemon.unmount, args.mountpoint)
+    await _threads.run_io(daemon.unmount, args.mountpoint)
     if pid is None:
         return
     if not daemon.alive(pid):  # it died without cleaning up (SIGKILL, a crash)

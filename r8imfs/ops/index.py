@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from r8imfs.archive import ztoc, ztocbuild
-from r8imfs.archive.pipe import consume_stream
-from r8imfs.archive.zran import SPAN_SIZE
+from r8imfs.engine.codecs import ztoc, ztocbuild
+from r8imfs.engine.codecs.zran import SPAN_SIZE
 from r8imfs.errors import DigestMismatch, R8imfsError, UnsupportedMediaType
+from r8imfs.image.pipe import consume_stream
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci import soci
 from r8imfs.oci.config import ImageConfig

@@ -37,7 +37,7 @@ from readback import (
 from registry_server import RegistryServer
 from soci_oracle import check_gzip_ztoc, check_tar_ztoc, read_ztoc
 
-from r8imfs.archive import socireader, ztoc
+from r8imfs.engine.codecs import socireader, ztoc
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci import soci
 from r8imfs.oci.manifest import Descriptor, Manifest, dumps

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from r8imfs.archive import socireader, ztoc, ztocbuild
-from r8imfs.archive.readat import FileReadAt
+from r8imfs.engine.codecs import socireader, ztoc, ztocbuild
+from r8imfs.engine.readat import FileReadAt
 from tools.bench.common import MiB
 from tools.bench.data import Float16Weights
 

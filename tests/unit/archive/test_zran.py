@@ -10,7 +10,7 @@ import zlib
 import pytest
 from archive_helpers import MiB, big_tar, payload
 
-from r8imfs.archive import zran
+from r8imfs.engine.codecs import zran
 from r8imfs.errors import CorruptLayer
 
 SPAN = 256 * 1024

@@ -12,8 +12,8 @@ import pytest
 from archive_helpers import M, make_tar, payload
 from soci_oracle import check_gzip_ztoc, check_tar_ztoc, read_ztoc
 
-from r8imfs.archive import ztoc, ztocbuild
-from r8imfs.archive.zran import WINDOW, Checkpoint
+from r8imfs.engine.codecs import ztoc, ztocbuild
+from r8imfs.engine.codecs.zran import WINDOW, Checkpoint
 from r8imfs.errors import CorruptLayer
 
 SPAN = 128 * 1024

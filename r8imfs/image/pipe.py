@@ -24,7 +24,7 @@ from typing import IO, TypeVar
 import trio
 
 from r8imfs import _threads
-from r8imfs.archive.tarindex import ForwardFile
+from r8imfs.engine.tarindex import ForwardFile
 from r8imfs.oci.digest import Hasher
 
 T = TypeVar("T")

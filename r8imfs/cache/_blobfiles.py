@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from r8imfs.archive._ranges import BlockHasher, BlockTable, RangeSet, Record
-from r8imfs.archive.readat import pread_all
+from r8imfs._units import MiB
+from r8imfs.cache._ranges import BlockHasher, BlockTable, RangeSet, Record
+from r8imfs.engine.readat import pread_all
 from r8imfs.oci import digest as _digest
 
-MiB = 1024 * 1024
 STALE_TMP = 3600.0  # seconds after which an orphaned record temp file is removed
 
 

@@ -1,4 +1,4 @@
-"""Streaming decompression of whole layers, by compression name.
+"""Streaming decompression of whole layers (``Codec.inflate`` in ``table``).
 
 For one sequential pass (``extract``, recompression, one-pass indexing):
 gzip may have several members (pigz, some producers concatenate); zstd may
@@ -19,20 +19,8 @@ import pyzstd
 import zstandard
 from zlib_ng import zlib_ng
 
-from r8imfs.archive.writer import BackgroundWriter
-from r8imfs.errors import CorruptLayer, UnsupportedMediaType
-from r8imfs.oci.mediatypes import layer_compression
-
-
-def compression_of(media_type: str) -> str:
-    found = layer_compression(media_type)
-    if found is None:
-        raise UnsupportedMediaType(
-            f"unsupported layer media type {media_type!r}",
-            hint="r8imfs reads tar layers: plain, gzip or zstd",
-        )
-    return found
-
+from r8imfs.engine.writer import BackgroundWriter
+from r8imfs.errors import CorruptLayer
 
 READ = 1024 * 1024
 #: Most tar bytes one zlib call may produce.
@@ -224,15 +212,6 @@ def chunks_of(stream: IO[bytes]) -> Iterator[bytes]:
     """A decompressed stream as pieces of at most ``INFLATE_PIECE`` bytes, as made (no joins)."""
     read = getattr(stream, "read1", stream.read)
     return iter(functools.partial(read, INFLATE_PIECE), b"")
-
-
-def open_decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
-    if compression == "gzip":
-        source = raw if isinstance(raw, HashingReader) else HashingReader(raw)
-        return GzipInflater(source)  # type: ignore[return-value]
-    if compression == "zstd":
-        return ZstdInflater(raw)  # type: ignore[return-value]
-    return raw
 
 
 #: what a broken gzip stream raises in ``GzipInflater`` (zlib-ng has its own class)

@@ -26,9 +26,9 @@ from typing import IO
 
 import zstandard
 
-from r8imfs.archive.zstdindex import SEEKABLE_FOOTER, SEEKABLE_SKIPPABLE
+from r8imfs._units import MiB
+from r8imfs.engine.codecs.zstdindex import SEEKABLE_FOOTER, SEEKABLE_SKIPPABLE
 
-MiB = 1024 * 1024
 MAX_FRAME_SIZE = 1 << 30  # sizes are u32 in the table; stay far below
 
 

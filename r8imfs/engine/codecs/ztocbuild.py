@@ -25,10 +25,10 @@ from datetime import UTC, datetime
 from typing import IO, cast
 
 from r8imfs import __version__
-from r8imfs.archive import ztoc
-from r8imfs.archive.safetar import GuardedTarInfo
-from r8imfs.archive.tarindex import ForwardFile
-from r8imfs.archive.zran import SPAN_SIZE, CheckpointBuilder
+from r8imfs.engine.codecs import ztoc
+from r8imfs.engine.codecs.zran import SPAN_SIZE, CheckpointBuilder
+from r8imfs.engine.safetar import GuardedTarInfo
+from r8imfs.engine.tarindex import ForwardFile
 from r8imfs.errors import CorruptLayer
 
 BUILD_TOOL = f"r8imfs v{__version__}"

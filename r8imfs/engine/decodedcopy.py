@@ -40,17 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
-from r8imfs.archive.decompress import (
-    DECOMPRESSION_ERRORS,
-    GzipInflater,
-    HashingReader,
-    ZstdInflater,
-    chunks_of,
-)
-from r8imfs.archive.entry import Entry
-from r8imfs.archive.readat import FileReadAt
-from r8imfs.archive.tarindex import index_stream
-from r8imfs.archive.writer import BackgroundWriter
+from r8imfs.engine.codecs.decompress import DECOMPRESSION_ERRORS, HashingReader, chunks_of
+from r8imfs.engine.codecs.table import CODECS, Codec, Compression
+from r8imfs.engine.entry import Entry
+from r8imfs.engine.readat import FileReadAt
+from r8imfs.engine.tarindex import index_stream
+from r8imfs.engine.writer import BackgroundWriter
 from r8imfs.errors import CorruptLayer, DigestMismatch
 from r8imfs.oci.digest import validate
 
@@ -69,7 +64,7 @@ def worth_keeping(compressed_size: int, max_bytes: int) -> bool:
 
 
 def build_decoded(
-    raw: IO[bytes], digest: str, target: Path, compression: str = "gzip"
+    raw: IO[bytes], digest: str, target: Path, codec: Codec = CODECS[Compression.GZIP]
 ) -> tuple[list[Entry], int, Pending]:
     """One pass over a gzip or zstd layer read from ``raw``: its tar entries and size.
 
@@ -82,12 +77,10 @@ def build_decoded(
     writer = BackgroundWriter(functools.partial(_write_all, fd))
     try:
         hashed = HashingReader(raw)
-        inflater = (
-            GzipInflater(hashed) if compression == "gzip" else ZstdInflater(cast(IO[bytes], hashed))
-        )
+        inflater = codec.inflate(cast(IO[bytes], hashed))
 
         def chunks() -> Iterator[bytes]:
-            for chunk in chunks_of(cast(IO[bytes], inflater)):
+            for chunk in chunks_of(inflater):
                 writer.write(chunk)
                 yield chunk
 
@@ -95,7 +88,7 @@ def build_decoded(
             entries, usize = index_stream(chunks())
             hashed.drain()
         except DECOMPRESSION_ERRORS as exc:
-            raise CorruptLayer(f"{compression} layer does not decompress: {exc}") from exc
+            raise CorruptLayer(f"{codec.compression} layer does not decompress: {exc}") from exc
         finally:
             writer.close()
         got = "sha256:" + hashed.hash.hexdigest()

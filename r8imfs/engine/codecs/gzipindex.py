@@ -40,12 +40,12 @@ from typing import Any
 import indexed_gzip
 from indexed_gzip.indexed_gzip import CrcError, NotCoveredError, ZranError
 
-from r8imfs.archive.entry import Entry
-from r8imfs.archive.readat import BlobFile, Progress, ReadAt
-from r8imfs.archive.tarindex import index_stream
+from r8imfs._units import MiB
+from r8imfs.engine.entry import Entry
+from r8imfs.engine.readat import BlobFile, ReadAt, ScanProgress
+from r8imfs.engine.tarindex import index_stream
 from r8imfs.errors import CorruptLayer, R8imfsError
 
-MiB = 1024 * 1024
 DEFAULT_SPACING = 4 * MiB
 WINDOW_SIZE = 32 * 1024
 MIN_READ = 128 * 1024
@@ -71,7 +71,7 @@ def build_gzip_index(
     *,
     spacing: int = DEFAULT_SPACING,
     size: int | None = None,
-    progress: Progress | None = None,
+    progress: ScanProgress | None = None,
 ) -> GzipIndex:
     """Inflate the layer once; return its tar entries and zran checkpoints."""
     blob = BlobFile(readat, size=size, progress=progress, buffer_size=MiB)

@@ -19,11 +19,14 @@ import threading
 from collections.abc import Callable
 from typing import Protocol, Self, runtime_checkable
 
-from r8imfs.archive.entry import Entry
+from r8imfs.engine.entry import Entry
 
 #: Called as ``progress(done, total)``: bytes of the stream scanned so far (the
 #: compressed blob; for seekable zstd, the uncompressed tar), never decreasing.
-Progress = Callable[[int, int], None]
+#: (One of three progress notions, each named for itself: ``ScanProgress`` here,
+#: one blob scanned; ``image.IndexProgress``, a mount's layers being indexed;
+#: ``ops.progress.Transfers``, the bars of a command's uploads and downloads.)
+ScanProgress = Callable[[int, int], None]
 
 
 @runtime_checkable
@@ -46,6 +49,10 @@ class LayerReader(Protocol):
     def pread(self, offset: int, size: int) -> bytes: ...
 
     def read_at(self, offset: int, size: int) -> bytes: ...
+
+    def cached(self, offset: int, size: int) -> bytes | bytearray | None:
+        """What ``pread`` would return, if held decoded already; else None. Never blocks."""
+        ...
 
     def close(self) -> None: ...
 
@@ -138,7 +145,7 @@ class BlobFile(io.RawIOBase):
         *,
         size: int | None = None,
         buffer_size: int = 64 * 1024,
-        progress: Progress | None = None,
+        progress: ScanProgress | None = None,
     ) -> None:
         super().__init__()
         self._readat = readat
@@ -232,17 +239,15 @@ def cached_entry(
 ) -> bytes | bytearray | None:
     """``read_entry``'s answer if the reader has it decoded already, else None.
 
-    Never blocks (readers without a ``cached`` method, and sparse entries,
+    Never blocks (sparse entries, and readers that keep nothing decoded,
     always give None): for the trio side, to skip a worker thread on a hit.
     """
-    cached = getattr(reader, "cached", None)
-    if cached is None or entry.sparse:
+    if entry.sparse:
         return None
     end = min(entry.size, offset + size)
     if offset >= end:
         return b""
-    data: bytes | bytearray | None = cached(entry.data_offset + offset, end - offset)
-    return data
+    return reader.cached(entry.data_offset + offset, end - offset)
 
 
 def _read_sparse(reader: LayerReader, entry: Entry, offset: int, end: int) -> bytes:

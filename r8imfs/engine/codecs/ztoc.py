@@ -24,8 +24,8 @@ import re
 import struct
 from dataclasses import dataclass
 
-from r8imfs.archive import _flatbuf as fb
-from r8imfs.archive.zran import WINDOW, Checkpoint
+from r8imfs.engine.codecs import _flatbuf as fb
+from r8imfs.engine.codecs.zran import WINDOW, Checkpoint
 from r8imfs.errors import CorruptLayer
 from r8imfs.oci.soci import MAX_ZTOC
 

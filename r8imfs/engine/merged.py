@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from r8imfs.archive.entry import Entry, Kind, join, normalise_path, parent_of
+from r8imfs.engine.entry import Entry, Kind, join, normalise_path, parent_of
 from r8imfs.errors import UnsafeLayer
 
 WHITEOUT_PREFIX = ".wh."

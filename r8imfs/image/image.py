@@ -10,8 +10,9 @@ streaming pass, then reused across runs), and the layer reader the index
 opens (gzip checkpoints, zstd frames or plain offsets). Indexes are built
 in worker threads, at most ``INDEX_PARALLEL`` at once (it is CPU-bound).
 
-``read(node, offset, size)`` answers from bytes a gzip reader decoded ahead
-when it can (``readat.cached_entry``), else runs the sync engine in a worker
+``read(node, offset, size)`` answers from bytes the layer reader holds decoded
+when it can (``LayerReader.cached`` via ``readat.cached_entry``: a gzip
+handle's buffer, a decoded copy in the page cache), else runs the engine in a worker
 thread; the engine pulls compressed bytes back through ``SyncBlobFile`` →
 ``BlobReader.read`` on the loop. A failure surfaces as an ``R8imfsError``
 or ``OSError`` for the caller (the FUSE adapter maps it to EIO).
@@ -30,28 +31,27 @@ from pathlib import Path
 import trio
 
 from r8imfs import _threads
-from r8imfs.archive.blobcache import BlobCache, BlobReader, BlobSource
-from r8imfs.archive.decodedcopy import DecodedReader, Pending, worth_keeping
-from r8imfs.archive.entry import Entry
-from r8imfs.archive.indexdb import (
+from r8imfs.cache.blobcache import BlobCache, BlobReader, BlobSource
+from r8imfs.engine.codecs.table import codec_for
+from r8imfs.engine.decodedcopy import DecodedReader, Pending, worth_keeping
+from r8imfs.engine.entry import Entry
+from r8imfs.engine.indexdb import (
     LayerIndex,
     build_decoded_index,
     index_path,
     load_cached,
     load_or_build,
-    needs_full_pass,
     write,
 )
-from r8imfs.archive.merged import LayerTree, MergedTree, Node
-from r8imfs.archive.pipe import consume_stream
-from r8imfs.archive.readat import LayerReader, Progress, ReadAt, cached_entry, read_entry
+from r8imfs.engine.merged import LayerTree, MergedTree, Node
+from r8imfs.engine.readat import LayerReader, ReadAt, ScanProgress, cached_entry, read_entry
 from r8imfs.errors import R8imfsError
+from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Manifest
-from r8imfs.oci.mediatypes import layer_compression
 from r8imfs.oci.reference import Repository
 
-log = logging.getLogger("r8imfs.archive")
+log = logging.getLogger("r8imfs.image")
 INDEX_PARALLEL = 2
 #: decoded bytes per worker-thread round trip when serving reads, and how many to keep
 DECODED_BLOCK = 4 * 1024 * 1024
@@ -246,7 +246,7 @@ async def _index_layer(
     readat: ReadAt,
     cache_dir: Path,
     keep_decoded: bool,
-    progress: Progress,
+    progress: ScanProgress,
     background: trio.Nursery,
 ) -> tuple[LayerIndex, LayerReader, int]:
     """The layer's index (cached, or built now), its open reader, bytes streamed."""
@@ -280,9 +280,10 @@ async def _index_layer(
 
 async def _whole_pass(desc: Descriptor, readat: ReadAt) -> bool:
     """gzip, or zstd without a seek table (one read of the blob's tail)."""
-    if layer_compression(desc.media_type) != "zstd":
-        return layer_compression(desc.media_type) == "gzip"  # no read needed
-    return await _threads.run_sync(needs_full_pass, desc.media_type, readat, desc.size)
+    codec = codec_for(desc.media_type)
+    if codec.full_pass_known is not None:
+        return codec.full_pass_known  # no read needed
+    return await _threads.run_sync(codec.needs_full_pass, readat, desc.size)
 
 
 async def _stream_decoded(
@@ -290,7 +291,7 @@ async def _stream_decoded(
     repo: Repository,
     desc: Descriptor,
     cache_dir: Path,
-    progress: Progress,
+    progress: ScanProgress,
     background: trio.Nursery,
 ) -> tuple[LayerIndex, LayerReader]:
     """Index a gzip layer from one streamed GET, keeping its decoded copy.
@@ -330,7 +331,7 @@ async def _publish(pending: Pending, path: Path, index: LayerIndex) -> None:
 
 
 async def _counted(
-    chunks: AsyncIterator[bytes], total: int, progress: Progress
+    chunks: AsyncIterator[bytes], total: int, progress: ScanProgress
 ) -> AsyncIterator[bytes]:
     done = 0
     async for chunk in chunks:

@@ -27,7 +27,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from r8imfs.archive.safetar import GuardedTarInfo
+from r8imfs.engine.safetar import GuardedTarInfo
 from r8imfs.errors import CorruptLayer, UnsafeLayer
 
 DEFAULT_PREFIX = "src/weights/"

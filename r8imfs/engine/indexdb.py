@@ -25,20 +25,15 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any, cast
 
-from r8imfs.archive.decodedcopy import DecodedReader, Pending, build_decoded, decoded_path
-from r8imfs.archive.decompress import READ
-from r8imfs.archive.entry import Entry, Kind
-from r8imfs.archive.gzipindex import GzipLayerReader, build_gzip_index
-from r8imfs.archive.plain import PlainLayerReader, build_plain_index
-from r8imfs.archive.readat import BlobFile, LayerReader, Progress, ReadAt
-from r8imfs.archive.zstdindex import ZstdLayerReader, build_zstd_index, read_seek_table
-from r8imfs.errors import CorruptLayer, UnsupportedMediaType
+from r8imfs.engine.codecs.decompress import READ
+from r8imfs.engine.codecs.table import CODECS, Codec, Compression, codec_for
+from r8imfs.engine.decodedcopy import DecodedReader, Pending, build_decoded, decoded_path
+from r8imfs.engine.entry import Entry, Kind
+from r8imfs.engine.readat import BlobFile, LayerReader, ReadAt, ScanProgress
+from r8imfs.errors import CorruptLayer
 from r8imfs.oci.digest import validate
-from r8imfs.oci.mediatypes import layer_compression
 
 FORMAT_VERSION = 1
-#: compressions whose index may rely on a decoded copy instead of checkpoints
-DECODED = frozenset({"gzip", "zstd"})
 _KINDS = {k.value: k for k in Kind}
 _COLUMNS = (
     "ordinal, path, kind, mode, uid, gid, mtime, size, linkname, "
@@ -52,7 +47,7 @@ class LayerIndex:
 
     digest: str
     media_type: str
-    compression: str  # "gzip", "zstd" or "none"
+    compression: Compression
     compressed_size: int
     uncompressed_size: int
     entries: tuple[Entry, ...]  # tar order, duplicates resolved
@@ -62,6 +57,10 @@ class LayerIndex:
     readat: ReadAt | None = field(default=None, compare=False, repr=False)
     decoded: Path | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def codec(self) -> Codec:
+        return CODECS[self.compression]
+
     def by_path(self) -> dict[str, Entry]:
         return {e.path: e for e in self.entries}
 
@@ -70,15 +69,13 @@ class LayerIndex:
         source = readat if readat is not None else self.readat
         if source is None:
             raise ValueError("open_reader needs the layer's ReadAt")
-        if self.compression in DECODED and not self.checkpoints:
+        if self.codec.decoded_copy and not self.checkpoints:
             if self.decoded is None:
                 raise ValueError(f"a {self.compression} index without checkpoints needs its copy")
             return DecodedReader(self.decoded, self.uncompressed_size)
-        if self.compression == "gzip":
-            return GzipLayerReader(source, self.checkpoints, self.uncompressed_size)
-        if self.compression == "zstd":
-            return ZstdLayerReader(source, self.checkpoints)
-        return PlainLayerReader(source, self.compressed_size)
+        return self.codec.open_reader(
+            source, self.checkpoints, self.compressed_size, self.uncompressed_size
+        )
 
 
 def index_path(cache_dir: str | os.PathLike[str], digest: str) -> Path:
@@ -93,7 +90,7 @@ def load_or_build(
     readat: ReadAt,
     size: int,
     *,
-    progress: Progress | None = None,
+    progress: ScanProgress | None = None,
     keep_decoded: bool = False,
 ) -> LayerIndex:
     """The cached index of a layer, building (and caching) it if needed.
@@ -122,12 +119,9 @@ def needs_full_pass(media_type: str, readat: ReadAt, size: int) -> bool:
     """Whether indexing the layer decodes all of it (so a decoded copy is worth keeping).
 
     gzip: always. zstd: unless the blob ends with a seek table (one small
-    read of its tail). Plain tar: never.
+    read of its tail). Plain tar: never. (``Codec.needs_full_pass``.)
     """
-    compression = _compression(media_type)
-    if compression == "gzip":
-        return True
-    return compression == "zstd" and read_seek_table(readat, size) is None
+    return codec_for(media_type).needs_full_pass(readat, size)
 
 
 def load_cached(
@@ -137,12 +131,12 @@ def load_cached(
 
     An index that relies on a decoded copy no longer there is not usable.
     """
-    compression = _compression(media_type)
+    codec = codec_for(media_type)
     cached = load(index_path(cache_dir, digest), digest)
-    if cached is None or cached.compression != compression or cached.compressed_size != size:
+    if cached is None or cached.compression != codec.compression or cached.compressed_size != size:
         return None
     copy = decoded_path(cache_dir, digest)
-    if compression in DECODED and not cached.checkpoints:
+    if codec.decoded_copy and not cached.checkpoints:
         if not copy.is_file():
             return None
         return _with_decoded(cached, copy)
@@ -158,10 +152,10 @@ def build_decoded_index(
     whose copy is missing is rebuilt anyway).
     """
     copy = decoded_path(cache_dir, digest)
-    compression = _compression(media_type)
-    entries, usize, pending = build_decoded(raw, digest, copy, compression)
+    codec = codec_for(media_type)
+    entries, usize, pending = build_decoded(raw, digest, copy, codec)
     index = LayerIndex(
-        digest, media_type, compression, size, usize, tuple(entries), b"", None, copy
+        digest, media_type, codec.compression, size, usize, tuple(entries), b"", None, copy
     )
     return index, pending
 
@@ -176,31 +170,21 @@ def build_index(
     readat: ReadAt,
     size: int,
     *,
-    progress: Progress | None = None,
+    progress: ScanProgress | None = None,
 ) -> LayerIndex:
     """Scan a layer blob (no caching)."""
-    compression = _compression(media_type)
-    if compression == "gzip":
-        gz = build_gzip_index(readat, size=size, progress=progress)
-        entries, checkpoints, usize = gz.entries, gz.index_bytes, gz.uncompressed_size
-    elif compression == "zstd":
-        zs = build_zstd_index(readat, size=size, progress=progress)
-        entries, checkpoints, usize = zs.entries, zs.frames.to_bytes(), zs.uncompressed_size
-    else:
-        entries = build_plain_index(readat, size=size, progress=progress)
-        checkpoints, usize = b"", size
+    codec = codec_for(media_type)
+    built = codec.build_index(readat, size, progress=progress)
     return LayerIndex(
-        digest, media_type, compression, size, usize, tuple(entries), checkpoints, readat
+        digest,
+        media_type,
+        codec.compression,
+        size,
+        built.uncompressed_size,
+        tuple(built.entries),
+        built.checkpoints,
+        readat,
     )
-
-
-def _compression(media_type: str) -> str:
-    compression = layer_compression(media_type)
-    if compression is None:
-        raise UnsupportedMediaType(
-            f"layer media type {media_type!r} is not a tar, tar+gzip or tar+zstd layer"
-        )
-    return compression
 
 
 def _with_readat(
@@ -252,7 +236,8 @@ def _load(db: sqlite3.Connection, digest: str) -> LayerIndex | None:
     ).fetchall()
     if len(meta) != 1 or meta[0][0] != digest or meta[0][6] != FORMAT_VERSION:
         return None
-    _, media_type, compression, csize, usize, count, _ = meta[0]
+    _, media_type, stored, csize, usize, count, _ = meta[0]
+    compression = Compression(stored)
     entries = _load_entries(db)
     if len(entries) != count:
         return None
@@ -369,4 +354,4 @@ def _fsync(path: str) -> None:
 
 
 def schema_sql() -> str:
-    return resources.files("r8imfs.archive").joinpath("schema.sql").read_text("utf-8")
+    return resources.files("r8imfs.engine").joinpath("schema.sql").read_text("utf-8")

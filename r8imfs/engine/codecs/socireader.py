@@ -34,10 +34,10 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from datetime import datetime
 from functools import partial
 
-from r8imfs.archive import ztoc
-from r8imfs.archive.entry import Entry, Kind, normalise_path
-from r8imfs.archive.readat import ReadAt
-from r8imfs.archive.zran import inflate_from
+from r8imfs.engine.codecs import ztoc
+from r8imfs.engine.codecs.zran import inflate_from
+from r8imfs.engine.entry import Entry, Kind, normalise_path
+from r8imfs.engine.readat import ReadAt
 from r8imfs.errors import CorruptLayer, DigestMismatch
 
 #: Decoded spans kept per layer (4 MiB each with SOCI's default span size).

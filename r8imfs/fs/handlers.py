@@ -27,10 +27,10 @@ from typing import Any
 import pyfuse3
 import trio
 
-from r8imfs.archive.entry import Kind
-from r8imfs.archive.image import ImageFiles
+from r8imfs.engine.entry import Kind
 from r8imfs.errors import R8imfsError
 from r8imfs.fs.inodes import ROOT, InTree, Namespace, Static
+from r8imfs.image.image import ImageFiles
 
 log = logging.getLogger("r8imfs.fs")
 

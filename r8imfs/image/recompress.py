@@ -30,10 +30,12 @@ from dataclasses import dataclass
 from typing import IO, cast
 
 from r8imfs import _threads
-from r8imfs.archive.decompress import INFLATE_ERRORS, READ, GzipInflater, HashingReader
-from r8imfs.archive.pipe import consume_stream
-from r8imfs.archive.zstdwrite import MiB, SeekableResult, write_seekable
+from r8imfs._units import MiB
+from r8imfs.engine.codecs.decompress import INFLATE_ERRORS, READ, HashingReader
+from r8imfs.engine.codecs.table import CODECS, Compression
+from r8imfs.engine.codecs.zstdwrite import SeekableResult, write_seekable
 from r8imfs.errors import CorruptLayer, DigestMismatch
+from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.digest import Hasher
 
 FRAME_SIZE = 4 * MiB
@@ -70,11 +72,12 @@ def recompress_file(
     hasher) and this gives its digest once ``raw`` is read to the end; else
     it is hashed here. The output is never hashed here (the upload does).
     """
-    if compression not in ("gzip", "none"):
+    codec = CODECS.get(cast(Compression, compression))
+    if codec is None or codec.compression is Compression.ZSTD:  # zstd stays as it is
         raise CorruptLayer(f"cannot recompress a {compression!r} layer")
     src = HashingReader(raw) if source_digest is None else raw
     dst = cast(IO[bytes], _Writer(write))
-    tar = cast(IO[bytes], GzipInflater(src) if compression == "gzip" else src)
+    tar = codec.inflate(cast(IO[bytes], src))
     try:
         result = write_seekable(
             tar, dst, level=level, frame_size=frame_size, threads=threads, digest_output=False

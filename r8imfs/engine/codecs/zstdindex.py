@@ -41,12 +41,12 @@ from typing import IO, cast
 import pyzstd
 import zstandard
 
-from r8imfs.archive.entry import Entry
-from r8imfs.archive.readat import BlobFile, Progress, ReadAt
-from r8imfs.archive.tarindex import index_seekable, index_stream
+from r8imfs._units import MiB
+from r8imfs.engine.entry import Entry
+from r8imfs.engine.readat import BlobFile, ReadAt, ScanProgress
+from r8imfs.engine.tarindex import index_seekable, index_stream
 from r8imfs.errors import CorruptLayer
 
-MiB = 1024 * 1024
 ZSTD_MAGIC = 0xFD2FB528
 SKIPPABLE_MASK, SKIPPABLE_BASE = 0xFFFFFFF0, 0x184D2A50
 SEEKABLE_SKIPPABLE = 0x184D2A5E
@@ -139,7 +139,7 @@ def _table_from_entries(raw: bytes, count: int, width: int, data_end: int) -> Fr
 
 
 def build_zstd_index(
-    readat: ReadAt, *, size: int | None = None, progress: Progress | None = None
+    readat: ReadAt, *, size: int | None = None, progress: ScanProgress | None = None
 ) -> ZstdIndex:
     """Tar entries and restart points of a zstd layer (seekable or plain)."""
     table = read_seek_table(readat, size)
@@ -300,6 +300,10 @@ class ZstdLayerReader:
         return data
 
     read_at = pread
+
+    def cached(self, offset: int, size: int) -> None:
+        """Cursors keep no decoded buffer to answer from: always a read."""
+        return None
 
     def close(self) -> None:
         with self._lock:

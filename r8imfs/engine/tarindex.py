@@ -28,8 +28,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any, Protocol, cast
 
-from r8imfs.archive.entry import Entry, Kind, normalise_path
-from r8imfs.archive.safetar import GuardedTarInfo
+from r8imfs.engine.entry import Entry, Kind, normalise_path
+from r8imfs.engine.safetar import GuardedTarInfo
 from r8imfs.errors import CorruptLayer
 
 _BLOCK = tarfile.BLOCKSIZE

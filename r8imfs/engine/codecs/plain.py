@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from r8imfs.archive.entry import Entry
-from r8imfs.archive.readat import BlobFile, Progress, ReadAt
-from r8imfs.archive.tarindex import index_seekable
+from r8imfs.engine.entry import Entry
+from r8imfs.engine.readat import BlobFile, ReadAt, ScanProgress
+from r8imfs.engine.tarindex import index_seekable
 
 
 def build_plain_index(
-    readat: ReadAt, *, size: int | None = None, progress: Progress | None = None
+    readat: ReadAt, *, size: int | None = None, progress: ScanProgress | None = None
 ) -> list[Entry]:
     """Hop header to header; bodies are never read."""
     blob = BlobFile(readat, size=size, buffer_size=16 * 1024, progress=progress)
@@ -33,6 +33,10 @@ class PlainLayerReader:
         return self._readat.read_at(offset, size)
 
     read_at = pread
+
+    def cached(self, offset: int, size: int) -> None:
+        """Nothing is kept decoded: every read goes to the ``ReadAt``."""
+        return None
 
     def close(self) -> None:
         pass
