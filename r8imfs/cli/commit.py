@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from r8imfs.archive.tarcheck import DEFAULT_PREFIX
-from r8imfs.archive.upper import UpperDir
 from r8imfs.cli import _common
+from r8imfs.engine.tarcheck import DEFAULT_PREFIX
+from r8imfs.engine.upper import UpperDir
 from r8imfs.errors import UsageError
 from r8imfs.fs import daemon, mountstate
 from r8imfs.oci.reference import Reference

@@ -12,8 +12,9 @@ from typing import Any
 
 import trio
 
-from r8imfs.archive.upper import UpperDir
+from r8imfs import _threads
 from r8imfs.cli import _common
+from r8imfs.engine.upper import UpperDir
 from r8imfs.errors import UsageError
 from r8imfs.fs import daemon, mountstate
 
@@ -45,7 +46,7 @@ async def run(args: argparse.Namespace) -> None:
     where = daemon.resolved(args.mountpoint)
     state = mountstate.read(where)
     if await _unmount(args, where):
-        await trio.to_thread.run_sync(_changes, args, state)
+        await _threads.run_io(_changes, args, state)
         mountstate.remove(where)
     elif state is not None:
         _common.note(args, f"the changes stay in {state.upper} until the daemon has exited")
@@ -54,7 +55,7 @@ async def run(args: argparse.Namespace) -> None:
 async def _unmount(args: argparse.Namespace, where: str) -> bool:
     """Unmount; True once no daemon serves it any more."""
     pid = daemon.daemon_pid(where)
-    await trio.to_thread.run_sync(daemon.unmount, args.mountpoint)
+    await _threads.run_io(daemon.unmount, args.mountpoint)
     if pid is None:
         return True
     if not daemon.alive(pid):  # it died without cleaning up (SIGKILL, a crash)

@@ -25,18 +25,15 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from r8imfs.archive.image import ImageFiles
-from r8imfs.archive.upper import UpperDir
-from r8imfs.errors import R8imfsError, UsageError
-from r8imfs.fs.operations import ImageOperations
+from r8imfs import _threads
+from r8imfs.engine.upper import UpperDir
+from r8imfs.errors import MountError, UsageError
+from r8imfs.fs.handlers import ImageOperations
 from r8imfs.fs.writable import WritableOperations
+from r8imfs.image.image import ImageFiles
 
 FSNAME = "r8imfs"
 log = logging.getLogger("r8imfs.fs")
-
-
-class MountError(R8imfsError):
-    """The kernel refused the mount, or the mountpoint is unusable."""
 
 
 def runtime_dir() -> Path:
@@ -100,7 +97,7 @@ async def _widen_readahead_once_serving(mountpoint: str) -> None:
         widen_readahead(mountpoint)
 
     with contextlib.suppress(OSError):
-        await trio.to_thread.run_sync(stat_then_widen)
+        await _threads.run_io(stat_then_widen)
 
 
 def widen_readahead(mountpoint: str | os.PathLike[str], kib: int = READ_AHEAD_KB) -> bool:

@@ -36,13 +36,13 @@ import pyfuse3
 import trio
 
 from r8imfs import _threads
-from r8imfs.archive.entry import Kind, join
-from r8imfs.archive.image import ImageFiles
-from r8imfs.archive.merged import Node
-from r8imfs.archive.upper import Found, InLower, InUpper, Overlay, UpperDir
+from r8imfs.engine.entry import Kind, join
+from r8imfs.engine.merged import Node
+from r8imfs.engine.upper import Found, InLower, InUpper, Overlay, UpperDir
 from r8imfs.errors import R8imfsError
+from r8imfs.fs.handlers import BLKSIZE, READ_TIMEOUT, ImageOperations
 from r8imfs.fs.inodes import ROOT, InTree
-from r8imfs.fs.operations import BLKSIZE, READ_TIMEOUT, ImageOperations
+from r8imfs.image.image import ImageFiles
 
 log = logging.getLogger("r8imfs.fs")
 

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r8imfs._threads import run_io, run_sync
-from r8imfs.archive import tarcheck
-from r8imfs.archive.upper import UpperDir
-from r8imfs.archive.uppertar import TarStats, write_layer_tar
-from r8imfs.archive.zstdwrite import write_seekable
+from r8imfs.engine import tarcheck
+from r8imfs.engine.codecs.zstdwrite import write_seekable
+from r8imfs.engine.upper import UpperDir
+from r8imfs.engine.uppertar import TarStats, write_layer_tar
 from r8imfs.errors import R8imfsError, UnsupportedMediaType
 from r8imfs.oci import mutate
 from r8imfs.oci import reference as oci_reference

@@ -25,8 +25,8 @@ from readback import (
 )
 from registry_server import RegistryServer
 
-from r8imfs.archive.readat import BytesReadAt
-from r8imfs.archive.zstdindex import read_seek_table
+from r8imfs.engine.codecs.zstdindex import read_seek_table
+from r8imfs.engine.readat import BytesReadAt
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci import mutate
 from r8imfs.oci.reference import parse

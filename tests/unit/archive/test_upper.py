@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from archive_helpers import M, make_tar
 
-from r8imfs.archive import BlobFile, BytesReadAt, Entry, MergedTree, index_seekable
-from r8imfs.archive.upper import (
+from r8imfs.engine import BlobFile, BytesReadAt, Entry, MergedTree, index_seekable
+from r8imfs.engine.upper import (
     InLower,
     InUpper,
     Origin,
@@ -28,7 +28,7 @@ from r8imfs.archive.upper import (
     UpperInUse,
     default_location,
 )
-from r8imfs.archive.uppertar import write_layer_tar
+from r8imfs.engine.uppertar import write_layer_tar
 from r8imfs.errors import UsageError
 
 ORIGIN = Origin("reg/x:v1", "reg/x", "sha256:" + "a" * 64)
