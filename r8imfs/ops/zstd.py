@@ -1,6 +1,6 @@
 """``zstd``: every layer recompressed as zstd:chunked + seekable zstd; diff_ids unchanged.
 
-Each gzip (or plain) layer streams down, through ``archive.recompress``
+Each gzip (or plain) layer streams down, through ``image.recompress``
 (verified against its digest and diff_id, cut into independent frames per
 tar header run and body chunk, compressed on ``threads`` threads per layer,
 zstd:chunked TOC next, seek table last) and straight back up; the TOC's
@@ -20,8 +20,9 @@ from functools import partial
 
 import trio
 
-from r8imfs.archive.recompress import FRAME_SIZE, Recompressed, recompress_stream
+from r8imfs._units import human_size
 from r8imfs.errors import UnsupportedMediaType
+from r8imfs.image.recompress import FRAME_SIZE, Recompressed, recompress_stream
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Platform
@@ -38,7 +39,7 @@ from r8imfs.ops.common import (
     push_images,
 )
 from r8imfs.ops.layerstream import drain
-from r8imfs.registry.client import RegistryClient, human_size
+from r8imfs.registry.client import RegistryClient
 from r8imfs.registry.upload import upload_stream
 
 #: Recompressed frames waiting for the upload, per layer.
@@ -123,7 +124,7 @@ def _plan(source_children: list[tuple[Descriptor, str | None]]) -> dict[str, _Wo
         compression = mt.layer_compression(d.media_type)
         if compression is None:
             raise UnsupportedMediaType(f"layer {d.digest} has unknown media type {d.media_type}")
-        if compression != "zstd":
+        if compression is not mt.Compression.ZSTD:
             todo.setdefault(d.digest, _Work(d, diff_id))
     return todo
 

@@ -23,11 +23,11 @@ from tocproducers import (
     source_tar,
 )
 
-from r8imfs.archive.entry import Entry, Kind
-from r8imfs.archive.readat import BytesReadAt, CountingReadAt, FileReadAt, read_entry
-from r8imfs.archive.tarindex import index_seekable
-from r8imfs.archive.toc import TocIndex, load_toc
-from r8imfs.archive.tocread import TocReader
+from r8imfs.engine.codecs.toc import TocIndex, load_toc
+from r8imfs.engine.codecs.tocread import TocReader
+from r8imfs.engine.entry import Entry, Kind
+from r8imfs.engine.readat import BytesReadAt, CountingReadAt, FileReadAt, read_entry
+from r8imfs.engine.tarindex import index_seekable
 from r8imfs.errors import CorruptLayer, DigestMismatch
 
 FIELDS = ("kind", "mode", "uid", "gid", "mtime", "size", "linkname", "xattrs")

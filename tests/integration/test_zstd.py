@@ -28,11 +28,11 @@ from readback import (
 from registry_server import RegistryServer
 from zstdchunked_spec import check_blob
 
-from r8imfs.archive.readat import BytesReadAt, FileReadAt, read_entry
-from r8imfs.archive.tarindex import index_seekable
-from r8imfs.archive.toc import load_toc
-from r8imfs.archive.tocread import TocReader
-from r8imfs.archive.zstdindex import read_seek_table
+from r8imfs.engine.codecs.toc import load_toc
+from r8imfs.engine.codecs.tocread import TocReader
+from r8imfs.engine.codecs.zstdindex import read_seek_table
+from r8imfs.engine.readat import BytesReadAt, FileReadAt, read_entry
+from r8imfs.engine.tarindex import index_seekable
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci import mutate
 from r8imfs.oci.reference import parse

@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from r8imfs.archive import zstdwrite
-from r8imfs.archive.readat import CountingReadAt, FileReadAt
-from r8imfs.archive.recompress import recompress_file
-from r8imfs.archive.toc import load_toc
-from r8imfs.archive.zstdindex import build_zstd_index
+from r8imfs.engine.codecs import zstdwrite
+from r8imfs.engine.codecs.toc import load_toc
+from r8imfs.engine.codecs.zstdindex import build_zstd_index
+from r8imfs.engine.readat import CountingReadAt, FileReadAt
+from r8imfs.image.recompress import recompress_file
 
 
 def _cpu() -> float:

@@ -18,12 +18,12 @@ import pytest
 import zstandard
 from archive_helpers import M, make_tar, payload
 
-from r8imfs.archive import toc as toc_mod
-from r8imfs.archive import tocformat as tf
-from r8imfs.archive.readat import BytesReadAt
-from r8imfs.archive.toc import load_toc
-from r8imfs.archive.tocread import ChunkMismatch, TocReader
-from r8imfs.archive.zstdwrite import write_chunked
+from r8imfs.engine.codecs import toc as toc_mod
+from r8imfs.engine.codecs import tocformat as tf
+from r8imfs.engine.codecs.toc import load_toc
+from r8imfs.engine.codecs.tocread import ChunkMismatch, TocReader
+from r8imfs.engine.codecs.zstdwrite import write_chunked
+from r8imfs.engine.readat import BytesReadAt
 from r8imfs.errors import BadToc
 
 KiB = 1024

@@ -17,15 +17,15 @@ import zstandard
 from archive_helpers import M, make_tar, payload
 from zstdchunked_spec import check_blob, crc64_iso
 
-from r8imfs.archive import tocformat as tf
-from r8imfs.archive.chunkedwrite import crc64
-from r8imfs.archive.entry import normalise_path
-from r8imfs.archive.readat import BytesReadAt, CountingReadAt, read_entry
-from r8imfs.archive.tarindex import index_seekable
-from r8imfs.archive.toc import load_toc
-from r8imfs.archive.tocread import TocReader, open_toc_reader
-from r8imfs.archive.zstdindex import build_zstd_index, read_seek_table
-from r8imfs.archive.zstdwrite import SeekableResult, write_chunked
+from r8imfs.engine.codecs import tocformat as tf
+from r8imfs.engine.codecs.chunkedwrite import crc64
+from r8imfs.engine.codecs.toc import load_toc
+from r8imfs.engine.codecs.tocread import TocReader, open_toc_reader
+from r8imfs.engine.codecs.zstdindex import build_zstd_index, read_seek_table
+from r8imfs.engine.codecs.zstdwrite import SeekableResult, write_chunked
+from r8imfs.engine.entry import normalise_path
+from r8imfs.engine.readat import BytesReadAt, CountingReadAt, read_entry
+from r8imfs.engine.tarindex import index_seekable
 
 KiB = 1024
 FRAME = 64 * KiB
