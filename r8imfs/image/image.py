@@ -47,6 +47,7 @@ from r8imfs.engine.merged import LayerTree, MergedTree, Node
 from r8imfs.engine.readat import LayerReader, ReadAt, ScanProgress, cached_entry, read_entry
 from r8imfs.errors import R8imfsError
 from r8imfs.image.pipe import consume_stream
+from r8imfs.image.toclayer import RangeGets, open_toc_layer
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Manifest
 from r8imfs.oci.reference import Repository
@@ -227,16 +228,29 @@ async def _open_layer(
                 progress(i, done, total)
 
         keep = decoded_copies and worth_keeping(desc.size, cache.max_bytes)
-        index, reader, streamed = await _index_layer(
-            client, repo, desc, readat, cache_dir, keep, report, cache.background()
-        )
-        tree = await _threads.run_sync(LayerTree.build, list(index.entries), i)
+        reader: LayerReader
+        toc = await open_toc_layer(desc, _toc_readat(client, repo, desc, blob), readat)
+        if toc is not None:  # verified chunk by chunk; no index stored (image/toclayer.py)
+            entries, reader, streamed = toc.entries, toc.reader, toc.toc_bytes
+        else:
+            index, reader, streamed = await _index_layer(
+                client, repo, desc, readat, cache_dir, keep, report, cache.background()
+            )
+            entries = index.entries
+        tree = await _threads.run_sync(LayerTree.build, list(entries), i)
     except BaseException as exc:
         await blob.aclose()
         if isinstance(exc, R8imfsError):  # say which layer: the mount fails on one line
             exc.message = f"layer {i} ({desc.digest}): {exc.message}"
         raise
-    return LayerFiles(i, desc, index.entries, tree, reader, blob, streamed)
+    return LayerFiles(i, desc, tuple(entries), tree, reader, blob, streamed)
+
+
+def _toc_readat(client: BlobSource, repo: Repository, desc: Descriptor, blob: BlobReader) -> ReadAt:
+    """Where a TOC is read: the cache when the blob is there whole, else exact ranged GETs."""
+    if blob.complete:
+        return blob.sync_file()
+    return RangeGets(client, repo, desc.digest, desc.size, fallback=blob.read)
 
 
 async def _index_layer(

@@ -198,6 +198,7 @@ class RawLayer:
     diff_id: str | None = None  # default: sha256 of the blob (right for plain tars)
     created_by: str = "COPY w /src/weights # weights"
     comment: str | None = "weights"
+    annotations: dict[str, str] | None = None  # of the layer descriptor (a TOC's digest)
 
 
 async def _push_blobs(ref: str, layers: Sequence[RawLayer], manifest_type: str) -> str:
@@ -211,7 +212,7 @@ async def _push_blobs(ref: str, layers: Sequence[RawLayer], manifest_type: str) 
                 yield data
 
             await upload_stream(client, parsed.repository, body())
-            desc = Descriptor(layer.media_type, digest, len(layer.blob))
+            desc = Descriptor(layer.media_type, digest, len(layer.blob), annotations=layer.annotations)
             diff_id = layer.diff_id or digest
             new.append(mutate.NewLayer(desc, diff_id, layer.created_by, layer.comment))
         config = mutate.append_layers(mutate.new_config(), new)

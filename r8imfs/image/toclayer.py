@@ -1,0 +1,137 @@
+"""Layers with a table of contents (zstd:chunked, eStargz), for the mount and extract.
+
+The one step between "a layer descriptor" and "a served layer" for TOC layers:
+``open_toc_layer`` looks at the descriptor's annotations (no I/O), reads the
+TOC with one or two exact ranged GETs (``RangeGets``: a TOC of a few hundred
+KiB should not cost a 4 MiB cache block, let alone the whole blob), checks it
+against the digest the annotation gives (``engine.codecs.toc.load_toc``), and
+returns the TOC's entries with a ``TocReader`` over the layer's body. Nothing
+of the body is read: a cold mount of a TOC image is ready once every TOC is in.
+
+Why nothing goes into the index database: a TOC gives no tar offsets, so each
+``Entry.data_offset`` is a *virtual* offset (file bodies back to back in TOC
+order), which means nothing to the codecs that read a stored index. The TOC is
+pinned by a digest, so reading it again at each mount is as safe as a stored
+index and costs one small GET (none when the whole blob is in the blob cache).
+
+Trust: manifest digest → annotation → TOC digest → each chunk's sha256, checked
+by ``TocReader`` before a byte is served. A TOC that fails any check is logged
+on one line and ``None`` is returned: the caller then indexes the layer as the
+plain compressed stream it also is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from r8imfs import _threads
+from r8imfs.cache.reader import BlobSource
+from r8imfs.engine.codecs.toc import load_toc, toc_kind
+from r8imfs.engine.codecs.tocread import TocReader
+from r8imfs.engine.entry import Entry
+from r8imfs.engine.readat import ReadAt
+from r8imfs.errors import BadToc, RegistryError
+from r8imfs.oci.digest import short
+from r8imfs.oci.manifest import Descriptor
+from r8imfs.oci.reference import Repository
+
+log = logging.getLogger("r8imfs.image")
+
+#: An async read of ``(offset, size)`` used when the registry ignores ``Range``.
+AsyncRead = Callable[[int, int], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class TocLayer:
+    """A TOC layer, ready to serve: its entries (virtual offsets) and reader."""
+
+    kind: str  # "zstd:chunked", "zstd:chunked-legacy" or "estargz"
+    entries: tuple[Entry, ...]
+    reader: TocReader
+    toc_bytes: int  # bytes fetched to read the TOC (past the blob cache)
+
+
+class RangeGets:
+    """A ``ReadAt`` making one exact ranged GET per ``read_at``, for the TOC.
+
+    Call ``read_at`` from a ``_threads.run_sync`` thread (it runs the GET on the
+    loop). A registry that answers a range with the whole blob is not streamed
+    here: the read goes to ``fallback`` (the blob cache, which knows how to take
+    a whole blob in), or fails when there is none.
+    """
+
+    def __init__(
+        self,
+        client: BlobSource,
+        repo: Repository,
+        digest: str,
+        size: int,
+        fallback: AsyncRead | None = None,
+    ) -> None:
+        self._client = client
+        self._repo = repo
+        self._digest = digest
+        self._size = size
+        self._fallback = fallback
+        self.bytes_fetched = 0
+        self.requests = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        return _threads.from_thread(self._get, offset, size)
+
+    async def _get(self, offset: int, size: int) -> bytes:
+        end = min(self._size, offset + size)
+        if offset >= end:
+            return b""
+        self.requests += 1
+        async with self._client.open_blob(self._repo, self._digest, offset, end) as stream:
+            if stream.status == 206 and stream.start == offset:
+                return await self._collect(stream.chunks(), end - offset)
+        if self._fallback is None:
+            raise RegistryError(
+                f"{self._repo.registry} ignores Range on blob {self._digest}: cannot read its TOC"
+            )
+        return await self._fallback(offset, end - offset)
+
+    async def _collect(self, chunks: AsyncIterator[bytes], length: int) -> bytes:
+        buf = bytearray()
+        async for chunk in chunks:
+            self.bytes_fetched += len(chunk)
+            buf += chunk
+            if len(buf) > length:
+                raise RegistryError(f"{self._repo.registry} sent more than asked of {self._digest}")
+        return bytes(buf)
+
+
+async def open_toc_layer(
+    desc: Descriptor, toc_readat: ReadAt, body_readat: ReadAt
+) -> TocLayer | None:
+    """The layer served through its TOC, or None: no TOC announced, or one refused.
+
+    ``toc_readat`` is where the TOC is read (``RangeGets``, or the blob cache
+    when the blob is there whole); ``body_readat`` is where the reader fetches
+    chunks from. Both are called from worker threads that may call back into
+    trio (``_threads.run_sync``).
+    """
+    what = f"layer {short(desc.digest)}"
+    try:
+        if toc_kind(desc.annotations) is None:
+            return None  # the common case: no I/O at all
+        index = await _threads.run_sync(load_toc, toc_readat, desc.annotations)
+    except BadToc as exc:
+        log.warning("%s: TOC refused (%s); reading it as a plain stream instead", what, exc)
+        return None
+    if index is None:
+        return None
+    reader = TocReader(body_readat, index)
+    fetched = getattr(toc_readat, "bytes_fetched", 0)
+    log.info(
+        "%s: %s TOC of %d entries, %d bytes read", what, index.kind, len(index.entries), fetched
+    )
+    return TocLayer(index.kind, tuple(index.entries), reader, fetched)
