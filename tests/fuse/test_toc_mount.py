@@ -55,7 +55,11 @@ def base_tar() -> bytes:
 
 
 def _add(
-    t: tarfile.TarFile, name: str, type_: bytes = tarfile.REGTYPE, *, data: bytes = b"",
+    t: tarfile.TarFile,
+    name: str,
+    type_: bytes = tarfile.REGTYPE,
+    *,
+    data: bytes = b"",
     link: str = "",
 ) -> None:
     info = tarfile.TarInfo(name)
@@ -90,9 +94,19 @@ def proxy(registry: RegistryServer) -> Iterator[CountingProxy]:
 
 def _skopeo_push(src: str, dest: str, *flags: str) -> None:
     subprocess.run(
-        ["skopeo", "copy", "--dest-tls-verify=false", "--format", "oci", *flags, src,
-         f"docker://{dest}"],
-        check=True, capture_output=True, timeout=300,
+        [
+            "skopeo",
+            "copy",
+            "--dest-tls-verify=false",
+            "--format",
+            "oci",
+            *flags,
+            src,
+            f"docker://{dest}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
 
 

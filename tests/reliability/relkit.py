@@ -212,7 +212,9 @@ async def _push_blobs(ref: str, layers: Sequence[RawLayer], manifest_type: str) 
                 yield data
 
             await upload_stream(client, parsed.repository, body())
-            desc = Descriptor(layer.media_type, digest, len(layer.blob), annotations=layer.annotations)
+            desc = Descriptor(
+                layer.media_type, digest, len(layer.blob), annotations=layer.annotations
+            )
             diff_id = layer.diff_id or digest
             new.append(mutate.NewLayer(desc, diff_id, layer.created_by, layer.comment))
         config = mutate.append_layers(mutate.new_config(), new)

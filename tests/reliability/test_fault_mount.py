@@ -190,8 +190,9 @@ def test_an_outage_mid_read_is_eio_in_bounded_time_then_recovers(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known limit (docs/reliability.md): a plain or seekable-zstd layer is indexed from "
-    "its headers, so bytes read before its blob was ever downloaded whole cannot be verified",
+    reason="known limit (docs/reliability.md): a plain tar or a seekable zstd layer without a TOC "
+    "is indexed from its headers, so bytes read before its blob was ever downloaded whole cannot "
+    "be verified (TOC layers are: test_toc_faults.py::test_first_touch_of_a_toc_layer_is_verified)",
 )
 def test_first_touch_of_a_lazily_indexed_layer_is_unverified(
     mimage: MountImage, proxy: FaultProxy, tmp_path: Path
