@@ -32,7 +32,7 @@ from r8imfs.engine.codecs.toc import load_toc, toc_kind
 from r8imfs.engine.codecs.tocread import TocReader
 from r8imfs.engine.entry import Entry
 from r8imfs.engine.readat import ReadAt
-from r8imfs.errors import BadToc, RegistryError
+from r8imfs.errors import BadToc, RangeUnsupported, RegistryError
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor
 from r8imfs.oci.reference import Repository
@@ -59,7 +59,7 @@ class RangeGets:
     Call ``read_at`` from a ``_threads.run_sync`` thread (it runs the GET on the
     loop). A registry that answers a range with the whole blob is not streamed
     here: the read goes to ``fallback`` (the blob cache, which knows how to take
-    a whole blob in), or fails when there is none.
+    a whole blob in), or raises ``RangeUnsupported`` when there is none.
     """
 
     def __init__(
@@ -94,9 +94,7 @@ class RangeGets:
             if stream.status == 206 and stream.start == offset:
                 return await self._collect(stream.chunks(), end - offset)
         if self._fallback is None:
-            raise RegistryError(
-                f"{self._repo.registry} ignores Range on blob {self._digest}: cannot read its TOC"
-            )
+            raise RangeUnsupported(f"{self._repo.registry} ignores Range on blob {self._digest}")
         return await self._fallback(offset, end - offset)
 
     async def _collect(self, chunks: AsyncIterator[bytes], length: int) -> bytes:

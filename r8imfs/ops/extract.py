@@ -39,6 +39,7 @@ from r8imfs.engine.writer import BackgroundWriter
 from r8imfs.errors import CorruptLayer, DigestMismatch, NoWeightsFound, UnsafeLayer
 from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.config import WEIGHTS_DIR, Layer, pair_layers, weights_candidates
+from r8imfs.ops.tocextract import extract_via_toc
 from r8imfs.registry.client import Image, RegistryClient
 
 COPY_BUF = 1024 * 1024
@@ -293,6 +294,10 @@ async def extract(
     for group in (first, fallback):
         names: list[str] = []
         for layer in group:
+            via_toc = await extract_via_toc(client, repo, layer, sink, weights_name, on_file)
+            if via_toc is not None:  # only the weights' chunks, each verified (ops/tocextract)
+                names += via_toc
+                continue
             async with client.open_blob(repo, layer.descriptor.digest) as blob:
                 names += await consume_stream(
                     blob.chunks(),

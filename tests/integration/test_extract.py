@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from counting_proxy import CountingProxy
 from imagehelpers import cli, push
 from registry_server import RegistryServer
 
+from r8imfs.engine.codecs.toc import load_toc
+from r8imfs.engine.readat import FileReadAt
 from r8imfs.oci import mediatypes as mt
 from r8imfs.ops.extract import weights_name
 from tools.demoimage import tar_of
@@ -134,3 +139,74 @@ def test_no_weights_is_exit_1_and_no_file(
 )
 def test_weights_name(path: str, name: str | None) -> None:
     assert weights_name(path) == name
+
+
+# -- TOC layers (issue 13) ---------------------------------------------------------
+
+
+def _toc_image(registry: RegistryServer, repo: str) -> tuple[str, dict[str, bytes], str]:
+    """An ``r8imfs zstd`` image (zstd:chunked) whose weights sit in its ``COPY . /src``
+    layer among much more code: (ref, weights by name, that layer's digest)."""
+    weights = {"model.bin": os.urandom(3 * 1024 * 1024 + 11), "sub/tok.json": b"{}\n"}
+    code = {f"src/lib/m{i}.so": os.urandom(1024 * 1024) for i in range(16)}
+    layers = [
+        (tar_of({"etc/hostname": b"x\n"}), "ADD rootfs /", None),
+        (
+            tar_of({"src/predict.py": b"print(1)\n", **code}
+                   | {f"src/weights/{k}": v for k, v in weights.items()}),
+            "COPY . /src",
+            None,
+        ),
+    ]
+    src = f"{registry.host}/{repo}:src"
+    push(src, layers=layers)
+    dest = f"{registry.host}/{repo}:z"
+    proc = cli("zstd", src, dest)
+    assert proc.returncode == 0, proc.stderr
+    raw = json.loads(cli_out("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{dest}"))
+    layer = raw["layers"][1]
+    assert "io.github.containers.zstd-chunked.manifest-checksum" in layer["annotations"]
+    return dest, weights, layer["digest"]
+
+
+def cli_out(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120).stdout
+
+
+def test_extract_reads_only_the_weights_chunks_of_a_toc_layer(
+    registry: RegistryServer, repo_name: str, tmp_path: Path, proxy: CountingProxy
+) -> None:
+    ref, weights, digest = _toc_image(registry, repo_name)
+    proxy.reset()
+    proc = cli("extract", ref.replace(registry.host, proxy.host, 1), "--dir", str(tmp_path / "d"))
+    assert proc.returncode == 0, proc.stderr
+    got = {
+        str(p.relative_to(tmp_path / "d")): p.read_bytes()
+        for p in (tmp_path / "d").rglob("*")
+        if p.is_file()
+    }
+    assert got == weights
+    moved = proxy.blob_downloads().get(digest, 0)
+    assert 0 < moved < 6 * 1024 * 1024, f"{moved} bytes of the 16 MiB code layer moved"
+
+
+def test_extract_of_a_corrupted_toc_chunk_publishes_nothing(
+    registry: RegistryServer, repo_name: str, tmp_path: Path
+) -> None:
+    """The registry's copy of a weights chunk altered on disk: DigestMismatch/corrupt, no file."""
+    ref, _, digest = _toc_image(registry, repo_name)
+    storage = registry.workdir / "storage"
+    blob = next(storage.rglob(f"blobs/sha256/{digest[7:9]}/{digest[7:]}/data"))
+    raw = json.loads(cli_out("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"))
+    with FileReadAt(blob) as f:
+        toc = load_toc(f, raw["layers"][1]["annotations"])
+    assert toc is not None
+    model = next(x for x in toc.files if x.path == "src/weights/model.bin")
+    data = bytearray(blob.read_bytes())
+    at = (model.chunks[0].cstart + model.chunks[0].cend) // 2
+    data[at : at + 8] = bytes(b ^ 0xFF for b in data[at : at + 8])
+    blob.write_bytes(bytes(data))
+    proc = cli("extract", ref, "--dir", str(tmp_path / "d"))
+    assert proc.returncode != 0
+    assert "model.bin" in proc.stderr and "layer 1" in proc.stderr, proc.stderr
+    assert not [p for p in (tmp_path / "d").rglob("*") if p.is_file()]

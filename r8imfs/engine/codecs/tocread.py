@@ -142,8 +142,11 @@ class TocReader:
         return list(self._pool.map(lambda job: self._verified(f, *job), jobs))
 
     def _verified(self, f: TocFile, chunk: Chunk, raw: bytes) -> bytes:
-        data = decode(raw, self.index.codec, chunk.inner + chunk.size)[chunk.inner :]
         where = f"{f.path!r} bytes {chunk.offset}..{chunk.offset + chunk.size}"
+        try:
+            data = decode(raw, self.index.codec, chunk.inner + chunk.size)[chunk.inner :]
+        except CorruptLayer as exc:  # say which file: the user sees this line
+            raise CorruptLayer(f"TOC layer: {where}: {exc.message}") from exc
         if len(data) != chunk.size:
             raise CorruptLayer(f"TOC layer: {where} decode to {len(data)} bytes, not {chunk.size}")
         got = "sha256:" + hashlib.sha256(data).hexdigest()
