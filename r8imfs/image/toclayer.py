@@ -39,6 +39,9 @@ from r8imfs.oci.reference import Repository
 
 log = logging.getLogger("r8imfs.image")
 
+#: Verified chunks a layer's reader keeps decoded. Small: the mount's decoded
+#: blocks (``image.DecodedBlocks``) serve re-reads, and an image may have dozens of layers.
+READER_CACHE = 16 * 1024 * 1024
 #: An async read of ``(offset, size)`` used when the registry ignores ``Range``.
 AsyncRead = Callable[[int, int], Awaitable[bytes]]
 
@@ -127,7 +130,7 @@ async def open_toc_layer(
         return None
     if index is None:
         return None
-    reader = TocReader(body_readat, index)
+    reader = TocReader(body_readat, index, cache_bytes=READER_CACHE)
     fetched = getattr(toc_readat, "bytes_fetched", 0)
     log.info(
         "%s: %s TOC of %d entries, %d bytes read", what, index.kind, len(index.entries), fetched
