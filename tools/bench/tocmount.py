@@ -64,7 +64,10 @@ def build(work: Path, host: str, files: int, tar_mb: int) -> dict[str, str]:
     base = image.write_base(work / "base.tar.gz", tar_mb * MiB, files)
     print(f"base layer: {files} files, {base.usize / MiB:.0f} MiB tar, "
           f"{base.size / MiB:.0f} MiB gzip", flush=True)
-    refs = {"gzip": f"{host}/{image.REPO}:toc-gz"}
+    tiny = image.write_base(work / "tiny.tar.gz", 64 * 1024, 10, seed=5)
+    refs = {"tiny gzip (the floor)": f"{host}/{image.REPO}:toc-tiny"}
+    trio.run(image.push, host, (tiny,), "toc-tiny")
+    refs["gzip"] = f"{host}/{image.REPO}:toc-gz"
     trio.run(image.push, host, (base,), "toc-gz")
     refs["r8imfs zstd"] = f"{host}/{image.REPO}:toc-zstd"
     sh([*PY, "zstd", refs["gzip"], refs["r8imfs zstd"]])
@@ -108,16 +111,21 @@ def cold_mount(ref: str, proxy: CountingProxy, work: Path, n: int) -> tuple[floa
     return ready, moved / sum(layers.values()), ls
 
 
-def zstd_speed(refs: dict[str, str], old: Path | None, repeat: int) -> dict[str, float]:
-    """Median seconds of ``r8imfs zstd`` (this tree, and ``old`` if given)."""
-    out = {}
-    trees = {"now": REPO} | ({"before": old} if old else {})
-    for label, tree in trees.items():
-        env = {**os.environ, "PYTHONPATH": str(tree)}
-        times = [sh([*PY, "zstd", refs["gzip"], f"{refs['gzip']}-{label}{i}"], env)
-                 for i in range(repeat)]
-        out[label] = statistics.median(times)
-    return out
+def zstd_speed(ref: str, old: Path, repeat: int) -> dict[str, float]:
+    """Median seconds of ``r8imfs zstd`` of ``ref``, this tree and ``old``, interleaved."""
+    times: dict[str, list[float]] = {"before": [], "now": []}
+    for i in range(repeat):
+        for label, tree in (("before", old), ("now", REPO)):
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            times[label].append(sh([*PY, "zstd", ref, f"{ref}-{label}{i}"], env))
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
+def push_weights(work: Path, host: str, mb: int) -> tuple[str, int]:
+    """An image of one weights-like layer (one big float16-like file), for zstd throughput."""
+    layer, _ = image.write_weights(work / "weights.tar.gz", mb * MiB)
+    trio.run(image.push, host, (layer,), "toc-weights")
+    return f"{host}/{image.REPO}:toc-weights", layer.size
 
 
 def old_tree(work: Path, rev: str) -> Path:
@@ -135,6 +143,7 @@ def main() -> None:
     p.add_argument("--tar-mb", type=int, default=140)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--old-rev", default="39ae0f4")
+    p.add_argument("--weights-mb", type=int, default=256)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-toc-") as tmp:
         work = Path(tmp)
@@ -153,10 +162,13 @@ def main() -> None:
                 ready, share, ls = (statistics.median(x) for x in zip(*runs, strict=True))
                 print(f"| {name} | {sum(layer_sizes(ref).values()) / MiB:.1f} MiB | "
                       f"{ready:.2f} s | {share:.1%} | {ls:.2f} s |", flush=True)
-            speeds = zstd_speed(refs, old_tree(work, args.old_rev), args.repeat)
-            for label, secs in speeds.items():
-                print(f"r8imfs zstd ({label}): {secs:.2f} s, {size / MiB / secs:.0f} MiB/s of gzip "
-                      "input", flush=True)
+            old = old_tree(work, args.old_rev)
+            weights = push_weights(work, registry.host, args.weights_mb)
+            inputs = {"base": (refs["gzip"], size), "weights": weights}
+            for what, (ref, nbytes) in inputs.items():
+                for label, secs in zstd_speed(ref, old, args.repeat).items():
+                    print(f"r8imfs zstd of the {what} layer ({label}): {secs:.2f} s, "
+                          f"{nbytes / MiB / secs:.1f} MiB/s of gzip input", flush=True)
             print(f"load after: {load_average()}", flush=True)
         finally:
             proxy.stop()
