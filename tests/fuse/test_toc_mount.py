@@ -2,8 +2,8 @@
 
 Three producers, two of them not ours: ``r8imfs zstd`` (zstd:chunked, current
 dialect), Debian's skopeo (zstd:chunked, legacy dialect) and ctr-remote on a
-throwaway containerd (eStargz). Each image is mounted cold through
-``counting_proxy``: once the mount says it is ready, at most 10% of the
+throwaway containerd (eStargz, and stargz-snapshotter's zstd:chunked). Each
+image is mounted cold through ``counting_proxy``: once the mount says it is ready, at most 10% of the
 layer bytes may have crossed the proxy (the TOCs, not the bodies); then
 every file of the layer is read through the mount and compared with the
 source tar, read with ``tarfile``.
@@ -128,17 +128,32 @@ def skopeo(registry: RegistryServer, tar: bytes, work: Path) -> str:
     return dest
 
 
-def estargz(registry: RegistryServer, tar: bytes, work: Path) -> str:
+def _ctr_remote(registry: RegistryServer, tar: bytes, work: Path, flag: str) -> str:
     if not (shutil.which("ctr-remote") and shutil.which("containerd") and os.geteuid() == 0):
         pytest.skip("ctr-remote and containerd (Debian stargz-snapshotter) as root are needed")
     with containerd(work / "ctd") as ctr:
-        ctr_remote_convert(ctr, work, tar, "--estargz")
-    dest = f"{registry.host}/toc-mount/estargz:v1"
-    _skopeo_push(f"oci:{work / 'out--estargz'}:estargz", dest)
+        ctr_remote_convert(ctr, work, tar, flag)
+    tag = flag.strip("-")
+    dest = f"{registry.host}/toc-mount/{tag}:v1"
+    _skopeo_push(f"oci:{work / f'out{flag}'}:{tag}", dest)
     return dest
 
 
-PRODUCERS = {"r8imfs-zstd": ours, "skopeo-zstd-chunked": skopeo, "ctr-remote-estargz": estargz}
+def estargz(registry: RegistryServer, tar: bytes, work: Path) -> str:
+    return _ctr_remote(registry, tar, work, "--estargz")
+
+
+def stargz_zstdchunked(registry: RegistryServer, tar: bytes, work: Path) -> str:
+    """stargz-snapshotter's zstd:chunked: legacy keys plus the eStargz TOC digest."""
+    return _ctr_remote(registry, tar, work, "--zstdchunked")
+
+
+PRODUCERS = {
+    "r8imfs-zstd": ours,
+    "skopeo-zstd-chunked": skopeo,
+    "ctr-remote-estargz": estargz,
+    "ctr-remote-zstdchunked": stargz_zstdchunked,
+}
 
 
 @pytest.mark.parametrize("producer", sorted(PRODUCERS))
