@@ -1,0 +1,236 @@
+"""Independently decodable units of a layer: what the fetch scheduler moves.
+
+A *unit* is a compressed byte range of a blob whose decoding needs nothing
+but those bytes (and, for gzip, state recorded in the index): a seekable
+zstd frame, a run of plain zstd frames between two restart points, a gzip
+span between two zran checkpoints, later a TOC chunk. Its output lands at a
+known offset of the uncompressed tar. ``UnitTable`` lists a layer's units in
+order; ``fetchplan.UnitReader`` fetches ranges of them from the registry and
+decodes them on worker threads, many at once.
+
+A decoder is a plain function ``decode(unit, data) -> bytes``: ``data`` is
+exactly the unit's compressed bytes, the result exactly ``unit.usize`` bytes
+(else ``CorruptLayer``). It runs in a worker thread, must be thread-safe and
+should release the GIL (zstandard does; zlib-ng does). It never calls back
+into trio.
+
+Per format:
+
+* seekable zstd: ``frame_units(frames, data_end)`` over the ``FrameTable``
+  read from the seek table; ``decode_zstd``.
+* plain zstd: the same table; its restart points are frame starts at least
+  1 MiB apart, so a unit is a run of whole frames (``decode_zstd`` decodes
+  across frames and skips skippable ones).
+* gzip: ``span_units(points, blob_size, usize)`` over zran checkpoints;
+  each unit carries its checkpoint (``Unit.state``: bit offset and 32 KiB
+  window) and is decoded by a ``SpanInflater`` (the ``inflatePrime`` binding
+  lives in ``archive.zran``, written separately), wrapped by
+  ``span_decoder``.
+* plain tar: no units; the blob is the tar (``fetchplan`` is not needed,
+  ranged reads are).
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import zstandard
+
+from r8imfs.archive.readat import ReadAt
+from r8imfs.archive.zstdindex import FrameTable
+from r8imfs.errors import CorruptLayer
+
+
+@dataclass(frozen=True, slots=True)
+class SpanState:
+    """Where a gzip span starts: bits of its first byte already used, and the window."""
+
+    bits: int
+    window: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One independently decodable piece: ``[cstart, cend)`` of the blob → ``usize`` bytes."""
+
+    index: int
+    cstart: int
+    cend: int
+    ustart: int
+    usize: int
+    state: SpanState | None = None
+
+    @property
+    def csize(self) -> int:
+        return self.cend - self.cstart
+
+    @property
+    def uend(self) -> int:
+        return self.ustart + self.usize
+
+
+Decoder = Callable[[Unit, bytes], bytes]
+
+
+class UnitTable:
+    """A layer's units in order; ``locate`` maps an uncompressed offset to a unit."""
+
+    def __init__(self, units: Sequence[Unit], uncompressed_size: int) -> None:
+        self._units = tuple(units)
+        self._ustarts = [u.ustart for u in self._units]
+        self.uncompressed_size = uncompressed_size
+        for i, u in enumerate(self._units):
+            if u.index != i or u.cend < u.cstart or u.usize < 0:
+                raise CorruptLayer(f"unit table: unit {i} is malformed")
+            if i and (u.ustart != self._units[i - 1].uend or u.cstart < self._units[i - 1].cend - 1):
+                raise CorruptLayer(f"unit table: unit {i} does not follow unit {i - 1}")
+        if self._units and self._units[-1].uend != uncompressed_size:
+            raise CorruptLayer("unit table does not cover the layer")
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+    def __getitem__(self, i: int) -> Unit:
+        return self._units[i]
+
+    def locate(self, offset: int) -> int:
+        """Index of the unit holding uncompressed ``offset`` (clamped to the table)."""
+        return max(0, min(len(self._units) - 1, bisect.bisect_right(self._ustarts, offset) - 1))
+
+    def covering(self, offset: int, end: int) -> range:
+        """Indexes of the units that hold ``[offset, end)``."""
+        if offset >= end or not self._units:
+            return range(0)
+        return range(self.locate(offset), self.locate(end - 1) + 1)
+
+
+def frame_units(frames: FrameTable, data_end: int) -> UnitTable:
+    """Units of a zstd layer: one per restart point, up to the next (or ``data_end``).
+
+    ``data_end`` is where frame data ends: the start of the seek table's
+    skippable frame for the seekable format, the blob size otherwise.
+    """
+    n = len(frames.cstarts)
+    units = []
+    for i in range(n):
+        cend = frames.cstarts[i + 1] if i + 1 < n else data_end
+        uend = frames.ustarts[i + 1] if i + 1 < n else frames.uncompressed_size
+        units.append(Unit(i, frames.cstarts[i], cend, frames.ustarts[i], uend - frames.ustarts[i]))
+    return UnitTable(units, frames.uncompressed_size)
+
+
+def seekable_data_end(readat: ReadAt, size: int | None = None) -> int:
+    """Where a seekable zstd blob's frames end: the start of its seek-table frame.
+
+    Call only on a blob ``read_seek_table`` accepted (it checked the footer).
+    """
+    size = readat.size if size is None else size
+    count, descriptor, _ = struct.unpack("<IBI", readat.read_at(size - 9, 9))
+    width = 12 if descriptor & 0x80 else 8
+    return size - (8 + count * width + 9)
+
+
+_local = threading.local()
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    """One decompression context per thread: zstandard's are not thread-safe."""
+    dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def decode_zstd(unit: Unit, data: bytes) -> bytes:
+    """Decode a zstd unit: one frame (fast path) or several, skippable ones skipped.
+
+    zstandard releases the GIL while it decodes, so units decode in parallel.
+    """
+    if len(data) != unit.csize:
+        raise CorruptLayer(f"zstd unit {unit.index}: got {len(data)} of {unit.csize} bytes")
+    dctx = _dctx()
+    try:
+        if zstandard.frame_content_size(data) == unit.usize and unit.usize > 0:
+            out = dctx.decompress(data, max_output_size=unit.usize)
+        else:
+            out = _decode_frames(dctx, data)
+    except zstandard.ZstdError as exc:
+        raise CorruptLayer(f"zstd unit {unit.index} does not decompress: {exc}") from exc
+    if len(out) != unit.usize:
+        raise CorruptLayer(f"zstd unit {unit.index} decodes to {len(out)} bytes, not {unit.usize}")
+    return out
+
+
+def _decode_frames(dctx: zstandard.ZstdDecompressor, data: bytes) -> bytes:
+    parts = []
+    rest = data
+    while rest:
+        obj = dctx.decompressobj()
+        parts.append(obj.decompress(rest))
+        if not obj.eof:
+            raise CorruptLayer("zstd unit ends inside a frame")
+        rest = obj.unused_data
+    return b"".join(parts)
+
+
+# -- gzip spans -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A zran seek point: compressed byte offset (of the byte holding the next
+    bit), uncompressed offset, bits of that byte already consumed, and the 32
+    KiB of output before it (empty at the stream start)."""
+
+    coffset: int
+    uoffset: int
+    bits: int
+    window: bytes
+
+
+class SpanInflater(Protocol):
+    """Raw-deflate from mid-stream: prime ``bits`` bits, set the window, inflate.
+
+    ``data`` starts with the byte holding the first bit of the span; the
+    result is exactly ``usize`` bytes of output (more input may remain: the
+    next span's). Implemented over libz ``inflatePrime`` by ``archive.zran``.
+    """
+
+    def __call__(self, data: bytes, bits: int, window: bytes, usize: int) -> bytes: ...
+
+
+def span_units(points: Sequence[Checkpoint], blob_size: int, usize: int) -> UnitTable:
+    """Units of a gzip layer: from each checkpoint to the next (the last to the end).
+
+    A span's compressed range runs to the byte holding the next span's first
+    bit (inclusive), so it holds every bit the span's deflate blocks use. The
+    first span starts at the gzip header (``coffset`` 0 with no window).
+    """
+    units = []
+    for i, p in enumerate(points):
+        nxt = points[i + 1] if i + 1 < len(points) else None
+        cstart = p.coffset - (1 if p.bits else 0)
+        cend = nxt.coffset if nxt is not None else blob_size
+        uend = nxt.uoffset if nxt is not None else usize
+        state = SpanState(p.bits, p.window)
+        units.append(Unit(i, cstart, cend, p.uoffset, uend - p.uoffset, state))
+    return UnitTable(units, usize)
+
+
+def span_decoder(inflate: SpanInflater) -> Decoder:
+    """A ``Decoder`` for gzip span units over a ``SpanInflater``."""
+
+    def decode(unit: Unit, data: bytes) -> bytes:
+        if unit.state is None:
+            raise CorruptLayer(f"gzip unit {unit.index} has no checkpoint")
+        out = inflate(data, unit.state.bits, unit.state.window, unit.usize)
+        if len(out) != unit.usize:
+            raise CorruptLayer(f"gzip span {unit.index} inflates to {len(out)}, not {unit.usize}")
+        return out
+
+    return decode
