@@ -154,7 +154,8 @@ class ReadStream:
         (FUSE reads 128 KiB at a time: doubling per read would reach the
         bound within one unit), starting at that unit's size.
         """
-        sequential = self._next is not None and abs(offset - self._next) <= SEQUENTIAL_SLACK
+        slack = self._reader.slack
+        sequential = self._next is not None and abs(offset - self._next) <= slack
         if not sequential:
             self.window = 0
         elif first.index != self._unit or not self.window:
@@ -187,6 +188,7 @@ class UnitReader:
         parallel: int = DEFAULT_PARALLEL,
         max_range: int = DEFAULT_MAX_RANGE,
         max_window: int = DEFAULT_MAX_WINDOW,
+        slack: int = SEQUENTIAL_SLACK,
     ) -> None:
         if parallel < 2:
             raise ValueError("parallel must be at least 2 (one GET is kept for demand reads)")
@@ -199,6 +201,7 @@ class UnitReader:
         self.parallel = parallel
         self.max_range = max_range
         self.max_window = max_window
+        self.slack = slack
         self._slots: dict[int, _Slot] = {}  # unit index -> slot, until decoded
         self._queued: set[int] = set()
         self._groups: set[_Group] = set()
