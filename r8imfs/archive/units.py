@@ -87,7 +87,8 @@ class UnitTable:
         for i, u in enumerate(self._units):
             if u.index != i or u.cend < u.cstart or u.usize < 0:
                 raise CorruptLayer(f"unit table: unit {i} is malformed")
-            if i and (u.ustart != self._units[i - 1].uend or u.cstart < self._units[i - 1].cend - 1):
+            prev = self._units[i - 1] if i else None  # gzip spans share one byte
+            if prev is not None and (u.ustart != prev.uend or u.cstart < prev.cend - 1):
                 raise CorruptLayer(f"unit table: unit {i} does not follow unit {i - 1}")
         if self._units and self._units[-1].uend != uncompressed_size:
             raise CorruptLayer("unit table does not cover the layer")
@@ -132,7 +133,7 @@ def seekable_data_end(readat: ReadAt, size: int | None = None) -> int:
     size = readat.size if size is None else size
     count, descriptor, _ = struct.unpack("<IBI", readat.read_at(size - 9, 9))
     width = 12 if descriptor & 0x80 else 8
-    return size - (8 + count * width + 9)
+    return int(size - (8 + int(count) * width + 9))
 
 
 _local = threading.local()

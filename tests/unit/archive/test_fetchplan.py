@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
 
 import pytest
 import trio
@@ -75,12 +74,19 @@ async def settle() -> None:
     await trio.testing.wait_all_tasks_blocked()
 
 
-async def until(ready: Callable[[], object]) -> None:
-    """Wait for a condition that a decode thread makes true (tasks waiting on
-    threads count as blocked, so ``settle`` alone does not wait for them)."""
-    with trio.fail_after(20):
-        while not ready():
-            await trio.sleep(0.005)
+class Results:
+    """What demand tasks read, awaited by count (a task waiting on a decode
+    thread counts as blocked, so ``settle`` alone does not wait for it)."""
+
+    def __init__(self) -> None:
+        self.send, self.recv = trio.open_memory_channel[bytes](100)
+
+    async def demand(self, reader: UnitReader, offset: int, size: int) -> None:
+        await self.send.send(await reader.read(offset, size))
+
+    async def take(self, n: int) -> list[bytes]:
+        with trio.fail_after(20):
+            return [await self.recv.receive() for _ in range(n)]
 
 
 async def test_reads_return_the_decoded_bytes() -> None:
@@ -120,15 +126,12 @@ async def test_demand_goes_before_prefetch() -> None:
         await settle()
         # prefetch may hold parallel - 1 GETs: one stays free for demand
         assert sorted(fetch.calls) == [span(10, 10), span(11, 11)]
-        got: list[bytes] = []
-
-        async def demand(unit: int) -> None:
-            got.append(await reader.read(unit * U, 10))
-
-        nursery.start_soon(demand, 0)
+        results = Results()
+        nursery.start_soon(results.demand, reader, 0, 10)
         await settle()
         assert fetch.calls[2] == span(0, 0)  # at once, ahead of 12..19 queued before it
-        nursery.start_soon(demand, 1)  # every GET is busy: it queues, behind nothing
+        # every GET is busy: this demand queues, behind nothing
+        nursery.start_soon(results.demand, reader, U, 10)
         await settle()
         assert len(fetch.calls) == 3
         fetch.release(span(10, 10))  # a prefetch GET ends: its connection goes to demand
@@ -136,7 +139,7 @@ async def test_demand_goes_before_prefetch() -> None:
         assert fetch.calls[3] == span(1, 1)
         fetch.release(span(0, 0))
         fetch.release(span(1, 1))
-        await until(lambda: len(got) == 2)
+        got = await results.take(2)
         await settle()
         assert sorted(got) == sorted([PLAIN[:10], PLAIN[U : U + 10]])
         assert fetch.calls[4] == span(12, 12)  # then prefetch resumes, in order
@@ -238,19 +241,14 @@ async def test_a_demanded_unit_is_not_cancelled_with_the_prefetch() -> None:
         stream = reader.stream()
         reader.prefetch_units(range(0, 2), stream)
         await settle()
-        got: list[bytes] = []
-
-        async def demand() -> None:
-            got.append(await reader.read(5, 5))
-
-        nursery.start_soon(demand)
+        results = Results()
+        nursery.start_soon(results.demand, reader, 5, 5)
         await settle()
         stream.close()
         await settle()
         assert fetch.cancelled == [span(1, 1)]
         fetch.release(span(0, 0))
-        await until(lambda: got)
-        assert got == [PLAIN[5:10]]
+        assert await results.take(1) == [PLAIN[5:10]]
         reader.close()
 
 
