@@ -115,9 +115,7 @@ async def run_cpu(fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
     return await _run_leaf(cpu_limiter(), fn, *args)
 
 
-async def _run_leaf(
-    limiter: trio.CapacityLimiter, fn: Callable[[Unpack[Ts]], T], *args: *Ts
-) -> T:
+async def _run_leaf(limiter: trio.CapacityLimiter, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
     def leaf() -> T:
         _local.leaf = True
         try:

@@ -167,9 +167,7 @@ async def test_a_prefetched_unit_a_reader_waits_for_is_promoted() -> None:
 async def test_window_doubles_on_sequential_reads_and_resets_on_a_jump() -> None:
     fetch = Fetcher()
     async with trio.open_nursery() as nursery:
-        reader = UnitReader(
-            table(), fetch, decode, nursery, max_window=8 * U, max_range=U, slack=U
-        )
+        reader = UnitReader(table(), fetch, decode, nursery, max_window=8 * U, max_range=U, slack=U)
         stream = reader.stream()
         windows = []
         pos = 0
