@@ -1,0 +1,178 @@
+"""Frame size of ``r8imfs zstd`` output, and the floors under a lazy zstd read.
+
+    .venv/bin/python tools/bench/frames.py [--mib 1024] [--repeat 3] [--workdir DIR]
+
+1 GiB of float16-like weights (``data.Float16Weights``, the benchmark
+image's kind of bytes) is written with ``zstdwrite.write_seekable`` (level
+3, 2 threads) at 1, 2, 4 and 8 MiB frames. Per frame size:
+
+- ratio (compressed / uncompressed) and compression time;
+- a random 64 KiB read: the compressed bytes it must fetch (the frame, or
+  two frames when it straddles a boundary) and the time to decode them
+  (``units.decode_zstd`` from memory), over 64 random offsets;
+- decoding every frame from memory on 1 and 2 threads (what a sequential
+  reader can get from parallel decode).
+
+Floors, for the 4 MiB file: ``curl -o /dev/null`` of it from a local
+``docker-registry`` (loopback, page cache), ``zstd -dc`` of it from the page
+cache, and the 2-thread parallel decode above. Prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import trio  # noqa: E402
+from registry_server import start_registry  # noqa: E402
+
+from r8imfs.archive.readat import BytesReadAt  # noqa: E402
+from r8imfs.archive.units import UnitTable, decode_zstd, frame_units, seekable_data_end  # noqa: E402
+from r8imfs.archive.zstdindex import read_seek_table  # noqa: E402
+from r8imfs.archive.zstdwrite import write_seekable  # noqa: E402
+from r8imfs.oci.reference import parse  # noqa: E402
+from r8imfs.registry.client import RegistryClient  # noqa: E402
+from r8imfs.registry.upload import upload_stream  # noqa: E402
+from tools.bench.common import KiB, MiB, load_average, note, run  # noqa: E402
+from tools.bench.data import Float16Weights  # noqa: E402
+
+FRAMES = (1, 2, 4, 8)
+READS = 64
+READ = 64 * KiB
+
+
+def weights(n: int) -> bytes:
+    src = Float16Weights(n)
+    return b"".join(iter(lambda: src.read(16 * MiB), b""))
+
+
+def compress(data: bytes, frame: int) -> tuple[bytes, UnitTable, float]:
+    out = io.BytesIO()
+    start = time.perf_counter()
+    write_seekable(io.BytesIO(data), out, frame_size=frame, threads=2, digest_output=False)
+    secs = time.perf_counter() - start
+    blob = out.getvalue()
+    readat = BytesReadAt(blob)
+    table = read_seek_table(readat)
+    assert table is not None
+    return blob, frame_units(table, seekable_data_end(readat)), secs
+
+
+def random_reads(blob: bytes, units: UnitTable, seed: int = 5) -> tuple[float, list[float]]:
+    """Mean compressed bytes per random 64 KiB read, and each read's decode ms."""
+    rng = random.Random(seed)
+    fetched, times = 0, []
+    for _ in range(READS):
+        off = rng.randrange(units.uncompressed_size - READ)
+        wanted = units.covering(off, off + READ)
+        start = time.perf_counter()
+        for i in wanted:
+            u = units[i]
+            fetched += u.csize
+            decode_zstd(u, blob[u.cstart : u.cend])
+        times.append((time.perf_counter() - start) * 1000)
+    return fetched / READS, times
+
+
+def parallel_decode(blob: bytes, units: UnitTable, threads: int) -> float:
+    """Seconds to decode every unit from memory on ``threads`` threads, in order."""
+    pieces = [(units[i], blob[units[i].cstart : units[i].cend]) for i in range(len(units))]
+    with ThreadPoolExecutor(threads) as pool:
+        start = time.perf_counter()
+        total = sum(len(out) for out in pool.map(lambda p: decode_zstd(*p), pieces))
+        secs = time.perf_counter() - start
+    assert total == units.uncompressed_size
+    return secs
+
+
+def p90(values: list[float]) -> float:
+    return sorted(values)[int(0.9 * (len(values) - 1))]
+
+
+def frame_table(data: bytes, repeat: int, keep: dict[int, bytes]) -> list[str]:
+    rows = ["| frame | ratio | compress s | fetched per random 64 KiB read | decode of it, "
+            "median ms | p90 ms | decode all, 1 thread MiB/s | 2 threads MiB/s |",
+            "|---|---|---|---|---|---|---|---|"]
+    for mib in FRAMES:
+        note(f"frames: {mib} MiB")
+        blob, units, csecs = compress(data, mib * MiB)
+        per_read, times = random_reads(blob, units)
+        one = min(parallel_decode(blob, units, 1) for _ in range(repeat))
+        two = min(parallel_decode(blob, units, 2) for _ in range(repeat))
+        n = units.uncompressed_size / MiB
+        rows.append(f"| {mib} MiB | {len(blob) / len(data):.2%} | {csecs:.1f} | "
+                    f"{per_read / MiB:.2f} MiB | {statistics.median(times):.1f} | "
+                    f"{p90(times):.1f} | {n / one:,.0f} | {n / two:,.0f} |")
+        if mib == 4:
+            keep[mib] = blob
+    return rows
+
+
+async def push_blob(host: str, path: Path) -> str:
+    async def chunks():  # type: ignore[no-untyped-def]
+        with path.open("rb") as f:
+            while data := f.read(4 * MiB):
+                yield data
+
+    async with RegistryClient() as client:
+        done = await upload_stream(client, parse(f"{host}/bench/blob:x").repository, chunks())
+    return done.digest
+
+
+def floors(work: Path, blob: bytes, repeat: int) -> list[str]:
+    path = work / "weights.tar.zst"
+    path.write_bytes(blob)
+    registry = start_registry(work / "registry", "open")
+    try:
+        digest = trio.run(push_blob, registry.host, path)
+        url = f"http://{registry.host}/v2/bench/blob/blobs/{digest}"
+        run(["curl", "-sSf", "-o", "/dev/null", url])  # once into the page cache
+        curl = [run(["curl", "-sSf", "-o", "/dev/null", url]).secs for _ in range(repeat)]
+    finally:
+        registry.stop()
+    zstd = [run(f"zstd -dc {path} > /dev/null").secs for _ in range(repeat)]
+    zstd1 = [run(f"zstd -dc -T1 {path} > /dev/null").secs for _ in range(repeat)]
+    size = len(blob) / MiB
+    return ["| floor (1 GiB of weights, 4 MiB frames) | median s (min–max) | MiB/s of blob |",
+            "|---|---|---|",
+            *(f"| {label} | {statistics.median(v):.2f} ({min(v):.2f}–{max(v):.2f}) | "
+              f"{size / statistics.median(v):,.0f} |"
+              for label, v in (("curl -o /dev/null from the local registry", curl),
+                               ("zstd -dc > /dev/null (page cache)", zstd),
+                               ("zstd -dc -T1 > /dev/null", zstd1)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mib", type=int, default=1024)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--workdir", type=Path, default=None)
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="r8imfs-frames-", dir=args.workdir))
+    try:
+        print(f"load average at start: {load_average()}")
+        data = weights(args.mib * MiB)
+        keep: dict[int, bytes] = {}
+        print("\n".join(frame_table(data, args.repeat, keep)))
+        del data
+        print()
+        print("\n".join(floors(work, keep[4], args.repeat)))
+        print(f"\nload average at end: {load_average()}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
