@@ -21,7 +21,8 @@ Per format:
 * plain zstd: the same table; its restart points are frame starts at least
   1 MiB apart, so a unit is a run of whole frames (``decode_zstd`` decodes
   across frames and skips skippable ones).
-* gzip: ``span_units(points, blob_size, usize)`` over zran checkpoints;
+* gzip: ``span_units(points, blob_size, usize)`` over zran checkpoints
+  (``zran_checkpoints`` reads them from the index the layer already has);
   each unit carries its checkpoint (``Unit.state``: bit offset and 32 KiB
   window) and is decoded by a ``SpanInflater`` (the ``inflatePrime`` binding
   lives in ``archive.zran``, written separately), wrapped by
@@ -203,6 +204,44 @@ class SpanInflater(Protocol):
     """
 
     def __call__(self, data: bytes, bits: int, window: bytes, usize: int) -> bytes: ...
+
+
+_ZRAN_HEAD = struct.Struct("<5sBBQQIII")  # id, version, flags, csize, usize, spacing, window, n
+_ZRAN_POINT_V0 = struct.Struct("<QQB")  # coffset, uoffset, bits
+_ZRAN_POINT_V1 = struct.Struct("<QQBB")  # ... and whether a window follows
+
+
+def zran_checkpoints(index_bytes: bytes) -> list[Checkpoint]:
+    """The seek points of an exported zran index (the gzip layer's cached index).
+
+    Layout (indexed_gzip's ``zran_export_index``, little-endian): a header,
+    then per point its compressed offset, uncompressed offset, bits and (from
+    version 1) a flag saying whether it has a window, then the windows of
+    the points that have one, in order. Version 0 gave every point but the
+    first a window.
+    """
+    try:
+        ident, version, _, _, _, _, wsize, count = _ZRAN_HEAD.unpack_from(index_bytes)
+        point = _ZRAN_POINT_V1 if version >= 1 else _ZRAN_POINT_V0
+        raw = [
+            point.unpack_from(index_bytes, _ZRAN_HEAD.size + i * point.size) for i in range(count)
+        ]
+    except struct.error as exc:
+        raise CorruptLayer("gzip checkpoint index is truncated") from exc
+    if ident != b"GZIDX":
+        raise CorruptLayer("gzip checkpoint index has a bad header")
+    pos = _ZRAN_HEAD.size + count * point.size
+    points = []
+    for i, fields in enumerate(raw):
+        has_window = bool(fields[3]) if version >= 1 else i > 0
+        window = b""
+        if has_window:
+            window = index_bytes[pos : pos + wsize]
+            if len(window) != wsize:
+                raise CorruptLayer("gzip checkpoint index is truncated")
+            pos += wsize
+        points.append(Checkpoint(fields[0], fields[1], fields[2], window))
+    return points
 
 
 def span_units(points: Sequence[Checkpoint], blob_size: int, usize: int) -> UnitTable:

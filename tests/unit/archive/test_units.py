@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
 import io
 import os
 import random
 import struct
+import tarfile
+import zlib
 
 import pytest
 import trio
@@ -13,6 +17,7 @@ import trio.lowlevel
 import zstandard
 
 from r8imfs.archive.fetchplan import UnitReader
+from r8imfs.archive.gzipindex import build_gzip_index
 from r8imfs.archive.readat import BytesReadAt
 from r8imfs.archive.units import (
     Checkpoint,
@@ -23,6 +28,7 @@ from r8imfs.archive.units import (
     seekable_data_end,
     span_decoder,
     span_units,
+    zran_checkpoints,
 )
 from r8imfs.archive.zstdindex import FrameTable, read_seek_table
 from r8imfs.archive.zstdwrite import write_seekable
@@ -190,3 +196,51 @@ def test_decode_zstd_from_two_threads_at_once() -> None:
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         outs = list(pool.map(lambda u: decode_zstd(u, blob[u.cstart : u.cend]), list(units)))
     assert b"".join(outs) == data
+
+
+@functools.cache
+def gzip_layer() -> tuple[bytes, bytes]:
+    """A tar of text then random bytes, gzip -6: (tar, blob)."""
+    rng = random.Random(1)
+    words = [b"layer", b"blob", b"tensor", b"weights", b"the", b"of", b"a"]
+    text = b" ".join(rng.choices(words, k=500_000))
+    body = text + rng.randbytes(1024 * KiB)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tf:
+        info = tarfile.TarInfo("weights.bin")
+        info.size = len(body)
+        tf.addfile(info, io.BytesIO(body))
+    tar = out.getvalue()
+    return tar, gzip.compress(tar, 6)
+
+
+def test_gzip_spans_come_from_the_layers_own_checkpoint_index() -> None:
+    """zran's exported points become span units; a span that starts on a byte
+    boundary inflates to its slice of the tar with plain zlib (raw deflate,
+    the window as dictionary): the offsets and windows are right. Spans that
+    start mid-byte need inflatePrime (archive.zran, not here)."""
+    tar, blob = gzip_layer()
+    index = build_gzip_index(BytesReadAt(blob), spacing=1024 * KiB)
+    points = zran_checkpoints(index.index_bytes)
+    assert len(points) >= 4 and points[0].uoffset == 0 and not points[0].window
+    assert all(len(p.window) == 32 * KiB for p in points[1:])
+    units = span_units(points, len(blob), len(tar))
+    assert units[len(units) - 1].uend == len(tar)
+    checked = 0
+    for u in units:
+        assert u.state is not None
+        if u.state.bits:
+            continue
+        inflater = zlib.decompressobj(-15, zdict=u.state.window)
+        assert inflater.decompress(blob[u.cstart : u.cend], u.usize) == tar[u.ustart : u.uend]
+        checked += 1
+    assert checked >= 2
+
+
+def test_a_truncated_checkpoint_index_is_corrupt() -> None:
+    tar, blob = gzip_layer()
+    index = build_gzip_index(BytesReadAt(blob), spacing=1024 * KiB).index_bytes
+    with pytest.raises(CorruptLayer):
+        zran_checkpoints(index[:-100])
+    with pytest.raises(CorruptLayer):
+        zran_checkpoints(b"NOTGZ" + index[5:])
