@@ -200,11 +200,12 @@ def test_decode_zstd_from_two_threads_at_once() -> None:
 
 @functools.cache
 def gzip_layer() -> tuple[bytes, bytes]:
-    """A tar of text then random bytes, gzip -6: (tar, blob)."""
+    """A tar of text then random bytes, gzip -6: (tar, blob). Over 4 MiB of
+    blob: zran makes no points within its first read buffer (``READ_BUF``)."""
     rng = random.Random(1)
     words = [b"layer", b"blob", b"tensor", b"weights", b"the", b"of", b"a"]
     text = b" ".join(rng.choices(words, k=500_000))
-    body = text + rng.randbytes(1024 * KiB)
+    body = text + rng.randbytes(6 * 1024 * KiB)
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tf:
         info = tarfile.TarInfo("weights.bin")
