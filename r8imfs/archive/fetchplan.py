@@ -46,7 +46,7 @@ import copy
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
 import trio
@@ -246,6 +246,30 @@ class UnitReader:
         slot = self._want(index)
         self._pump()
         return await self._wait(index, slot)
+
+    async def iter_range(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Decoded ``[start, end)`` in order, unit by unit, ``max_window`` bytes ahead.
+
+        For a caller that reads everything (``extract``): GETs and decodes run
+        ahead in parallel while the caller consumes in order. Use inside
+        ``contextlib.aclosing`` so that leaving early cancels the read-ahead.
+        """
+        stream = self.stream()
+        try:
+            wanted = self.table.covering(start, min(end, self.size))
+            ahead = wanted.start
+            for i in wanted:
+                ahead = max(ahead, i + 1)
+                while ahead < wanted.stop and self._ahead_bytes(i, ahead) < self.max_window:
+                    ahead += 1
+                self.prefetch_units(range(i + 1, ahead), stream)
+                data, u = await self.unit(i), self.table[i]
+                yield data[max(start - u.ustart, 0) : end - u.ustart]
+        finally:
+            stream.close()
+
+    def _ahead_bytes(self, i: int, ahead: int) -> int:
+        return self.table[ahead - 1].uend - self.table[i].uend
 
     def prefetch_units(self, indexes: range, stream: ReadStream) -> None:
         """Queue units for ``stream`` without waiting (a caller that reads all, e.g. extract)."""

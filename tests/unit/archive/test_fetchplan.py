@@ -8,6 +8,7 @@ which were cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -320,3 +321,34 @@ def test_decoded_cache_stays_within_its_budget() -> None:
     assert ("l", 0) in cache and ("l", 1) not in cache and ("l", 3) in cache
     cache.put(("l", 9), bytes(4 * U))  # bigger than the budget: not kept
     assert ("l", 9) not in cache and cache.size <= 3 * U
+
+
+async def test_iter_range_yields_in_order_and_reads_ahead_within_the_window() -> None:
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, max_range=U, max_window=4 * U)
+        pieces = []
+        async with contextlib.aclosing(reader.iter_range(500, 20 * U + 10)) as chunks:
+            async for piece in chunks:
+                pieces.append(piece)
+                await settle()
+                done = len(pieces)  # units 0..done-1 consumed
+                assert max(s // U for s, _ in fetch.calls) <= done - 1 + 4
+        assert b"".join(pieces) == PLAIN[500 : 20 * U + 10]
+        assert sorted(fetch.calls) == [span(i, i) for i in range(21)]  # each once
+        reader.close()
+
+
+async def test_leaving_iter_range_early_cancels_its_read_ahead() -> None:
+    fetch = Fetcher(gated=True)
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, parallel=3, max_range=U)
+        fetch.release(span(0, 0))
+        async with contextlib.aclosing(reader.iter_range(0, N * U)) as chunks:
+            async for piece in chunks:
+                assert piece == PLAIN[:U]
+                break
+        await settle()
+        assert sorted(fetch.cancelled) == [span(1, 1), span(2, 2)]
+        assert not reader._queued
+        reader.close()
