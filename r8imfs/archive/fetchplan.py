@@ -174,13 +174,17 @@ class ReadStream:
 
 
 class UnitReader:
-    """Uncompressed reads of one layer, served from units fetched and decoded ahead."""
+    """Uncompressed reads of one layer, served from units fetched and decoded ahead.
+
+    ``decode`` None: the units are stored bytes (``units.fixed_units`` over a
+    plain tar), served as fetched.
+    """
 
     def __init__(
         self,
         table: UnitTable,
         fetch: Fetcher,
-        decode: Decoder,
+        decode: Decoder | None,
         nursery: trio.Nursery,
         *,
         cache: DecodedCache | None = None,
@@ -414,7 +418,10 @@ class UnitReader:
 
     async def _decode_one(self, slot: _Slot, piece: bytes) -> None:
         try:
-            out = await run_cpu(self._decode, slot.unit, piece)
+            if self._decode is None:  # stored units (a plain tar): no thread round trip
+                out = piece
+            else:
+                out = await run_cpu(self._decode, slot.unit, piece)
         except Exception as exc:
             self._finish(slot, exc)
             return

@@ -27,8 +27,9 @@ Per format:
   window) and is decoded by a ``SpanInflater`` (the ``inflatePrime`` binding
   lives in ``archive.zran``, written separately), wrapped by
   ``span_decoder``.
-* plain tar: no units; the blob is the tar (``fetchplan`` is not needed,
-  ranged reads are).
+* plain tar: ``fixed_units(size, chunk)``, stored bytes cut in equal
+  chunks (no decoder): the scheduler's window, priority and coalescing
+  still apply.
 """
 
 from __future__ import annotations
@@ -109,6 +110,15 @@ class UnitTable:
         if offset >= end or not self._units:
             return range(0)
         return range(self.locate(offset), self.locate(end - 1) + 1)
+
+
+def fixed_units(size: int, chunk: int) -> UnitTable:
+    """Units of stored bytes (a plain tar): ``chunk`` bytes each, the last one shorter."""
+    starts = range(0, size, chunk)
+    units = [
+        Unit(i, s, min(s + chunk, size), s, min(chunk, size - s)) for i, s in enumerate(starts)
+    ]
+    return UnitTable(units, size)
 
 
 def frame_units(frames: FrameTable, data_end: int) -> UnitTable:

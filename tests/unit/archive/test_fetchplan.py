@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 from r8imfs.archive.fetchplan import DecodedCache, UnitReader
-from r8imfs.archive.units import Unit, UnitTable
+from r8imfs.archive.units import Unit, UnitTable, fixed_units
 from r8imfs.errors import CorruptLayer, TransportError
 
 U = 1000
@@ -351,4 +351,14 @@ async def test_leaving_iter_range_early_cancels_its_read_ahead() -> None:
         await settle()
         assert sorted(fetch.cancelled) == [span(1, 1), span(2, 2)]
         assert not reader._queued
+        reader.close()
+
+
+async def test_stored_units_of_a_plain_tar_are_served_as_fetched() -> None:
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(fixed_units(len(BLOB) - 7, 3 * U), fetch, None, nursery)
+        assert len(reader.table) == 14 and reader.table[13].usize == N * U - 7 - 13 * 3 * U
+        assert await reader.read(5 * U + 3, 4 * U) == BLOB[5 * U + 3 : 9 * U + 3]
+        assert await reader.read(len(BLOB) - 20, 100) == BLOB[-20:-7]
         reader.close()
