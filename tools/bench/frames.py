@@ -144,7 +144,9 @@ async def push_blob(host: str, path: Path) -> str:
     return done.digest
 
 
-async def lazy_read(host: str, digest: str, units: UnitTable, piece: int) -> float:
+async def lazy_read(
+    host: str, digest: str, units: UnitTable, piece: int, decode: bool = True
+) -> float:
     """Seconds for ``fetchplan.UnitReader`` to serve the whole layer over ranged GETs.
 
     ``piece`` 0: ``iter_range`` (what extract would do); else sequential reads
@@ -159,7 +161,7 @@ async def lazy_read(host: str, digest: str, units: UnitTable, piece: int) -> flo
                 return b"".join([chunk async for chunk in stream.chunks()])
 
         async with trio.open_nursery() as nursery:
-            reader = UnitReader(units, fetch, decode_zstd, nursery)
+            reader = UnitReader(units, fetch, decode_zstd if decode else None, nursery)
             begin, total = time.perf_counter(), 0
             if piece == 0:
                 async with contextlib.aclosing(reader.iter_range(0, reader.size)) as chunks:
@@ -172,7 +174,7 @@ async def lazy_read(host: str, digest: str, units: UnitTable, piece: int) -> flo
                 stream.close()
             secs = time.perf_counter() - begin
             reader.close()
-    assert total == units.uncompressed_size
+    assert total == units.uncompressed_size or not decode
     return secs
 
 
@@ -193,6 +195,8 @@ def floors(work: Path, blob: bytes, repeat: int) -> list[str]:
         whole = [trio.run(lazy_read, registry.host, digest, units, 0) for _ in range(repeat)]
         fuse = [trio.run(lazy_read, registry.host, digest, units, 128 * KiB)
                 for _ in range(repeat)]
+        gets = [trio.run(lazy_read, registry.host, digest, units, 0, False)
+                for _ in range(repeat)]
     finally:
         registry.stop()
     decode2 = [parallel_decode(blob, units, 2) for _ in range(repeat)]
@@ -208,6 +212,7 @@ def floors(work: Path, blob: bytes, repeat: int) -> list[str]:
                   ("zstd -dc > /dev/null (page cache)", zstd),
                   ("zstd -dc -T1 > /dev/null", zstd1),
                   ("decode every frame from memory, 2 threads (units.decode_zstd)", decode2),
+                  ("UnitReader.iter_range, no decode: the ranged GETs alone", gets),
                   ("UnitReader.iter_range over ranged GETs (4 in flight, 16 MiB ranges)", whole),
                   ("UnitReader, ReadStream reads of 128 KiB (FUSE's shape, no kernel)", fuse),
               ))]
