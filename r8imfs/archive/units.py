@@ -284,3 +284,39 @@ def span_decoder(inflate: SpanInflater) -> Decoder:
         return out
 
     return decode
+
+
+# -- a layer's units from its index ---------------------------------------------
+
+#: Stored bytes per unit of a plain tar.
+PLAIN_CHUNK = 2 * 1024 * 1024
+
+
+def units_for_layer(
+    compression: str,
+    checkpoints: bytes,
+    compressed_size: int,
+    uncompressed_size: int,
+    *,
+    span_inflater: SpanInflater | None = None,
+) -> tuple[UnitTable, Decoder | None] | None:
+    """A layer's units and their decoder, from what its index holds; None if it has none.
+
+    ``compression`` and ``checkpoints`` are ``indexdb.LayerIndex``'s: a zstd
+    frame table, a zran index, or nothing. zstd: the last unit runs to the
+    blob's end, so a seekable blob's seek table rides along with the last
+    frame (skipped by the decoder) and no footer read is needed. gzip needs
+    ``span_inflater`` (``archive.zran``); without it, None. A layer read
+    from a decoded copy (no checkpoints) has no units.
+    """
+    if compression == "none":
+        return fixed_units(uncompressed_size, PLAIN_CHUNK), None
+    if not checkpoints:
+        return None
+    if compression == "zstd":
+        return frame_units(FrameTable.from_bytes(checkpoints), compressed_size), decode_zstd
+    if compression == "gzip" and span_inflater is not None:
+        points = zran_checkpoints(checkpoints)
+        units = span_units(points, compressed_size, uncompressed_size)
+        return units, span_decoder(span_inflater)
+    return None

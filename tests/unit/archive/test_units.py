@@ -21,6 +21,7 @@ from r8imfs.archive.gzipindex import build_gzip_index
 from r8imfs.archive.readat import BytesReadAt
 from r8imfs.archive.units import (
     Checkpoint,
+    Decoder,
     Unit,
     UnitTable,
     decode_zstd,
@@ -28,6 +29,7 @@ from r8imfs.archive.units import (
     seekable_data_end,
     span_decoder,
     span_units,
+    units_for_layer,
     zran_checkpoints,
 )
 from r8imfs.archive.zstdindex import FrameTable, read_seek_table
@@ -245,3 +247,82 @@ def test_a_truncated_checkpoint_index_is_corrupt() -> None:
         zran_checkpoints(index[:-100])
     with pytest.raises(CorruptLayer):
         zran_checkpoints(b"NOTGZ" + index[5:])
+
+
+def plain_zstd(parts: list[bytes]) -> bytes:
+    """A plain multi-frame zstd stream (as skopeo or the zstd CLI concatenate):
+    no content sizes, no seek table."""
+    cctx = zstandard.ZstdCompressor(write_content_size=False)
+    return b"".join(cctx.compress(p) for p in parts)
+
+
+async def read_all(units: UnitTable, decode: Decoder | None, blob: bytes) -> bytes:
+    async def fetch(start: int, end: int) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return blob[start:end]
+
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(units, fetch, decode, nursery, max_range=1024 * KiB)
+        out = b"".join([c async for c in reader.iter_range(0, reader.size)])
+        rng = random.Random(3)
+        for _ in range(20):
+            off = rng.randrange(reader.size)
+            assert await reader.read(off, 70 * KiB) == out[off : off + 70 * KiB]
+        reader.close()
+    return out
+
+
+async def test_units_from_the_index_of_a_seekable_layer_read_back_the_tar() -> None:
+    data = weights_like(2 * 1024 * KiB + 5)
+    out = io.BytesIO()
+    write_seekable(io.BytesIO(data), out, frame_size=256 * KiB, threads=1)
+    blob = out.getvalue()
+    table = read_seek_table(BytesReadAt(blob))  # what the layer's index keeps
+    assert table is not None
+    made = units_for_layer("zstd", table.to_bytes(), len(blob), len(data))
+    assert made is not None
+    units, decode = made
+    assert units[len(units) - 1].cend == len(blob)  # the seek table rides with the last frame
+    assert await read_all(units, decode, blob) == data
+
+
+async def test_units_from_restart_points_of_a_plain_zstd_layer_read_back_the_tar() -> None:
+    parts = [weights_like(512 * KiB, s) for s in range(7)]
+    blob = plain_zstd(parts)
+    points = []
+    cpos = upos = 0
+    for i, p in enumerate(parts):  # restart points at least 1 MiB apart, as the indexer keeps
+        if i % 2 == 0:
+            points.append((cpos, upos))
+        cpos += len(zstandard.ZstdCompressor(write_content_size=False).compress(p))
+        upos += len(p)
+    cs, us = zip(*points, strict=True)
+    table = FrameTable(cs, us, upos)
+    made = units_for_layer("zstd", table.to_bytes(), len(blob), upos)
+    assert made is not None
+    units, decode = made
+    assert len(units) == 4 and units[0].usize == 1024 * KiB
+    assert await read_all(units, decode, blob) == b"".join(parts)
+
+
+async def test_a_plain_tar_is_cut_into_stored_units() -> None:
+    data = weights_like(5 * 1024 * KiB + 1)
+    made = units_for_layer("none", b"", len(data), len(data))
+    assert made is not None and made[1] is None
+    assert await read_all(made[0], None, data) == data
+
+
+def test_layers_without_units() -> None:
+    assert units_for_layer("gzip", b"", 10, 20) is None  # read from its decoded copy
+    assert units_for_layer("zstd", b"", 10, 20) is None
+    _, blob = gzip_layer()
+    index = build_gzip_index(BytesReadAt(blob), spacing=1024 * KiB)
+    assert units_for_layer("gzip", index.index_bytes, len(blob), index.uncompressed_size) is None
+    made = units_for_layer(
+        "gzip",
+        index.index_bytes,
+        len(blob),
+        index.uncompressed_size,
+        span_inflater=lambda d, b, w, n: bytes(n),
+    )
+    assert made is not None and len(made[0]) == len(zran_checkpoints(index.index_bytes))
