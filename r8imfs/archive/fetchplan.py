@@ -91,10 +91,13 @@ class DecodedCache:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._data
 
-    def put(self, key: Hashable, data: bytes) -> None:
+    def discard(self, key: Hashable) -> None:
         old = self._data.pop(key, None)
         if old is not None:
             self.size -= len(old)
+
+    def put(self, key: Hashable, data: bytes) -> None:
+        self.discard(key)
         if len(data) > self.budget:
             return
         self._data[key] = data
@@ -251,12 +254,15 @@ class UnitReader:
         self._pump()
         return await self._wait(index, slot)
 
-    async def iter_range(self, start: int, end: int) -> AsyncIterator[bytes]:
+    async def iter_range(self, start: int, end: int, *, keep: bool = True) -> AsyncIterator[bytes]:
         """Decoded ``[start, end)`` in order, unit by unit, ``max_window`` bytes ahead.
 
         For a caller that reads everything (``extract``): GETs and decodes run
         ahead in parallel while the caller consumes in order. Use inside
         ``contextlib.aclosing`` so that leaving early cancels the read-ahead.
+        ``keep=False`` drops each unit from the cache once yielded (a single
+        pass has no use for it; the cache then holds little more than the
+        window).
         """
         stream = self.stream()
         try:
@@ -268,6 +274,8 @@ class UnitReader:
                     ahead += 1
                 self.prefetch_units(range(i + 1, ahead), stream)
                 data, u = await self.unit(i), self.table[i]
+                if not keep:
+                    self.cache.discard((self._key, i))
                 yield data[max(start - u.ustart, 0) : end - u.ustart]
         finally:
             stream.close()

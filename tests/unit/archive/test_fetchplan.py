@@ -336,6 +336,16 @@ async def test_iter_range_yields_in_order_and_reads_ahead_within_the_window() ->
                 assert max(s // U for s, _ in fetch.calls) <= done - 1 + 4
         assert b"".join(pieces) == PLAIN[500 : 20 * U + 10]
         assert sorted(fetch.calls) == [span(i, i) for i in range(21)]  # each once
+        assert reader.cache.size == 21 * U  # kept for other readers
+        reader.close()
+
+
+async def test_a_single_pass_need_not_keep_what_it_read() -> None:
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), Fetcher(), decode, nursery, max_range=U, max_window=4 * U)
+        async with contextlib.aclosing(reader.iter_range(0, N * U, keep=False)) as chunks:
+            async for _ in chunks:
+                assert reader.cache.size <= 5 * U  # the window ahead, not what is behind
         reader.close()
 
 

@@ -1,4 +1,4 @@
-"""Units of zstd layers, decoded in parallel, against the bytes they were made from."""
+"""Units of zstd, gzip and plain layers, decoded in parallel, against the bytes they came from."""
 
 from __future__ import annotations
 
