@@ -38,6 +38,13 @@ Errors: a failed fetch or decode fails the reads waiting on its units (the
 FUSE layer maps that to EIO); nothing is cached from it, and a later read
 asks again. Wrong bytes are the fetcher's and the decoder's business (block
 hashes in the blob cache, checksums in the frames); this module moves bytes.
+
+Wiring (planned, after the archive/ → engine/, cache/, image/ move): one
+``UnitReader`` per layer that has units (``units.units_for_layer`` over its
+``LayerIndex``), its fetcher a blob-cache range read, its nursery the
+cache's background nursery, one ``DecodedCache`` per mount; a FUSE open
+takes a ``stream()`` and its release closes it; ``extract`` reads a layer
+with ``iter_range(..., keep=False)``.
 """
 
 from __future__ import annotations
