@@ -155,6 +155,7 @@ class ReadStream:
         self.window = 0
         self._next: int | None = None  # where the last read ended
         self._unit = -1  # the unit the last read started in
+        self.queued_to = 0  # units below this were queued for it already (since its last jump)
         self.closed = False
 
     def observe(self, offset: int, end: int, first: Unit) -> bool:
@@ -245,9 +246,10 @@ class UnitReader:
         wanted = self.table.covering(offset, end)
         if stream is not None and not stream.observe(offset, end, self.table[wanted[0]]):
             self._drop_prefetch(stream.ident)  # it jumped: what it read ahead is moot
+            stream.queued_to = 0
         slots = [self._want(i) for i in wanted]
         if stream is not None and stream.window:
-            self._prefetch(stream.ident, end, end + stream.window)
+            self._prefetch(stream, end, end + stream.window)
         self._pump()
         parts = []
         for i, slot in zip(wanted, slots, strict=True):
@@ -341,9 +343,12 @@ class UnitReader:
         assert slot.data is not None
         return slot.data
 
-    def _prefetch(self, ident: int, start: int, end: int) -> None:
-        for i in self.table.covering(start, min(end, self.size)):
-            self._queue_prefetch(i, ident)
+    def _prefetch(self, stream: ReadStream, start: int, end: int) -> None:
+        """Queue the window's units that this stream has not queued yet."""
+        wanted = self.table.covering(start, min(end, self.size))
+        for i in range(max(wanted.start, stream.queued_to), wanted.stop):
+            self._queue_prefetch(i, stream.ident)
+        stream.queued_to = max(stream.queued_to, wanted.stop)
 
     def _queue_prefetch(self, index: int, ident: int) -> None:
         self._check_open()
@@ -424,17 +429,18 @@ class UnitReader:
         if data is None:
             self._pump()
             return
+        view = memoryview(data)  # slices without copies; the decoders take buffers
         for slot in group.slots:
             u = slot.unit
             self._nursery.start_soon(
-                self._decode_one, slot, data[u.cstart - group.start : u.cend - group.start]
+                self._decode_one, slot, view[u.cstart - group.start : u.cend - group.start]
             )
         self._pump()
 
-    async def _decode_one(self, slot: _Slot, piece: bytes) -> None:
+    async def _decode_one(self, slot: _Slot, piece: memoryview) -> None:
         try:
             if self._decode is None:  # stored units (a plain tar): no thread round trip
-                out = piece
+                out = bytes(piece)
             else:
                 out = await run_cpu(self._decode, slot.unit, piece)
         except Exception as exc:

@@ -76,7 +76,8 @@ class Unit:
         return self.ustart + self.usize
 
 
-Decoder = Callable[[Unit, bytes], bytes]
+#: ``decode(unit, data)``: ``data`` is bytes or a memoryview of the fetched range.
+Decoder = Callable[[Unit, bytes | memoryview], bytes]
 
 
 class UnitTable:
@@ -158,7 +159,7 @@ def _dctx() -> zstandard.ZstdDecompressor:
     return dctx
 
 
-def decode_zstd(unit: Unit, data: bytes) -> bytes:
+def decode_zstd(unit: Unit, data: bytes | memoryview) -> bytes:
     """Decode a zstd unit: one frame (fast path) or several, skippable ones skipped.
 
     zstandard releases the GIL while it decodes, so units decode in parallel.
@@ -178,7 +179,7 @@ def decode_zstd(unit: Unit, data: bytes) -> bytes:
     return out
 
 
-def _decode_frames(dctx: zstandard.ZstdDecompressor, data: bytes) -> bytes:
+def _decode_frames(dctx: zstandard.ZstdDecompressor, data: bytes | memoryview) -> bytes:
     parts = []
     rest = data
     while rest:
@@ -213,7 +214,7 @@ class SpanInflater(Protocol):
     next span's). Implemented over libz ``inflatePrime`` by ``archive.zran``.
     """
 
-    def __call__(self, data: bytes, bits: int, window: bytes, usize: int) -> bytes: ...
+    def __call__(self, data: bytes | memoryview, bits: int, window: bytes, usize: int) -> bytes: ...
 
 
 _ZRAN_HEAD = struct.Struct("<5sBBQQIII")  # id, version, flags, csize, usize, spacing, window, n
@@ -275,7 +276,7 @@ def span_units(points: Sequence[Checkpoint], blob_size: int, usize: int) -> Unit
 def span_decoder(inflate: SpanInflater) -> Decoder:
     """A ``Decoder`` for gzip span units over a ``SpanInflater``."""
 
-    def decode(unit: Unit, data: bytes) -> bytes:
+    def decode(unit: Unit, data: bytes | memoryview) -> bytes:
         if unit.state is None:
             raise CorruptLayer(f"gzip unit {unit.index} has no checkpoint")
         out = inflate(data, unit.state.bits, unit.state.window, unit.usize)

@@ -31,9 +31,9 @@ def table(n: int = N) -> UnitTable:
     return UnitTable([Unit(i, i * U, (i + 1) * U, i * U, U) for i in range(n)], n * U)
 
 
-def decode(unit: Unit, data: bytes) -> bytes:
+def decode(unit: Unit, data: bytes | memoryview) -> bytes:
     assert len(data) == unit.csize
-    return data.translate(FLIP)
+    return bytes(data).translate(FLIP)
 
 
 def span(first: int, last: int) -> tuple[int, int]:
@@ -263,7 +263,7 @@ async def test_a_failed_fetch_fails_its_reads_and_is_retried_later() -> None:
 
 
 async def test_a_failed_decode_is_an_error_not_bytes() -> None:
-    def bad(unit: Unit, data: bytes) -> bytes:
+    def bad(unit: Unit, data: bytes | memoryview) -> bytes:
         raise CorruptLayer(f"unit {unit.index} does not decompress")
 
     async with trio.open_nursery() as nursery:
@@ -301,7 +301,7 @@ async def test_units_decode_in_parallel() -> None:
     that only opens when both are inside (serial decoding would break it)."""
     barrier = threading.Barrier(2, timeout=20)
 
-    def meeting(unit: Unit, data: bytes) -> bytes:
+    def meeting(unit: Unit, data: bytes | memoryview) -> bytes:
         barrier.wait()
         return decode(unit, data)
 
