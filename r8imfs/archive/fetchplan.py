@@ -204,6 +204,7 @@ class UnitReader:
         max_range: int = DEFAULT_MAX_RANGE,
         max_window: int = DEFAULT_MAX_WINDOW,
         slack: int = SEQUENTIAL_SLACK,
+        on_fetched: Callable[[int, memoryview], None] | None = None,
     ) -> None:
         if parallel < 2:
             raise ValueError("parallel must be at least 2 (one GET is kept for demand reads)")
@@ -217,6 +218,7 @@ class UnitReader:
         self.max_range = max_range
         self.max_window = max_window
         self.slack = slack
+        self._on_fetched = on_fetched  # e.g. OrderedHash.add: verify a single pass
         self._slots: dict[int, _Slot] = {}  # unit index -> slot, until decoded
         self._queued: set[int] = set()
         self._groups: set[_Group] = set()
@@ -430,6 +432,8 @@ class UnitReader:
             self._pump()
             return
         view = memoryview(data)  # slices without copies; the decoders take buffers
+        if self._on_fetched is not None:
+            self._on_fetched(group.start, view)
         for slot in group.slots:
             u = slot.unit
             self._nursery.start_soon(
