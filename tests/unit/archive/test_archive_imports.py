@@ -20,6 +20,7 @@ ENGINE = [
     "r8imfs.archive.merged",
     "r8imfs.archive.decodedcopy",
     "r8imfs.archive.writer",
+    "r8imfs.archive.units",
 ]
 
 
