@@ -312,7 +312,16 @@ def main(argv: list[str] | None = None) -> int:
         section.rows += rows_for(b, kind.name, raw[kind.name])
     section.rows += checkpoint_rows(b, raw["checkpoints"])
     shutil.rmtree(work, ignore_errors=True)
-    text = report.render(machine, [section], "# Issue 12 benchmark", [])
+    header = "\n".join([
+        "# Issue 12 benchmark: lazy reads",
+        "",
+        f"Written by `tools/bench/lazy.py --repeat {args.repeat}"
+        + (f" --size-scale {args.size_scale:g}" if args.size_scale != 1 else "")
+        + "`; every number comes from that one run (what each row does: the script's "
+        "docstring). Targets are issue 12's. The machine is shared: read the load "
+        "averages below before comparing runs.",
+    ])
+    text = report.render(machine, [section], header, [])
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
