@@ -41,10 +41,14 @@ hashes in the blob cache, checksums in the frames); this module moves bytes.
 
 Wiring (planned, after the archive/ → engine/, cache/, image/ move): one
 ``UnitReader`` per layer that has units (``units.units_for_layer`` over its
-``LayerIndex``), its fetcher a blob-cache range read, its nursery the
-cache's background nursery, one ``DecodedCache`` per mount; a FUSE open
-takes a ``stream()`` and its release closes it; ``extract`` reads a layer
-with ``iter_range(..., keep=False)``.
+``LayerIndex``), its nursery the cache's background nursery, one
+``DecodedCache`` per mount; a FUSE open takes a ``stream()`` and its
+release closes it; ``extract`` reads a layer with ``iter_range(...,
+keep=False)`` and ``on_fetched=OrderedHash.add``. The fetcher must answer
+from the GET's own bytes: over today's ``BlobReader.read`` (block-aligned,
+and every byte written, read back and re-read for hashing before it is
+returned) this reader is no faster than the old path
+(docs/engine-measurements.md, "Floors under a cold lazy read").
 """
 
 from __future__ import annotations
