@@ -14,6 +14,10 @@ sequentially in 128 KiB pieces (FUSE's request size) from a cold blob cache:
     frame table (``units.units_for_layer``), fetched through the same
     ``BlobReader.read`` (its disk cache and hashing included), decoded on
     ``run_cpu`` threads, read through one ``ReadStream``;
+``direct``
+    the same ``UnitReader``, its fetcher a plain ranged GET through the
+    registry client (no disk cache, no hashing): what a blob-cache range
+    read that answers from the GET's own bytes could approach;
 
 plus scattered reads: 8 reads of 64 KiB spread over the file, each from a
 cold cache, with the bytes the blob cache fetched for them. The two paths
@@ -54,9 +58,13 @@ READS = 8
 Reader = Callable[[Node, int, int], Awaitable[bytes]]
 
 
+CLIENT: list[RegistryClient] = []  # the client of the run in progress (for ``direct``)
+
+
 async def with_files(ref: str, cache_dir: Path, body: Callable[[ImageFiles, BlobCache, Node],
                                                              Awaitable[float]]) -> float:
     async with RegistryClient() as client:
+        CLIENT[:] = [client]
         reference = parse(ref)
         image = await client.resolve(reference)
         async with BlobCache(cache_dir) as cache:
@@ -71,25 +79,33 @@ async def with_files(ref: str, cache_dir: Path, body: Callable[[ImageFiles, Blob
                 await files.aclose()
 
 
-def unit_reader(files: ImageFiles, node: Node, nursery: trio.Nursery) -> UnitReader:
+def unit_reader(files: ImageFiles, node: Node, nursery: trio.Nursery, new: str) -> UnitReader:
     layer = files.layers[node.layer]
     assert isinstance(layer.reader, ZstdLayerReader)
     made = units_for_layer("zstd", layer.reader.frames.to_bytes(), layer.blob.size,
                            layer.reader.size)
     assert made is not None
     blob = layer.blob
-    return UnitReader(made[0], lambda s, e: blob.read(s, e - s), made[1], nursery,
-                      key=node.layer)
+
+    async def direct(start: int, end: int) -> bytes:
+        async with CLIENT[0].open_blob(blob.repo, blob.digest, start, end) as stream:
+            return b"".join([chunk async for chunk in stream.chunks()])
+
+    async def cached(start: int, end: int) -> bytes:
+        return await blob.read(start, end - start)
+
+    fetch = direct if new == "direct" else cached
+    return UnitReader(made[0], fetch, made[1], nursery, key=node.layer)
 
 
-async def sequential(files: ImageFiles, cache: BlobCache, node: Node, new: bool) -> float:
+async def sequential(files: ImageFiles, cache: BlobCache, node: Node, new: str) -> float:
     size, pos, start = node.entry.size, 0, time.perf_counter()
     if not new:
         while pos < size:
             pos += len(await files.read(node, pos, PIECE))
         return time.perf_counter() - start
     async with trio.open_nursery() as nursery:
-        reader = unit_reader(files, node, nursery)
+        reader = unit_reader(files, node, nursery, new)
         stream = ReadStream(reader, 0)
         base = node.entry.data_offset
         while pos < size:
@@ -99,12 +115,12 @@ async def sequential(files: ImageFiles, cache: BlobCache, node: Node, new: bool)
     return time.perf_counter() - start
 
 
-async def scattered(files: ImageFiles, cache: BlobCache, node: Node, new: bool) -> float:
+async def scattered(files: ImageFiles, cache: BlobCache, node: Node, new: str) -> float:
     """Blob bytes fetched per read (the mount's index reads done before counting)."""
     size = node.entry.size
     before = cache.bytes_fetched
     async with trio.open_nursery() as nursery:
-        reader = unit_reader(files, node, nursery) if new else None
+        reader = unit_reader(files, node, nursery, new) if new else None
         for i in range(READS):
             off = (size * i // READS + size // (3 * READS)) // 4096 * 4096
             if reader is None:
@@ -115,6 +131,8 @@ async def scattered(files: ImageFiles, cache: BlobCache, node: Node, new: bool) 
         if reader is not None:
             reader.close()
         await trio.sleep(0.5)  # let read-ahead that was started land, and count it
+    if new == "direct":
+        return reader.bytes_fetched / READS if reader is not None else 0.0
     return (cache.bytes_fetched - before) / READS
 
 
@@ -133,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         run([*R8IMFS, "zstd", img.ref, ref], env=b.env)
         print(f"load average before: {load_average()}")
         for r in range(args.repeat):
-            for new in (False, True):
-                name = "unitreader" if new else "today"
+            for new in ("", "unitreader", "direct"):
+                name = new or "today"
                 note(f"{name} {r + 1}/{args.repeat}")
                 for kind, fn in (("seq", sequential), ("scatter", scattered)):
                     cache = b.scratch("cache")
@@ -145,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         mb = img.model_bytes / MiB
         print("| path | sequential 128 KiB reads, cold: s (min–max) | MiB/s | "
               "fetched per scattered 64 KiB read |\n|---|---|---|---|")
-        for name in ("today", "unitreader"):
+        for name in ("today", "unitreader", "direct"):
             seq, sc = results[f"{name} seq"], results[f"{name} scatter"]
             med = statistics.median(seq)
             print(f"| {name} | {med:.2f} ({min(seq):.2f}–{max(seq):.2f}) | {mb / med:,.0f} | "
