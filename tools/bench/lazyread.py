@@ -18,6 +18,12 @@ sequentially in 128 KiB pieces (FUSE's request size) from a cold blob cache:
     the same ``UnitReader``, its fetcher a plain ranged GET through the
     registry client (no disk cache, no hashing): what a blob-cache range
     read that answers from the GET's own bytes could approach;
+``behind``
+    as ``direct``, and each fetched range is then stored into the blob
+    cache in the background (``BlobReader._store``: ``pwrite``, present
+    ranges, the hash frontier that verifies the blob): a prototype of that
+    range read, through a private method (bench only; drop this path when
+    the blob cache grows the real one);
 
 plus scattered reads: 8 reads of 64 KiB spread over the file, each from a
 cold cache, with the bytes the blob cache fetched for them. The two paths
@@ -94,7 +100,12 @@ def unit_reader(files: ImageFiles, node: Node, nursery: trio.Nursery, new: str) 
     async def cached(start: int, end: int) -> bytes:
         return await blob.read(start, end - start)
 
-    fetch = direct if new == "direct" else cached
+    async def behind(start: int, end: int) -> bytes:
+        data = await direct(start, end)
+        nursery.start_soon(blob._store, start, bytearray(data))  # noqa: SLF001
+        return data
+
+    fetch = {"direct": direct, "behind": behind}.get(new, cached)
     return UnitReader(made[0], fetch, made[1], nursery, key=node.layer)
 
 
@@ -131,7 +142,7 @@ async def scattered(files: ImageFiles, cache: BlobCache, node: Node, new: str) -
         if reader is not None:
             reader.close()
         await trio.sleep(0.5)  # let read-ahead that was started land, and count it
-    if new == "direct":
+    if new in ("direct", "behind"):
         return reader.bytes_fetched / READS if reader is not None else 0.0
     return (cache.bytes_fetched - before) / READS
 
@@ -151,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         run([*R8IMFS, "zstd", img.ref, ref], env=b.env)
         print(f"load average before: {load_average()}")
         for r in range(args.repeat):
-            for new in ("", "unitreader", "direct"):
+            for new in ("", "unitreader", "direct", "behind"):
                 name = new or "today"
                 note(f"{name} {r + 1}/{args.repeat}")
                 for kind, fn in (("seq", sequential), ("scatter", scattered)):
@@ -163,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         mb = img.model_bytes / MiB
         print("| path | sequential 128 KiB reads, cold: s (min–max) | MiB/s | "
               "fetched per scattered 64 KiB read |\n|---|---|---|---|")
-        for name in ("today", "unitreader", "direct"):
+        for name in ("today", "unitreader", "direct", "behind"):
             seq, sc = results[f"{name} seq"], results[f"{name} scatter"]
             med = statistics.median(seq)
             print(f"| {name} | {med:.2f} ({min(seq):.2f}–{max(seq):.2f}) | {mb / med:,.0f} | "
