@@ -20,11 +20,14 @@ translated at the boundary that sees them and raised ``from`` the original.
     ├── RangeUnsupported                      a blob store that cannot serve byte ranges
     ├── CorruptLayer                          a layer that does not decompress or untar
     ├── UnsafeLayer                           a tar that would write outside its target
-    └── NoWeightsFound                        ``extract`` found nothing under src/weights/
+    ├── NoWeightsFound                        ``extract`` found nothing under src/weights/
+    ├── PathNotFound                          no such path in an image's root filesystem
+    └── BadModelHeader                        a safetensors or GGUF header that does not parse
 
 Raisers: ``oci`` raises InvalidReference, UnsupportedMediaType, PlatformNotFound;
 ``registry`` raises the RegistryError family and DigestMismatch; ``archive``
-raises CorruptLayer, DigestMismatch, RangeUnsupported, UnsafeLayer.
+raises CorruptLayer, DigestMismatch, RangeUnsupported, UnsafeLayer; ``models``
+raises BadModelHeader; ``ops.browse`` raises PathNotFound.
 """
 
 from __future__ import annotations
@@ -110,3 +113,11 @@ class UnsafeLayer(R8imfsError):
 
 class NoWeightsFound(R8imfsError):
     pass
+
+
+class PathNotFound(R8imfsError):
+    """``ls``, ``cat``, ``cp`` or ``tensors`` was given a path the image does not have."""
+
+
+class BadModelHeader(R8imfsError):
+    """A model file whose header is malformed; the message names the file."""

@@ -17,10 +17,37 @@ from types import ModuleType
 import trio
 
 from r8imfs import __version__
-from r8imfs.cli import _common, affix, clone, extract, layers, mount, remix, umount, zstd
+from r8imfs.cli import (
+    _common,
+    affix,
+    cat,
+    clone,
+    cp,
+    extract,
+    layers,
+    ls,
+    mount,
+    remix,
+    tensors,
+    umount,
+    zstd,
+)
 from r8imfs.errors import R8imfsError
 
-COMMANDS: tuple[ModuleType, ...] = (layers, extract, affix, remix, zstd, clone, mount, umount)
+COMMANDS: tuple[ModuleType, ...] = (
+    layers,
+    ls,
+    cat,
+    cp,
+    tensors,
+    extract,
+    affix,
+    remix,
+    zstd,
+    clone,
+    mount,
+    umount,
+)
 
 DESCRIPTION = """\
 Look inside and change container images straight on the registry:
@@ -28,6 +55,9 @@ no Docker daemon, no GPU, no full pulls.
 
 examples:
   r8imfs layers r8.im/replicate/hello-world           one row per layer
+  r8imfs ls -l r8.im/replicate/hello-world /src      list files, no mount needed
+  r8imfs tensors IMAGE                                tensors of src/weights/*.safetensors
+  r8imfs cp IMAGE:/src/weights ./weights              copy files out, no mount needed
   r8imfs extract IMAGE -o weights.tar                 pull the weights out
   r8imfs affix --base IMAGE --dest REPO --tar w.tar   put new weights on
   r8imfs mount IMAGE /mnt/img && cp /mnt/img/rootfs/src/weights/* .
