@@ -106,15 +106,19 @@ def is_gguf(prefix: bytes) -> bool:
 
 
 class _Cursor:
-    def __init__(self, data: bytes, name: str) -> None:
+    def __init__(self, data: bytes, file_size: int, name: str) -> None:
         self.data = data
+        self.file_size = file_size
         self.pos = 0
         self.name = name
 
     def take(self, n: int) -> bytes:
         end = self.pos + n
+        if end > self.file_size:
+            raise BadModelHeader(f"{self.name}: GGUF header runs past the end of the file")
         if end > len(self.data):
-            raise Incomplete(max(end, 2 * len(self.data)))
+            # at least double: a header is many small records, one round trip each otherwise
+            raise Incomplete(min(max(end, 2 * len(self.data)), self.file_size))
         out = self.data[self.pos : end]
         self.pos = end
         return out
@@ -135,7 +139,7 @@ class _Cursor:
 
 def parse(data: bytes, file_size: int, name: str) -> Header:
     """The header of a GGUF file of ``file_size`` bytes starting with ``data``."""
-    c = _Cursor(data, name)
+    c = _Cursor(data, file_size, name)
     if c.take(4) != MAGIC:
         raise BadModelHeader(f"{name}: not a GGUF file (no GGUF magic)")
     version = int(c.unpack("<I"))

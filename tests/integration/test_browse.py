@@ -176,7 +176,16 @@ def test_ls_plain_long_and_through_a_symlink(image: str, tmp_path: Path) -> None
 
 def test_cat_streams_files_and_follows_symlinks(image: str, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "r8imfs", "cat", image, "/src/big.bin", "--cache-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "r8imfs",
+            "cat",
+            image,
+            "/src/big.bin",
+            "--cache-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         timeout=300,
         check=False,
@@ -197,7 +206,9 @@ def test_cat_streams_files_and_follows_symlinks(image: str, tmp_path: Path) -> N
         (("tensors", "/etc"), "no .safetensors or .gguf files under /etc"),
     ],
 )
-def test_errors_are_one_line(image: str, tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+def test_errors_are_one_line(
+    image: str, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
     proc = run(args[0], image, *args[1:], cache=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
@@ -246,7 +257,9 @@ def test_cp_a_file_into_a_directory_and_the_root_merge(image: str, tmp_path: Pat
     _ok(run("cp", f"{image}:/opt/dir/new", str(tmp_path / "renamed"), cache=cache))
     assert (tmp_path / "renamed").read_text() == "new\n"
     proc = run("cp", f"{image}:/missing", str(tmp_path), cache=cache)
-    assert proc.returncode == 1 and "no such file or directory in the image: /missing" in proc.stderr
+    assert (
+        proc.returncode == 1 and "no such file or directory in the image: /missing" in proc.stderr
+    )
 
 
 def _safe_open_view(data: bytes, path: Path) -> dict[str, Any]:
@@ -268,7 +281,10 @@ def test_tensors_match_safe_open(image: str, layers: list[bytes], tmp_path: Path
         "/src/weights/sub/extra.safetensors",
         "/src/weights/sub/model.gguf",
     ]
-    for seed, path in ((1, "/src/weights/model.safetensors"), (2, "/src/weights/sub/extra.safetensors")):
+    for seed, path in (
+        (1, "/src/weights/model.safetensors"),
+        (2, "/src/weights/sub/extra.safetensors"),
+    ):
         data = _safetensors(seed)
         truth = _safe_open_view(data, tmp_path / f"{seed}.safetensors")
         got = by_path[path]
@@ -297,7 +313,9 @@ def test_tensors_gguf_match_gguf_reader(image: str, tmp_path: Path) -> None:
         for t in reader.tensors
     }
     assert got["size"] == len(data)
-    assert {t["name"]: (t["dtype"], t["shape"], t["offset"], t["size"]) for t in got["tensors"]} == want
+    assert {
+        t["name"]: (t["dtype"], t["shape"], t["offset"], t["size"]) for t in got["tensors"]
+    } == want
     assert got["metadata"]["test.answer"] == 42
     assert got["metadata"]["test.note"] == "hello"
     assert got["metadata"]["test.vocab"] == {"type": "string", "length": 100}
