@@ -43,7 +43,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def split_source(text: str) -> tuple[str, str]:
     """``IMAGE:PATH`` → (IMAGE, PATH): at the last ':/', else the last ':'."""
     image, sep, path = text.rpartition(":/")
-    if sep:
+    if sep and image:
         return image, "/" + path
     image, sep, path = text.rpartition(":")
     port_like = "/" in path and "/" not in image  # "host:5000/repo" with no path at all
