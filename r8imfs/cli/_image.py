@@ -38,10 +38,13 @@ def board(args: argparse.Namespace) -> Progress:
 
 
 @contextlib.asynccontextmanager
-async def opened(args: argparse.Namespace, image: str, bars: Progress) -> AsyncIterator[ImageFiles]:
+async def opened(
+    args: argparse.Namespace, image: str, bars: Progress, *, sparse: bool = False
+) -> AsyncIterator[ImageFiles]:
     cache = CacheOptions(
         Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
         parse_size(args.cache_size) if args.cache_size else DEFAULT_MAX_BYTES,
+        sparse=sparse,
     )
     async with (
         _common.client(args) as client,

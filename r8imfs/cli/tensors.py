@@ -71,7 +71,7 @@ def table(h: ModelHeader) -> str:
 
 
 async def run(args: argparse.Namespace) -> None:
-    async with _image.opened(args, args.image, _image.board(args)) as files:
+    async with _image.opened(args, args.image, _image.board(args), sparse=True) as files:
         headers = [await read_header(files, node) for node in model_files(files, args.paths)]
     if args.json:
         json.dump([h.as_json() for h in headers], sys.stdout, indent=2)

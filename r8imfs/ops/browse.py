@@ -39,9 +39,19 @@ MAX_SYMLINKS = 40  # as Linux's path walk
 
 @dataclass(frozen=True, slots=True)
 class CacheOptions:
+    """Where the cache lives and how big it may grow, as for ``mount``.
+
+    ``sparse`` is for callers that will only read a few small pieces once the
+    image is open (``tensors``): blob readahead, which serves the indexing
+    pass and sequential copies, is turned off after indexing. Otherwise a
+    header read just past the tar header the indexing pass read looks like a
+    sequential stream, and the cache would fetch ``readahead`` more blocks.
+    """
+
     cache_dir: Path
     max_bytes: int
     decoded_copies: bool = True
+    sparse: bool = False
 
 
 @contextlib.asynccontextmanager
@@ -65,6 +75,8 @@ async def open_image(
             IndexBars(board, len(image.manifest.layers)),
             decoded_copies=cache.decoded_copies,
         )
+        if cache.sparse:
+            blobs.readahead = 0
         try:
             yield files
         finally:

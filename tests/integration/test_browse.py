@@ -27,12 +27,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from counting_proxy import CountingProxy
 from fuse.fusekit import MTIME, Member, build_reference, make_tar
 from imagehelpers import cli, push
 from registry_server import RegistryServer
 from safetensors import safe_open
 from safetensors.numpy import save
 
+from r8imfs.archive.blobcache import DEFAULT_BLOCK_SIZE
 from r8imfs.oci import mediatypes as mt
 
 MANIFEST_TYPES = {"gzip": mt.DOCKER_MANIFEST, "zstd": mt.OCI_MANIFEST, "none": mt.OCI_MANIFEST}
@@ -353,3 +355,62 @@ def test_commands_work_where_dev_fuse_is_unusable(image: str, tmp_path: Path) ->
     assert (tmp_path / "cat.txt").read_text() == "base\n"
     assert (out / "model.safetensors").read_bytes() == _safetensors(1)
     assert len(json.loads((tmp_path / "t.json").read_text())) == 3
+
+
+BIG_MODEL_MIB = 64
+
+
+@pytest.fixture(scope="module")
+def big_model() -> bytes:
+    rng = np.random.default_rng(3)
+    half = BIG_MODEL_MIB * 1024 * 1024 // 2
+    body = np.frombuffer(rng.bytes(2 * half), dtype=np.float16).reshape(2, -1, 1024)
+    return save({"w0": body[0], "w1": body[1]}, metadata={"format": "pt"})
+
+
+@pytest.fixture(scope="module")
+def random_access_images(registry: RegistryServer, big_model: bytes) -> dict[str, str]:
+    """Repositories (no host) of one model image: uncompressed, and seekable zstd."""
+    weights = make_tar(
+        [
+            Member("src", "d"),
+            Member("src/weights", "d"),
+            Member("src/weights/model.safetensors", data=big_model),
+        ]
+    )
+    plain = "browse/model-plain:v1"
+    push(
+        f"{registry.host}/{plain}",
+        layers=[(weights, "COPY weights", None)],
+        manifest_type=mt.OCI_MANIFEST,
+        compression="none",
+    )
+    seekable = "browse/model-zstd:v1"
+    _ok(cli("-q", "zstd", f"{registry.host}/{plain}", f"{registry.host}/{seekable}"))
+    return {"plain": plain, "zstd": seekable}
+
+
+@pytest.mark.parametrize("kind", ["plain", "zstd"])
+def test_tensors_reads_headers_only_in_random_access_layers(
+    kind: str,
+    random_access_images: dict[str, str],
+    big_model: bytes,
+    proxy: CountingProxy,
+    tmp_path: Path,
+) -> None:
+    """Cold cache: indexing reads the tar header's block (and the layer's last
+    block); the safetensors header is in the first, so ``tensors`` moves two
+    4 MiB blocks at most, not the 64 MiB file. Warm: no blob bytes at all."""
+    ref = f"{proxy.host}/{random_access_images[kind]}"
+    [layer] = [x["digest"] for x in json.loads(_ok(cli("layers", "--json", ref)))["layers"]]
+    proxy.reset()
+    out = json.loads(_ok(run("tensors", "--json", ref, cache=tmp_path)))
+    cold = proxy.blob_downloads().get(layer, 0)
+    assert [t["name"] for t in out[0]["tensors"]] == ["w0", "w1"]
+    assert out[0]["size"] == len(big_model)
+    proxy.reset()
+    _ok(run("tensors", "--json", ref, cache=tmp_path))
+    warm = proxy.blob_downloads().get(layer, 0)
+    print(f"\ntensors, {kind} layer, {BIG_MODEL_MIB} MiB file: cold {cold} B, warm {warm} B")
+    assert 0 < cold <= 2 * DEFAULT_BLOCK_SIZE
+    assert warm == 0
