@@ -351,6 +351,7 @@ def test_commands_work_where_dev_fuse_is_unusable(image: str, tmp_path: Path) ->
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "MOUNTED" not in proc.stdout, "the mount worked: /dev/fuse was not hidden"
+    assert "cannot mount" in (tmp_path / "mount.log").read_text()
     assert "big.bin" in (tmp_path / "ls.txt").read_text()
     assert (tmp_path / "cat.txt").read_text() == "base\n"
     assert (out / "model.safetensors").read_bytes() == _safetensors(1)
