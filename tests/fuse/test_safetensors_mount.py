@@ -136,6 +136,10 @@ def _measure(m: Mount, proxy: CountingProxy, model: bytes, tmp_path: Path) -> di
     got = _read(path, "b1.mid")
     figures["middle tensor"] = _moved(proxy)
     assert got == _read(reference, "b1.mid")
+    proxy.reset()
+    got = _read(path, "b2.big")
+    figures["big tensor"] = _moved(proxy)
+    assert got == _read(reference, "b2.big")
     return figures
 
 
@@ -168,6 +172,11 @@ def test_safe_open_through_the_mount_moves_blocks_not_the_file(
     # decoded blocks span at most four blob blocks, 8 blocks (32 MiB) at worst.
     assert 0 < figures["middle tensor"] <= (4 + READAHEAD) * BLOCK, figures
     assert mount_bytes + figures["keys"] + figures["middle tensor"] < len(model) // 2
+    # Half the file as one tensor (it follows the middle one): that half, less
+    # the blocks the middle read already fetched into it (8 at most), plus at
+    # most a few blocks of slack; nothing else of the file.
+    half = len(model) // 2
+    assert half - 8 * BLOCK <= figures["big tensor"] <= half + (4 + READAHEAD) * BLOCK, figures
 
 
 @pytest.mark.xfail(
