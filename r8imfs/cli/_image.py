@@ -46,11 +46,16 @@ async def opened(
         parse_size(args.cache_size) if args.cache_size else DEFAULT_MAX_BYTES,
         sparse=sparse,
     )
-    async with (
-        _common.client(args) as client,
-        open_image(client, _common.ref(args, image), _common.platform(args), cache, bars) as files,
-    ):
-        yield files
+    try:
+        async with (
+            _common.client(args) as client,
+            open_image(
+                client, _common.ref(args, image), _common.platform(args), cache, bars
+            ) as files,
+        ):
+            yield files
+    finally:
+        bars.close()
 
 
 def formatter() -> Any:

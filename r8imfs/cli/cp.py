@@ -58,7 +58,6 @@ async def run(args: argparse.Namespace) -> None:
     async with _image.opened(args, image, bars) as files:
         top = resolve(files.rootfs, path, follow=False)
         done = await copy_out(files, top, Path(args.dest), bars, label=f"copying {path}")
-    bars.close()
     if not args.quiet:
         parts = [f"{done.files} files ({human_size(done.bytes)})"]
         if done.dirs:

@@ -38,16 +38,17 @@ def model_files(files: ImageFiles, paths: list[str]) -> list[Node]:
     found: list[Node] = []
     for path in paths:
         node = resolve(tree, path, follow=True)
-        if node.is_dir:
-            found.extend(
-                n
-                for n in preorder(tree, node)
-                if n.kind in (Kind.FILE, Kind.HARDLINK) and model.is_model_file(n.path)
-            )
-        else:
+        if not node.is_dir:
             found.append(readable(node))
-    if not found:
-        raise PathNotFound(f"no .safetensors or .gguf files under /{paths[0].strip('/')}")
+            continue
+        below = [
+            n
+            for n in preorder(tree, node)
+            if n.kind in (Kind.FILE, Kind.HARDLINK) and model.is_model_file(n.path)
+        ]
+        if not below:
+            raise PathNotFound(f"no .safetensors or .gguf files under /{node.path}")
+        found.extend(below)
     return found
 
 
