@@ -17,6 +17,7 @@ at ``/``); whether the last component is followed is the caller's choice.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,21 +85,28 @@ async def open_image(
 
 
 class IndexBars:
-    """One progress bar per layer being indexed (only layers not indexed before)."""
+    """One progress bar per layer being indexed (only layers not indexed before).
+
+    Indexing reports from worker threads (and from the loop, for a streamed
+    layer), several layers at once, while ``Progress`` expects one thread:
+    the lock makes each update whole.
+    """
 
     def __init__(self, board: Progress, layers: int) -> None:
         self.board = board
         self.layers = layers
         self.bars: dict[int, Bar] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, layer: int, done: int, total: int) -> None:
-        bar = self.bars.get(layer)
-        if bar is None:
-            label = f"indexing layer {layer + 1}/{self.layers}"
-            bar = self.bars[layer] = self.board.bar(label, total)
-        bar.advance(done - bar.done)
-        if done >= total:
-            bar.finish()
+        with self._lock:
+            bar = self.bars.get(layer)
+            if bar is None:
+                label = f"indexing layer {layer + 1}/{self.layers}"
+                bar = self.bars[layer] = self.board.bar(label, total)
+            bar.advance(done - bar.done)
+            if done >= total:
+                bar.finish()
 
 
 # -- paths ------------------------------------------------------------------------

@@ -415,3 +415,22 @@ def test_tensors_reads_headers_only_in_random_access_layers(
     print(f"\ntensors, {kind} layer, {BIG_MODEL_MIB} MiB file: cold {cold} B, warm {warm} B")
     assert 0 < cold <= 2 * DEFAULT_BLOCK_SIZE
     assert warm == 0
+
+
+def test_cp_draws_progress_on_a_terminal(image: str, tmp_path: Path) -> None:
+    """Under a pseudo-terminal (script(1)): the indexing and copy bars are drawn,
+    from indexing threads and the copy alike, and the copy is whole."""
+    if shutil.which("script") is None:
+        pytest.skip("script(1) (util-linux) is needed for a pseudo-terminal")
+    cmd = f"{sys.executable} -m r8imfs cp {image}:/src {tmp_path}/out --cache-dir {tmp_path}/cache"
+    proc = subprocess.run(
+        ["script", "-qec", cmd, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout
+    assert "indexing layer 2/2" in proc.stdout
+    assert "copying /src" in proc.stdout and "done:" in proc.stdout
+    assert (tmp_path / "out/big.bin").read_bytes() == BIG
