@@ -30,7 +30,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "  r8imfs cp r8.im/user/model:/src/weights ./weights     a directory\n"
         "  r8imfs cp r8.im/user/model:v2:/src/cog.yaml .         a file, into .\n"
         "  r8imfs cp localhost:5000/app@sha256:...:/etc/os-release os-release\n\n"
-        "The path follows the last ':' of IMAGE:PATH; start it with '/' to be clear.",
+        "The path follows the last ':/' of IMAGE:PATH (so tags, digests and ports are\n"
+        "left alone); start it with '/'.",
         formatter_class=_image.formatter(),
     )
     p.add_argument("source", metavar="IMAGE:PATH", help="image reference, ':', path in the image")
@@ -41,14 +42,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def split_source(text: str) -> tuple[str, str]:
-    """``IMAGE:PATH`` → (IMAGE, PATH): at the last ':/', else the last ':'."""
+    """``IMAGE:PATH`` → (IMAGE, PATH): at the last ':/'; else at the last ':' when
+    what follows has a '/' (``model:src/weights``; a tag never has one)."""
     image, sep, path = text.rpartition(":/")
     if sep and image:
         return image, "/" + path
     image, sep, path = text.rpartition(":")
-    port_like = "/" in path and "/" not in image  # "host:5000/repo" with no path at all
-    if not sep or not image or not path or port_like:
-        raise UsageError(f"{text!r} is not IMAGE:PATH", hint="e.g. r8.im/user/model:/src/weights")
+    port_like = "/" not in image  # "host:5000/repo": a port, not a path
+    if not sep or not image or "/" not in path or port_like:
+        raise UsageError(
+            f"{text!r} names no path in the image",
+            hint="write IMAGE:/PATH, e.g. r8.im/user/model:/src/weights",
+        )
     return image, path
 
 

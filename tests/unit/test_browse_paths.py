@@ -92,7 +92,9 @@ def test_split_source(text: str, image: str, path: str) -> None:
     assert split_source(text) == (image, path)
 
 
-@pytest.mark.parametrize("text", ["r8.im/u/m", "localhost:5000/a", ":/x"])
+@pytest.mark.parametrize(
+    "text", ["r8.im/u/m", "localhost:5000/a", ":/x", "127.0.0.1:5000/a/b:v1", "r8.im/u/m:file"]
+)
 def test_split_source_refuses_what_has_no_path(text: str) -> None:
     with pytest.raises(UsageError):
         split_source(text)
