@@ -19,6 +19,7 @@ import trio
 from r8imfs import __version__
 from r8imfs.cli import _common, affix, clone, extract, layers, mount, remix, umount, zstd
 from r8imfs.errors import R8imfsError
+from r8imfs.registry._http import widen_socket_reads
 
 COMMANDS: tuple[ModuleType, ...] = (layers, extract, affix, remix, zstd, clone, mount, umount)
 
@@ -99,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.token is None:
         args.token = os.environ.get("COG_TOKEN") or None
     _setup_logging(args.verbose)
+    widen_socket_reads()  # process-wide (httpcore's class attribute): once, here
     run: Callable[[argparse.Namespace], Awaitable[None]] = args.run
     try:
         before = getattr(args, "before_trio", None)

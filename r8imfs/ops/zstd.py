@@ -12,7 +12,8 @@ type); a layer shared by several platforms is recompressed once.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -24,7 +25,7 @@ from r8imfs.oci import mediatypes as mt
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Platform
 from r8imfs.oci.reference import Reference, Repository
-from r8imfs.ops._tasks import collapse_groups, gather
+from r8imfs.ops._tasks import gather
 from r8imfs.ops.common import (
     Context,
     Needed,
@@ -35,7 +36,7 @@ from r8imfs.ops.common import (
     place_blobs,
     push_images,
 )
-from r8imfs.ops.layerstream import drain
+from r8imfs.ops.layerstream import drain, producing
 from r8imfs.registry.client import RegistryClient, human_size
 from r8imfs.registry.upload import upload_stream
 
@@ -71,29 +72,35 @@ async def recompress_layer(
     d = work.descriptor
     compression = mt.layer_compression(d.media_type) or "unknown"
     bar = ctx.progress.bar(f"zstd {short(d.digest)}", d.size)
-    send, recv = trio.open_memory_channel[bytes](OUT_QUEUE)
     done: list[Recompressed] = []
 
-    async def produce(chunks: AsyncIterator[bytes]) -> None:
-        with send:  # closed on every path; ``drain`` tells success from failure
-            done.append(
-                await recompress_stream(
-                    counted(chunks, bar.advance),
-                    compression,
-                    send.send,
-                    expected_digest=d.digest,
-                    expected_diff_id=work.diff_id,
-                    level=options.level,
-                    frame_size=options.frame_size,
-                    threads=options.threads,
-                )
-            )
+    @asynccontextmanager
+    async def body() -> AsyncIterator[AsyncIterable[bytes]]:
+        # each attempt of the upload streams the layer down and recompresses it again
+        done.clear()
+        async with client.open_blob(src, d.digest) as stream:
+            chunks = counted(stream.chunks(), bar.advance)
+
+            async def produce(send: trio.MemorySendChannel[bytes]) -> None:
+                with send:  # closed on every path; ``drain`` tells success from failure
+                    done.append(
+                        await recompress_stream(
+                            chunks,
+                            compression,
+                            send.send,
+                            expected_digest=d.digest,
+                            expected_diff_id=work.diff_id,
+                            level=options.level,
+                            frame_size=options.frame_size,
+                            threads=options.threads,
+                        )
+                    )
+
+            async with producing(produce, OUT_QUEUE) as recv:
+                yield drain(recv, lambda: bool(done))
 
     try:
-        with collapse_groups():
-            async with client.open_blob(src, d.digest) as stream, trio.open_nursery() as nursery:
-                nursery.start_soon(produce, stream.chunks())
-                up = await upload_stream(client, dest, drain(recv, lambda: bool(done)))
+        up = await upload_stream(client, dest, body)
     finally:
         bar.finish()
     ctx.notify(
