@@ -27,6 +27,9 @@ None for every one; ``every``: only on every Nth match). Kinds:
 ``header@NAME=V``   set a response header (on ``status=401`` replies by default)
 ``redirect-blobs``  answer blob GETs with 307 to a second loopback origin (the
                     "CDN"), which serves them and records every request's headers
+``expire-token``    forward the request without its ``Authorization``: the
+                    registry answers 401 with its challenge, as for a token
+                    that expired in the middle of a transfer
 ==================  =============================================================
 
 Options after the kind, comma-separated: ``times=N``, ``every=N``,
@@ -170,6 +173,13 @@ class SetHeader(Fault):
     value: str | None = None
     status: int | None = 401
     match: str = r"^/v2/"
+
+
+@dataclass
+class ExpireToken(Fault):
+    """Forward without ``Authorization``, so the registry refuses it (401)."""
+
+    match: str = r"^/v2/.+/blobs/"
 
 
 @dataclass
@@ -494,7 +504,7 @@ class _Exchange:
         for name, value in h.headers.items():
             if name.lower() in _HOP_BY_HOP or name.lower() == "host":
                 continue
-            if h.server.cdn and name.lower() == "authorization":
+            if name.lower() == "authorization" and (h.server.cdn or self.of(ExpireToken)):
                 continue
             conn.putheader(name, value)
         if self.auth:
@@ -713,6 +723,8 @@ def _build(kind: str, arg: str, opts: dict[str, str], common: dict[str, Any]) ->
         )
     if kind == "redirect-blobs":
         return RedirectBlobs(**common)
+    if kind == "expire-token":
+        return ExpireToken(**common)
     raise ValueError(f"unknown fault kind {kind!r}")
 
 
