@@ -68,7 +68,9 @@ class Big:
     def layers(self) -> list[RawLayer]:
         rootfs = tar_of({"etc": None, "etc/os-release": b"ID=test\n"})
         return [
-            RawLayer(gzip1(rootfs), diff_id=sha256(rootfs), created_by="ADD rootfs /", comment=None),
+            RawLayer(
+                gzip1(rootfs), diff_id=sha256(rootfs), created_by="ADD rootfs /", comment=None
+            ),
             RawLayer(self.blob, diff_id=sha256(self.tar)),
         ]
 
