@@ -72,6 +72,7 @@ the sync archive engine, in ``run_sync`` threads, reads through
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 from collections.abc import AsyncIterator, Callable
@@ -95,6 +96,8 @@ from r8imfs.archive._ranges import (
 from r8imfs.errors import DigestMismatch, R8imfsError, RegistryError, UsageError
 from r8imfs.oci import digest as _digest
 from r8imfs.oci.reference import Repository
+
+log = logging.getLogger("r8imfs.archive")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -484,14 +487,17 @@ class BlobReader:
                 await self._fetch_whole(None)
                 return
             start, end = self._blocks.span(block)
-            self._count_request()
-            async with self.client.open_blob(self.repo, self.digest, start, end) as stream:
-                if stream.status == 200 or stream.start != start:
-                    self.cache._no_ranges.add((self.repo.registry, self.digest))
-                    await self._fetch_whole(stream)
+            data = await self._fetch_range(start, end)
+            if data is None:
+                return
+            try:
+                await self._check_block(block, data)
+            except DigestMismatch as exc:  # a bad proxy or CDN node, usually: once more
+                log.info("%s; fetching them again", exc)
+                data = await self._fetch_range(start, end)
+                if data is None:
                     return
-                data = await self._collect(stream, end - start)
-            await self._check_block(block, data)
+                await self._check_block(block, data)
             await self._store(start, data)
         except (R8imfsError, OSError, trio.ClosedResourceError) as exc:
             # (closed: the reader went away while this fetch was finishing;
@@ -501,6 +507,16 @@ class BlobReader:
             if self._inflight.get(block) is fetch:
                 del self._inflight[block]
             fetch.done.set()
+
+    async def _fetch_range(self, start: int, end: int) -> bytearray | None:
+        """``[start, end)`` of the blob; None when the registry sent it whole instead."""
+        self._count_request()
+        async with self.client.open_blob(self.repo, self.digest, start, end) as stream:
+            if stream.status == 200 or stream.start != start:
+                self.cache._no_ranges.add((self.repo.registry, self.digest))
+                await self._fetch_whole(stream)
+                return None
+            return await self._collect(stream, end - start)
 
     async def _collect(self, stream: BlobStreamLike, length: int) -> bytearray:
         buf = bytearray()
@@ -523,8 +539,8 @@ class BlobReader:
         if got != self._table.expected(block):
             start, end = self._blocks.span(block)
             raise DigestMismatch(
-                f"{self.repo.registry} served bytes {start}-{end - 1} of blob {self.digest} "
-                "unlike the copy verified before; refusing them"
+                f"blob {self.digest} is corrupt ({self.repo.registry} served bytes"
+                f" {start}-{end - 1} unlike the copy verified before; refusing them)"
             )
 
     async def _store(self, start: int, data: bytearray) -> None:
@@ -585,7 +601,9 @@ class BlobReader:
                 f"{self.repo.registry} sent {pos} of the {self.size} bytes of {self.digest}"
             )
         if hasher.digest != self.digest:
-            await self._fail(f"blob {self.digest} downloaded whole hashes to {hasher.digest}")
+            await self._fail(
+                f"blob {self.digest} is corrupt (downloaded whole, it hashes to {hasher.digest})"
+            )
         self.cache._note_written(self.size - self._present.covered())
         self._present = RangeSet([(0, self.size)])
         self._verified = True
@@ -624,7 +642,9 @@ class BlobReader:
             if self._verified or self._failed is not None or self._hash_pos < self.size:
                 return
             if self._hasher.digest != self.digest:
-                await self._fail(f"blob {self.digest} hashes to {self._hasher.digest}")
+                await self._fail(
+                    f"blob {self.digest} is corrupt (it hashes to {self._hasher.digest})"
+                )
             self._verified = True
             self._changes += 1
             await self._learn_blocks(self._block_hasher)
