@@ -92,6 +92,10 @@ class Fault:
             return False
         return re.search(self.match, path) is not None
 
+    def covers(self, range_header: str | None) -> bool:
+        """Whether a request for this ``Range`` is one to count (all, but for ``Corrupt``)."""
+        return True
+
     def fire(self) -> bool:
         """Count a matching request; True if the fault acts on it (caller holds the lock)."""
         self._seen += 1
@@ -148,6 +152,14 @@ class Corrupt(Fault):
     length: int = 1
     match: str = BLOB_PATH
     methods: tuple[str, ...] = ("GET",)
+
+    def covers(self, range_header: str | None) -> bool:
+        """Only requests whose range holds a flipped byte count (``times`` means it)."""
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", (range_header or "").strip())
+        if m is None:
+            return True  # the whole blob, or a range form we do not read
+        first, last = int(m[1]), int(m[2]) if m[2] else None
+        return first < self.offset + self.length and (last is None or self.offset <= last)
 
 
 @dataclass
@@ -289,9 +301,13 @@ class FaultProxy:
     def cdn_requests(self) -> list[Logged]:
         return [r for r in self.requests if r.server == "cdn"]
 
-    def fired(self, method: str, path: str) -> list[Fault]:
+    def fired(self, method: str, path: str, range_header: str | None = None) -> list[Fault]:
         with self._lock:
-            return [f for f in self._faults if f.applies(method, path) and f.fire()]
+            return [
+                f
+                for f in self._faults
+                if f.applies(method, path) and f.covers(range_header) and f.fire()
+            ]
 
     def record(self, entry: Logged) -> None:
         with self._logged:
@@ -417,7 +433,7 @@ class _Exchange:
         h = self.h
         if h.server.cdn and not self._from_stash():
             return
-        self.faults = self.proxy.fired(h.command, self.path)
+        self.faults = self.proxy.fired(h.command, self.path, h.headers.get("Range"))
         if h.server.cdn:  # the CDN serves what it was sent to serve
             self.faults = [f for f in self.faults if not isinstance(f, RedirectBlobs)]
         delay = self.of(Delay)
