@@ -279,7 +279,6 @@ def _untar_weights(raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | N
     """Worker thread: hash, decompress and untar one layer into the sink."""
     desc = layer.descriptor
     hashed = HashingReader(raw)
-    what = f"layer {layer.index} ({desc.digest})"
     names: list[str] = []
     try:
         stream = open_decompressed(hashed, compression_of(desc.media_type))  # type: ignore[arg-type]
@@ -302,23 +301,27 @@ def _untar_weights(raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | N
         hashed.drain()
     except DECOMPRESSION_ERRORS as exc:
         sink.abort()
-        raise _bad_layer(what, desc.digest, hashed, exc) from exc
+        raise _bad_layer(layer, hashed, exc) from exc
     except (tarfile.TarError, CorruptLayer) as exc:
         sink.abort()
-        raise _bad_layer(what, desc.digest, hashed, exc) from exc
+        raise _bad_layer(layer, hashed, exc) from exc
     except BaseException:
         sink.abort()
         raise
     digest = "sha256:" + hashed.hash.hexdigest()
     if digest != desc.digest:
         sink.abort()
-        raise BlobCorrupt(f"{what}: blob {desc.digest} is corrupt (its bytes hash to {digest})")
+        raise BlobCorrupt(
+            f"layer {layer.index}: blob {desc.digest} is corrupt (its bytes hash to {digest})"
+        )
     sink.commit()
     return names
 
 
-def _bad_layer(what: str, digest: str, hashed: HashingReader, exc: BaseException) -> R8imfsError:
+def _bad_layer(layer: Layer, hashed: HashingReader, exc: BaseException) -> R8imfsError:
     """A corrupt blob (hash it to the end: not its digest) or a bad layer (it is)."""
+    digest = layer.descriptor.digest
+    what = f"layer {layer.index} ({digest})"
     if isinstance(exc, CorruptLayer):
         detail = exc.message
     elif isinstance(exc, tarfile.TarError):
@@ -333,7 +336,7 @@ def _bad_layer(what: str, digest: str, hashed: HashingReader, exc: BaseException
     if intact:
         sep = " " if detail.startswith(("is ", "does ")) else ": "
         return CorruptLayer(f"{what}{sep}{detail}")
-    return BlobCorrupt(f"{what}: blob {digest} is corrupt ({detail})")
+    return BlobCorrupt(f"layer {layer.index}: blob {digest} is corrupt ({detail})")
 
 
 async def _extract_layer(

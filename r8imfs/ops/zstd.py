@@ -11,6 +11,7 @@ type); a layer shared by several platforms is recompressed once.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,10 +20,11 @@ from functools import partial
 
 import trio
 
+from r8imfs._threads import run_io
 from r8imfs.archive.recompress import FRAME_SIZE, Recompressed, recompress_stream
-from r8imfs.errors import UnsupportedMediaType
+from r8imfs.errors import CorruptLayer, DigestMismatch, UnsupportedMediaType
 from r8imfs.oci import mediatypes as mt
-from r8imfs.oci.digest import short
+from r8imfs.oci.digest import Hasher, short
 from r8imfs.oci.manifest import Descriptor, Platform
 from r8imfs.oci.reference import Reference, Repository
 from r8imfs.ops._tasks import gather
@@ -38,7 +40,9 @@ from r8imfs.ops.common import (
 )
 from r8imfs.ops.layerstream import drain, producing
 from r8imfs.registry.client import RegistryClient, human_size
-from r8imfs.registry.upload import upload_stream
+from r8imfs.registry.upload import Body, Uploaded, upload_stream
+
+log = logging.getLogger("r8imfs.ops")
 
 #: Recompressed frames waiting for the upload, per layer.
 OUT_QUEUE = 2
@@ -100,7 +104,7 @@ async def recompress_layer(
                 yield drain(recv, lambda: bool(done))
 
     try:
-        up = await upload_stream(client, dest, body)
+        up = await _upload_checked(client, src, dest, d.digest, body)
     finally:
         bar.finish()
     ctx.notify(
@@ -108,6 +112,38 @@ async def recompress_layer(
         f"{human_size(up.size)} zstd ({done[0].result.frames} frame(s)) {short(up.digest)}"
     )
     return Descriptor(mt.OCI_LAYER_ZSTD, up.digest, up.size)
+
+
+async def _upload_checked(
+    client: RegistryClient, src: Repository, dest: Repository, digest: str, body: Body
+) -> Uploaded:
+    """Upload the recompressed layer; a layer that fails to decode is fetched once more.
+
+    If the second try fails too, the blob is hashed once more to tell a blob
+    corrupt on the way (a bad proxy or CDN node: "blob … is corrupt") from a
+    layer that is bad at its source (its error as it was).
+    """
+    try:
+        return await upload_stream(client, dest, body)
+    except (CorruptLayer, DigestMismatch) as exc:
+        log.info("%s; fetching it again", exc)
+    try:
+        return await upload_stream(client, dest, body)
+    except (CorruptLayer, DigestMismatch) as exc:
+        if await _blob_intact(client, src, digest):
+            raise
+        detail = str(exc).removeprefix(f"{digest}: ")
+        raise DigestMismatch(
+            f"blob {digest} is corrupt ({detail}); the same when fetched again"
+        ) from exc
+
+
+async def _blob_intact(client: RegistryClient, repo: Repository, digest: str) -> bool:
+    hasher = Hasher()
+    async with client.open_blob(repo, digest) as stream:
+        async for chunk in stream.chunks():
+            await run_io(hasher.update, chunk)
+    return hasher.digest == digest
 
 
 async def counted(

@@ -217,7 +217,7 @@ async def _upload_once(
     digest = hasher.digest
     if expected and digest != expected:
         await _cancel(client, repo, location)
-        raise DigestMismatch(f"uploaded bytes hash to {digest}, expected {expected}")
+        raise DigestMismatch(f"blob {expected} is corrupt (the bytes sent hash to {digest})")
     await _commit(client, repo, location, digest)
     return Uploaded(digest, hasher.size, "uploaded")
 
@@ -354,4 +354,12 @@ async def ensure_blob(
         async with client.open_blob(source, digest) as stream:
             yield stream.chunks()
 
-    return await upload_stream(client, repo, body, expected=digest, progress=progress)
+    try:
+        return await upload_stream(client, repo, body, expected=digest, progress=progress)
+    except DigestMismatch as exc:  # a bad proxy or CDN node, usually: once more
+        log.info("%s; fetching it again", exc)
+    try:
+        return await upload_stream(client, repo, body, expected=digest, progress=progress)
+    except DigestMismatch as exc:
+        exc.message += "; the same when fetched again"
+        raise

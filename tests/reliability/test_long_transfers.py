@@ -249,6 +249,30 @@ def test_a_blob_corrupt_every_time_fails_in_one_line_and_leaves_nothing(
     assert_nothing_extracted(target)
 
 
+@pytest.mark.parametrize("command", ["zstd", "clone"])
+@pytest.mark.parametrize("times", [1, None])
+def test_zstd_and_clone_fetch_a_corrupt_blob_again_and_push_nothing_bad(
+    proxy: FaultProxy, registry: RegistryServer, other: RegistryServer, big: Big, big_repo: str,
+    repo_name: str, command: str, times: int | None,
+) -> None:
+    """Corrupted once: completes, verified. Every time: one line, no tag."""
+    dest_host = other.host if command == "clone" else registry.host
+    proxy.set_faults([Corrupt(offset=50 * MiB, times=times, match=blob_match(big))])
+    src = f"{proxy.host}/{big_repo}:v1"
+    dest = f"{dest_host}/{repo_name}:out"
+    args = ["zstd", src, "--dest", dest] if command == "zstd" else [
+        "clone", "--base", src, "--dest", dest]
+    proc = run(*args, timeout=TIMEOUT)
+    if times == 1:
+        succeeded(proc)
+        verify_image(dest_host, repo_name, "out")
+    else:
+        one_line_error(proc, contains=f"blob {big.digest} is corrupt (")
+        assert not tag_is_whole(dest_host, repo_name, "out")
+    fired = sum(1 for r in proxy.requests if r.faults)
+    assert fired == 1 if times == 1 else fired >= 2  # fetched once more before failing
+
+
 # -- 4. a stalled registry ----------------------------------------------------------------
 
 STALL = clean_env(R8IMFS_STALL_TIMEOUT="1")
