@@ -125,9 +125,17 @@ class RegistryClient:
         return self._auth[host]
 
     async def _send_plain(self, request: httpx.Request) -> httpx.Response:
-        """Token-service and verify-token requests: retried, never redirected with auth."""
+        """Token-service and verify-token requests: retried, never redirected with auth.
+
+        Statuses only: a connection that fails is retried by the request that
+        needed the token (else five tries of five).
+        """
         return await self._retrying(
-            request.url.host, "authentication", lambda: self._http.send(request), replayable=True
+            request.url.host,
+            "authentication",
+            lambda: self._http.send(request),
+            replayable=True,
+            retry_drops=False,
         )
 
     async def _retrying(
@@ -137,6 +145,7 @@ class RegistryClient:
         send: Callable[[], Awaitable[httpx.Response]],
         *,
         replayable: bool,
+        retry_drops: bool = True,
     ) -> httpx.Response:
         """The one retry loop of requests: dropped connections and retryable statuses.
 
@@ -149,7 +158,7 @@ class RegistryClient:
                 with translate(host, what):
                     response = await send()
             except TransportError as exc:
-                if replayable and await backoff.wait():
+                if replayable and retry_drops and await backoff.wait():
                     log.info("%s: %s; trying again", what, exc)
                     continue
                 raise
