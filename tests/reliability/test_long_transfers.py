@@ -45,7 +45,16 @@ from relkit import (
 )
 
 from tools.demoimage import tar_of
-from tools.faultproxy import UPLOAD_PATH, Corrupt, Delay, DropBody, ExpireToken, FaultProxy, Status
+from tools.faultproxy import (
+    UPLOAD_PATH,
+    Corrupt,
+    Delay,
+    DropBody,
+    DropUpload,
+    ExpireToken,
+    FaultProxy,
+    Status,
+)
 
 SIZE = 104 * MiB
 #: generous: a 104 MiB layer is compressed, sent and verified on 2 shared cores
@@ -218,6 +227,32 @@ def test_an_upload_session_the_registry_lost_is_started_again(
     succeeded(proc)
     assert lost.fired == 1
     assert sum(r.method == "POST" for r in proxy.requests) >= 2
+    verify_image(registry.host, repo_name, "out")
+
+
+def test_an_upload_chunk_cut_part_way_goes_on_from_where_the_registry_is(
+    proxy: FaultProxy, registry: RegistryServer, big: Big, big_repo: str, tmp_path: Path,
+    repo_name: str,
+) -> None:
+    """The monolithic PATCH is cut, then the first 16 MiB chunk of the replay too.
+
+    The chunk is retried from memory. A registry that kept part of it answers
+    416 and the upload goes on from the offset it reports; one that dropped
+    the session answers 404 and the upload starts over in a new one.
+    """
+    tar = tmp_path / "new.tar"
+    tar.write_bytes(big.tar)
+    proxy.set_faults([DropUpload(after=5 * MiB, times=2, methods=("PATCH",))])
+    dest = f"{proxy.host}/{repo_name}:out"
+    proc = run(
+        "affix", "--base", f"{proxy.host}/{big_repo}:v1", "--dest", dest, "--tar", str(tar),
+        "-v", timeout=TIMEOUT,
+    )
+    succeeded(proc)
+    assert sum(1 for r in proxy.requests if r.faults) == 2
+    # docker's registry drops a session whose PATCH broke off (404 on the retry): a new
+    # session; a registry that kept part of the chunk would answer 416 instead
+    assert any(r.method == "PATCH" and r.status in (404, 416) for r in proxy.requests)
     verify_image(registry.host, repo_name, "out")
 
 
