@@ -51,8 +51,13 @@ class BigPlain:
     def push(self, host: str, repo: str) -> str:
         ref = f"{host}/{repo}:v1"
         base = tar_of({"etc": None, "etc/hostname": b"rel\n"})
-        push_blobs(ref, [RawLayer(base, mt.OCI_LAYER, None, "ADD / /", None),
-                         RawLayer(self.tar, mt.OCI_LAYER, self.digest)])
+        push_blobs(
+            ref,
+            [
+                RawLayer(base, mt.OCI_LAYER, None, "ADD / /", None),
+                RawLayer(self.tar, mt.OCI_LAYER, self.digest),
+            ],
+        )
         return ref
 
 
@@ -110,8 +115,15 @@ def test_a_block_corrupted_once_after_eviction_is_fetched_again(
         assert read_checked(weights(m.rootfs), big.body) == "ok"  # whole: block table kept
     assert list(cache.glob("blobs/sha256/*.blocks"))
     # --cache-size 1M: opening the cache evicts the blob's data, keeping its block table
-    with mounted(f"{proxy.host}/{big_repo}:v1", tmp_path, "--cache-size", "1M", "-v",
-                 name="second", cache_dir=cache) as m:
+    with mounted(
+        f"{proxy.host}/{big_repo}:v1",
+        tmp_path,
+        "--cache-size",
+        "1M",
+        "-v",
+        name="second",
+        cache_dir=cache,
+    ) as m:
         # times=1: the first GET whose range holds the byte (faultproxy's Corrupt)
         proxy.set_faults([Corrupt(offset=50 * MiB + 5, times=1, match=big.match)])
         at = 50 * MiB

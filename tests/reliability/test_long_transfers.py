@@ -168,7 +168,11 @@ def half_down() -> list[Status]:
 
 
 def test_affix_of_a_big_tar_completes_when_every_other_request_is_503(
-    proxy: FaultProxy, registry: RegistryServer, big: Big, big_repo: str, tmp_path: Path,
+    proxy: FaultProxy,
+    registry: RegistryServer,
+    big: Big,
+    big_repo: str,
+    tmp_path: Path,
     repo_name: str,
 ) -> None:
     tar = tmp_path / "new.tar"
@@ -176,7 +180,14 @@ def test_affix_of_a_big_tar_completes_when_every_other_request_is_503(
     proxy.set_faults(half_down())
     dest = f"{proxy.host}/{repo_name}:out"
     proc = run(
-        "affix", "--base", f"{proxy.host}/{big_repo}:v1", "--dest", dest, "--tar", str(tar), "-v",
+        "affix",
+        "--base",
+        f"{proxy.host}/{big_repo}:v1",
+        "--dest",
+        dest,
+        "--tar",
+        str(tar),
+        "-v",
         timeout=TIMEOUT,
     )
     succeeded(proc)
@@ -191,8 +202,14 @@ def test_affix_of_a_big_tar_completes_when_every_other_request_is_503(
 
 @pytest.mark.parametrize("command", ["zstd", "clone"])
 def test_zstd_and_clone_complete_when_every_other_request_is_503(
-    proxy: FaultProxy, registry: RegistryServer, other: RegistryServer, big: Big, big_repo: str,
-    tmp_path: Path, repo_name: str, command: str,
+    proxy: FaultProxy,
+    registry: RegistryServer,
+    other: RegistryServer,
+    big: Big,
+    big_repo: str,
+    tmp_path: Path,
+    repo_name: str,
+    command: str,
 ) -> None:
     """zstd streams each layer down and up again; clone to another registry copies it."""
     dest_proxy = FaultProxy(other.host if command == "clone" else registry.host).start()
@@ -201,8 +218,11 @@ def test_zstd_and_clone_complete_when_every_other_request_is_503(
         dest_proxy.set_faults(half_down())
         src = f"{proxy.host}/{big_repo}:v1"
         dest = f"{dest_proxy.host}/{repo_name}:out"
-        args = ["zstd", src, "--dest", dest] if command == "zstd" else [
-            "clone", "--base", src, "--dest", dest]
+        args = (
+            ["zstd", src, "--dest", dest]
+            if command == "zstd"
+            else ["clone", "--base", src, "--dest", dest]
+        )
         proc = run(*args, "-v", timeout=TIMEOUT)
         succeeded(proc)
         assert any(r.method == "PATCH" and r.status == 503 for r in dest_proxy.requests)
@@ -212,7 +232,11 @@ def test_zstd_and_clone_complete_when_every_other_request_is_503(
 
 
 def test_an_upload_session_the_registry_lost_is_started_again(
-    proxy: FaultProxy, registry: RegistryServer, big: Big, big_repo: str, tmp_path: Path,
+    proxy: FaultProxy,
+    registry: RegistryServer,
+    big: Big,
+    big_repo: str,
+    tmp_path: Path,
     repo_name: str,
 ) -> None:
     tar = tmp_path / "new.tar"
@@ -221,7 +245,13 @@ def test_an_upload_session_the_registry_lost_is_started_again(
     proxy.set_faults([lost])
     dest = f"{proxy.host}/{repo_name}:out"
     proc = run(
-        "affix", "--base", f"{proxy.host}/{big_repo}:v1", "--dest", dest, "--tar", str(tar),
+        "affix",
+        "--base",
+        f"{proxy.host}/{big_repo}:v1",
+        "--dest",
+        dest,
+        "--tar",
+        str(tar),
         timeout=TIMEOUT,
     )
     succeeded(proc)
@@ -231,7 +261,11 @@ def test_an_upload_session_the_registry_lost_is_started_again(
 
 
 def test_an_upload_chunk_cut_part_way_goes_on_from_where_the_registry_is(
-    proxy: FaultProxy, registry: RegistryServer, big: Big, big_repo: str, tmp_path: Path,
+    proxy: FaultProxy,
+    registry: RegistryServer,
+    big: Big,
+    big_repo: str,
+    tmp_path: Path,
     repo_name: str,
 ) -> None:
     """The monolithic PATCH is cut, then the first 16 MiB chunk of the replay too.
@@ -245,8 +279,15 @@ def test_an_upload_chunk_cut_part_way_goes_on_from_where_the_registry_is(
     proxy.set_faults([DropUpload(after=5 * MiB, times=2, methods=("PATCH",))])
     dest = f"{proxy.host}/{repo_name}:out"
     proc = run(
-        "affix", "--base", f"{proxy.host}/{big_repo}:v1", "--dest", dest, "--tar", str(tar),
-        "-v", timeout=TIMEOUT,
+        "affix",
+        "--base",
+        f"{proxy.host}/{big_repo}:v1",
+        "--dest",
+        dest,
+        "--tar",
+        str(tar),
+        "-v",
+        timeout=TIMEOUT,
     )
     succeeded(proc)
     assert sum(1 for r in proxy.requests if r.faults) == 2
@@ -287,16 +328,25 @@ def test_a_blob_corrupt_every_time_fails_in_one_line_and_leaves_nothing(
 @pytest.mark.parametrize("command", ["zstd", "clone"])
 @pytest.mark.parametrize("times", [1, None])
 def test_zstd_and_clone_fetch_a_corrupt_blob_again_and_push_nothing_bad(
-    proxy: FaultProxy, registry: RegistryServer, other: RegistryServer, big: Big, big_repo: str,
-    repo_name: str, command: str, times: int | None,
+    proxy: FaultProxy,
+    registry: RegistryServer,
+    other: RegistryServer,
+    big: Big,
+    big_repo: str,
+    repo_name: str,
+    command: str,
+    times: int | None,
 ) -> None:
     """Corrupted once: completes, verified. Every time: one line, no tag."""
     dest_host = other.host if command == "clone" else registry.host
     proxy.set_faults([Corrupt(offset=50 * MiB, times=times, match=blob_match(big))])
     src = f"{proxy.host}/{big_repo}:v1"
     dest = f"{dest_host}/{repo_name}:out"
-    args = ["zstd", src, "--dest", dest] if command == "zstd" else [
-        "clone", "--base", src, "--dest", dest]
+    args = (
+        ["zstd", src, "--dest", dest]
+        if command == "zstd"
+        else ["clone", "--base", src, "--dest", dest]
+    )
     proc = run(*args, timeout=TIMEOUT)
     if times == 1:
         succeeded(proc)
@@ -344,15 +394,20 @@ def token_proxy(token_registry: RegistryServer, docker_config: object) -> Iterat
 
 
 def test_a_token_expiring_mid_pull_and_mid_push_is_renewed(
-    token_proxy: FaultProxy, token_registry: RegistryServer, big: Big, tmp_path: Path,
+    token_proxy: FaultProxy,
+    token_registry: RegistryServer,
+    big: Big,
+    tmp_path: Path,
     repo_name: str,
 ) -> None:
     ref = big.push(token_proxy.host, "rel/long-token")
     # the pull: the first GET drops at 8 MiB; its ranged resume is refused once
-    token_proxy.set_faults([
-        DropBody(after=8 * MiB, times=1, match=blob_match(big)),
-        ExpireToken(times=1, every=2, methods=("GET",), match=blob_match(big)),
-    ])
+    token_proxy.set_faults(
+        [
+            DropBody(after=8 * MiB, times=1, match=blob_match(big)),
+            ExpireToken(times=1, every=2, methods=("GET",), match=blob_match(big)),
+        ]
+    )
     env = {k: v for k, v in os.environ.items() if k != "COG_TOKEN"}
     out = tmp_path / "out"
     extract_dir(ref, out, env=env)
