@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
+import tarfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,6 +310,25 @@ def test_a_blob_corrupted_once_is_fetched_again(
     err = extract_dir(f"{proxy.host}/{big_repo}:v1", out)
     assert "is corrupt" in err and "fetching it again" in err
     assert file_sha(out / "big.bin") == big.sha
+
+
+def test_a_blob_corrupted_once_is_fetched_again_into_a_tar(
+    proxy: FaultProxy, big: Big, big_repo: str, tmp_path: Path
+) -> None:
+    """``-o``: what the first try wrote is cut off the tar before the second."""
+    proxy.set_faults([Corrupt(offset=50 * MiB, times=1, match=blob_match(big))])
+    out = tmp_path / "w.tar"
+    proc = run("extract", f"{proxy.host}/{big_repo}:v1", "-o", str(out), "-v", timeout=TIMEOUT)
+    succeeded(proc)
+    assert "fetching it again" in proc.stderr
+    listing = subprocess.run(
+        ["tar", "-tvf", str(out)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.splitlines()
+    assert len(listing) == 1, listing  # GNU tar reads it: one member, no leftovers
+    with tarfile.open(out) as tf:
+        member = tf.extractfile("big.bin")
+        assert member is not None
+        assert hashlib.sha256(member.read()).hexdigest() == big.sha
 
 
 @pytest.mark.parametrize("where", ["--dir", "-o"])
