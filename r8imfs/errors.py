@@ -8,7 +8,7 @@ translated at the boundary that sees them and raised ``from`` the original.
     R8imfsError                      exit 1
     ├── UsageError                   exit 2   bad flags or arguments
     │   └── InvalidReference                  an image reference that does not parse
-    ├── NotBuilt                     exit 3   a command of the suite not written yet
+    ├── NotBuilt                     exit 3   a command of the suite not written yet (none today)
     ├── RegistryError                         a registry answered something we cannot use
     │   ├── AuthError                exit 4   401/403, or a token service refused us
     │   ├── ManifestUnknown                   no such tag or manifest digest
@@ -20,12 +20,23 @@ translated at the boundary that sees them and raised ``from`` the original.
     ├── DigestMismatch                        bytes that do not hash to their digest
     ├── RangeUnsupported                      a blob store that cannot serve byte ranges
     ├── CorruptLayer                          a layer that does not decompress or untar
+    │   └── BadToc                            a layer TOC (zstd:chunked, eStargz) we refuse
     ├── UnsafeLayer                           a tar that would write outside its target
-    └── NoWeightsFound                        ``extract`` found nothing under src/weights/
+    ├── NoWeightsFound                        ``extract`` found nothing under src/weights/
+    └── MountError                            the kernel refused a mount or an unmount
 
-Raisers: ``oci`` raises InvalidReference, UnsupportedMediaType, PlatformNotFound;
-``registry`` raises the RegistryError family and DigestMismatch; ``archive``
-raises CorruptLayer, DigestMismatch, RangeUnsupported, UnsafeLayer.
+Raisers: ``oci`` raises InvalidReference, UnsupportedMediaType, PlatformNotFound,
+DigestMismatch; ``registry`` raises the RegistryError family (RangeUnsupported
+included) and DigestMismatch; ``engine`` raises CorruptLayer, UnsafeLayer,
+UnsupportedMediaType (a layer type with no codec) and DigestMismatch (a decoded
+copy); ``cache`` raises DigestMismatch and RegistryError; ``image`` CorruptLayer
+and DigestMismatch; ``fs`` MountError and UsageError; ``ops`` adds
+NoWeightsFound; ``_units`` and ``cli`` raise UsageError.
+
+``NotBuilt`` (exit 3) is for a command the CLI lists but this version does not
+implement (``cli._common.not_built``). Every command of this version is built,
+so nothing raises it today; the exit code stays reserved for the next command
+that is announced before it is written.
 """
 
 from __future__ import annotations
@@ -118,9 +129,18 @@ class CorruptLayer(R8imfsError):
     pass
 
 
+class BadToc(CorruptLayer):
+    """A table of contents that fails its digest or describes impossible or
+    unsafe data; the layer can still be read as a plain compressed stream."""
+
+
 class UnsafeLayer(R8imfsError):
     pass
 
 
 class NoWeightsFound(R8imfsError):
     pass
+
+
+class MountError(R8imfsError):
+    """The kernel refused the mount, or the mountpoint is unusable (``fs.daemon``)."""

@@ -17,11 +17,34 @@ from types import ModuleType
 import trio
 
 from r8imfs import __version__
-from r8imfs.cli import _common, affix, clone, extract, layers, mount, remix, umount, zstd
+from r8imfs.cli import (
+    _common,
+    affix,
+    clone,
+    commit,
+    extract,
+    index,
+    layers,
+    mount,
+    remix,
+    umount,
+    zstd,
+)
 from r8imfs.errors import R8imfsError
 from r8imfs.registry._http import widen_socket_reads
 
-COMMANDS: tuple[ModuleType, ...] = (layers, extract, affix, remix, zstd, clone, mount, umount)
+COMMANDS: tuple[ModuleType, ...] = (
+    layers,
+    extract,
+    affix,
+    remix,
+    zstd,
+    index,
+    clone,
+    mount,
+    umount,
+    commit,
+)
 
 DESCRIPTION = """\
 Look inside and change container images straight on the registry:
@@ -32,6 +55,8 @@ examples:
   r8imfs extract IMAGE -o weights.tar                 pull the weights out
   r8imfs affix --base IMAGE --dest REPO --tar w.tar   put new weights on
   r8imfs mount IMAGE /mnt/img && cp /mnt/img/rootfs/src/weights/* .
+  r8imfs mount --writable IMAGE /mnt/img; cp w.bin /mnt/img/rootfs/src/weights/
+  r8imfs commit /mnt/img --dest REPO:TAG -m "new weights"
 
 credentials: -t/--token or COG_TOKEN (a Replicate cog token), else the
 docker/podman config (~/.docker/config.json, credential helpers), else none.

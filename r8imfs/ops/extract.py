@@ -7,7 +7,7 @@ under ``src/weights/``, the layers whose build step starts with
 stripped, whiteouts ignored.
 
 Each chosen layer is one streaming pass: download → decompress → untar, in
-a worker thread (``archive.pipe``), hashing the compressed bytes on the way.
+a worker thread (``image.pipe``), hashing the compressed bytes on the way.
 Every file is staged and only published once its layer's digest checks out,
 so a corrupt or truncated blob never yields a file (``DigestMismatch``).
 Weights are big and read whole, so a straight stream beats random access
@@ -34,19 +34,18 @@ from pathlib import Path
 from typing import IO, Protocol, cast
 
 from r8imfs._threads import run_io
-from r8imfs.archive.decompress import (
+from r8imfs.engine.codecs.decompress import (
     DECOMPRESSION_ERRORS,
     HashingReader,
     chunks_of,
-    compression_of,
     corrupt,
-    open_decompressed,
 )
-from r8imfs.archive.pipe import consume_stream
-from r8imfs.archive.safetar import GuardedTarInfo
-from r8imfs.archive.tarindex import ForwardFile
-from r8imfs.archive.writer import BackgroundWriter
+from r8imfs.engine.codecs.table import codec_for
+from r8imfs.engine.safetar import GuardedTarInfo
+from r8imfs.engine.tarindex import ForwardFile
+from r8imfs.engine.writer import BackgroundWriter
 from r8imfs.errors import CorruptLayer, DigestMismatch, NoWeightsFound, R8imfsError, UnsafeLayer
+from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.config import WEIGHTS_DIR, Layer, pair_layers, weights_candidates
 from r8imfs.oci.reference import Repository
 from r8imfs.registry.client import Image, RegistryClient
@@ -281,7 +280,7 @@ def _untar_weights(raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | N
     hashed = HashingReader(raw)
     names: list[str] = []
     try:
-        stream = open_decompressed(hashed, compression_of(desc.media_type))  # type: ignore[arg-type]
+        stream = codec_for(desc.media_type).inflate(cast(IO[bytes], hashed))
         # tarfile over a forward-only file rather than in stream mode ("r|"),
         # for the headers only: bodies are views of the inflater's own output
         # (``_Body``), not copies through the stream mode's 10 KiB record loop.

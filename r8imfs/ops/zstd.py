@@ -1,8 +1,10 @@
-"""``zstd``: every layer recompressed as seekable zstd; diff_ids unchanged.
+"""``zstd``: every layer recompressed as zstd:chunked + seekable zstd; diff_ids unchanged.
 
-Each gzip (or plain) layer streams down, through ``archive.recompress``
-(verified against its digest and diff_id, cut into independent frames,
-compressed on ``threads`` threads per layer, seek table last) and straight back up.
+Each gzip (or plain) layer streams down, through ``image.recompress``
+(verified against its digest and diff_id, cut into independent frames per
+tar header run and body chunk, compressed on ``threads`` threads per layer,
+zstd:chunked TOC next, seek table last) and straight back up; the TOC's
+position and checksum go into the new layer descriptor's annotations.
 ``jobs`` layers run at once; each holds a bounded number of frames, so
 memory does not grow with layer size. Layers already zstd are mounted as
 they are. The manifest and config become OCI (zstd has no Docker media
@@ -21,8 +23,9 @@ from functools import partial
 import trio
 
 from r8imfs._threads import run_io
-from r8imfs.archive.recompress import FRAME_SIZE, Recompressed, recompress_stream
+from r8imfs._units import human_size
 from r8imfs.errors import CorruptLayer, DigestMismatch, UnsupportedMediaType
+from r8imfs.image.recompress import FRAME_SIZE, Recompressed, recompress_stream
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci.digest import Hasher, short
 from r8imfs.oci.manifest import Descriptor, Platform
@@ -39,7 +42,7 @@ from r8imfs.ops.common import (
     push_images,
 )
 from r8imfs.ops.layerstream import drain, producing
-from r8imfs.registry.client import RegistryClient, human_size
+from r8imfs.registry.client import RegistryClient
 from r8imfs.registry.upload import Body, Uploaded, upload_stream
 
 log = logging.getLogger("r8imfs.ops")
@@ -111,7 +114,10 @@ async def recompress_layer(
         f"layer {short(d.digest)}: {human_size(d.size)} {compression} -> "
         f"{human_size(up.size)} zstd ({done[0].result.frames} frame(s)) {short(up.digest)}"
     )
-    return Descriptor(mt.OCI_LAYER_ZSTD, up.digest, up.size)
+    # the zstd:chunked TOC position and checksum; never the eStargz toc.digest
+    # (containers/image refuses a layer that carries both)
+    annotations = done[0].result.annotations or None
+    return Descriptor(mt.OCI_LAYER_ZSTD, up.digest, up.size, None, annotations)
 
 
 async def _upload_checked(
@@ -161,7 +167,7 @@ def _plan(source_children: list[tuple[Descriptor, str | None]]) -> dict[str, _Wo
         compression = mt.layer_compression(d.media_type)
         if compression is None:
             raise UnsupportedMediaType(f"layer {d.digest} has unknown media type {d.media_type}")
-        if compression != "zstd":
+        if compression is not mt.Compression.ZSTD:
             todo.setdefault(d.digest, _Work(d, diff_id))
     return todo
 
