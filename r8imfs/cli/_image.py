@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from r8imfs.archive.blobcache import DEFAULT_MAX_BYTES, default_cache_dir, parse_size
-from r8imfs.archive.image import ImageFiles
+from r8imfs._units import parse_size
+from r8imfs.cache.blobcache import DEFAULT_MAX_BYTES, default_cache_dir
 from r8imfs.cli import _common
+from r8imfs.cli.progress import TerminalTransfers
+from r8imfs.image.image import ImageFiles
 from r8imfs.ops.browse import CacheOptions, open_image
-from r8imfs.ops.progress import Progress
+from r8imfs.ops.progress import Transfers
 from r8imfs.registry.client import human_size
 
 NO_FUSE = (
@@ -32,14 +34,14 @@ def add_cache_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def board(args: argparse.Namespace) -> Progress:
+def board(args: argparse.Namespace) -> Transfers:
     """Bars on stderr when it is a terminal; none with -q."""
-    return Progress.terminal(bool(getattr(args, "quiet", False)))
+    return TerminalTransfers.terminal(bool(getattr(args, "quiet", False)))
 
 
 @contextlib.asynccontextmanager
 async def opened(
-    args: argparse.Namespace, image: str, bars: Progress, *, sparse: bool = False
+    args: argparse.Namespace, image: str, bars: Transfers, *, sparse: bool = False
 ) -> AsyncIterator[ImageFiles]:
     cache = CacheOptions(
         Path(args.cache_dir) if args.cache_dir else default_cache_dir(),

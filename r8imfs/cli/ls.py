@@ -9,8 +9,8 @@ import sys
 import time
 from typing import Any
 
-from r8imfs.archive.entry import Kind
 from r8imfs.cli import _image
+from r8imfs.engine.entry import Kind
 from r8imfs.ops.browse import Row, listing
 
 _TYPE_BITS = {

@@ -22,8 +22,10 @@ from r8imfs.cli import (
     affix,
     cat,
     clone,
+    commit,
     cp,
     extract,
+    index,
     layers,
     ls,
     mount,
@@ -33,6 +35,7 @@ from r8imfs.cli import (
     zstd,
 )
 from r8imfs.errors import R8imfsError
+from r8imfs.registry._http import widen_socket_reads
 
 COMMANDS: tuple[ModuleType, ...] = (
     layers,
@@ -44,9 +47,11 @@ COMMANDS: tuple[ModuleType, ...] = (
     affix,
     remix,
     zstd,
+    index,
     clone,
     mount,
     umount,
+    commit,
 )
 
 DESCRIPTION = """\
@@ -61,6 +66,8 @@ examples:
   r8imfs extract IMAGE -o weights.tar                 pull the weights out
   r8imfs affix --base IMAGE --dest REPO --tar w.tar   put new weights on
   r8imfs mount IMAGE /mnt/img && cp /mnt/img/rootfs/src/weights/* .
+  r8imfs mount --writable IMAGE /mnt/img; cp w.bin /mnt/img/rootfs/src/weights/
+  r8imfs commit /mnt/img --dest REPO:TAG -m "new weights"
 
 credentials: -t/--token or COG_TOKEN (a Replicate cog token), else the
 docker/podman config (~/.docker/config.json, credential helpers), else none.
@@ -129,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.token is None:
         args.token = os.environ.get("COG_TOKEN") or None
     _setup_logging(args.verbose)
+    widen_socket_reads()  # process-wide (httpcore's class attribute): once, here
     run: Callable[[argparse.Namespace], Awaitable[None]] = args.run
     try:
         before = getattr(args, "before_trio", None)

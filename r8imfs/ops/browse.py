@@ -22,14 +22,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from r8imfs.archive.blobcache import BlobCache
-from r8imfs.archive.entry import Kind, join
-from r8imfs.archive.image import DECODED_BLOCK, ImageFiles
-from r8imfs.archive.merged import MergedTree, Node
+from r8imfs.cache.blobcache import BlobCache
+from r8imfs.engine.entry import Kind, join
+from r8imfs.engine.merged import MergedTree, Node
 from r8imfs.errors import CorruptLayer, PathNotFound
+from r8imfs.image.image import DECODED_BLOCK, ImageFiles
 from r8imfs.oci.manifest import Platform
 from r8imfs.oci.reference import Reference
-from r8imfs.ops.progress import Bar, Progress
+from r8imfs.ops.progress import Bar, Transfers
 from r8imfs.registry.client import RegistryClient
 
 #: bytes per read when streaming a file out: whole decoded blocks, so each
@@ -61,7 +61,7 @@ async def open_image(
     ref: Reference,
     platform: Platform,
     cache: CacheOptions,
-    board: Progress,
+    board: Transfers,
 ) -> AsyncIterator[ImageFiles]:
     """The image's files, as the mount serves them; closed on exit."""
     image = await client.resolve(ref, platform)
@@ -88,11 +88,11 @@ class IndexBars:
     """One progress bar per layer being indexed (only layers not indexed before).
 
     Indexing reports from worker threads (and from the loop, for a streamed
-    layer), several layers at once, while ``Progress`` expects one thread:
+    layer), several layers at once, while ``Transfers`` expects one thread:
     the lock makes each update whole.
     """
 
-    def __init__(self, board: Progress, layers: int) -> None:
+    def __init__(self, board: Transfers, layers: int) -> None:
         self.board = board
         self.layers = layers
         self.bars: dict[int, Bar] = {}

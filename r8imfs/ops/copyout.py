@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r8imfs import _threads
-from r8imfs.archive.entry import Kind, join
-from r8imfs.archive.image import ImageFiles
-from r8imfs.archive.merged import Node
+from r8imfs.engine.entry import Kind, join
+from r8imfs.engine.merged import Node
 from r8imfs.errors import R8imfsError
+from r8imfs.image.image import ImageFiles
 from r8imfs.ops.browse import chunks, preorder
-from r8imfs.ops.progress import Progress
+from r8imfs.ops.progress import Transfers
 
 MODE_BITS = 0o1777
 #: directory descriptors kept open at once (re-opened from DEST when evicted)
@@ -55,7 +55,7 @@ class Copied:
 
 
 async def copy_out(
-    files: ImageFiles, top: Node, dest: Path, board: Progress, *, label: str
+    files: ImageFiles, top: Node, dest: Path, board: Transfers, *, label: str
 ) -> Copied:
     """Copy ``top`` (a node of ``files.rootfs``) to ``dest`` as ``cp -R`` would."""
     base, name = _target(top, dest)

@@ -12,11 +12,11 @@ is a local read.
 from __future__ import annotations
 
 from r8imfs import _threads
-from r8imfs.archive.entry import Kind
-from r8imfs.archive.image import ImageFiles
-from r8imfs.archive.merged import Node
-from r8imfs.archive.readat import read_entry
+from r8imfs.engine.entry import Kind
+from r8imfs.engine.merged import Node
+from r8imfs.engine.readat import read_entry
 from r8imfs.errors import BadModelHeader, PathNotFound
+from r8imfs.image.image import ImageFiles
 from r8imfs.models import header as model
 from r8imfs.models.incomplete import Incomplete
 from r8imfs.ops.browse import preorder, readable, resolve

@@ -34,7 +34,7 @@ from imagehelpers import push
 from registry_server import RegistryServer
 from safetensors.numpy import save
 
-from r8imfs.archive.blobcache import DEFAULT_BLOCK_SIZE, DEFAULT_READAHEAD
+from r8imfs.cache.blobcache import DEFAULT_BLOCK_SIZE, DEFAULT_READAHEAD
 from r8imfs.oci import mediatypes as mt
 
 MiB = 1024 * 1024

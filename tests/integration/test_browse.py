@@ -34,7 +34,7 @@ from registry_server import RegistryServer
 from safetensors import safe_open
 from safetensors.numpy import save
 
-from r8imfs.archive.blobcache import DEFAULT_BLOCK_SIZE
+from r8imfs.cache.blobcache import DEFAULT_BLOCK_SIZE
 from r8imfs.oci import mediatypes as mt
 
 MANIFEST_TYPES = {"gzip": mt.DOCKER_MANIFEST, "zstd": mt.OCI_MANIFEST, "none": mt.OCI_MANIFEST}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from r8imfs.archive.entry import Entry, Kind
-from r8imfs.archive.merged import MergedTree
 from r8imfs.cli.cp import split_source
+from r8imfs.engine.entry import Entry, Kind
+from r8imfs.engine.merged import MergedTree
 from r8imfs.errors import PathNotFound, UsageError
 from r8imfs.ops.browse import listing, preorder, resolve
 
