@@ -8,7 +8,7 @@ shares the one loop, so a 50 ms ``zlib`` call there stalls all of them.
 Two kinds of thread work, two limiters, because of one deadlock:
 
 ``run_sync(fn, *args)``
-    General work, including the sync archive engine (tarfile, indexed_gzip,
+    General work, including the sync layer engine (tarfile, indexed_gzip,
     zstd), which may call back into async code with ``from_thread`` (the
     engine reads compressed bytes through the async blob cache). At most
     ``max(4, 2 * cpu)`` such threads run at once.
@@ -51,7 +51,7 @@ from trio.lowlevel import RunVar
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-#: Threads for ``run_sync`` (the archive engine may hold one for a whole layer).
+#: Threads for ``run_sync`` (the engine may hold one for a whole layer).
 THREADS = max(4, 2 * (os.cpu_count() or 1))
 #: Threads for ``run_io``: short leaf operations.
 IO_THREADS = max(8, 2 * (os.cpu_count() or 1))

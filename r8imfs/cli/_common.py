@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from r8imfs.archive import blobcache
+from r8imfs import _units
+from r8imfs.cli.progress import TerminalTransfers
 from r8imfs.errors import NotBuilt, UsageError
 from r8imfs.oci import reference
 from r8imfs.oci.manifest import Platform
 from r8imfs.oci.reference import Reference
 from r8imfs.ops.common import Context, Pushed, choose_destination
-from r8imfs.ops.progress import Progress
 from r8imfs.registry.client import ClientOptions, RegistryClient
 
 
@@ -51,7 +51,7 @@ def not_built(name: str, issue: int) -> NotBuilt:
 def context(args: argparse.Namespace) -> Context:
     """Notes and progress bars on stderr; bars only on a terminal, nothing with -q."""
     quiet = bool(getattr(args, "quiet", False))
-    board = Progress.terminal(quiet)
+    board = TerminalTransfers.terminal(quiet)
     return Context(notify=_drop if quiet else board.note, progress=board)
 
 
@@ -79,7 +79,7 @@ def finish(ctx: Context, pushed: Pushed) -> None:
 def parse_size(text: str) -> int:
     """An argparse ``type``: ``65536``, ``64K``, ``4M``, ``1G`` as a positive byte count."""
     try:
-        value = blobcache.parse_size(text)
+        value = _units.parse_size(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if value <= 0:

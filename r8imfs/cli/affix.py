@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from r8imfs.archive.tarcheck import DEFAULT_PREFIX
 from r8imfs.cli import _common
+from r8imfs.engine.tarcheck import DEFAULT_PREFIX
 from r8imfs.errors import UsageError
 from r8imfs.ops.affix import DEFAULT_COMMENT, DEFAULT_CREATED_BY, AffixOptions, affix
 from r8imfs.ops.layerstream import DEFAULT_LEVEL, spool

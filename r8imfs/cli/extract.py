@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from r8imfs._threads import run_io
+from r8imfs._units import human_size
 from r8imfs.cli import _common
 from r8imfs.errors import UsageError
 from r8imfs.ops.extract import DirSink, TarSink, extract
-from r8imfs.registry.client import human_size
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:

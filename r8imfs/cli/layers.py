@@ -7,10 +7,11 @@ import json
 import sys
 from typing import Any
 
+from r8imfs._units import human_size
 from r8imfs.cli import _common
 from r8imfs.oci.config import pair_layers
 from r8imfs.oci.digest import short
-from r8imfs.registry.client import Image, human_size
+from r8imfs.registry.client import Image
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:

@@ -17,10 +17,42 @@ from types import ModuleType
 import trio
 
 from r8imfs import __version__
-from r8imfs.cli import _common, affix, clone, extract, layers, mount, remix, umount, zstd
+from r8imfs.cli import (
+    _common,
+    affix,
+    cat,
+    clone,
+    commit,
+    cp,
+    extract,
+    index,
+    layers,
+    ls,
+    mount,
+    remix,
+    tensors,
+    umount,
+    zstd,
+)
 from r8imfs.errors import R8imfsError
+from r8imfs.registry._http import widen_socket_reads
 
-COMMANDS: tuple[ModuleType, ...] = (layers, extract, affix, remix, zstd, clone, mount, umount)
+COMMANDS: tuple[ModuleType, ...] = (
+    layers,
+    ls,
+    cat,
+    cp,
+    tensors,
+    extract,
+    affix,
+    remix,
+    zstd,
+    index,
+    clone,
+    mount,
+    umount,
+    commit,
+)
 
 DESCRIPTION = """\
 Look inside and change container images straight on the registry:
@@ -28,9 +60,14 @@ no Docker daemon, no GPU, no full pulls.
 
 examples:
   r8imfs layers r8.im/replicate/hello-world           one row per layer
+  r8imfs ls -l r8.im/replicate/hello-world /src      list files, no mount needed
+  r8imfs tensors IMAGE                                tensors of src/weights/*.safetensors
+  r8imfs cp IMAGE:/src/weights ./weights              copy files out, no mount needed
   r8imfs extract IMAGE -o weights.tar                 pull the weights out
   r8imfs affix --base IMAGE --dest REPO --tar w.tar   put new weights on
   r8imfs mount IMAGE /mnt/img && cp /mnt/img/rootfs/src/weights/* .
+  r8imfs mount --writable IMAGE /mnt/img; cp w.bin /mnt/img/rootfs/src/weights/
+  r8imfs commit /mnt/img --dest REPO:TAG -m "new weights"
 
 credentials: -t/--token or COG_TOKEN (a Replicate cog token), else the
 docker/podman config (~/.docker/config.json, credential helpers), else none.
@@ -99,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.token is None:
         args.token = os.environ.get("COG_TOKEN") or None
     _setup_logging(args.verbose)
+    widen_socket_reads()  # process-wide (httpcore's class attribute): once, here
     run: Callable[[argparse.Namespace], Awaitable[None]] = args.run
     try:
         before = getattr(args, "before_trio", None)

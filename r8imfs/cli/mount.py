@@ -1,40 +1,39 @@
 """``r8imfs mount IMAGE MOUNTPOINT``: the image as a lazy read-only filesystem.
 
 Like sshfs, the command returns only once the filesystem is mounted and
-serving, then leaves a daemon behind. ``before_trio`` forks before any
-trio or thread exists: the parent waits on a pipe for the child's "ready"
-(exit 0) or for the pipe to close (the child's exit status, whose error
-line it already printed). The child makes a session of its own, mounts,
-says ready, and only then lets go of the terminal.
+serving, then leaves a daemon behind: ``before_trio`` forks
+(``fs.process.fork_daemon``) before any trio or thread exists, ``run`` mounts
+(``ops.mount``, served by ``fs.daemon``) and the child detaches once serving.
+This module parses the options and prints; the process handling is in
+``fs.process``.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from r8imfs.archive.blobcache import DEFAULT_MAX_BYTES, BlobCache, default_cache_dir, parse_size
-from r8imfs.archive.image import ImageFiles
+from r8imfs import _threads
+from r8imfs._units import human_size, parse_size
+from r8imfs.cache.blobcache import DEFAULT_MAX_BYTES, default_cache_dir
 from r8imfs.cli import _common
-from r8imfs.fs import daemon
-from r8imfs.registry.client import human_size
-
-PR_SET_PDEATHSIG = 1
-M_MMAP_THRESHOLD = -3
-M_ARENA_MAX = -8
+from r8imfs.engine.upper import Origin, UpperDir, default_location
+from r8imfs.fs import daemon, mountstate, process
+from r8imfs.image.image import ImageFiles
+from r8imfs.oci.digest import sha256
+from r8imfs.ops.mount import MountOptions, mount
+from r8imfs.registry.client import Image
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "mount",
         help="mount an image as a directory; file bodies are fetched lazily",
-        description="Mounts IMAGE read-only at MOUNTPOINT:\n"
+        description="Mounts IMAGE at MOUNTPOINT (read-only unless --writable):\n"
         "  manifest.json, config.json   the registry's exact bytes\n"
         "  rootfs/                      the merged root filesystem (whiteouts applied)\n"
         "  layers/NN-<digest>/          each layer as stored\n"
@@ -67,6 +66,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "read of a file decodes it again",
     )
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
+    p.add_argument(
+        "--writable",
+        action="store_true",
+        help="make rootfs/ writable; changes go to an upper directory until `r8imfs commit` "
+        "or `r8imfs umount --discard`",
+    )
+    p.add_argument(
+        "--upper",
+        metavar="DIR",
+        help="keep the changes of a writable mount in DIR (implies --writable; "
+        "default: <cache-dir>/upper/<key>); reopening DIR resumes them",
+    )
     p.add_argument("--log", help="daemon log file (default: <cache-dir>/logs/mount-<pid>.log)")
     p.set_defaults(run=run, before_trio=before_trio)
     return p
@@ -75,62 +86,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def before_trio(args: argparse.Namespace) -> int | None:
     """Fork unless --foreground; the parent's exit code, or None in the child."""
     daemon.check_mountpoint(args.mountpoint)
-    _bound_malloc()  # before any thread exists, in the process that will serve
+    process.bound_malloc()  # before any thread exists, in the process that will serve
     if args.foreground:
         return None
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        os.setsid()
-        # Until it says ready, the child lives only as long as the waiting
-        # parent: Ctrl-C or a timeout that kills the parent takes it along.
-        _die_with_parent(signal.SIGTERM)
-        if os.getppid() == 1:
-            os._exit(1)
-        args.ready_fd = write_fd
+    forked = process.fork_daemon()
+    if forked.ready_fd is not None:
+        args.ready_fd = forked.ready_fd
         return None
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        said = pipe.read()
-    if said.startswith(b"ready"):
-        return 0
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:  # killed: it could not say why itself
-        name = signal.Signals(-code).name
+    if forked.killed_by is not None:
         print(
-            f"r8imfs mount: error: the mount process died of {name} before mounting",
+            f"r8imfs mount: error: the mount process died of {forked.killed_by} before mounting",
             file=sys.stderr,
         )
-        return 128 - code
-    return code or 1
-
-
-def _bound_malloc() -> None:
-    """Keep the daemon's memory near what it uses (glibc ``mallopt``, best effort).
-
-    Multi-MiB buffers churn through worker threads: glibc's per-thread arenas
-    and its sliding mmap threshold (up to 32 MiB) keep freed ones as resident
-    heap. Two arenas and a fixed 16 MiB threshold cut the daemon's peak RSS
-    by a fifth while copying a 300 MiB gzip file, at no speed cost; a 1 MiB
-    threshold cut it by 40% but made the copy 25% slower (mmap per block).
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_THRESHOLD, 16 * 1024 * 1024)
-        libc.mallopt(M_ARENA_MAX, 2)
-    except (OSError, AttributeError):
-        pass
-
-
-def _die_with_parent(sig: int) -> None:
-    """``prctl(PR_SET_PDEATHSIG, sig)``; 0 clears it. Linux only, best effort."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    return forked.exit_code
 
 
 class _IndexProgress:
@@ -156,6 +124,11 @@ class _IndexProgress:
             flush=True,
         )
 
+    def end(self) -> None:
+        """Leave the redrawn line on screen."""
+        if self.tty and self.last:
+            print(file=sys.stderr)
+
 
 def _detach(args: argparse.Namespace, cache_dir: Path) -> None:
     """Say ready to the waiting parent; send our output to the log from now on."""
@@ -165,45 +138,70 @@ def _detach(args: argparse.Namespace, cache_dir: Path) -> None:
             print(f"mounted at {args.mountpoint}; Ctrl-C to unmount", file=sys.stderr)
         return
     log = Path(args.log) if args.log else cache_dir / "logs" / f"mount-{os.getpid()}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    null = os.open(os.devnull, os.O_RDWR)
-    for target in (0, 1):
-        os.dup2(null, target)
-    os.dup2(out, 2)
-    os.close(null)
-    os.close(out)
-    _die_with_parent(0)  # from now on the daemon outlives the command
-    os.write(fd, b"ready\n")
-    os.close(fd)
+    process.detach(fd, log)
 
 
 async def run(args: argparse.Namespace) -> None:
     ref = _common.ref(args, args.image)
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    max_bytes = parse_size(args.cache_size) if args.cache_size else DEFAULT_MAX_BYTES
-    async with _common.client(args) as client:
-        image = await client.resolve(ref, _common.platform(args))
-        async with BlobCache(cache_dir, max_bytes) as cache:
-            progress = _IndexProgress(args, len(image.manifest.layers))
-            files = await ImageFiles.open(
-                client,
-                ref.repository,
-                image.manifest,
-                image.config.raw,
-                cache,
-                cache_dir,
-                progress,
-                decoded_copies=args.decoded_copies,
+    options = MountOptions(
+        platform=_common.platform(args),
+        cache_dir=cache_dir,
+        max_bytes=parse_size(args.cache_size) if args.cache_size else DEFAULT_MAX_BYTES,
+        decoded_copies=args.decoded_copies,
+    )
+    shown: list[_IndexProgress] = []
+    resolved: list[Image] = []
+
+    def on_resolved(image: Image) -> _IndexProgress:
+        resolved.append(image)
+        shown.append(_IndexProgress(args, len(image.manifest.layers)))
+        return shown[0]
+
+    async def serve(files: ImageFiles) -> None:
+        for progress in shown:
+            progress.end()
+        image = resolved[0]
+        upper = await _threads.run_io(
+            _upper, args, ref, image.manifest.raw, image.config.raw, cache_dir
+        )
+        try:
+            await daemon.serve(
+                files,
+                args.mountpoint,
+                allow_other=args.allow_other,
+                ready=lambda: _ready(args, cache_dir, upper, str(ref)),
+                upper=upper,
             )
-            if progress.tty and progress.last:
-                print(file=sys.stderr)
-            try:
-                await daemon.serve(
-                    files,
-                    args.mountpoint,
-                    allow_other=args.allow_other,
-                    ready=lambda: _detach(args, cache_dir),
-                )
-            finally:
-                await files.aclose()
+        finally:
+            if upper is not None:
+                mountstate.remove(daemon.resolved(args.mountpoint))
+
+    async with _common.client(args) as client:
+        await mount(client, ref, options, serve, on_resolved)
+
+
+def _upper(
+    args: argparse.Namespace, ref: Any, manifest: bytes, config: bytes, cache_dir: Path
+) -> UpperDir | None:
+    """The writable mount's upper directory, locked by this process; None if read-only."""
+    if not (args.writable or args.upper):
+        return None
+    digest = sha256(manifest)
+    mountpoint = daemon.resolved(args.mountpoint)
+    path = Path(args.upper).absolute() if args.upper else None
+    path = path or default_location(cache_dir, mountpoint, digest)
+    origin = Origin(str(ref), str(ref.repository), digest)
+    upper = UpperDir.prepare(path, origin, manifest, config)
+    upper.lock()
+    if upper.has_changes():
+        _common.note(args, f"resuming the changes kept in {path}")
+    return upper
+
+
+def _ready(args: argparse.Namespace, cache_dir: Path, upper: UpperDir | None, image: str) -> None:
+    if upper is not None:
+        state = mountstate.MountState(upper.root, image, owned=not args.upper)
+        mountstate.write(daemon.resolved(args.mountpoint), state)
+        _common.note(args, f"writable: changes are kept in {upper.root}")
+    _detach(args, cache_dir)

@@ -1,4 +1,9 @@
-"""``r8imfs umount MOUNTPOINT``: unmount and wait for the daemon to exit."""
+"""``r8imfs umount MOUNTPOINT``: unmount and wait for the daemon to exit.
+
+A writable mount's upper directory outlives it unless every change in it
+was committed (then one r8imfs chose in the cache is removed) or
+``--discard`` drops it; otherwise umount says where the changes are kept.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ from typing import Any
 
 import trio
 
+from r8imfs import _threads
 from r8imfs.cli import _common
+from r8imfs.engine.upper import UpperDir
 from r8imfs.errors import UsageError
-from r8imfs.fs import daemon
+from r8imfs.fs import daemon, mountstate
 
 WAIT = 30.0
 
@@ -21,6 +28,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="unmount an r8imfs mount and wait for its daemon to exit",
     )
     p.add_argument("mountpoint", help="where the image is mounted")
+    p.add_argument(
+        "--discard",
+        action="store_true",
+        help="writable mounts: delete the changes that were not committed",
+    )
     p.set_defaults(run=run)
     return p
 
@@ -31,16 +43,53 @@ async def run(args: argparse.Namespace) -> None:
         raise UsageError(f"{args.mountpoint} is not mounted")
     if fstype != f"fuse.{daemon.FSNAME}":
         raise UsageError(f"{args.mountpoint} is a {fstype} mount, not an r8imfs one")
-    pid = daemon.daemon_pid(daemon.resolved(args.mountpoint))
-    await trio.to_thread.run_sync(daemon.unmount, args.mountpoint)
+    where = daemon.resolved(args.mountpoint)
+    state = mountstate.read(where)
+    if await _unmount(args, where):
+        await _threads.run_io(_changes, args, state)
+        mountstate.remove(where)
+    elif state is not None:
+        _common.note(args, f"the changes stay in {state.upper} until the daemon has exited")
+
+
+async def _unmount(args: argparse.Namespace, where: str) -> bool:
+    """Unmount; True once no daemon serves it any more."""
+    pid = daemon.daemon_pid(where)
+    await _threads.run_io(daemon.unmount, args.mountpoint)
     if pid is None:
-        return
+        return True
     if not daemon.alive(pid):  # it died without cleaning up (SIGKILL, a crash)
-        daemon.pid_file(daemon.resolved(args.mountpoint)).unlink(missing_ok=True)
-        return
+        daemon.pid_file(where).unlink(missing_ok=True)
+        return True
     with trio.move_on_after(WAIT) as scope:
         # another process: there is no event to wait on, so poll
         while daemon.alive(pid):  # noqa: ASYNC110
             await trio.sleep(0.05)
     if scope.cancelled_caught:
         _common.note(args, f"unmounted; the daemon (pid {pid}) is still finishing")
+        return False
+    return True
+
+
+def _changes(args: argparse.Namespace, state: mountstate.MountState | None) -> None:
+    """What becomes of a writable mount's upper directory, said in one line."""
+    if state is None:
+        if args.discard:
+            _common.note(args, "a read-only mount: nothing to discard")
+        return
+    upper = UpperDir(state.upper)
+    if not upper.root.exists():
+        return
+    if args.discard:
+        upper.discard()
+        _common.note(args, f"discarded the changes in {upper.root}")
+    elif upper.uncommitted():
+        _common.note(
+            args,
+            f"uncommitted changes are kept in {upper.root} (`r8imfs mount --upper "
+            f"{upper.root} {state.image} MOUNTPOINT` resumes them; `rm -r` drops them)",
+        )
+    elif state.owned:
+        upper.discard()  # all committed: nothing left worth keeping in the cache
+    elif upper.has_changes():
+        _common.note(args, f"all changes committed; {upper.root} is kept (your --upper)")

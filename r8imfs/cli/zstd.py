@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from r8imfs.archive.recompress import FRAME_SIZE
 from r8imfs.cli import _common
 from r8imfs.errors import UsageError
+from r8imfs.image.recompress import FRAME_SIZE
 from r8imfs.ops.zstd import ZstdOptions, recompress_image
 
 

@@ -1,11 +1,11 @@
 """Mount lifecycle: serve an ``ImageFiles`` at a mountpoint until unmounted.
 
-``serve`` mounts (``ro``, ``default_permissions``, fsname ``r8imfs``), calls
-``ready()`` once the kernel has the mount, runs pyfuse3's main loop (many
-request tasks, so reads proceed in parallel) and returns when the mount goes
-away: ``r8imfs umount``/``fusermount3 -u`` ends the loop from outside;
-SIGINT/SIGTERM end it from inside and unmount. A pid file per mountpoint
-lets ``umount`` wait for the daemon to be gone.
+``serve`` mounts (``ro`` unless given an upper directory, ``default_permissions``,
+fsname ``r8imfs``), calls ``ready()`` once the kernel has the mount, runs
+pyfuse3's main loop (many request tasks, so reads proceed in parallel) and
+returns when the mount goes away: ``r8imfs umount``/``fusermount3 -u`` ends
+the loop from outside; SIGINT/SIGTERM end it from inside and unmount. A pid
+file per mountpoint lets ``umount`` wait for the daemon to be gone.
 """
 
 from __future__ import annotations
@@ -25,16 +25,15 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from r8imfs.archive.image import ImageFiles
-from r8imfs.errors import R8imfsError, UsageError
-from r8imfs.fs.operations import ImageOperations
+from r8imfs import _threads
+from r8imfs.engine.upper import UpperDir
+from r8imfs.errors import MountError, UsageError
+from r8imfs.fs.handlers import ImageOperations
+from r8imfs.fs.writable import WritableOperations
+from r8imfs.image.image import ImageFiles
 
 FSNAME = "r8imfs"
 log = logging.getLogger("r8imfs.fs")
-
-
-class MountError(R8imfsError):
-    """The kernel refused the mount, or the mountpoint is unusable."""
 
 
 def runtime_dir() -> Path:
@@ -98,7 +97,7 @@ async def _widen_readahead_once_serving(mountpoint: str) -> None:
         widen_readahead(mountpoint)
 
     with contextlib.suppress(OSError):
-        await trio.to_thread.run_sync(stat_then_widen)
+        await _threads.run_io(stat_then_widen)
 
 
 def widen_readahead(mountpoint: str | os.PathLike[str], kib: int = READ_AHEAD_KB) -> bool:
@@ -144,13 +143,17 @@ async def serve(
     *,
     allow_other: bool = False,
     ready: Callable[[], None] = lambda: None,
+    upper: UpperDir | None = None,
 ) -> None:
     # Resolve paths before mounting: once mounted, touching the mountpoint
     # would wait for this very process to answer, which it cannot yet.
     mountpoint = resolved(mountpoint)
     pids = pid_file(mountpoint)
-    ops = ImageOperations(files)
-    options = set(pyfuse3.default_options) | {"ro", f"fsname={FSNAME}", f"subtype={FSNAME}"}
+    # writable: rootfs/ over the upper directory (fs/writable.py); the rest stays read-only
+    ops = ImageOperations(files) if upper is None else WritableOperations(files, upper)
+    options = set(pyfuse3.default_options) | {f"fsname={FSNAME}", f"subtype={FSNAME}"}
+    if upper is None:
+        options.add("ro")
     if allow_other:
         options.add("allow_other")
     try:

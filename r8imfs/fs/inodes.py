@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from r8imfs.archive.merged import Node
+from r8imfs.engine.merged import Node
 
 ROOT = 1
 MANIFEST = 2

@@ -101,12 +101,7 @@ def set_label(config: dict[str, Any], key: str, value: str) -> dict[str, Any]:
 
 def layer_type_for(manifest_type: str, compression: str) -> str:
     """The layer media type that fits a manifest flavour (zstd needs OCI)."""
-    docker = mt.is_docker(manifest_type)
-    if compression == "gzip":
-        return mt.DOCKER_LAYER_GZIP if docker else mt.OCI_LAYER_GZIP
-    if compression == "zstd":
-        return mt.OCI_LAYER_ZSTD
-    return "application/vnd.docker.image.rootfs.diff.tar" if docker else mt.OCI_LAYER
+    return mt.new_layer_type(compression, docker=mt.is_docker(manifest_type))
 
 
 def convert_layer_type(media_type: str, manifest_type: str) -> str:

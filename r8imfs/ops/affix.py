@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r8imfs._threads import run_io, run_sync
-from r8imfs.archive import tarcheck
+from r8imfs._units import human_size
+from r8imfs.engine import tarcheck
 from r8imfs.oci import mutate
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Platform
@@ -29,7 +30,7 @@ from r8imfs.ops.common import (
     push_images,
 )
 from r8imfs.ops.layerstream import DEFAULT_LEVEL, upload_tar_as_gzip
-from r8imfs.registry.client import RegistryClient, human_size
+from r8imfs.registry.client import RegistryClient
 
 #: What the original r8im wrote as the history of an affixed layer.
 DEFAULT_CREATED_BY = "cp . /src/weights # weights"

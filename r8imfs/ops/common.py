@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from r8imfs._units import human_size
 from r8imfs.errors import UnsupportedMediaType, UsageError
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci.config import ImageConfig
@@ -21,8 +22,8 @@ from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import DEFAULT_PLATFORM, Descriptor, Index, Manifest, Platform
 from r8imfs.oci.reference import Reference, Repository
 from r8imfs.ops._tasks import gather
-from r8imfs.ops.progress import Bar, Progress
-from r8imfs.registry.client import MAX_CONFIG, RegistryClient, human_size
+from r8imfs.ops.progress import Bar, Transfers
+from r8imfs.registry.client import MAX_CONFIG, RegistryClient
 from r8imfs.registry.push import push_image_manifest, push_index
 from r8imfs.registry.upload import ensure_blob
 
@@ -42,7 +43,7 @@ class Context:
     """How an operation talks back: notes and progress bars."""
 
     notify: Notify = _quiet
-    progress: Progress = field(default_factory=Progress)
+    progress: Transfers = field(default_factory=Transfers)
 
 
 @dataclass(frozen=True, slots=True)

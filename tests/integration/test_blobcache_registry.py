@@ -13,8 +13,8 @@ from harness_http import Handler, LoopbackServer, RecordedRequest, lower_headers
 from registry_server import RegistryServer
 
 from r8imfs import _threads
-from r8imfs.archive.blobcache import BlobCache
-from r8imfs.archive.readat import BlobFile
+from r8imfs.cache.blobcache import BlobCache
+from r8imfs.engine.readat import BlobFile
 from r8imfs.oci.reference import Repository
 from r8imfs.registry.client import RegistryClient
 from r8imfs.registry.upload import upload_stream

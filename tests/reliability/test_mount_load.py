@@ -34,7 +34,7 @@ from relkit import (
     sha256,
 )
 
-from r8imfs.archive.zstdwrite import write_seekable
+from r8imfs.engine.codecs.zstdwrite import write_seekable
 from r8imfs.oci import mediatypes as mt
 from tools.demoimage import tar_of
 from tools.faultproxy import DropBody, FaultProxy

@@ -18,12 +18,12 @@ import pytest
 import trio
 import zstandard
 
-from r8imfs.archive._ranges import BlockHasher, BlockTable
-from r8imfs.archive.blobcache import BlobCache
-from r8imfs.archive.decompress import ZstdInflater
-from r8imfs.archive.readat import BlobFile, BytesReadAt
-from r8imfs.archive.safetar import GuardedTarInfo, HostileTar, check_pax_records
-from r8imfs.archive.tarindex import index_seekable
+from r8imfs.cache._ranges import BlockHasher, BlockTable
+from r8imfs.cache.blobcache import BlobCache
+from r8imfs.engine.codecs.decompress import ZstdInflater
+from r8imfs.engine.readat import BlobFile, BytesReadAt
+from r8imfs.engine.safetar import GuardedTarInfo, HostileTar, check_pax_records
+from r8imfs.engine.tarindex import index_seekable
 from r8imfs.errors import CorruptLayer, DigestMismatch, UnsupportedMediaType
 from r8imfs.oci.manifest import parse
 from r8imfs.oci.reference import Repository

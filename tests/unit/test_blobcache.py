@@ -14,12 +14,8 @@ import trio.lowlevel
 import trio.testing
 
 from r8imfs import _threads
-from r8imfs.archive.blobcache import (
-    BlobCache,
-    BlobReader,
-    default_cache_dir,
-    parse_size,
-)
+from r8imfs._units import parse_size
+from r8imfs.cache.blobcache import BlobCache, BlobReader, default_cache_dir
 from r8imfs.errors import DigestMismatch, TransportError, UsageError
 from r8imfs.oci.reference import Repository
 

@@ -11,15 +11,15 @@ import os
 import pytest
 import zstandard
 
-from r8imfs.archive.readat import BytesReadAt
-from r8imfs.archive.recompress import recompress_file, verify
-from r8imfs.archive.zstdindex import read_seek_table
+from r8imfs.cli.progress import TerminalTransfers, format_eta, format_line
+from r8imfs.engine.codecs.zstdindex import read_seek_table
+from r8imfs.engine.readat import BytesReadAt
 from r8imfs.errors import CorruptLayer, DigestMismatch, UsageError
+from r8imfs.image.recompress import recompress_file, verify
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci import mutate
 from r8imfs.oci.reference import parse, parse_repository
 from r8imfs.ops.common import choose_destination
-from r8imfs.ops.progress import Progress, format_eta, format_line
 
 # -- config edits -----------------------------------------------------------------
 
@@ -119,7 +119,7 @@ def test_progress_draws_only_on_a_terminal() -> None:
 
     quiet, plain, tty = io.StringIO(), io.StringIO(), Tty()
     for stream, q in ((quiet, True), (plain, False), (tty, False)):
-        board = Progress.terminal(q, stream)
+        board = TerminalTransfers.terminal(q, stream)
         bar = board.bar("layer", 100)
         bar.advance(50)
         bar.finish()

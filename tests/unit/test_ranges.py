@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from r8imfs.archive._ranges import Blocks, RangeSet, Record, SequentialDetector
+from r8imfs.cache._ranges import Blocks, RangeSet, Record, SequentialDetector
 
 # (ranges inserted in order, resulting intervals, bytes newly covered by the last insert)
 ADD_CASES = [

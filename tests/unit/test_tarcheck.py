@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from r8imfs.archive import tarcheck
+from r8imfs.engine import tarcheck
 from r8imfs.errors import CorruptLayer, UnsafeLayer
 from tools.demoimage import tar_of
 

@@ -38,11 +38,11 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import trio  # noqa: E402
 from registry_server import start_registry  # noqa: E402
 
-from r8imfs.archive.fetchplan import UnitReader  # noqa: E402
-from r8imfs.archive.readat import BytesReadAt  # noqa: E402
-from r8imfs.archive.units import UnitTable, decode_zstd, frame_units, seekable_data_end  # noqa: E402
-from r8imfs.archive.zstdindex import read_seek_table  # noqa: E402
-from r8imfs.archive.zstdwrite import write_seekable  # noqa: E402
+from r8imfs.engine.codecs.units import UnitTable, decode_zstd, frame_units, seekable_data_end  # noqa: E402
+from r8imfs.engine.codecs.zstdindex import read_seek_table  # noqa: E402
+from r8imfs.engine.codecs.zstdwrite import write_seekable  # noqa: E402
+from r8imfs.engine.readat import BytesReadAt  # noqa: E402
+from r8imfs.image.fetchplan import UnitReader  # noqa: E402
 from r8imfs.oci.reference import parse  # noqa: E402
 from r8imfs.registry.client import RegistryClient  # noqa: E402
 from r8imfs.registry.upload import upload_stream  # noqa: E402

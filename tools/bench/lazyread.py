@@ -47,12 +47,12 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import trio  # noqa: E402
 from registry_server import start_registry  # noqa: E402
 
-from r8imfs.archive.blobcache import BlobCache  # noqa: E402
-from r8imfs.archive.fetchplan import ReadStream, UnitReader  # noqa: E402
-from r8imfs.archive.image import ImageFiles  # noqa: E402
-from r8imfs.archive.merged import Node  # noqa: E402
-from r8imfs.archive.units import units_for_layer  # noqa: E402
-from r8imfs.archive.zstdindex import ZstdLayerReader  # noqa: E402
+from r8imfs.cache.blobcache import BlobCache  # noqa: E402
+from r8imfs.engine.codecs.units import units_for_layer  # noqa: E402
+from r8imfs.engine.codecs.zstdindex import ZstdLayerReader  # noqa: E402
+from r8imfs.engine.merged import Node  # noqa: E402
+from r8imfs.image.fetchplan import ReadStream, UnitReader  # noqa: E402
+from r8imfs.image.image import ImageFiles  # noqa: E402
 from r8imfs.oci.reference import parse  # noqa: E402
 from r8imfs.registry.client import RegistryClient  # noqa: E402
 from tools.bench.common import R8IMFS, KiB, MiB, load_average, note, run  # noqa: E402

@@ -71,7 +71,7 @@ blob at ~1.8 GB/s with nothing to decode, hash or write.
   input about 1 s of its ~5 s in profiles) and the ~0.4 s of start-up
   (imports).
 - **Fixed this round** (`extract -o`: 9.1 s in the run at 4419fd5 → the table):
-  - `archive/decompress.py`: zlib-ng instead of zlib (zlib's API; its own
+  - `engine/codecs/decompress.py`: zlib-ng instead of zlib (zlib's API; its own
     `error` class joins `INFLATE_ERRORS`), 1.4× on inflate;
   - `ops/extract.py`: tarfile reads only the headers, over a forward-only
     file (`"r"` mode, not the `"r|"` stream mode and its 10 KiB record
@@ -79,7 +79,7 @@ blob at ~1.8 GB/s with nothing to decode, hash or write.
     (`decompress.chunks_of`, `ForwardFile.read_view`); `TarSink` writes
     headers with `TarInfo.tobuf` and bodies straight through (tarfile's
     `addfile` copied in 16 KiB pieces);
-  - `archive/writer.py` `BackgroundWriter`: output writes on a thread of
+  - `engine/writer.py` `BackgroundWriter`: output writes on a thread of
     their own, overlapping the inflate (filling new page-cache pages is the
     system time above);
   - `registry/_http.py` `widen_socket_reads`: httpcore read the socket
@@ -105,7 +105,7 @@ inflates once with zlib-ng and random reads are `pread`s of a local file.
   three times: twice in zran's indexing pass and once more for the `cp`
   (24 s in the run at 4419fd5). Now the indexing pass streams the blob with one
   GET, inflates it once with zlib-ng, and keeps what it inflated as the
-  layer's decoded copy in the cache (`archive/decodedcopy.py`; renamed into
+  layer's decoded copy in the cache (`engine/decodedcopy.py`; renamed into
   place only after the blob's digest matched). The `cp` then reads a local
   file. The compressed blob is not cached at all for such a layer.
 - **Why 5× is out of reach on this machine.** The cold run has to do all of
@@ -148,7 +148,7 @@ inflates once with zlib-ng and random reads are `pread`s of a local file.
 - The decoded copy serves as soon as the pass verified it; flushing it
   (`fdatasync`), renaming it into place and storing the index run in the
   background, shielded from cancellation so that `umount` waits for them
-  (`archive/image.py` `_publish`): the in-process open of this image went
+  (`image/image.py` `_publish`): the in-process open of this image went
   from 6.1–6.6 s to 5.8–6.2 s (three runs each, A/B).
 - **Left:** the compressed bytes of a layer indexed through the blob cache
   (`--no-decoded-copies`, zstd, plain) are still hashed twice (the digest
@@ -185,7 +185,7 @@ inflates once with zlib-ng and random reads are `pread`s of a local file.
   `zstd -T2` on the other. `r8imfs zstd` does that work plus hashing (the
   blob's digest, the diff_id, the output for the upload), HTTP both ways and
   the registry receiving and hashing 1 GB, on the same two cores. Fixed here:
-  the output was hashed twice (`archive/zstdwrite.py` `write_seekable`'s
+  the output was hashed twice (`engine/codecs/zstdwrite.py` `write_seekable`'s
   writer and `registry/upload.py` `upload_stream`), now only by the upload
   (`digest_output=False`); the blob's digest is computed in
   `pipe.consume_stream`'s pump (`hasher=`) instead of on the inflating

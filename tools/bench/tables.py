@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from r8imfs.archive import (
+from r8imfs.engine import (
     Entry,
     FileReadAt,
     GzipLayerReader,

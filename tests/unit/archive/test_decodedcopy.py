@@ -14,10 +14,10 @@ import pytest
 import zstandard
 from archive_helpers import M, make_tar
 
-from r8imfs.archive import BytesReadAt, load_or_build, read_entry, write_seekable
-from r8imfs.archive._blobfiles import evict
-from r8imfs.archive.decodedcopy import DecodedReader, decoded_path, worth_keeping
-from r8imfs.archive.indexdb import load_cached
+from r8imfs.cache._blobfiles import evict
+from r8imfs.engine import BytesReadAt, load_or_build, read_entry, write_seekable
+from r8imfs.engine.decodedcopy import DecodedReader, decoded_path, worth_keeping
+from r8imfs.engine.indexdb import load_cached
 from r8imfs.errors import CorruptLayer, DigestMismatch
 from r8imfs.oci import mediatypes as mt
 

@@ -16,9 +16,9 @@ import pytest
 import trio
 import trio.testing
 
-from r8imfs.archive.fetchplan import DecodedCache, UnitReader
-from r8imfs.archive.units import Unit, UnitTable, fixed_units
+from r8imfs.engine.codecs.units import Unit, UnitTable, fixed_units
 from r8imfs.errors import CorruptLayer, TransportError
+from r8imfs.image.fetchplan import DecodedCache, UnitReader
 
 U = 1000
 N = 40

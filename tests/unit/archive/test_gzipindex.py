@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from archive_helpers import MiB, big_tar, gzip_members
 
-from r8imfs.archive import (
+from r8imfs.engine import (
     BytesReadAt,
     FileReadAt,
     GzipLayerReader,
@@ -16,8 +16,8 @@ from r8imfs.archive import (
     index_seekable,
     load_or_build,
 )
-from r8imfs.archive.gzipindex import index_uncompressed_size
-from r8imfs.archive.readat import BlobFile, CountingReadAt
+from r8imfs.engine.codecs.gzipindex import index_uncompressed_size
+from r8imfs.engine.readat import BlobFile, CountingReadAt
 from r8imfs.errors import CorruptLayer, TransportError
 from r8imfs.oci import mediatypes as mt
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from archive_helpers import M, make_tar
 
-from r8imfs.archive import (
+from r8imfs.engine import (
     FORMAT_VERSION,
     BytesReadAt,
     CountingReadAt,

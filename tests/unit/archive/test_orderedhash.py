@@ -9,10 +9,10 @@ import random
 import pytest
 import trio
 
-from r8imfs.archive.fetchplan import UnitReader
-from r8imfs.archive.orderedhash import OrderedHash
-from r8imfs.archive.units import fixed_units
+from r8imfs.engine.codecs.units import fixed_units
 from r8imfs.errors import DigestMismatch
+from r8imfs.image.fetchplan import UnitReader
+from r8imfs.image.orderedhash import OrderedHash
 
 BLOB = random.Random(4).randbytes(100_000)
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()

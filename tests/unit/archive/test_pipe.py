@@ -7,7 +7,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import IO
 
-from r8imfs.archive.pipe import PIECE, consume_stream
+from r8imfs.image.pipe import PIECE, consume_stream
 from r8imfs.oci.digest import Hasher
 
 

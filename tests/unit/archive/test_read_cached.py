@@ -6,8 +6,8 @@ import gzip
 
 from archive_helpers import MiB, big_tar
 
-from r8imfs.archive import BytesReadAt, Entry, GzipLayerReader, Kind, build_gzip_index
-from r8imfs.archive.readat import CountingReadAt, cached_entry, read_entry
+from r8imfs.engine import BytesReadAt, Entry, GzipLayerReader, Kind, build_gzip_index
+from r8imfs.engine.readat import CountingReadAt, cached_entry, read_entry
 
 SPACING = 512 * 1024
 

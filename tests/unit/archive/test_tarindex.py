@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from archive_helpers import M, MiB, make_tar
 
-from r8imfs.archive import (
+from r8imfs.engine import (
     BlobFile,
     BytesReadAt,
     CountingReadAt,
@@ -22,7 +22,7 @@ from r8imfs.archive import (
     index_stream,
     read_entry,
 )
-from r8imfs.archive.tarindex import ForwardFile
+from r8imfs.engine.tarindex import ForwardFile
 from r8imfs.errors import CorruptLayer, UnsafeLayer
 
 

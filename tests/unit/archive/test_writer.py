@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from r8imfs.archive.writer import BackgroundWriter
+from r8imfs.engine.writer import BackgroundWriter
 
 
 def test_writes_arrive_in_order_and_close_waits_for_them() -> None:

@@ -14,7 +14,7 @@ import pyzstd
 import zstandard
 from archive_helpers import M, MiB, big_tar, make_tar
 
-from r8imfs.archive import (
+from r8imfs.engine import (
     BytesReadAt,
     FrameTable,
     ZstdLayerReader,
@@ -23,8 +23,8 @@ from r8imfs.archive import (
     read_seek_table,
     write_seekable,
 )
-from r8imfs.archive.readat import BlobFile, CountingReadAt
-from r8imfs.archive.zstdwrite import seek_table_frame
+from r8imfs.engine.codecs.zstdwrite import seek_table_frame
+from r8imfs.engine.readat import BlobFile, CountingReadAt
 from r8imfs.errors import CorruptLayer
 
 zstd_cli = pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd CLI not installed")

@@ -1,0 +1,178 @@
+"""The one table of layer formats: a ``Compression`` picks a ``Codec``.
+
+Everything the engine does differently per layer format goes through one
+``Codec``: how a layer's index is built (``build_index``), how its tar is
+read at random (``open_reader`` over the stored checkpoints), how it is
+inflated in one sequential pass (``inflate``, for ``extract``, recompression
+and decoded copies), and whether indexing it costs a pass over the whole
+blob (``needs_full_pass``). Callers ask ``codec_for(media_type)`` (or
+``CODECS[compression]``) and never compare compression names.
+
+Adding a format is adding one entry to ``CODECS`` (and its media types to
+``r8imfs.oci.mediatypes``). The interface also fits a format that carries a
+table of contents (zstd:chunked, eStargz, a SOCI zTOC): its ``build_index``
+reads the TOC by range and decodes nothing, so ``full_pass_known`` is False
+and ``needs_full_pass`` answers False; its ``checkpoints`` are whatever its
+``open_reader`` needs to find a chunk (the TOC's chunk table); and
+``decoded_copy`` is False, since there is nothing to gain from keeping the
+whole tar decoded.
+
+The ``cached`` fast path is on the reader, not here: every ``LayerReader``
+has ``cached(offset, size)``, which answers None when it holds nothing
+decoded (``readat.LayerReader``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Protocol, cast
+
+from r8imfs.engine.codecs.decompress import GzipInflater, ZstdInflater
+from r8imfs.engine.codecs.gzipindex import GzipLayerReader, build_gzip_index
+from r8imfs.engine.codecs.plain import PlainLayerReader, build_plain_index
+from r8imfs.engine.codecs.zstdindex import ZstdLayerReader, build_zstd_index, read_seek_table
+from r8imfs.engine.entry import Entry
+from r8imfs.engine.readat import LayerReader, ReadAt, ScanProgress
+from r8imfs.errors import UnsupportedMediaType
+from r8imfs.oci.mediatypes import Compression, layer_compression
+
+__all__ = ["CODECS", "BuiltIndex", "Codec", "Compression", "codec_for"]
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltIndex:
+    """What ``Codec.build_index`` found: the tar's entries and how to seek in it."""
+
+    entries: Sequence[Entry]
+    #: opaque to everyone but the codec's ``open_reader``; b"" if it needs none
+    checkpoints: bytes
+    uncompressed_size: int
+
+
+class Codec(Protocol):
+    """One layer format. All methods block: call them from a worker thread."""
+
+    @property
+    def compression(self) -> Compression: ...
+
+    @property
+    def decoded_copy(self) -> bool:
+        """Whether a layer may be served from a decoded copy instead of checkpoints."""
+        ...
+
+    @property
+    def full_pass_known(self) -> bool | None:
+        """``needs_full_pass`` when it needs no read of the blob; None when it does."""
+        ...
+
+    def needs_full_pass(self, readat: ReadAt, size: int) -> bool:
+        """Whether ``build_index`` decodes the whole blob (at most one small read)."""
+        ...
+
+    def build_index(
+        self, readat: ReadAt, size: int, *, progress: ScanProgress | None = None
+    ) -> BuiltIndex: ...
+
+    def open_reader(
+        self, readat: ReadAt, checkpoints: bytes, compressed_size: int, uncompressed_size: int
+    ) -> LayerReader:
+        """``pread`` on the uncompressed tar, from what ``build_index`` stored."""
+        ...
+
+    def inflate(self, raw: IO[bytes]) -> IO[bytes]:
+        """The tar stream of a blob read sequentially from ``raw``."""
+        ...
+
+
+class GzipCodec:
+    """gzip: zran checkpoints from one full pass (``gzipindex``)."""
+
+    compression = Compression.GZIP
+    decoded_copy = True
+    full_pass_known: bool | None = True
+
+    def needs_full_pass(self, readat: ReadAt, size: int) -> bool:
+        return True
+
+    def build_index(
+        self, readat: ReadAt, size: int, *, progress: ScanProgress | None = None
+    ) -> BuiltIndex:
+        gz = build_gzip_index(readat, size=size, progress=progress)
+        return BuiltIndex(gz.entries, gz.index_bytes, gz.uncompressed_size)
+
+    def open_reader(
+        self, readat: ReadAt, checkpoints: bytes, compressed_size: int, uncompressed_size: int
+    ) -> LayerReader:
+        return GzipLayerReader(readat, checkpoints, uncompressed_size)
+
+    def inflate(self, raw: IO[bytes]) -> IO[bytes]:
+        return cast(IO[bytes], GzipInflater(raw))
+
+
+class ZstdCodec:
+    """zstd: a frame table, from the seek table at the tail when there is one."""
+
+    compression = Compression.ZSTD
+    decoded_copy = True
+    full_pass_known: bool | None = None
+
+    def needs_full_pass(self, readat: ReadAt, size: int) -> bool:
+        return read_seek_table(readat, size) is None
+
+    def build_index(
+        self, readat: ReadAt, size: int, *, progress: ScanProgress | None = None
+    ) -> BuiltIndex:
+        zs = build_zstd_index(readat, size=size, progress=progress)
+        return BuiltIndex(zs.entries, zs.frames.to_bytes(), zs.uncompressed_size)
+
+    def open_reader(
+        self, readat: ReadAt, checkpoints: bytes, compressed_size: int, uncompressed_size: int
+    ) -> LayerReader:
+        return ZstdLayerReader(readat, checkpoints)
+
+    def inflate(self, raw: IO[bytes]) -> IO[bytes]:
+        return cast(IO[bytes], ZstdInflater(raw))
+
+
+class PlainCodec:
+    """An uncompressed tar: the blob is the tar, headers are hopped."""
+
+    compression = Compression.NONE
+    decoded_copy = False
+    full_pass_known: bool | None = False
+
+    def needs_full_pass(self, readat: ReadAt, size: int) -> bool:
+        return False
+
+    def build_index(
+        self, readat: ReadAt, size: int, *, progress: ScanProgress | None = None
+    ) -> BuiltIndex:
+        return BuiltIndex(build_plain_index(readat, size=size, progress=progress), b"", size)
+
+    def open_reader(
+        self, readat: ReadAt, checkpoints: bytes, compressed_size: int, uncompressed_size: int
+    ) -> LayerReader:
+        return PlainLayerReader(readat, compressed_size)
+
+    def inflate(self, raw: IO[bytes]) -> IO[bytes]:
+        return raw
+
+
+#: The table: one entry per format.
+CODECS: dict[Compression, Codec] = {
+    Compression.GZIP: GzipCodec(),
+    Compression.ZSTD: ZstdCodec(),
+    Compression.NONE: PlainCodec(),
+}
+
+
+def codec_for(media_type: str) -> Codec:
+    """The codec of a layer media type; ``UnsupportedMediaType`` if there is none."""
+    compression = layer_compression(media_type)
+    if compression is None or compression not in CODECS:
+        raise UnsupportedMediaType(
+            f"layer media type {media_type!r} is not a tar, tar+gzip or tar+zstd layer",
+            hint="r8imfs reads tar layers: plain, gzip or zstd",
+        )
+    return CODECS[compression]

@@ -1,0 +1,334 @@
+"""zran checkpoints for gzip, with libz through ctypes: build them, resume from them.
+
+Theory of operation (zlib's ``examples/zran.c``; SOCI's ``gzip_zinfo.c`` is the
+same algorithm and these are its checkpoints). Deflate can only be resumed
+where a block starts, given the 32 KiB of output before that point (the
+window back-references may reach into). One inflate pass with ``Z_BLOCK``
+stops at every block boundary; there, ``data_type`` tells:
+
+* bit 7: we are at a block boundary (or just after the gzip header);
+* bit 6: the block just finished was the member's last (no checkpoint there);
+* bits 0-2: how many bits of the byte before ``total_in`` belong to the next
+  block (deflate blocks are not byte aligned).
+
+A checkpoint is taken at a boundary when nothing has been output yet, or when
+more than ``span`` bytes were output since the last one (SOCI's rule, so our
+span boundaries are SOCI's). Resuming needs ``inflatePrime`` to push those
+0-7 bits back into a raw inflater, which stdlib ``zlib`` does not expose (and
+shifting the byte stream instead breaks on stored blocks, which are byte
+aligned relative to the *original* stream): hence libz through ctypes.
+
+Concatenated gzip members (pigz, mgzip) are followed: at a member's end the
+inflater is reset for the next header. A resumed raw inflater, at a member end,
+skips the 8-byte trailer and switches to gzip mode for the members after.
+
+Speed: output goes into one large buffer that slides (its last 32 KiB are
+moved to the front when full), so a checkpoint's window is a slice, and each
+libz call gets megabytes. ctypes drops the GIL around every foreign call, so
+several threads inflate at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+from dataclasses import dataclass
+
+from r8imfs.errors import CorruptLayer
+
+WINDOW = 32768
+#: SOCI's default span: a checkpoint every 4 MiB of uncompressed output.
+SPAN_SIZE = 1 << 22
+#: Output buffer of the one-pass builder (plus the window kept in front).
+OUT_BUFFER = 4 << 20
+
+Z_NO_FLUSH = 0
+Z_BLOCK = 5
+Z_OK = 0
+Z_STREAM_END = 1
+Z_NEED_DICT = 2
+Z_BUF_ERROR = -5
+_GZIP_AUTO = 47  # 32 + 15: zlib or gzip header, detected
+_RAW = -15
+_TRAILER = 8  # CRC32 + ISIZE after each gzip member
+
+
+class _ZStream(ctypes.Structure):
+    _fields_ = [  # noqa: RUF012 (ctypes wants a class attribute)
+        ("next_in", ctypes.c_void_p),
+        ("avail_in", ctypes.c_uint),
+        ("total_in", ctypes.c_ulong),
+        ("next_out", ctypes.c_void_p),
+        ("avail_out", ctypes.c_uint),
+        ("total_out", ctypes.c_ulong),
+        ("msg", ctypes.c_char_p),
+        ("state", ctypes.c_void_p),
+        ("zalloc", ctypes.c_void_p),
+        ("zfree", ctypes.c_void_p),
+        ("opaque", ctypes.c_void_p),
+        ("data_type", ctypes.c_int),
+        ("adler", ctypes.c_ulong),
+        ("reserved", ctypes.c_ulong),
+    ]
+
+
+def _load() -> ctypes.CDLL:
+    name = ctypes.util.find_library("z") or "libz.so.1"
+    lib = ctypes.CDLL(name)
+    ptr = ctypes.POINTER(_ZStream)
+    lib.zlibVersion.restype = ctypes.c_char_p
+    lib.inflateInit2_.argtypes = [ptr, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.inflate.argtypes = [ptr, ctypes.c_int]
+    lib.inflateEnd.argtypes = [ptr]
+    lib.inflateReset2.argtypes = [ptr, ctypes.c_int]
+    lib.inflatePrime.argtypes = [ptr, ctypes.c_int, ctypes.c_int]
+    lib.inflateSetDictionary.argtypes = [ptr, ctypes.c_char_p, ctypes.c_uint]
+    return lib
+
+
+_lib = _load()
+_VERSION = _lib.zlibVersion()
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where inflate can resume: compressed offset ``cin`` (first full byte),
+    uncompressed offset ``out``, ``bits`` (0-7) taken from byte ``cin - 1``,
+    and the 32 KiB of output before ``out`` (zero-padded at the stream start).
+    """
+
+    cin: int
+    out: int
+    bits: int
+    window: bytes
+
+    @property
+    def start(self) -> int:
+        """The first compressed byte a resume reads (the partial byte, if any)."""
+        return self.cin - 1 if self.bits else self.cin
+
+
+class _Inflater:
+    """One z_stream; ``inflateEnd`` on close (also when collected)."""
+
+    def __init__(self, window_bits: int) -> None:
+        self._open = False
+        self.strm = _ZStream()
+        self._ref = ctypes.byref(self.strm)
+        ret = _lib.inflateInit2_(self._ref, window_bits, _VERSION, ctypes.sizeof(_ZStream))
+        if ret != Z_OK:
+            raise CorruptLayer(f"libz inflateInit2 failed ({ret})")
+        self._open = True
+
+    def inflate(self, flush: int) -> int:
+        ret: int = _lib.inflate(self._ref, flush)
+        if ret == Z_NEED_DICT or ret < 0 and ret != Z_BUF_ERROR:
+            msg = self.strm.msg.decode(errors="replace") if self.strm.msg else f"error {ret}"
+            raise CorruptLayer(f"gzip stream is corrupt: {msg}")
+        return ret
+
+    def reset(self, window_bits: int) -> None:
+        if _lib.inflateReset2(self._ref, window_bits) != Z_OK:
+            raise CorruptLayer("libz inflateReset2 failed")
+
+    def prime(self, bits: int, value: int) -> None:
+        if _lib.inflatePrime(self._ref, bits, value) != Z_OK:
+            raise CorruptLayer("libz inflatePrime failed")
+
+    def set_dictionary(self, window: bytes) -> None:
+        if _lib.inflateSetDictionary(self._ref, window, len(window)) != Z_OK:
+            raise CorruptLayer("libz inflateSetDictionary failed")
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            _lib.inflateEnd(self._ref)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _address(buf: bytearray) -> int:
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+
+
+class _SpanHasher:
+    """sha256 of each span's compressed bytes, SOCI's way: span ``i`` is
+    ``[start_i, cin_{i+1})``, the last one runs to the end of the blob; with
+    ``bits`` the partial byte belongs to both neighbours.
+    """
+
+    def __init__(self) -> None:
+        self.digests: list[str] = []
+        self._hash: hashlib._Hash | None = None
+        self._pos = 0  # bytes of the stream hashed (into the current span) so far
+        self._last = b""  # the previous chunk's last byte: a partial byte may be there
+
+    def checkpoint(self, chunk: memoryview, chunk_start: int, cp: Checkpoint) -> None:
+        """A new span starts at ``cp``; ``chunk`` (at ``chunk_start``) holds ``cin``."""
+        if self._hash is not None:
+            self._hash.update(chunk[self._pos - chunk_start : cp.cin - chunk_start])
+            self.digests.append("sha256:" + self._hash.hexdigest())
+        self._hash = hashlib.sha256()
+        if cp.bits:
+            at = cp.cin - 1 - chunk_start
+            self._hash.update(chunk[at : at + 1] if at >= 0 else self._last)
+        self._pos = cp.cin
+
+    def chunk_done(self, chunk: memoryview, chunk_start: int) -> None:
+        if self._hash is not None:
+            self._hash.update(chunk[self._pos - chunk_start :])
+        self._pos = chunk_start + len(chunk)
+        self._last = bytes(chunk[-1:])
+
+    def finish(self) -> None:
+        if self._hash is not None:
+            self.digests.append("sha256:" + self._hash.hexdigest())
+            self._hash = None
+
+
+class CheckpointBuilder:
+    """One pass over a gzip stream: checkpoints, span digests and the output.
+
+    ``feed(chunk)`` takes compressed bytes in order and returns the
+    uncompressed bytes they produced; ``finish()`` checks the stream ended.
+    """
+
+    def __init__(self, span: int = SPAN_SIZE, *, out_buffer: int = OUT_BUFFER) -> None:
+        if span <= 0:
+            raise ValueError("span must be positive")
+        self.span = span
+        self.checkpoints: list[Checkpoint] = []
+        self.total_in = 0
+        self.total_out = 0
+        self._z = _Inflater(_GZIP_AUTO)
+        self._out = bytearray(WINDOW + out_buffer)  # the window, then fresh output
+        self._out_addr = _address(self._out)
+        self._pos = WINDOW
+        self._last = 0
+        self._ended = False  # the last member ended; more input means another member
+        self._hasher = _SpanHasher()
+        self._flushed = WINDOW  # output before this was returned already
+
+    @property
+    def span_digests(self) -> list[str]:
+        return self._hasher.digests
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if not chunk:
+            return []
+        view = memoryview(chunk)
+        start = self.total_in
+        produced: list[bytes] = []
+        keep = chunk  # the buffer next_in points into must outlive the calls
+        self._z.strm.next_in = ctypes.cast(ctypes.c_char_p(keep), ctypes.c_void_p)
+        self._z.strm.avail_in = len(chunk)
+        while self._z.strm.avail_in:
+            self._step(produced, view, start)
+        self._hasher.chunk_done(view, start)
+        if self._pos > WINDOW:
+            produced.append(bytes(self._out[self._flushed : self._pos]))
+            self._flushed = self._pos
+        return produced
+
+    def _step(self, produced: list[bytes], chunk: memoryview, chunk_start: int) -> None:
+        z = self._z
+        if self._ended:
+            z.reset(_GZIP_AUTO)
+            self._ended = False
+        if self._pos == len(self._out):
+            produced.append(bytes(self._out[self._flushed : self._pos]))
+            self._out[:WINDOW] = self._out[-WINDOW:]
+            self._pos = self._flushed = WINDOW
+        z.strm.next_out = self._out_addr + self._pos
+        z.strm.avail_out = avail_out = len(self._out) - self._pos
+        avail_in = z.strm.avail_in
+        ret = z.inflate(Z_BLOCK)
+        self.total_in += avail_in - z.strm.avail_in
+        made = avail_out - z.strm.avail_out
+        self.total_out += made
+        self._pos += made
+        if ret == Z_STREAM_END:
+            self._ended = True
+            return
+        if ret == Z_BUF_ERROR and z.strm.avail_in:
+            raise CorruptLayer("gzip stream is corrupt: inflate made no progress")
+        dt = z.strm.data_type
+        if (
+            dt & 128
+            and not dt & 64
+            and (self.total_out == 0 or self.total_out - self._last > self.span)
+        ):
+            cp = Checkpoint(
+                self.total_in,
+                self.total_out,
+                dt & 7,
+                bytes(self._out[self._pos - WINDOW : self._pos]),
+            )
+            self.checkpoints.append(cp)
+            self._hasher.checkpoint(chunk, chunk_start, cp)
+            self._last = self.total_out
+
+    def finish(self) -> None:
+        """Raise ``CorruptLayer`` unless the stream ended cleanly; free libz state."""
+        try:
+            if not self._ended or not self.checkpoints:
+                raise CorruptLayer("gzip stream is truncated")
+            self._hasher.finish()
+        finally:
+            self._z.close()
+
+    def close(self) -> None:
+        self._z.close()
+
+
+def inflate_from(cp: Checkpoint, data: bytes | memoryview, skip: int, size: int) -> bytes:
+    """``size`` uncompressed bytes starting ``skip`` bytes after ``cp.out``.
+
+    ``data`` holds the compressed stream from ``cp.start`` on (at least up to
+    where the wanted bytes end). Fewer bytes come back only if the stream ends
+    first; compressed bytes running out before that is a ``CorruptLayer``.
+    """
+    if size <= 0:
+        return b""
+    z = _Inflater(_RAW)
+    try:
+        keep = bytes(data)
+        offset = 0
+        if cp.bits:
+            if not keep:
+                raise CorruptLayer("span is empty")
+            z.prime(cp.bits, keep[0] >> (8 - cp.bits))
+            offset = 1
+        z.set_dictionary(cp.window)
+        out = bytearray(skip + size)
+        got = _run(z, keep, offset, out)
+        return bytes(memoryview(out)[skip:got]) if got > skip else b""
+    finally:
+        z.close()
+
+
+def _run(z: _Inflater, data: bytes, offset: int, out: bytearray) -> int:
+    """Inflate ``data[offset:]`` into ``out`` until it is full or the stream ends."""
+    base = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+    z.strm.next_in = base + offset
+    z.strm.avail_in = len(data) - offset
+    z.strm.next_out = _address(out) if out else 0
+    z.strm.avail_out = len(out)
+    raw = True
+    while z.strm.avail_out:
+        ret = z.inflate(Z_NO_FLUSH)
+        if ret == Z_STREAM_END:
+            consumed = len(data) - z.strm.avail_in
+            if raw:  # a raw inflater leaves the member's trailer unread
+                consumed += _TRAILER
+                raw = False
+            if consumed >= len(data):
+                break  # the end of the (last) member
+            z.reset(_GZIP_AUTO)
+            z.strm.next_in = base + consumed
+            z.strm.avail_in = len(data) - consumed
+        elif z.strm.avail_out and (ret == Z_BUF_ERROR or z.strm.avail_in == 0):
+            raise CorruptLayer("compressed span ends before the data it should hold")
+    return len(out) - int(z.strm.avail_out)

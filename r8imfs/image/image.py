@@ -1,0 +1,363 @@
+"""An image's files, ready to serve: trees and readers, FUSE-free.
+
+``ImageFiles.open`` turns a resolved image into what a filesystem needs:
+the manifest and config bytes, each layer's own tree (``LayerTree``), the
+merged root filesystem (``MergedTree``) and a thread-safe reader per layer.
+
+Per layer: a ``BlobReader`` from the shared ``BlobCache`` (lazy ranged GETs,
+on-disk cache), its index from ``indexdb.load_or_build`` (built once by a
+streaming pass, then reused across runs), and the layer reader the index
+opens (gzip checkpoints, zstd frames or plain offsets). Indexes are built
+in worker threads, at most ``INDEX_PARALLEL`` at once (it is CPU-bound).
+
+``read(node, offset, size)`` answers from bytes the layer reader holds decoded
+when it can (``LayerReader.cached`` via ``readat.cached_entry``: a gzip
+handle's buffer, a decoded copy in the page cache), else runs the engine in a worker
+thread; the engine pulls compressed bytes back through ``SyncBlobFile`` →
+``BlobReader.read`` on the loop. A failure surfaces as an ``R8imfsError``
+or ``OSError`` for the caller (the FUSE adapter maps it to EIO).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from r8imfs import _threads
+from r8imfs.cache.blobcache import BlobCache, BlobReader, BlobSource
+from r8imfs.engine.codecs.table import codec_for
+from r8imfs.engine.decodedcopy import DecodedReader, Pending, worth_keeping
+from r8imfs.engine.entry import Entry
+from r8imfs.engine.indexdb import (
+    LayerIndex,
+    build_decoded_index,
+    index_path,
+    load_cached,
+    load_or_build,
+    write,
+)
+from r8imfs.engine.merged import LayerTree, MergedTree, Node
+from r8imfs.engine.readat import LayerReader, ReadAt, ScanProgress, cached_entry, read_entry
+from r8imfs.errors import DigestMismatch, R8imfsError
+from r8imfs.image.pipe import consume_stream
+from r8imfs.oci.digest import short
+from r8imfs.oci.manifest import Descriptor, Manifest
+from r8imfs.oci.reference import Repository
+
+log = logging.getLogger("r8imfs.image")
+INDEX_PARALLEL = 2
+#: decoded bytes per worker-thread round trip when serving reads, and how many to keep
+DECODED_BLOCK = 4 * 1024 * 1024
+DECODED_BLOCKS = 6
+BlockLoader = Callable[[Node, int], Awaitable[bytes]]
+#: (layer, entry ordinal, block number)
+BlockKey = tuple[int, int, int]
+#: (layer index, bytes done, bytes total) while indexing
+IndexProgress = Callable[[int, int, int], None]
+
+
+@dataclass(slots=True)
+class LayerFiles:
+    index: int
+    descriptor: Descriptor
+    entries: tuple[Entry, ...]
+    tree: LayerTree
+    reader: LayerReader
+    blob: BlobReader
+    streamed: int = 0  # bytes of the blob streamed past the blob cache (decoded copy)
+
+    @property
+    def name(self) -> str:
+        """``NN-<first 12 hex of the digest>``, the directory name under ``layers/``."""
+        return f"{self.index:02d}-{short(self.descriptor.digest)}"
+
+
+@dataclass(slots=True)
+class ImageFiles:
+    manifest_raw: bytes
+    config_raw: bytes
+    layers: list[LayerFiles]
+    rootfs: MergedTree
+    decoded: DecodedBlocks
+
+    @classmethod
+    async def open(
+        cls,
+        client: BlobSource,
+        repo: Repository,
+        manifest: Manifest,
+        config_raw: bytes,
+        cache: BlobCache,
+        cache_dir: Path,
+        progress: IndexProgress | None = None,
+        *,
+        decoded_copies: bool = True,
+    ) -> ImageFiles:
+        slots: list[LayerFiles | None] = [None] * len(manifest.layers)
+        limiter = trio.CapacityLimiter(INDEX_PARALLEL)
+
+        async def one(i: int, desc: Descriptor) -> None:
+            async with limiter:
+                slots[i] = await _open_layer(
+                    client, repo, i, desc, cache, cache_dir, progress, decoded_copies
+                )
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i, desc in enumerate(manifest.layers):
+                    nursery.start_soon(one, i, desc)
+        except BaseExceptionGroup as group:
+            await _close_all(slots)
+            raise _first(group) from None
+        layers = [s for s in slots if s is not None]
+        rootfs = await _threads.run_sync(MergedTree.build, [list(x.entries) for x in layers])
+        return cls(manifest.raw, config_raw, layers, rootfs, DecodedBlocks(cache.background()))
+
+    async def read(self, node: Node, offset: int, size: int) -> bytes | bytearray:
+        """``size`` bytes of a file at ``offset``, through the decoded-block cache."""
+        e = node.entry
+        end = min(e.size, offset + size)
+        if offset >= end:
+            return b""
+        layer = self.layers[node.layer]
+        # A sequential copy's reads mostly fall in bytes a gzip handle decoded
+        # ahead: served here, without a thread round trip (docs/benchmarks.md).
+        hit = cached_entry(layer.reader, e, offset, end - offset)
+        if hit is not None:
+            return hit
+        parts = []
+        for block in range(offset // DECODED_BLOCK, (end - 1) // DECODED_BLOCK + 1):
+            data = await self.decoded.get(node, block, self._load_block)
+            base = block * DECODED_BLOCK
+            parts.append(data[max(offset - base, 0) : end - base])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _load_block(self, node: Node, block: int) -> bytes:
+        reader = self.layers[node.layer].reader
+        start = block * DECODED_BLOCK
+        return await _threads.run_sync(read_entry, reader, node.entry, start, DECODED_BLOCK)
+
+    @property
+    def bytes_fetched(self) -> int:
+        return sum(x.blob.bytes_fetched + x.streamed for x in self.layers)
+
+    async def aclose(self) -> None:
+        await _close_all(list(self.layers))
+
+
+class DecodedBlocks:
+    """A small LRU of decoded file blocks, with readahead for sequential readers.
+
+    FUSE asks for 128 KiB at a time; one worker-thread round trip per request
+    caps a copy near 100 MiB/s whatever the codec. Decoding ``DECODED_BLOCK``
+    bytes of a file per round trip, serving the next requests from memory,
+    and decoding the following block in the background while they are served
+    keeps both cores busy. Bounded: ``DECODED_BLOCKS`` blocks in all.
+    Concurrent requests for one block share one decode.
+    """
+
+    def __init__(self, nursery: trio.Nursery, capacity: int = DECODED_BLOCKS) -> None:
+        self._nursery = nursery
+        self._capacity = capacity
+        self._blocks: OrderedDict[BlockKey, bytes] = OrderedDict()
+        self._pending: dict[BlockKey, trio.Event] = {}
+
+    async def get(self, node: Node, block: int, load: BlockLoader) -> bytes:
+        key = (node.layer, node.entry.ordinal, block)
+        data = self._blocks.get(key)
+        if data is None:
+            data = await self._fill(key, node, block, load)
+        else:
+            self._blocks.move_to_end(key)
+        nxt = (key[0], key[1], block + 1)
+        sequential = block > 0 and (key[0], key[1], block - 1) in self._blocks
+        more = (block + 1) * DECODED_BLOCK < node.entry.size
+        if sequential and more and nxt not in self._blocks and nxt not in self._pending:
+            self._nursery.start_soon(self._prefetch, nxt, node, block + 1, load)
+        return data
+
+    async def _fill(
+        self, key: tuple[int, int, int], node: Node, block: int, load: BlockLoader
+    ) -> bytes:
+        while (event := self._pending.get(key)) is not None:
+            await event.wait()
+            if key in self._blocks:
+                return self._blocks[key]
+        event = self._pending[key] = trio.Event()
+        try:
+            data = await load(node, block)
+        finally:
+            del self._pending[key]
+            event.set()
+        self._blocks[key] = data
+        while len(self._blocks) > self._capacity:
+            self._blocks.popitem(last=False)
+        return data
+
+    async def _prefetch(
+        self, key: tuple[int, int, int], node: Node, block: int, load: BlockLoader
+    ) -> None:
+        with contextlib.suppress(Exception):  # a real read will retry and report it
+            await self._fill(key, node, block, load)
+
+
+async def _open_layer(
+    client: BlobSource,
+    repo: Repository,
+    i: int,
+    desc: Descriptor,
+    cache: BlobCache,
+    cache_dir: Path,
+    progress: IndexProgress | None,
+    decoded_copies: bool,
+) -> LayerFiles:
+    blob = await cache.open(client, repo, desc.digest, desc.size)
+    try:
+        readat = blob.sync_file()
+
+        def report(done: int, total: int) -> None:
+            if progress:
+                progress(i, done, total)
+
+        keep = decoded_copies and worth_keeping(desc.size, cache.max_bytes)
+        index, reader, streamed = await _index_layer(
+            client, repo, desc, readat, cache_dir, keep, report, cache.background()
+        )
+        tree = await _threads.run_sync(LayerTree.build, list(index.entries), i)
+    except BaseException as exc:
+        await blob.aclose()
+        if isinstance(exc, R8imfsError):  # say which layer: the mount fails on one line
+            exc.message = f"layer {i} ({desc.digest}): {exc.message}"
+        raise
+    return LayerFiles(i, desc, index.entries, tree, reader, blob, streamed)
+
+
+async def _index_layer(
+    client: BlobSource,
+    repo: Repository,
+    desc: Descriptor,
+    readat: ReadAt,
+    cache_dir: Path,
+    keep_decoded: bool,
+    progress: ScanProgress,
+    background: trio.Nursery,
+) -> tuple[LayerIndex, LayerReader, int]:
+    """The layer's index (cached, or built now), its open reader, bytes streamed."""
+    for _ in range(2):  # again if a decoded copy is evicted between load and open
+        index = await _threads.run_sync(
+            load_cached, cache_dir, desc.digest, desc.media_type, desc.size
+        )
+        if index is None and keep_decoded and await _whole_pass(desc, readat):
+            index, reader = await _stream_decoded(
+                client, repo, desc, cache_dir, progress, background
+            )
+            return index, reader, desc.size
+        if index is None:
+            index = await _threads.run_sync(
+                functools.partial(
+                    load_or_build,
+                    cache_dir,
+                    desc.digest,
+                    desc.media_type,
+                    readat,
+                    desc.size,
+                    progress=progress,
+                )
+            )
+        try:
+            return index, await _threads.run_sync(index.open_reader, readat), 0
+        except FileNotFoundError:
+            continue
+    raise R8imfsError(f"the decoded copy of layer {desc.digest} keeps vanishing from the cache")
+
+
+async def _whole_pass(desc: Descriptor, readat: ReadAt) -> bool:
+    """gzip, or zstd without a seek table (one read of the blob's tail)."""
+    codec = codec_for(desc.media_type)
+    if codec.full_pass_known is not None:
+        return codec.full_pass_known  # no read needed
+    return await _threads.run_sync(codec.needs_full_pass, readat, desc.size)
+
+
+async def _stream_decoded(
+    client: BlobSource,
+    repo: Repository,
+    desc: Descriptor,
+    cache_dir: Path,
+    progress: ScanProgress,
+    background: trio.Nursery,
+) -> tuple[LayerIndex, LayerReader]:
+    """Index a gzip layer from one streamed GET, keeping its decoded copy.
+
+    A layer read whole anyway goes faster as one stream than as 4 MiB ranges
+    through the blob cache, and its compressed bytes need no cache: from now
+    on it is read from the copy. The copy serves at once; flushing it to disk,
+    renaming it into place and storing the index happen in the background
+    (``_publish``), off the mount's critical path.
+    """
+    build = functools.partial(
+        build_decoded_index, cache_dir, desc.digest, desc.media_type, desc.size
+    )
+    try:
+        async with client.open_blob(repo, desc.digest) as stream:
+            index, pending = await consume_stream(
+                _counted(stream.chunks(), desc.size, progress), build
+            )
+    except DigestMismatch as exc:  # a bad proxy or CDN node, usually: once more
+        log.info("%s; fetching it again", exc)
+        async with client.open_blob(repo, desc.digest) as stream:
+            index, pending = await consume_stream(stream.chunks(), build)
+    try:
+        reader = await _threads.run_io(DecodedReader, pending.path, index.uncompressed_size)
+    except BaseException:
+        pending.discard()
+        raise
+    background.start_soon(_publish, pending, index_path(cache_dir, desc.digest), index)
+    return index, reader
+
+
+async def _publish(pending: Pending, path: Path, index: LayerIndex) -> None:
+    """Flush and rename the copy, then store the index; shielded, so an unmount waits."""
+
+    def publish() -> None:
+        pending.publish()
+        write(path, index)
+
+    with trio.CancelScope(shield=True):
+        try:
+            await _threads.run_io(publish)
+        except Exception as exc:  # the mount goes on; the next one indexes again
+            log.warning("could not keep the decoded copy of %s: %s", index.digest, exc)
+
+
+async def _counted(
+    chunks: AsyncIterator[bytes], total: int, progress: ScanProgress
+) -> AsyncIterator[bytes]:
+    done = 0
+    async for chunk in chunks:
+        done += len(chunk)
+        progress(done, total)
+        yield chunk
+
+
+async def _close_all(layers: list[LayerFiles | None]) -> None:
+    for layer in layers:
+        if layer is not None:
+            layer.reader.close()
+            await layer.blob.aclose()
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first real error of a group (one line for the user, not a tree)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first(exc)
+        return exc
+    return group
