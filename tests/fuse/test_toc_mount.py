@@ -3,9 +3,9 @@
 Three producers, two of them not ours: ``r8imfs zstd`` (zstd:chunked, current
 dialect), Debian's skopeo (zstd:chunked, legacy dialect) and ctr-remote on a
 throwaway containerd (eStargz, and stargz-snapshotter's zstd:chunked). Each
-image is mounted cold through ``counting_proxy``: once the mount says it is ready, at most 10% of the
-layer bytes may have crossed the proxy (the TOCs, not the bodies); then
-every file of the layer is read through the mount and compared with the
+image is mounted cold through ``counting_proxy``: once the mount says it is
+ready, at most 10% of the layer bytes may have crossed the proxy (the TOCs,
+not the bodies); then every file of the layer is read through the mount and compared with the
 source tar, read with ``tarfile``.
 """
 
