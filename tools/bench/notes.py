@@ -231,7 +231,7 @@ suites), so absolute times move by ±50% between runs; two runs are shown.
 | input | before (`write_seekable`) | now (`write_chunked`) | now / before |
 |---|---|---|---|
 | the 8,000-file base layer (65 MiB gzip) | 3.93 s | 4.04 s | 0.97×: **within 20%** |
-| a 256 MiB weights file (`write_weights`) | 1.99 s, 118 MiB/s | 2.66 s, 89 MiB/s | 0.75×: **missed** |
+| a 256 MiB weights file | 1.99 s, 118 MiB/s | 2.66 s, 89 MiB/s | 0.75×: **missed** |
 
   Run 1 (not interleaved, base layer only) gave 5.16 s before and 7.13 s now,
   which says mostly how noisy a machine at load 7 is. On a big file the new
