@@ -107,6 +107,10 @@ class RangeGets:
             buf += chunk
             if len(buf) > length:
                 raise RegistryError(f"{self._repo.registry} sent more than asked of {self._digest}")
+        if len(buf) != length:  # a transfer problem, not a TOC to refuse
+            raise RegistryError(
+                f"{self._repo.registry} sent {len(buf)} of {length} bytes asked of {self._digest}"
+            )
         return bytes(buf)
 
 
