@@ -47,7 +47,7 @@ from r8imfs.engine.merged import LayerTree, MergedTree, Node
 from r8imfs.engine.readat import LayerReader, ReadAt, ScanProgress, cached_entry, read_entry
 from r8imfs.errors import DigestMismatch, R8imfsError
 from r8imfs.image.pipe import consume_stream
-from r8imfs.image.toclayer import RangeGets, open_toc_layer
+from r8imfs.image.toclayer import RangeGets, open_toc_layer, record_path
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Manifest
 from r8imfs.oci.reference import Repository
@@ -229,7 +229,12 @@ async def _open_layer(
 
         keep = decoded_copies and worth_keeping(desc.size, cache.max_bytes)
         reader: LayerReader
-        toc = await open_toc_layer(desc, _toc_readat(client, repo, desc, blob), readat)
+        toc = await open_toc_layer(
+            desc,
+            _toc_readat(client, repo, desc, blob),
+            readat,
+            record=record_path(index_path(cache_dir, desc.digest)),
+        )
         if toc is not None:  # verified chunk by chunk; no index stored (image/toclayer.py)
             entries, reader, streamed = toc.entries, toc.reader, toc.toc_bytes
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+from pathlib import Path
 
 import pytest
 from test_blobcache import FakeClient
@@ -18,7 +19,7 @@ from r8imfs.engine.codecs import tocformat as tf
 from r8imfs.engine.codecs.zstdwrite import write_chunked
 from r8imfs.engine.readat import BytesReadAt, CountingReadAt, read_entry
 from r8imfs.errors import RangeUnsupported
-from r8imfs.image.toclayer import RangeGets, open_toc_layer
+from r8imfs.image.toclayer import RangeGets, load_record, open_toc_layer
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci.manifest import Descriptor
 from r8imfs.oci.reference import Repository
@@ -35,6 +36,11 @@ def layer() -> tuple[bytes, dict[str, str]]:
     tar = tar_of({f"w/{k}": v for k, v in BODIES.items()})
     result = write_chunked(io.BytesIO(tar), out, frame_size=MiB)
     return out.getvalue(), result.annotations
+
+
+def _toc_range(annotations: dict[str, str]) -> tuple[int, int]:
+    offset, clen, *_ = tf.parse_position(annotations[tf.MANIFEST_POSITION], 4)
+    return offset, offset + clen
 
 
 def _desc(blob: bytes, annotations: dict[str, str] | None) -> Descriptor:
@@ -96,3 +102,26 @@ async def test_a_registry_ignoring_range_goes_to_the_fallback_or_fails_clearly(
     bare = RangeGets(source, REPO, "sha256:" + "1" * 64, len(blob))
     with pytest.raises(RangeUnsupported):
         await _threads.run_sync(bare.read_at, 0, 10)
+
+
+async def test_a_kept_record_loads_the_toc_again_without_a_request(
+    layer: tuple[bytes, dict[str, str]], tmp_path: Path
+) -> None:
+    blob, annotations = layer
+    record = tmp_path / "index" / "x.toc"
+    source = FakeClient(blob)
+    gets = RangeGets(source, REPO, "sha256:" + "1" * 64, len(blob))
+    first = await open_toc_layer(_desc(blob, annotations), gets, BytesReadAt(blob), record=record)
+    assert first is not None and len(source.calls) == 1 and record.exists()
+    second = await open_toc_layer(_desc(blob, annotations), gets, BytesReadAt(blob), record=record)
+    assert second is not None and len(source.calls) == 1  # no request
+    assert second.entries == first.entries
+    # a record damaged on disk fails the digest check: dropped, read from the registry again
+    raw = bytearray(record.read_bytes())
+    raw[-5] ^= 0xFF
+    record.write_bytes(bytes(raw))
+    third = await open_toc_layer(_desc(blob, annotations), gets, BytesReadAt(blob), record=record)
+    assert third is not None and len(source.calls) == 2
+    assert list(load_record(record).values())[0] == bytes(blob[slice(*_toc_range(annotations))])
+    for toc in (first, second, third):
+        toc.reader.close()
