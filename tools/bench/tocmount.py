@@ -55,15 +55,29 @@ def sh(argv: list[str], env: dict[str, str] | None = None) -> float:
 
 
 def skopeo(src: str, dest: str, *flags: str) -> None:
-    sh(["skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false", "--format", "oci",
-        *flags, src, dest])
+    sh(
+        [
+            "skopeo",
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--format",
+            "oci",
+            *flags,
+            src,
+            dest,
+        ]
+    )
 
 
 def build(work: Path, host: str, files: int, tar_mb: int) -> dict[str, str]:
     """The four images; their references on ``host``."""
     base = image.write_base(work / "base.tar.gz", tar_mb * MiB, files)
-    print(f"base layer: {files} files, {base.usize / MiB:.0f} MiB tar, "
-          f"{base.size / MiB:.0f} MiB gzip", flush=True)
+    print(
+        f"base layer: {files} files, {base.usize / MiB:.0f} MiB tar, "
+        f"{base.size / MiB:.0f} MiB gzip",
+        flush=True,
+    )
     tiny = image.write_base(work / "tiny.tar.gz", 64 * 1024, 10, seed=5)
     refs = {"tiny gzip (the floor)": f"{host}/{image.REPO}:toc-tiny"}
     trio.run(image.push, host, (tiny,), "toc-tiny")
@@ -75,8 +89,12 @@ def build(work: Path, host: str, files: int, tar_mb: int) -> dict[str, str]:
     if shutil.which("skopeo"):  # from a layout: registry to registry, skopeo reuses the gzip blob
         refs["skopeo zstd:chunked"] = f"{host}/{image.REPO}:toc-skopeo"
         write_layout(work / "skopeo-src", tar)
-        skopeo(f"oci:{work / 'skopeo-src'}:v1", f"docker://{refs['skopeo zstd:chunked']}",
-               "--dest-compress-format", "zstd:chunked")
+        skopeo(
+            f"oci:{work / 'skopeo-src'}:v1",
+            f"docker://{refs['skopeo zstd:chunked']}",
+            "--dest-compress-format",
+            "zstd:chunked",
+        )
     if shutil.which("ctr-remote") and shutil.which("containerd") and os.geteuid() == 0:
         with containerd(work / "ctd") as ctr:
             ctr_remote_convert(ctr, work, tar, "--estargz")
@@ -86,8 +104,12 @@ def build(work: Path, host: str, files: int, tar_mb: int) -> dict[str, str]:
 
 
 def layer_sizes(ref: str) -> dict[str, int]:
-    out = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return {d["digest"]: d["size"] for d in json.loads(out)["layers"]}
 
 
@@ -100,8 +122,10 @@ def cold_mount(ref: str, proxy: CountingProxy, work: Path, n: int) -> tuple[floa
     env = {**os.environ, "XDG_RUNTIME_DIR": str(run)}
     proxy.reset()
     via = ref.replace(ref.split("/")[0], proxy.host, 1)
-    ready = sh([*PY, "mount", via, str(mnt), "--cache-dir", str(cache), "--log",
-                str(work / f"log{n}")], env)
+    ready = sh(
+        [*PY, "mount", via, str(mnt), "--cache-dir", str(cache), "--log", str(work / f"log{n}")],
+        env,
+    )
     moved = sum(b for d, b in proxy.blob_downloads().items() if d in layers)
     try:
         ls = sh(["ls", "-R", str(mnt / "rootfs")])
@@ -131,8 +155,9 @@ def push_weights(work: Path, host: str, mb: int) -> tuple[str, int]:
 def old_tree(work: Path, rev: str) -> Path:
     dest = work / "old"
     dest.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "r8imfs"],
-                             check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "r8imfs"], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "x", "-C", str(dest)], input=archive, check=True)
     return dest
 
@@ -160,15 +185,21 @@ def main() -> None:
                     where.mkdir()
                     runs.append(cold_mount(ref, proxy, where, i))
                 ready, share, ls = (statistics.median(x) for x in zip(*runs, strict=True))
-                print(f"| {name} | {sum(layer_sizes(ref).values()) / MiB:.1f} MiB | "
-                      f"{ready:.2f} s | {share:.1%} | {ls:.2f} s |", flush=True)
+                print(
+                    f"| {name} | {sum(layer_sizes(ref).values()) / MiB:.1f} MiB | "
+                    f"{ready:.2f} s | {share:.1%} | {ls:.2f} s |",
+                    flush=True,
+                )
             old = old_tree(work, args.old_rev)
             weights = push_weights(work, registry.host, args.weights_mb)
             inputs = {"base": (refs["gzip"], size), "weights": weights}
             for what, (ref, nbytes) in inputs.items():
                 for label, secs in zstd_speed(ref, old, args.repeat).items():
-                    print(f"r8imfs zstd of the {what} layer ({label}): {secs:.2f} s, "
-                          f"{nbytes / MiB / secs:.1f} MiB/s of gzip input", flush=True)
+                    print(
+                        f"r8imfs zstd of the {what} layer ({label}): {secs:.2f} s, "
+                        f"{nbytes / MiB / secs:.1f} MiB/s of gzip input",
+                        flush=True,
+                    )
             print(f"load after: {load_average()}", flush=True)
         finally:
             proxy.stop()
