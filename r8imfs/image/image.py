@@ -23,15 +23,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
 from r8imfs import _threads
 from r8imfs.cache.blobcache import BlobCache, BlobReader, BlobSource
+from r8imfs.engine.codecs.layerformat import LayerFormat, Toc, TocLayer, choose
 from r8imfs.engine.codecs.table import codec_for
 from r8imfs.engine.decodedcopy import DecodedReader, Pending, worth_keeping
 from r8imfs.engine.entry import Entry
@@ -45,7 +48,7 @@ from r8imfs.engine.indexdb import (
 )
 from r8imfs.engine.merged import LayerTree, MergedTree, Node
 from r8imfs.engine.readat import LayerReader, ReadAt, ScanProgress, cached_entry, read_entry
-from r8imfs.errors import R8imfsError
+from r8imfs.errors import CorruptLayer, R8imfsError
 from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Manifest
@@ -56,6 +59,9 @@ INDEX_PARALLEL = 2
 #: decoded bytes per worker-thread round trip when serving reads, and how many to keep
 DECODED_BLOCK = 4 * 1024 * 1024
 DECODED_BLOCKS = 6
+#: blob cache fetch size for a layer read through a TOC: a span of a layer of
+#: small files is ~2 MiB compressed, so 4 MiB blocks would fetch twice that
+TOC_BLOCK = 512 * 1024
 BlockLoader = Callable[[Node, int], Awaitable[bytes]]
 #: (layer, entry ordinal, block number)
 BlockKey = tuple[int, int, int]
@@ -72,6 +78,7 @@ class LayerFiles:
     reader: LayerReader
     blob: BlobReader
     streamed: int = 0  # bytes of the blob streamed past the blob cache (decoded copy)
+    toc: Toc | None = None  # the TOC it is served from, if any
 
     @property
     def name(self) -> str:
@@ -86,6 +93,7 @@ class ImageFiles:
     layers: list[LayerFiles]
     rootfs: MergedTree
     decoded: DecodedBlocks
+    pool: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     @classmethod
     async def open(
@@ -99,15 +107,19 @@ class ImageFiles:
         progress: IndexProgress | None = None,
         *,
         decoded_copies: bool = True,
+        tocs: Mapping[str, Toc] | None = None,
     ) -> ImageFiles:
+        """``tocs``: TOCs found for layers (``image.tocs.find_tocs``), by layer digest."""
         slots: list[LayerFiles | None] = [None] * len(manifest.layers)
         limiter = trio.CapacityLimiter(INDEX_PARALLEL)
+        # span checks and inflates of every TOC-served layer share the cores
+        pool = _span_pool() if tocs else None
 
         async def one(i: int, desc: Descriptor) -> None:
+            fmt = choose(desc.media_type, (tocs or {}).get(desc.digest))
             async with limiter:
-                slots[i] = await _open_layer(
-                    client, repo, i, desc, cache, cache_dir, progress, decoded_copies
-                )
+                opener = _LayerOpener(client, repo, cache, cache_dir, progress, pool)
+                slots[i] = await opener.open(i, desc, fmt, decoded_copies)
 
         try:
             async with trio.open_nursery() as nursery:
@@ -115,10 +127,12 @@ class ImageFiles:
                     nursery.start_soon(one, i, desc)
         except BaseExceptionGroup as group:
             await _close_all(slots)
+            _shutdown(pool)
             raise _first(group) from None
         layers = [s for s in slots if s is not None]
         rootfs = await _threads.run_sync(MergedTree.build, [list(x.entries) for x in layers])
-        return cls(manifest.raw, config_raw, layers, rootfs, DecodedBlocks(cache.background()))
+        decoded = DecodedBlocks(cache.background())
+        return cls(manifest.raw, config_raw, layers, rootfs, decoded, pool)
 
     async def read(self, node: Node, offset: int, size: int) -> bytes | bytearray:
         """``size`` bytes of a file at ``offset``, through the decoded-block cache."""
@@ -149,7 +163,19 @@ class ImageFiles:
         return sum(x.blob.bytes_fetched + x.streamed for x in self.layers)
 
     async def aclose(self) -> None:
-        await _close_all(list(self.layers))
+        try:
+            await _close_all(list(self.layers))
+        finally:
+            _shutdown(self.pool)
+
+
+def _span_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="soci-span")
+
+
+def _shutdown(pool: Executor | None) -> None:
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 class DecodedBlocks:
@@ -206,6 +232,84 @@ class DecodedBlocks:
     ) -> None:
         with contextlib.suppress(Exception):  # a real read will retry and report it
             await self._fill(key, node, block, load)
+
+
+@dataclass(frozen=True, slots=True)
+class _LayerOpener:
+    """Opens one layer: from its TOC when it has a usable one, else indexed here."""
+
+    client: BlobSource
+    repo: Repository
+    cache: BlobCache
+    cache_dir: Path
+    progress: IndexProgress | None
+    pool: Executor | None
+
+    async def open(
+        self, i: int, desc: Descriptor, fmt: LayerFormat, decoded_copies: bool
+    ) -> LayerFiles:
+        if fmt.toc is not None:
+            toc_layer = await self._load_toc(i, desc, fmt)
+            if toc_layer is not None:
+                return await self._from_toc(i, desc, fmt, toc_layer)
+        return await _open_layer(
+            self.client,
+            self.repo,
+            i,
+            desc,
+            self.cache,
+            self.cache_dir,
+            self.progress,
+            decoded_copies,
+        )
+
+    async def _load_toc(self, i: int, desc: Descriptor, fmt: LayerFormat) -> TocLayer | None:
+        """The layer as its TOC says, unless the layer is indexed here already (a
+        local index, or a decoded copy, beats ranged reads) or the TOC is bad."""
+        toc, kind = fmt.toc, fmt.toc_format
+        assert toc is not None
+        assert kind is not None
+        local = await _threads.run_sync(
+            load_cached, self.cache_dir, desc.digest, desc.media_type, desc.size
+        )
+        if local is not None:
+            return None
+        try:
+            return await _threads.run_sync(kind.load, toc, desc.size)
+        except CorruptLayer as exc:
+            log.warning(
+                "layer %d (%s): %s %s from %s is not usable: %s; indexing the layer here",
+                i,
+                short(desc.digest),
+                kind.label,
+                short(toc.digest),
+                toc.source,
+                exc.message,
+            )
+            return None
+
+    async def _from_toc(
+        self, i: int, desc: Descriptor, fmt: LayerFormat, toc_layer: TocLayer
+    ) -> LayerFiles:
+        toc = fmt.toc
+        assert toc is not None
+        blob = await self.cache.open(
+            self.client, self.repo, desc.digest, desc.size, block_size=TOC_BLOCK
+        )
+        try:
+            name = f"layer {i} ({short(desc.digest)})"
+            reader = toc_layer.open_reader(blob.sync_file(), name=name, pool=self.pool)
+            entries = tuple(toc_layer.entries)
+            tree = await _threads.run_sync(LayerTree.build, list(entries), i)
+        except BaseException:
+            await blob.aclose()
+            raise
+        if self.progress:
+            self.progress(i, desc.size, desc.size)  # nothing to read: indexed already
+        log.info(
+            "layer %d (%s): served from its %s (%s)", i, short(desc.digest), toc.kind, toc.source
+        )
+        return LayerFiles(i, desc, entries, tree, reader, blob, toc=toc)
 
 
 async def _open_layer(

@@ -85,3 +85,39 @@ def skopeo_json(*args: str) -> Any:
         ["skopeo", *args], capture_output=True, text=True, check=True, timeout=120
     ).stdout
     return json.loads(out)
+
+
+async def publish_soci_v1(source: str, ztocs: list[dict[str, Any]]) -> str:
+    """A v1 SOCI index for ``source`` (``subject`` set), listed by the referrers
+    tag-schema fallback (``sha256-<hex>``), as a v1 producer on a registry
+    without the referrers API (distribution 2.8) leaves it; its digest."""
+    from r8imfs.oci import soci
+    from r8imfs.oci.digest import sha256
+    from r8imfs.oci.manifest import Manifest, dumps
+    from r8imfs.registry.upload import upload_bytes
+
+    parsed = parse(source)
+    async with RegistryClient() as client:
+        manifest = await client.get_manifest(parsed)
+        assert isinstance(manifest, Manifest)
+        subject = Descriptor(manifest.media_type, manifest.digest, len(manifest.raw))
+        raw = soci.soci_index(ztocs, "test", subject=subject)
+        repo = parsed.repository
+        await upload_bytes(client, repo, soci.EMPTY_JSON)
+        digest = await client.put_manifest(repo, sha256(raw), raw, mt.OCI_MANIFEST)
+        listing = dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": mt.OCI_INDEX,
+                "manifests": [
+                    {
+                        "mediaType": mt.OCI_MANIFEST,
+                        "artifactType": soci.SOCI_INDEX_V1,
+                        "digest": digest,
+                        "size": len(raw),
+                    }
+                ],
+            }
+        )
+        await client.put_manifest(repo, soci.fallback_tag(manifest.digest), listing, mt.OCI_INDEX)
+        return digest

@@ -102,6 +102,24 @@ class SociLayer:
     def read_at(self, offset: int, size: int) -> bytes:
         return self.pread(offset, size)
 
+    def cached(self, offset: int, size: int) -> bytes | None:
+        """``pread``'s answer if every span it needs is decoded already; never blocks."""
+        end = min(offset + size, self.size)
+        if offset < 0 or offset >= end:
+            return b""
+        first = ztoc.span_of(self.spans, offset)
+        last = ztoc.span_of(self.spans, end - 1)
+        parts = []
+        with self._lock:
+            for i in range(first, last + 1):
+                data = self._cache.get(i)
+                if data is None:
+                    return None
+                self._cache.move_to_end(i)
+                base = self.spans.ustart[i]
+                parts.append(data[max(offset, base) - base : min(end, self.spans.uend[i]) - base])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     def read_file(self, f: ztoc.FileMetadata, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of a regular entry's data from ``offset``."""
         end = min(f.uncompressed_size, offset + size)
