@@ -17,7 +17,11 @@ A ``TocFormat`` is one entry of ``TOC_FORMATS``, keyed by ``Toc.kind``:
   a TOC that fails raises a ``CorruptLayer`` (the caller logs one line and
   indexes the layer itself, as if there were no TOC);
 * ``TocLayer.open_reader(blob)`` gives ``pread`` on the uncompressed tar over
-  the *compressed* blob, fetching and checking only what a read needs.
+  the *compressed* blob, fetching and checking only what a read needs. Bytes
+  that fail their check (a SOCI span digest) raise a ``DigestMismatch`` for
+  every read that needs them (EIO through FUSE, logged once per open file by
+  the handler): never wrong bytes. The layer is not re-indexed then: the
+  blob itself is wrong, and indexing it would read the same bytes.
 
 The async side finds TOCs (``image.tocs``) and hands the bytes here; what is
 here never touches the network. Adding eStargz or zstd:chunked is a
@@ -26,8 +30,6 @@ here never touches the network. Adding eStargz or zstd:chunked is a
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -38,8 +40,6 @@ from r8imfs.engine.codecs.table import Codec, codec_for
 from r8imfs.engine.entry import Entry
 from r8imfs.engine.readat import LayerReader, ReadAt
 from r8imfs.errors import UnsafeLayer
-
-log = logging.getLogger("r8imfs.engine")
 
 SOCI_ZTOC = "soci-ztoc"
 
@@ -99,8 +99,7 @@ class ZtocLayer:
         return self.z.uncompressed_archive_size
 
     def open_reader(self, blob: ReadAt, *, name: str, pool: Executor | None) -> LayerReader:
-        layer = socireader.SociLayer(self.z, blob, span_size=self.span_size, name=name, pool=pool)
-        return LoggedSpans(layer, name)
+        return socireader.SociLayer(self.z, blob, span_size=self.span_size, name=name, pool=pool)
 
 
 class ZtocFormat:
@@ -117,44 +116,6 @@ class ZtocFormat:
         except UnsafeLayer as exc:  # normalise_path: a climbing name
             raise ztoc.InvalidZtoc(f"zTOC entry name: {exc}") from exc
         return ZtocLayer(z, entries, toc.span_size)
-
-
-class LoggedSpans:
-    """A ``SociLayer`` whose span digest failures are logged once per span.
-
-    The failure itself reaches every read that needs the span (EIO through
-    FUSE): never wrong bytes, and never a log line per 128 KiB request.
-    """
-
-    def __init__(self, layer: socireader.SociLayer, name: str) -> None:
-        self.layer = layer
-        self._name = name
-        self._logged: set[str] = set()
-        self._lock = threading.Lock()
-
-    @property
-    def size(self) -> int:
-        return self.layer.size
-
-    def pread(self, offset: int, size: int) -> bytes:
-        try:
-            return self.layer.pread(offset, size)
-        except socireader.SpanDigestMismatch as exc:
-            with self._lock:
-                first = exc.message not in self._logged
-                self._logged.add(exc.message)
-            if first:
-                log.error("%s; reads of these bytes fail (EIO)", exc.message)
-            raise
-
-    def read_at(self, offset: int, size: int) -> bytes:
-        return self.pread(offset, size)
-
-    def cached(self, offset: int, size: int) -> bytes | None:
-        return self.layer.cached(offset, size)
-
-    def close(self) -> None:
-        self.layer.close()
 
 
 #: The table of TOC formats, by ``Toc.kind``.
