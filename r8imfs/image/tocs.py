@@ -81,3 +81,29 @@ async def find_tocs(client: RegistryClient, repo: Repository, manifest: Manifest
         for ref in wanted:
             nursery.start_soon(one, ref.layer_digest)
     return tocs
+
+
+def listed_tocs(manifest: Manifest, found: FoundIndex | None) -> dict[str, dict[str, object]]:
+    """What ``r8imfs layers`` shows: the TOC each layer has, by layer digest.
+
+    Only what the SOCI index lists (the zTOCs themselves are not fetched);
+    TOCs announced by a layer's own annotations (eStargz, zstd:chunked) are
+    one more source here when they are read.
+    """
+    if found is None:
+        return {}
+    refs = found.ztocs
+    return {
+        d.digest: {
+            "kind": SOCI_ZTOC,
+            "format": "zTOC",
+            "index": f"SOCI v{found.version}",
+            "foundBy": found.how,
+            "indexDigest": found.index.digest,
+            "digest": refs[d.digest].digest,
+            "size": refs[d.digest].size,
+            "spanSize": refs[d.digest].span_size,
+        }
+        for d in manifest.layers
+        if d.digest in refs
+    }

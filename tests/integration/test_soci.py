@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -407,3 +408,40 @@ def test_min_layer_size_and_nothing_to_index(registry: RegistryServer, repo_name
     err = proc.stderr.decode().strip().splitlines()
     assert err[-1].startswith("r8imfs index: error: no layer of") and "zTOC" in err[-1]
     assert tag_digest(f"{zstd_source}-soci") is None  # nothing was published
+
+
+def test_layers_shows_which_layers_have_a_ztoc(registry: RegistryServer, repo_name: str) -> None:
+    layers, _ = cog_image(_weights(300 * KiB))
+    source = f"{registry.host}/{repo_name}:v1"
+    push(source, layers=layers)
+    plain = json.loads(run_cli("layers", "--json", source).stdout)
+    assert [x["toc"] for x in plain["layers"]] == [None, None, None]
+
+    pushed(run_cli("index", "--span-size", "64K", "--min-layer-size", "100K", source))
+    proc = run_cli("layers", "--json", f"{source}-soci")
+    assert proc.returncode == 0, proc.stderr
+    ours = json.loads(proc.stdout)
+    top = inspect_raw(f"{source}-soci")
+    index = inspect_raw(f"{registry.host}/{repo_name}@{top['manifests'][1]['digest']}")
+    (ztoc_desc,) = index["layers"]  # only the weights layer is over 100K
+    tocs = [x["toc"] for x in ours["layers"]]
+    assert tocs[:2] == [None, None]
+    assert tocs[2] == {
+        "kind": "soci-ztoc",
+        "format": "zTOC",
+        "index": "SOCI v2",
+        "foundBy": "annotation",
+        "indexDigest": top["manifests"][1]["digest"],
+        "digest": ztoc_desc["digest"],
+        "size": ztoc_desc["size"],
+        "spanSize": SPAN,
+    }
+    table = run_cli("layers", f"{source}-soci").stdout.decode().splitlines()
+    assert "TOC" in table[2].split()
+    assert "zTOC (SOCI v2)" in table[-2]  # the weights row, above the total
+    assert "zTOC" not in table[3]
+
+    trio.run(_publish_v1, source, index["layers"])
+    v1 = json.loads(run_cli("layers", "--json", source).stdout)
+    assert v1["layers"][2]["toc"]["index"] == "SOCI v1"
+    assert v1["layers"][2]["toc"]["foundBy"] == "referrers-tag"
