@@ -30,11 +30,21 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import trio  # noqa: E402
 from registry_server import start_registry  # noqa: E402
 
-from tools.bench import engine, extract, image, mount, mutate, notes, report, tables  # noqa: E402
+from tools.bench import (  # noqa: E402
+    engine,
+    extract,
+    image,
+    mount,
+    mutate,
+    notes,
+    report,
+    socimount,
+    tables,
+)
 from tools.bench.common import GiB, MiB, Row, Section, load_average, note  # noqa: E402
 from tools.bench.context import Bench, child_env  # noqa: E402
 
-AREAS = ("extract", "engine", "mount", "mutate")
+AREAS = ("extract", "engine", "mount", "mutate", "soci")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,7 +91,8 @@ def run_areas(b: Bench, args: argparse.Namespace, machine: report.Machine) -> li
         if area == "mutate":
             sections.append(mutate.measure(b, args.size_scale))
         else:
-            sections.append({"extract": extract, "engine": engine, "mount": mount}[area].measure(b))
+            areas = {"extract": extract, "engine": engine, "mount": mount, "soci": socimount}
+            sections.append(areas[area].measure(b))
     return sections
 
 
