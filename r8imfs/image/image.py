@@ -62,6 +62,8 @@ DECODED_BLOCKS = 6
 #: blob cache fetch size for a layer read through a TOC: a span of a layer of
 #: small files is ~2 MiB compressed, so 4 MiB blocks would fetch twice that
 TOC_BLOCK = 512 * 1024
+#: decoded blocks read ahead of a sequential reader when a layer is TOC-served
+TOC_AHEAD = max(2, os.cpu_count() or 2)
 BlockLoader = Callable[[Node, int], Awaitable[bytes]]
 #: (layer, entry ordinal, block number)
 BlockKey = tuple[int, int, int]
@@ -131,7 +133,10 @@ class ImageFiles:
             raise _first(group) from None
         layers = [s for s in slots if s is not None]
         rootfs = await _threads.run_sync(MergedTree.build, [list(x.entries) for x in layers])
-        decoded = DecodedBlocks(cache.background())
+        # a layer read through its TOC inflates each block in the worker that
+        # asks for it: more blocks ahead, more cores at work on one sequential copy
+        ahead = TOC_AHEAD if any(x.toc is not None for x in layers) else 1
+        decoded = DecodedBlocks(cache.background(), ahead=ahead)
         return cls(manifest.raw, config_raw, layers, rootfs, decoded, pool)
 
     async def read(self, node: Node, offset: int, size: int) -> bytes | bytearray:
@@ -189,9 +194,12 @@ class DecodedBlocks:
     Concurrent requests for one block share one decode.
     """
 
-    def __init__(self, nursery: trio.Nursery, capacity: int = DECODED_BLOCKS) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, capacity: int = DECODED_BLOCKS, ahead: int = 1
+    ) -> None:
         self._nursery = nursery
-        self._capacity = capacity
+        self._capacity = max(capacity, 2 * ahead + 2)
+        self._ahead = ahead
         self._blocks: OrderedDict[BlockKey, bytes] = OrderedDict()
         self._pending: dict[BlockKey, trio.Event] = {}
 
@@ -202,11 +210,13 @@ class DecodedBlocks:
             data = await self._fill(key, node, block, load)
         else:
             self._blocks.move_to_end(key)
-        nxt = (key[0], key[1], block + 1)
         sequential = block > 0 and (key[0], key[1], block - 1) in self._blocks
-        more = (block + 1) * DECODED_BLOCK < node.entry.size
-        if sequential and more and nxt not in self._blocks and nxt not in self._pending:
-            self._nursery.start_soon(self._prefetch, nxt, node, block + 1, load)
+        for n in range(block + 1, block + 1 + self._ahead) if sequential else ():
+            nxt = (key[0], key[1], n)
+            if n * DECODED_BLOCK >= node.entry.size:
+                break
+            if nxt not in self._blocks and nxt not in self._pending:
+                self._nursery.start_soon(self._prefetch, nxt, node, n, load)
         return data
 
     async def _fill(
