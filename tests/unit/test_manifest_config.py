@@ -119,3 +119,28 @@ def test_weights_rules() -> None:
     first, fallback = weights_candidates(layers)
     assert [x.index for x in first] == [2, 3]
     assert [x.index for x in fallback] == [1]
+
+
+def test_index_selection_skips_a_soci_index_listed_first() -> None:
+    """A v2 SOCI index carries its image's platform; selecting a platform never picks it."""
+    amd64 = {"architecture": "amd64", "os": "linux"}
+    soci_entry = {
+        "mediaType": mt.OCI_MANIFEST,
+        "artifactType": "application/vnd.amazon.soci.index.v2+json",
+        "digest": "sha256:" + "1" * 64,
+        "size": 10,
+        "platform": amd64,
+        "annotations": {"com.amazon.soci.image-manifest-digest": "sha256:" + "2" * 64},
+    }
+    image_entry = {
+        "mediaType": mt.OCI_MANIFEST,
+        "digest": "sha256:" + "2" * 64,
+        "size": 20,
+        "platform": amd64,
+    }
+    raw = json.dumps(
+        {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [soci_entry, image_entry]}
+    ).encode()
+    index = parse(raw)
+    assert isinstance(index, Index)
+    assert index.select(Platform("linux", "amd64")).digest == image_entry["digest"]
