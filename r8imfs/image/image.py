@@ -189,8 +189,11 @@ class DecodedBlocks:
     FUSE asks for 128 KiB at a time; one worker-thread round trip per request
     caps a copy near 100 MiB/s whatever the codec. Decoding ``DECODED_BLOCK``
     bytes of a file per round trip, serving the next requests from memory,
-    and decoding the following block in the background while they are served
-    keeps both cores busy. Bounded: ``DECODED_BLOCKS`` blocks in all.
+    and decoding the following ``ahead`` blocks in the background while they
+    are served keeps both cores busy (one block ahead is enough when a block
+    is a ``pread`` of a decoded copy; a TOC-served layer inflates in the
+    worker that asks, so it gets as many as there are cores). Bounded:
+    ``DECODED_BLOCKS`` blocks in all (more if ``ahead`` needs them).
     Concurrent requests for one block share one decode.
     """
 
