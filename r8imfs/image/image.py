@@ -59,9 +59,6 @@ INDEX_PARALLEL = 2
 #: decoded bytes per worker-thread round trip when serving reads, and how many to keep
 DECODED_BLOCK = 4 * 1024 * 1024
 DECODED_BLOCKS = 6
-#: blob cache fetch size for a layer read through a TOC: a span of a layer of
-#: small files is ~2 MiB compressed, so 4 MiB blocks would fetch twice that
-TOC_BLOCK = 512 * 1024
 #: decoded blocks read ahead of a sequential reader when a layer is TOC-served
 TOC_AHEAD = max(2, os.cpu_count() or 2)
 BlockLoader = Callable[[Node, int], Awaitable[bytes]]
@@ -306,8 +303,10 @@ class _LayerOpener:
     ) -> LayerFiles:
         toc = fmt.toc
         assert toc is not None
+        # fetched in blocks sized to its spans (a small file costs about its span,
+        # not a 4 MiB block or two)
         blob = await self.cache.open(
-            self.client, self.repo, desc.digest, desc.size, block_size=TOC_BLOCK
+            self.client, self.repo, desc.digest, desc.size, block_size=toc_layer.block_size
         )
         try:
             name = f"layer {i} ({short(desc.digest)})"

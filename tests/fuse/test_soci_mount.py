@@ -97,7 +97,7 @@ def test_v2_mount_is_ready_without_layer_bodies(
         log = m.mount_stderr + m.log_text()
         assert log.count("served from its soci-ztoc (SOCI v2 index") == 3, log
 
-        # two small files of the base: a span each, in 512 KiB blocks of the cache
+        # two small files of the base: a span each, in blocks sized to the spans
         a = (m.rootfs / "usr/lib/d3/f103.py").read_bytes()
         b = (m.rootfs / "usr/lib/d7/f257.py").read_bytes()
         assert (a, b) == (files[0]["usr/lib/d3/f103.py"], files[0]["usr/lib/d7/f257.py"])

@@ -65,6 +65,11 @@ class TocLayer(Protocol):
     @property
     def uncompressed_size(self) -> int: ...
 
+    @property
+    def block_size(self) -> int:
+        """The fetch size that suits its reads (the blob cache's block for it)."""
+        ...
+
     def open_reader(self, blob: ReadAt, *, name: str, pool: Executor | None) -> LayerReader:
         """``pread`` on the uncompressed tar, over the compressed ``blob``.
 
@@ -88,15 +93,30 @@ class TocFormat(Protocol):
 # -- SOCI --------------------------------------------------------------------------
 
 
+#: bounds of ``ZtocLayer.block_size``
+MIN_BLOCK = 128 * 1024
+MAX_BLOCK = 4 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class ZtocLayer:
     z: ztoc.Ztoc
     entries: tuple[Entry, ...]
     span_size: int | None
+    spans: ztoc.Spans
 
     @property
     def uncompressed_size(self) -> int:
         return self.z.uncompressed_archive_size
+
+    @property
+    def block_size(self) -> int:
+        """A power of two near a quarter of the mean compressed span: fetching a
+        span then costs at most a quarter more than the span (a 4 MiB span of
+        small files is ~2 MiB gzip, of bf16 weights ~3.7 MiB)."""
+        mean = self.z.compressed_archive_size // max(1, len(self.spans))
+        block = 1 << max(0, (mean // 4).bit_length() - 1)
+        return max(MIN_BLOCK, min(MAX_BLOCK, block))
 
     def open_reader(self, blob: ReadAt, *, name: str, pool: Executor | None) -> LayerReader:
         return socireader.SociLayer(self.z, blob, span_size=self.span_size, name=name, pool=pool)
@@ -110,12 +130,12 @@ class ZtocFormat:
 
     def load(self, toc: Toc, layer_size: int) -> ZtocLayer:
         z = ztoc.decode(toc.data)
-        ztoc.validate(z, layer_size, toc.span_size)
+        spans = ztoc.validate(z, layer_size, toc.span_size)
         try:
             entries = tuple(socireader.entries(z))
         except UnsafeLayer as exc:  # normalise_path: a climbing name
             raise ztoc.InvalidZtoc(f"zTOC entry name: {exc}") from exc
-        return ZtocLayer(z, entries, toc.span_size)
+        return ZtocLayer(z, entries, toc.span_size, spans)
 
 
 #: The table of TOC formats, by ``Toc.kind``.

@@ -71,3 +71,15 @@ def test_an_unusable_ztoc_is_a_corrupt_layer(
     assert fmt.toc is not None and fmt.toc_format is not None
     with pytest.raises(CorruptLayer, match=message):
         fmt.toc_format.load(fmt.toc, size)
+
+
+def test_block_size_fits_the_spans(layer: tuple[bytes, bytes, bytes]) -> None:
+    _, blob, data = layer
+    fmt = choose(mt.OCI_LAYER_GZIP, _toc(data))
+    assert fmt.toc is not None and fmt.toc_format is not None
+    loaded = fmt.toc_format.load(fmt.toc, len(blob))
+    block = loaded.block_size
+    mean = len(blob) // len(loaded.spans)  # type: ignore[attr-defined]
+    assert block & (block - 1) == 0  # a power of two
+    assert 128 * 1024 <= block <= 4 * MiB
+    assert block <= max(mean // 4, 128 * 1024) < 2 * block or block == 128 * 1024
