@@ -17,26 +17,26 @@ The image is indexed once (``r8imfs index REF`` → ``REF-soci``, SOCI v2). Then
     ``--no-soci`` (one core) for comparison;
 ``floor``
     in this process, no network: the weights blob read from its local file
-    through ``SpanInflater`` with 1 and 2 span workers (sha256 + libz per span),
+    through ``SpanInflater`` with 1 and 2 span workers (sha256 + inflate per span),
+    with the system libz and with zlib-ng (``spanfloor``, a process each),
     next to ``gzip -dc`` and one zlib-ng stream: what inflating costs here.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from counting_proxy import CountingProxy, start_counting_proxy
 
-from r8imfs.engine.codecs import ztoc
-from r8imfs.engine.codecs.spanstream import SpanInflater
 from tools.bench.common import R8IMFS, GiB, MiB, Row, Run, Section, mib, note, rate, run, stat
 from tools.bench.context import Bench
 from tools.bench.image import _base_name
 from tools.bench.mount import mounted
 
+REPO = Path(__file__).resolve().parents[2]
 SPEEDUP = 5.0
 READY_SECS = 1.0
 READY_SHARE = 0.02
@@ -172,14 +172,18 @@ def out_rows(
 def floor_rows(b: Bench, ref: str) -> list[Row]:
     """Inflating the weights blob from a local file: the floor under any of the above."""
     w = b.image.weights
-    z = fetch_weights_ztoc(b, ref)
-    spans = ztoc.validate(z, w.size)
+    ztoc_path = b.work / "weights.ztoc"
+    ztoc_path.write_bytes(fetch_weights_ztoc(b, ref))
     rows = []
-    for workers in (1, 2):
-        note(f"soci floor: SpanInflater, {workers} worker(s)")
-        secs = stat([span_pass(w.path, z, spans, workers) for _ in range(b.repeat)])
-        rows.append(Row(f"floor: SpanInflater over the local blob, {workers} worker(s)", "",
-                        f"{secs.fmt()}; {rate(w.usize, secs.median)} of tar"))
+    for lib in ("libz", "zlib-ng"):
+        for workers in (1, 2):
+            note(f"soci floor: SpanInflater, {lib}, {workers} worker(s)")
+            secs = stat([span_pass(b, w.path, ztoc_path, workers, lib) for _ in range(b.repeat)])
+            rows.append(Row(
+                f"floor: span sha256 + inflate ({lib}, ctypes) over the local blob, "
+                f"{workers} worker(s)", "",
+                f"{secs.fmt()}; {rate(w.usize, secs.median)} of tar; "
+                f"{secs.median / (w.usize / GiB):.2f} s/GiB"))
     note("soci floor: gzip -dc")
     secs = stat([run(f"gzip -dc {w.path} > /dev/null").secs for _ in range(b.repeat)])
     rows.append(Row("for scale: gzip -dc of the blob (one core)", "",
@@ -192,7 +196,7 @@ def floor_rows(b: Bench, ref: str) -> list[Row]:
     return rows
 
 
-def fetch_weights_ztoc(b: Bench, ref: str) -> ztoc.Ztoc:
+def fetch_weights_ztoc(b: Bench, ref: str) -> bytes:
     import trio
 
     from r8imfs.oci.manifest import Manifest
@@ -209,16 +213,17 @@ def fetch_weights_ztoc(b: Bench, ref: str) -> ztoc.Ztoc:
             assert found is not None
             return await fetch_ztoc(client, parsed.repository, found.ztocs[b.image.weights.digest])
 
-    return ztoc.decode(trio.run(get))
+    return trio.run(get)
 
 
-def span_pass(path: Path, z: ztoc.Ztoc, spans: ztoc.Spans, workers: int) -> float:
-    start = time.perf_counter()
-    with path.open("rb", buffering=0) as raw, ThreadPoolExecutor(workers) as pool:
-        f = SpanInflater(raw, z, spans, pool=pool, window=2 * workers)  # type: ignore[arg-type]
-        while f.read(-1):
-            pass
-    return time.perf_counter() - start
+def span_pass(b: Bench, blob: Path, ztoc_path: Path, workers: int, lib: str) -> float:
+    env = {**b.env, "R8IMFS_ZRAN": lib}
+    done = run([sys.executable, "-m", "tools.bench.spanfloor", str(blob), str(ztoc_path),
+                str(workers)], env=env, cwd=REPO)
+    secs, name = done.stdout.decode().split(" ", 1)
+    if not name.startswith(lib):
+        raise RuntimeError(f"asked for {lib}, got {name.strip()}")
+    return float(secs)
 
 
 def zlib_ng_pass(path: Path) -> float:
