@@ -445,3 +445,32 @@ def test_layers_shows_which_layers_have_a_ztoc(registry: RegistryServer, repo_na
     v1 = json.loads(run_cli("layers", "--json", source).stdout)
     assert v1["layers"][2]["toc"]["index"] == "SOCI v1"
     assert v1["layers"][2]["toc"]["foundBy"] == "referrers-tag"
+
+
+async def _dangling(source: str, tag: str) -> None:
+    """The image manifest annotated with a SOCI index that is not there."""
+    parsed = parse(source)
+    async with RegistryClient() as client:
+        manifest = await client.get_manifest(parsed)
+        assert isinstance(manifest, Manifest)
+        raw = soci.annotate_manifest(manifest, "sha256:" + "0" * 64)
+        await client.put_manifest(parsed.repository, tag, raw, mt.OCI_MANIFEST)
+
+
+def test_a_missing_soci_index_is_a_warning(
+    registry: RegistryServer, repo_name: str, tmp_path: Path
+) -> None:
+    layers, files = cog_image(_weights(200 * KiB))
+    source = f"{registry.host}/{repo_name}:v1"
+    push(source, layers=layers)
+    trio.run(_dangling, source, "dangling")
+    ref = f"{registry.host}/{repo_name}:dangling"
+    proc = run_cli("layers", "--json", ref)
+    assert proc.returncode == 0, proc.stderr
+    assert "ignoring the image's SOCI index" in proc.stderr.decode()
+    assert [x["toc"] for x in json.loads(proc.stdout)["layers"]] == [None, None, None]
+    proc = run_cli("extract", ref, "--dir", str(tmp_path / "w"))
+    assert proc.returncode == 0, proc.stderr
+    assert "ignoring the image's SOCI index" in proc.stderr.decode()
+    model = files[-1]["src/weights/model.bin"]
+    assert (tmp_path / "w" / "model.bin").read_bytes() == model
