@@ -83,3 +83,37 @@ def test_block_size_fits_the_spans(layer: tuple[bytes, bytes, bytes]) -> None:
     assert block & (block - 1) == 0  # a power of two
     assert 128 * 1024 <= block <= 4 * MiB
     assert block <= max(mean // 4, 128 * 1024) < 2 * block or block == 128 * 1024
+
+
+def test_ztoc_entries_match_the_engines_own_index() -> None:
+    """A layer served from its zTOC lists what indexing it here would list."""
+    from archive_helpers import M, make_tar
+
+    from r8imfs.engine.tarindex import index_stream
+
+    tar = make_tar(
+        [
+            M("d", "usr", mode=0o755),
+            M("f", "usr/a", b"one" * 1000, pax={"SCHILY.xattr.user.k": "v"}),
+            M("h", "usr/b", link="usr/a"),
+            M("l", "usr/c", link="a"),
+            M("f", "usr/.wh.gone", b""),
+            M("d", "opt"),
+            M("f", "opt/.wh..wh..opq", b""),
+            M("f", "usr/a", b"later"),
+        ]
+    )
+    blob = gzip.compress(tar, mtime=0)
+    data = ztoc.encode(ztocbuild.build_gzip(io.BytesIO(blob), span_size=256 * 1024))
+    fmt = choose(mt.OCI_LAYER_GZIP, _toc(data))
+    assert fmt.toc is not None and fmt.toc_format is not None
+    ours = fmt.toc_format.load(fmt.toc, len(blob)).entries
+    theirs, _ = index_stream(iter([tar]))
+
+    fields = ("path", "kind", "mode", "uid", "gid", "mtime", "size", "linkname", "data_offset")
+
+    def key(e: object) -> tuple[object, ...]:
+        return tuple(getattr(e, k) for k in fields)
+
+    assert sorted(map(key, ours)) == sorted(map(key, theirs))
+    assert {e.path: e.xattrs for e in ours} == {e.path: e.xattrs for e in theirs}
