@@ -59,32 +59,39 @@ class SpanInflater(io.RawIOBase):
         self._read_to = 0  # compressed bytes read from raw so far
         self._next = 0  # next span to submit
         self._pending: deque[Future[bytes]] = deque()
-        self._out = memoryview(b"")
+        self._out = b""  # the decoded span being handed on, from _pos
+        self._pos = 0
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        while not self._out:
+    def _current(self) -> bool:
+        """A decoded span with bytes left to hand on; False at the end."""
+        while self._pos >= len(self._out):
             self._submit()
             if not self._pending:
-                return 0
-            self._out = memoryview(self._pending.popleft().result())
-        n = min(len(buffer), len(self._out))
-        memoryview(buffer).cast("B")[:n] = self._out[:n]
-        self._out = self._out[n:]
+                return False
+            self._out, self._pos = self._pending.popleft().result(), 0
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        if not self._current():
+            return 0
+        n = min(len(buffer), len(self._out) - self._pos)
+        memoryview(buffer).cast("B")[:n] = memoryview(self._out)[self._pos : self._pos + n]
+        self._pos += n
         return n
 
     def read(self, size: int = -1) -> bytes:
-        """A decoded span's worth at a time (or ``size``), without extra copies."""
-        while not self._out:
-            self._submit()
-            if not self._pending:
-                return b""
-            self._out = memoryview(self._pending.popleft().result())
-        n = len(self._out) if size is None or size < 0 else min(size, len(self._out))
-        data, self._out = self._out[:n], self._out[n:]
-        return bytes(data)
+        """At most the rest of one decoded span (or ``size``); a whole span is
+        handed on as it is, without a copy."""
+        if not self._current():
+            return b""
+        left = len(self._out) - self._pos
+        n = left if size is None or size < 0 else min(size, left)
+        data = self._out[self._pos : self._pos + n]  # the object itself when whole
+        self._pos += n
+        return data
 
     def close(self) -> None:
         for fut in self._pending:
