@@ -310,7 +310,10 @@ class _LayerOpener:
         )
         try:
             name = f"layer {i} ({short(desc.digest)})"
-            reader = toc_layer.open_reader(blob.sync_file(), name=name, pool=self.pool)
+            opener = functools.partial(
+                toc_layer.open_reader, blob.sync_file(), name=name, pool=self.pool
+            )
+            reader = await _threads.run_sync(opener)  # it validates the TOC's spans again
             entries = tuple(toc_layer.entries)
             tree = await _threads.run_sync(LayerTree.build, list(entries), i)
         except BaseException:
