@@ -1,29 +1,21 @@
-"""A loopback HTTP reverse proxy that counts body bytes, for "nothing moved" tests.
+"""Byte counts through the fault proxy, for "nothing moved" tests.
 
-``start_counting_proxy(upstream)`` listens on a free 127.0.0.1 port and
-forwards every request to ``upstream`` ("127.0.0.1:PORT"), keeping the
-client's ``Host`` header so the registry's upload ``Location``s point back
-through the proxy. Each exchange is recorded with the byte counts of the
-request body (after undoing chunked transfer coding) and of the response
-body, so a test can assert that ``affix`` downloaded no base layer and
-uploaded little more than its new layer.
-
-Bodies are buffered whole in both directions: fine for test images, and it
-keeps the proxy obviously correct.
+``start_counting_proxy(upstream)`` starts ``tools.faultproxy.FaultProxy`` in
+front of ``upstream`` ("127.0.0.1:PORT") with no faults: it keeps the client's
+``Host`` header, so the registry's upload ``Location``s point back through it,
+and logs every exchange with its request body bytes (after undoing chunked
+transfer coding) and response body bytes. ``CountingProxy`` reads that log the
+way the tests ask: did ``affix`` download a base layer, how much did it upload.
+It is one proxy with the reliability suite's, not a second implementation.
 """
 
 from __future__ import annotations
 
-import http.client
 import re
-import threading
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-     "trailer", "transfer-encoding", "upgrade", "content-length"}
-)
+from tools.faultproxy import FaultProxy, Logged
+
 _BLOB_GET = re.compile(r"^/v2/.+/blobs/(sha256:[0-9a-f]{64})")
 
 
@@ -36,21 +28,24 @@ class Exchange:
     response_bytes: int
 
 
-@dataclass
-class CountingProxy:
-    host: str
-    upstream: str
-    exchanges: list[Exchange] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+def _exchange(entry: Logged) -> Exchange:
+    return Exchange(entry.method, entry.path, entry.status, entry.received, entry.sent)
 
-    def record(self, exchange: Exchange) -> None:
-        with self._lock:
-            self.exchanges.append(exchange)
+
+class CountingProxy:
+    """A fault-free FaultProxy, its log seen as byte counts."""
+
+    def __init__(self, upstream: str) -> None:
+        self._proxy = FaultProxy(upstream).start()
+        self.host = self._proxy.host
+        self.upstream = upstream
+
+    @property
+    def exchanges(self) -> list[Exchange]:
+        return [_exchange(e) for e in self._proxy.requests if e.server == "proxy"]
 
     def reset(self) -> None:
-        with self._lock:
-            self.exchanges.clear()
+        self._proxy.clear()
 
     @property
     def uploaded(self) -> int:
@@ -76,69 +71,8 @@ class CountingProxy:
         return [e for e in self.exchanges if e.method in ("POST", "PUT", "PATCH", "DELETE")]
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-
-def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
-    if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
-        parts: list[bytes] = []
-        while True:
-            size = int(handler.rfile.readline().split(b";")[0].strip(), 16)
-            if size == 0:
-                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(parts)
-            parts.append(handler.rfile.read(size))
-            handler.rfile.readline()
-    length = int(handler.headers.get("Content-Length") or 0)
-    return handler.rfile.read(length) if length else b""
-
-
-def _handler(proxy: CountingProxy) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: object) -> None:
-            return None
-
-        def _forward(self) -> None:
-            body = _read_body(self)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-            if body or self.command in ("POST", "PUT", "PATCH"):
-                headers["Content-Length"] = str(len(body))
-            conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
-            try:
-                conn.request(self.command, self.path, body=body or None, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status, resp.reason)
-                for k, v in resp.getheaders():
-                    if k.lower() not in HOP_BY_HOP:
-                        self.send_header(k, v)
-                if self.command == "HEAD":
-                    length = resp.getheader("Content-Length")
-                    if length is not None:
-                        self.send_header("Content-Length", length)
-                else:
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-            finally:
-                conn.close()
-            proxy.record(Exchange(self.command, self.path, resp.status, len(body), len(data)))
-
-        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
-
-    return Handler
+        self._proxy.stop()
 
 
 def start_counting_proxy(upstream: str) -> CountingProxy:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(proxy := CountingProxy("", upstream)))
-    server.daemon_threads = True
-    proxy.host = f"127.0.0.1:{server.server_address[1]}"
-    proxy._server = server
-    threading.Thread(target=server.serve_forever, name="counting-proxy", daemon=True).start()
-    return proxy
+    return CountingProxy(upstream)

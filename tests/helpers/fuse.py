@@ -40,7 +40,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1] / "fuse"  # tests/fuse, where the FUSE tests live
 MOUNT_TIMEOUT = 60.0
 UMOUNT_TIMEOUT = 30.0
 CMD_TIMEOUT = 60.0

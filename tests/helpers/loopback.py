@@ -1,17 +1,15 @@
-"""Loopback HTTP plumbing for the test harness: servers, bodies, a streaming proxy.
+"""Loopback HTTP servers for the test harness (the token service, the CDN-less fronts).
 
-Everything here is stdlib ``http.server`` and ``http.client``: a
-ThreadingHTTPServer per helper, serving one ``App`` callable in daemon
-threads, HTTP/1.1 keep-alive, bodies framed by Content-Length or chunked.
-``proxy`` streams bodies both ways in ``CHUNK`` pieces, so uploads of tens
-of MB pass through without being held in memory.
+Everything here is stdlib ``http.server``: a ThreadingHTTPServer per helper,
+serving one ``App`` callable in daemon threads, HTTP/1.1 keep-alive, bodies
+framed by Content-Length or chunked. Nothing here forwards to a registry:
+every reverse proxy in the tests is ``tools.faultproxy.FaultProxy`` (with its
+``local`` hook for a front's own routes).
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
-import itertools
 import json
 import socket
 import socketserver
@@ -20,10 +18,6 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-from tools.faultproxy import request_body  # one body reader for both servers
-
-CHUNK = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,24 +40,6 @@ class RecordedRequest:
 
 
 App = Callable[["Handler"], None]
-
-# Headers that describe one connection, not the message (RFC 9110 §7.6.1);
-# Host and Expect are also the proxy's own business.
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "expect",
-    }
-)
-
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -138,7 +114,9 @@ def lower_headers(h: Handler) -> dict[str, str]:
     return {name.lower(): value for name, value in h.headers.items()}
 
 
-def reply(h: Handler, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+def reply(
+    h: BaseHTTPRequestHandler, status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> None:
     h.send_response(status)
     for name, value in (headers or {}).items():
         h.send_header(name, value)
@@ -148,80 +126,5 @@ def reply(h: Handler, status: int, body: bytes, headers: Mapping[str, str] | Non
         h.wfile.write(body)
 
 
-def reply_json(h: Handler, status: int, obj: object) -> None:
+def reply_json(h: BaseHTTPRequestHandler, status: int, obj: object) -> None:
     reply(h, status, json.dumps(obj).encode(), {"Content-Type": "application/json"})
-
-
-def proxy(h: Handler, upstream: str, *, redirect_to: str | None = None) -> None:
-    """Forward the request to ``upstream`` and stream the answer back.
-
-    Bodies stream both ways in ``CHUNK`` pieces. Absolute Locations naming
-    the upstream are rewritten to this front. With ``redirect_to``, a 2xx
-    answer is dropped and replaced by a 307 to that URL.
-    """
-    conn = http.client.HTTPConnection(upstream, timeout=120)
-    try:
-        try:
-            resp = _forward(conn, h, upstream)
-        except OSError as exc:
-            h.close_connection = True
-            reply_json(h, 502, {"errors": [{"code": "BAD_GATEWAY", "message": str(exc)}]})
-            return
-        with resp:
-            if redirect_to is not None and 200 <= resp.status < 300:
-                reply(h, 307, b"", {"Location": redirect_to})
-            else:
-                _relay(h, resp, f"http://{upstream}", h.server.origin)
-    finally:
-        conn.close()
-
-
-def _forward(
-    conn: http.client.HTTPConnection, h: Handler, upstream: str
-) -> http.client.HTTPResponse:
-    chunked = "chunked" in h.headers.get("Transfer-Encoding", "").lower()
-    conn.putrequest(h.command, h.path, skip_host=True, skip_accept_encoding=True)
-    conn.putheader("Host", upstream)
-    for name, value in h.headers.items():
-        if name.lower() not in _HOP_BY_HOP:
-            conn.putheader(name, value)
-    if chunked:
-        conn.putheader("Transfer-Encoding", "chunked")
-    conn.endheaders()
-    _send_body(conn, h, chunked)
-    return conn.getresponse()
-
-
-def _send_body(conn: http.client.HTTPConnection, h: Handler, chunked: bool) -> None:
-    frames = (b"%x\r\n%s\r\n" % (len(d), d) if chunked else d for d in request_body(h))
-    ending = [b"0\r\n\r\n"] if chunked else []
-    for data in itertools.chain(frames, ending):  # errors reading the client propagate
-        try:
-            conn.send(data)
-        except OSError:
-            # The registry may answer (401, 404) and hang up before reading
-            # a large body: relay that answer, then drop the client's
-            # connection, the rest of its body unread.
-            h.close_connection = True
-            return
-
-
-def _relay(h: Handler, resp: http.client.HTTPResponse, upstream: str, front: str) -> None:
-    bodiless = h.command == "HEAD" or resp.status in (204, 304) or resp.status < 200
-    framed = bodiless or resp.getheader("Content-Length") is not None
-    h.send_response_only(resp.status, resp.reason)
-    for name, value in resp.getheaders():
-        if name.lower() in _HOP_BY_HOP:
-            continue
-        if name.lower() == "location" and value.startswith(upstream):
-            value = front + value[len(upstream) :]
-        h.send_header(name, value)
-    if not framed:
-        h.send_header("Transfer-Encoding", "chunked")
-    h.end_headers()
-    if bodiless:
-        return
-    while data := resp.read(CHUNK):
-        h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if not framed else data)
-    if not framed:
-        h.wfile.write(b"0\r\n\r\n")

@@ -6,7 +6,7 @@ under a directory the caller owns; the packaged systemd service and
 /etc/docker/registry are never used. Around it sit small stdlib HTTP servers
 for what a hosted registry has and distribution lacks:
 
-- ``TokenServer`` (harness_token.py): the Docker token service that
+- ``TokenServer`` (token_server.py): the Docker token service that
   ``auth: token`` points at, minting ES256 JWTs whose ``x5c`` header carries
   a self-signed certificate the registry trusts as its ``rootcertbundle``.
 - ``start_cog_verify_front``: r8.im's ``POST /cog/v1/verify-token`` in front
@@ -14,11 +14,14 @@ for what a hosted registry has and distribution lacks:
 - ``start_redirect_front``: blob GETs answer 307 to another origin, the way
   S3- or CDN-backed registries do; that origin records every request.
 
-Each ``start_*`` returns a frozen dataclass with ``stop()``; whoever starts a
-server stops it. The HTTP plumbing lives in harness_http.py. From a script (tools/demo.py)::
+Both fronts are ``tools.faultproxy.FaultProxy`` (the one reverse proxy of the
+tests and benchmarks): the cog front answers its route through the proxy's
+``local`` hook, the redirect front is the ``RedirectBlobs`` fault. Each
+``start_*`` returns an object with ``stop()``; whoever starts a server stops
+it. The token service's HTTP plumbing is loopback.py. From a script
+(tools/demo.py), with the repository root on ``sys.path``::
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from registry_server import start_registry
+    from tests.helpers.registry import start_registry
     registry = start_registry(workdir, "token")
     try:
         ...  # registry.host, registry.username, registry.password
@@ -28,33 +31,23 @@ server stops it. The HTTP plumbing lives in harness_http.py. From a script (tool
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
-import re
 import secrets
 import shutil
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from harness_http import (
-    Handler,
-    LoopbackServer,
-    RecordedRequest,
-    first_param,
-    lower_headers,
-    proxy,
-    reply,
-    reply_json,
-    request_body,
-)
-from harness_token import TOKEN_ISSUER, TOKEN_SERVICE, TokenServer
+from tests.helpers.loopback import RecordedRequest, first_param, reply_json
+from tests.helpers.token_server import TOKEN_ISSUER, TOKEN_SERVICE, TokenServer
+from tools.faultproxy import FaultProxy, RedirectBlobs, request_body
 
 __all__ = [
     "BASIC_REALM",
@@ -120,28 +113,47 @@ class CogFront:
     username: str
     token: str
     verify_requests: list[RecordedRequest]
-    _server: LoopbackServer = field(repr=False)
+    _proxy: FaultProxy = field(repr=False)
 
     def stop(self) -> None:
         """Stop the front; the registry behind it belongs to its starter."""
-        self._server.stop()
+        self._proxy.stop()
 
 
 @dataclass(frozen=True, slots=True)
 class RedirectFront:
-    """Blob GETs answer 307 to ``blob_url``, whose requests land in ``blob_requests``."""
+    """Blob GETs answer 307 to ``blob_url``, whose requests ``blob_requests`` lists."""
 
     host: str
     url: str
     registry: RegistryServer
-    blob_host: str
-    blob_url: str
-    blob_requests: list[RecordedRequest]
-    _servers: tuple[LoopbackServer, ...] = field(repr=False)
+    _proxy: FaultProxy = field(repr=False)
+
+    @property
+    def blob_host(self) -> str:
+        return self._proxy.cdn_host
+
+    @property
+    def blob_url(self) -> str:
+        return f"http://{self._proxy.cdn_host}"
+
+    @property
+    def blob_requests(self) -> list[RecordedRequest]:
+        """What reached the blob origin so far (logged once each reply is written)."""
+        return [
+            RecordedRequest(r.method, r.path, r.headers, "authorization" in r.headers)
+            for r in self._proxy.cdn_requests
+        ]
+
+    def wait_blob_requests(self, count: int, timeout: float = 10.0) -> list[RecordedRequest]:
+        """``blob_requests`` once it holds ``count``: a client may finish before the log."""
+        deadline = time.monotonic() + timeout
+        while len(seen := self.blob_requests) < count and time.monotonic() < deadline:
+            self._proxy.wait_for(len(self._proxy.requests) + 1, deadline - time.monotonic())
+        return seen
 
     def stop(self) -> None:
-        for server in self._servers:
-            server.stop()
+        self._proxy.stop()
 
 
 # --- the registry process ---------------------------------------------------
@@ -330,26 +342,24 @@ def start_cog_verify_front(registry: RegistryServer) -> CogFront:
     username, token = registry.username, registry.password
     verify_requests: list[RecordedRequest] = []
 
-    def handle(h: Handler) -> None:
+    def verify(h: BaseHTTPRequestHandler) -> bool:
         if urlsplit(h.path).path != "/cog/v1/verify-token":
-            proxy(h, registry.host)
-            return
+            return False  # the proxy forwards it to the registry
         form = parse_qs(b"".join(request_body(h)).decode())
         ok = h.command == "POST" and first_param(form, "token") == token
+        headers = {name.lower(): value for name, value in h.headers.items()}
         verify_requests.append(
-            RecordedRequest(h.command, h.path, lower_headers(h), True, username if ok else None)
+            RecordedRequest(h.command, h.path, headers, True, username if ok else None)
         )
-        if ok:
-            reply_json(h, 200, {"username": username})
-        else:
-            reply_json(h, 401, {"detail": "Invalid token."})
+        body = {"username": username} if ok else {"detail": "Invalid token."}
+        reply_json(h, 200 if ok else 401, body)
+        return True
 
-    server = LoopbackServer("127.0.0.1", handle)
-    return CogFront(server.host, server.url, registry, username, token, verify_requests, server)
-
-
-_BLOB_PATH = re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>sha256:[0-9a-f]{64})")
-_CDN_PATH = re.compile(r"/cdn/(?P<name>.+)/(?P<digest>sha256:[0-9a-f]{64})")
+    front = FaultProxy(registry.host)
+    front.local = verify
+    front.start()
+    url = f"http://{front.host}"
+    return CogFront(front.host, url, registry, username, token, verify_requests, front)
 
 
 def start_redirect_front(registry: RegistryServer) -> RedirectFront:
@@ -357,110 +367,9 @@ def start_redirect_front(registry: RegistryServer) -> RedirectFront:
 
     The blob origin is 127.0.0.2 when that address binds (Linux), else another
     port; either way a different origin, so clients must drop Authorization.
-    Like S3 with a presigned URL, it answers 400 when one arrives anyway.
+    Like S3 with a presigned URL, it answers 400 when one arrives anyway. Only
+    the registry's 2xx answers to GETs become 307s, so its errors pass through.
     """
-    blob_requests: list[RecordedRequest] = []
-    cache: dict[str, bytes] = {}
-
-    def serve_blob(h: Handler) -> None:
-        headers = lower_headers(h)
-        seen = RecordedRequest(h.command, h.path, headers, auth_present="authorization" in headers)
-        blob_requests.append(seen)
-        match = _CDN_PATH.fullmatch(urlsplit(h.path).path)
-        if "authorization" in headers:
-            reply_json(h, 400, {"code": "InvalidArgument", "message": "Only one auth mechanism"})
-        elif h.command not in ("GET", "HEAD") or match is None:
-            reply_json(h, 404, {"code": "NoSuchKey"})
-        else:
-            digest = match["digest"]
-            data = cache.get(digest) or _fetch_blob(registry, match["name"], digest)
-            if data is None:
-                reply_json(h, 404, {"code": "NoSuchKey"})
-            else:
-                cache[digest] = data
-                _reply_ranged(h, data)
-
-    blob_server = LoopbackServer(_second_loopback(), serve_blob)
-
-    def handle(h: Handler) -> None:
-        match = _BLOB_PATH.fullmatch(urlsplit(h.path).path)
-        if h.command != "GET" or match is None:
-            proxy(h, registry.host)
-            return
-        # The registry decides auth and existence; only its 2xx becomes a 307.
-        location = f"{blob_server.url}/cdn/{match['name']}/{match['digest']}"
-        proxy(h, registry.host, redirect_to=f"{location}?sig={secrets.token_hex(8)}")
-
-    try:
-        front = LoopbackServer("127.0.0.1", handle)
-    except BaseException:
-        blob_server.stop()
-        raise
-    return RedirectFront(
-        front.host,
-        front.url,
-        registry,
-        blob_server.host,
-        blob_server.url,
-        blob_requests,
-        (front, blob_server),
-    )
-
-
-def _second_loopback() -> str:
-    try:
-        _free_port("127.0.0.2")
-    except OSError:
-        return "127.0.0.1"
-    return "127.0.0.2"
-
-
-def _fetch_blob(registry: RegistryServer, name: str, digest: str) -> bytes | None:
-    headers = {}
-    if registry.mode == "basic" and registry.credentials:
-        raw = ":".join(registry.credentials).encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-    elif registry.token_server is not None:
-        token = registry.token_server.issue(registry.username, [f"repository:{name}:pull"])
-        headers["Authorization"] = "Bearer " + token
-    conn = http.client.HTTPConnection(registry.host, timeout=60)
-    try:
-        conn.request("GET", f"/v2/{name}/blobs/{digest}", headers=headers)
-        with conn.getresponse() as resp:
-            data = resp.read()
-            return data if resp.status == 200 else None
-    finally:
-        conn.close()
-
-
-def _reply_ranged(h: Handler, data: bytes) -> None:
-    base = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
-    try:
-        span = _parse_range(h.headers.get("Range"), len(data))
-    except ValueError:
-        reply(h, 416, b"", {**base, "Content-Range": f"bytes */{len(data)}"})
-        return
-    if span is None:
-        reply(h, 200, data, base)
-    else:
-        start, end = span
-        content_range = f"bytes {start}-{end}/{len(data)}"
-        reply(h, 206, data[start : end + 1], {**base, "Content-Range": content_range})
-
-
-def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """One ``bytes=`` range as inclusive (start, end); None means the whole body.
-
-    Raises ValueError when the range lies outside the blob (answer 416).
-    """
-    match = re.fullmatch(r"bytes=(\d*)-(\d*)", (header or "").strip())
-    if match is None or not (match[1] or match[2]):
-        return None
-    if match[1]:
-        start = int(match[1])
-        end = min(int(match[2]), size - 1) if match[2] else size - 1
-    else:
-        start, end = max(size - int(match[2]), 0), size - 1
-    if start > end or start >= size:
-        raise ValueError(f"range {header!r} outside {size} bytes")
-    return (start, end)
+    front = FaultProxy(registry.host).start()
+    front.set_faults([RedirectBlobs()])
+    return RedirectFront(front.host, f"http://{front.host}", registry, front)

@@ -44,6 +44,9 @@ from r8imfs.oci.reference import parse
 from r8imfs.registry.client import ClientOptions, RegistryClient
 from r8imfs.registry.push import push_manifest
 from r8imfs.registry.upload import upload_stream
+from tests.helpers.images import push
+from tests.helpers.registry import RegistryServer
+from tools.demoimage import tar_of
 
 MiB = 1024 * 1024
 CMD_TIMEOUT = 90.0
@@ -405,3 +408,39 @@ def run_here(capsys: Any, *args: str) -> subprocess.CompletedProcess[str]:
             lg.handlers[:] = handlers
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(["r8imfs", *args], code, out, err)
+
+
+# -- the cog-like test image (was in tests/reliability/conftest.py) -----------------
+
+
+@dataclass(frozen=True)
+class Image:
+    repo: str  # repository path on the registry (no host)
+    tag: str
+    weights: dict[str, bytes]  # src/weights/... name → body
+    layer_digests: tuple[str, ...]
+    weights_digest: str  # the weights layer's blob digest
+
+    def ref(self, host: str) -> str:
+        return f"{host}/{self.repo}:{self.tag}"
+
+
+def cog_layers(weights: dict[str, bytes]) -> list[tuple[bytes, str, str | None]]:
+    return [
+        (tar_of({"etc": None, "etc/os-release": b"ID=test\n"}), "ADD rootfs /", None),
+        (tar_of({"src": None, "src/predict.py": b"print('hi')\n"}), "COPY . /src", "cog"),
+        (
+            tar_of({"src/weights": None, **{f"src/weights/{k}": v for k, v in weights.items()}}),
+            "COPY w /src/weights # weights",
+            "weights",
+        ),
+    ]
+
+
+def push_image(
+    registry: RegistryServer, repo: str, weights: dict[str, bytes], **kw: object
+) -> Image:
+    ref = f"{registry.host}/{repo}:v1"
+    push(ref, layers=cog_layers(weights), **kw)
+    layers = tuple(d["digest"] for d in manifest_of(ref)["layers"])
+    return Image(repo, "v1", weights, layers, layers[-1])

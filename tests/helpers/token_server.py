@@ -22,15 +22,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
-from harness_http import (
+
+from tests.helpers.loopback import (
     Handler,
     LoopbackServer,
     RecordedRequest,
     first_param,
     lower_headers,
     reply_json,
-    request_body,
 )
+from tools.faultproxy import request_body
 
 TOKEN_SERVICE = "r8imfs-test-registry"
 TOKEN_ISSUER = "r8imfs-test-issuer"

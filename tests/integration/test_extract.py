@@ -10,11 +10,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from imagehelpers import cli, push
-from registry_server import RegistryServer
 
 from r8imfs.oci import mediatypes as mt
 from r8imfs.ops.extract import weights_name
+from tests.helpers.images import cli, push
+from tests.helpers.registry import RegistryServer
 from tools.demoimage import tar_of
 
 

@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pytest
 import trio
-from counting_proxy import CountingProxy
-from imagehelpers import push, push_index
-from readback import (
+
+from r8imfs.engine.codecs.zstdindex import read_seek_table
+from r8imfs.engine.readat import BytesReadAt
+from r8imfs.oci import mediatypes as mt
+from r8imfs.oci import mutate
+from r8imfs.oci.reference import parse
+from r8imfs.registry.client import RegistryClient
+from r8imfs.registry.push import push_manifest, push_tar_layer
+from tests.helpers.counting_proxy import CountingProxy
+from tests.helpers.images import push, push_index
+from tests.helpers.readback import (
     cog_image,
     copy_to_layout,
     expected,
@@ -23,15 +31,7 @@ from readback import (
     weights_files,
     zstd_decode,
 )
-from registry_server import RegistryServer
-
-from r8imfs.engine.codecs.zstdindex import read_seek_table
-from r8imfs.engine.readat import BytesReadAt
-from r8imfs.oci import mediatypes as mt
-from r8imfs.oci import mutate
-from r8imfs.oci.reference import parse
-from r8imfs.registry.client import RegistryClient
-from r8imfs.registry.push import push_manifest, push_tar_layer
+from tests.helpers.registry import RegistryServer
 
 KiB = 1024
 

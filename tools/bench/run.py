@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
 import trio  # noqa: E402
-from registry_server import start_registry  # noqa: E402
 
+from tests.helpers.registry import start_registry  # noqa: E402
 from tools.bench import engine, extract, image, mount, mutate, notes, report, tables  # noqa: E402
 from tools.bench.common import GiB, MiB, Row, Section, load_average, note  # noqa: E402
 from tools.bench.context import Bench, child_env  # noqa: E402

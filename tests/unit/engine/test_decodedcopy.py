@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from archive_helpers import M, make_tar
 
 from r8imfs.cache._blobfiles import evict
 from r8imfs.engine import BytesReadAt, load_or_build, read_entry, write_seekable
@@ -20,6 +19,7 @@ from r8imfs.engine.decodedcopy import DecodedReader, decoded_path, worth_keeping
 from r8imfs.engine.indexdb import load_cached
 from r8imfs.errors import CorruptLayer, DigestMismatch
 from r8imfs.oci import mediatypes as mt
+from tests.helpers.tars import M, make_tar
 
 MEMBERS = [
     M("d", "src/weights"),

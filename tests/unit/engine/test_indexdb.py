@@ -6,7 +6,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from archive_helpers import M, make_tar
 
 from r8imfs.engine import (
     FORMAT_VERSION,
@@ -22,6 +21,7 @@ from r8imfs.engine import (
 )
 from r8imfs.errors import InvalidReference, UnsupportedMediaType
 from r8imfs.oci import mediatypes as mt
+from tests.helpers.tars import M, make_tar
 
 DIGEST = "sha256:" + "ab" * 32
 MEMBERS = [

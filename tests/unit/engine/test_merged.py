@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from archive_helpers import M, make_tar
 
 from r8imfs.engine import (
     BlobFile,
@@ -22,6 +21,7 @@ from r8imfs.engine import (
     MergedTree,
     index_seekable,
 )
+from tests.helpers.tars import M, make_tar
 
 
 def _entries(members: list[M]) -> list[Entry]:

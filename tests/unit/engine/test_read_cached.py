@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import gzip
 
-from archive_helpers import MiB, big_tar
-
 from r8imfs.engine import BytesReadAt, Entry, GzipLayerReader, Kind, build_gzip_index
 from r8imfs.engine.readat import CountingReadAt, cached_entry, read_entry
+from tests.helpers.tars import MiB, big_tar
 
 SPACING = 512 * 1024
 

@@ -4,7 +4,6 @@ import io
 from pathlib import Path
 
 import pytest
-from archive_helpers import M, make_tar
 
 from r8imfs.engine import (
     BlobFile,
@@ -16,6 +15,7 @@ from r8imfs.engine import (
     build_plain_index,
     read_entry,
 )
+from tests.helpers.tars import M, make_tar
 
 
 def test_blob_file_reads_seeks_and_stops_at_eof() -> None:

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from archive_helpers import M, MiB, make_tar
 
 from r8imfs.engine import (
     BlobFile,
@@ -24,6 +23,7 @@ from r8imfs.engine import (
 )
 from r8imfs.engine.tarindex import ForwardFile
 from r8imfs.errors import CorruptLayer, UnsafeLayer
+from tests.helpers.tars import M, MiB, make_tar
 
 
 def _seekable(data: bytes) -> list[Entry]:

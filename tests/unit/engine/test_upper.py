@@ -16,7 +16,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from archive_helpers import M, make_tar
 
 from r8imfs.engine import BlobFile, BytesReadAt, Entry, MergedTree, index_seekable
 from r8imfs.engine.upper import (
@@ -30,6 +29,7 @@ from r8imfs.engine.upper import (
 )
 from r8imfs.engine.uppertar import write_layer_tar
 from r8imfs.errors import UsageError
+from tests.helpers.tars import M, make_tar
 
 ORIGIN = Origin("reg/x:v1", "reg/x", "sha256:" + "a" * 64)
 LOWER = [

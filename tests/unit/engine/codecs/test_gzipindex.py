@@ -6,7 +6,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from archive_helpers import MiB, big_tar, gzip_members
 
 from r8imfs.engine import (
     BytesReadAt,
@@ -20,6 +19,7 @@ from r8imfs.engine.codecs.gzipindex import index_uncompressed_size
 from r8imfs.engine.readat import BlobFile, CountingReadAt
 from r8imfs.errors import CorruptLayer, TransportError
 from r8imfs.oci import mediatypes as mt
+from tests.helpers.tars import MiB, big_tar, gzip_members
 
 SPACING = 512 * 1024  # small, so a few MiB of layer has many checkpoints
 

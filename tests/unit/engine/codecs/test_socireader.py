@@ -9,11 +9,11 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from archive_helpers import M, MiB, big_tar, make_tar, payload
 
 from r8imfs.engine.codecs import socireader, ztoc, ztocbuild
 from r8imfs.engine.entry import Kind
 from r8imfs.engine.readat import BytesReadAt, CountingReadAt
+from tests.helpers.tars import M, MiB, big_tar, make_tar, payload
 
 SPAN = 256 * 1024
 

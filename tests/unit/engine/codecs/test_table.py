@@ -8,12 +8,12 @@ import io
 
 import pytest
 import zstandard
-from archive_helpers import M, make_tar
 
 from r8imfs.engine import BytesReadAt, read_entry, write_seekable
 from r8imfs.engine.codecs.table import CODECS, Compression, codec_for
 from r8imfs.errors import UnsupportedMediaType
 from r8imfs.oci import mediatypes as mt
+from tests.helpers.tars import M, make_tar
 
 MEMBERS = [
     M("d", "etc"),

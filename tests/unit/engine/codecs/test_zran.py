@@ -8,10 +8,10 @@ import random
 import zlib
 
 import pytest
-from archive_helpers import MiB, big_tar, payload
 
 from r8imfs.engine.codecs import zran
 from r8imfs.errors import CorruptLayer
+from tests.helpers.tars import MiB, big_tar, payload
 
 SPAN = 256 * 1024
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import pyzstd
 import zstandard
-from archive_helpers import M, MiB, big_tar, make_tar
 
 from r8imfs.engine import (
     BytesReadAt,
@@ -26,6 +25,7 @@ from r8imfs.engine import (
 from r8imfs.engine.codecs.zstdwrite import seek_table_frame
 from r8imfs.engine.readat import BlobFile, CountingReadAt
 from r8imfs.errors import CorruptLayer
+from tests.helpers.tars import M, MiB, big_tar, make_tar
 
 zstd_cli = pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd CLI not installed")
 FRAME = 256 * 1024

@@ -9,12 +9,12 @@ import struct
 import tarfile
 
 import pytest
-from archive_helpers import M, make_tar, payload
-from soci_oracle import check_gzip_ztoc, check_tar_ztoc, read_ztoc
 
 from r8imfs.engine.codecs import ztoc, ztocbuild
 from r8imfs.engine.codecs.zran import WINDOW, Checkpoint
 from r8imfs.errors import CorruptLayer
+from tests.helpers.soci_oracle import check_gzip_ztoc, check_tar_ztoc, read_ztoc
+from tests.helpers.tars import M, make_tar, payload
 
 SPAN = 128 * 1024
 
