@@ -39,7 +39,7 @@ def _weights_image(
         ),
     ]
     ref = f"{registry.host}/{repo}:v1"
-    push(ref, layers=layers, **kw)  # type: ignore[arg-type]
+    push(ref, layers=layers, **kw)
     return ref, {k.removeprefix("src/weights/"): v for k, v in files.items()}
 
 

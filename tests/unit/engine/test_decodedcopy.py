@@ -8,6 +8,7 @@ import io
 import os
 import random
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def test_the_indexing_pass_keeps_a_verified_copy_that_serves_reads(tmp_path: Pat
     assert index.checkpoints == b"" and index.uncompressed_size == len(tar)
     assert not _tmp_files(tmp_path)
     by_path = index.by_path()
-    with index.open_reader() as reader:
+    with closing(index.open_reader()) as reader:
         assert isinstance(reader, DecodedReader)
         model = by_path["src/weights/model.bin"]
         assert read_entry(reader, model, 0, model.size) == MEMBERS[1].data
@@ -104,7 +105,7 @@ def test_an_index_whose_copy_is_gone_is_rebuilt_with_checkpoints(tmp_path: Path)
     index = load_or_build(tmp_path, digest, mt.OCI_LAYER_GZIP, BytesReadAt(blob), len(blob))
     assert index.checkpoints  # zran this time
     model = index.by_path()["src/weights/model.bin"]
-    with index.open_reader() as reader:
+    with closing(index.open_reader()) as reader:
         assert read_entry(reader, model, 0, model.size) == MEMBERS[1].data
 
 
@@ -155,7 +156,7 @@ def test_a_plain_zstd_layer_keeps_a_copy_and_a_seekable_one_does_not(tmp_path: P
         assert decoded_path(tmp_path, digest).exists() == kept
         assert (index.checkpoints == b"") == kept
         entry = index.by_path()["src/weights/model.bin"]
-        with index.open_reader() as reader:
+        with closing(index.open_reader()) as reader:
             assert isinstance(reader, DecodedReader) == kept
             assert read_entry(reader, entry, 0, entry.size) == model
         again = load_cached(tmp_path, digest, mt.OCI_LAYER_ZSTD, len(blob))

@@ -286,10 +286,10 @@ def _reference(layer_tars: list[bytes], root: Path) -> None:
                 if name.startswith(".wh."):
                     continue
                 target = root / m.name
-                for parent in reversed(target.relative_to(root).parents):
-                    p = root / parent
-                    if os.path.lexists(p) and not (p.is_dir() and not p.is_symlink()):
-                        _rm(p)
+                for ancestor in reversed(target.relative_to(root).parents):
+                    up = root / ancestor
+                    if os.path.lexists(up) and not (up.is_dir() and not up.is_symlink()):
+                        _rm(up)
                 if os.path.lexists(target) and not (
                     m.isdir() and target.is_dir() and not target.is_symlink()
                 ):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pytest
 
@@ -82,7 +83,7 @@ def test_index_platform_selection() -> None:
         idx.select(Platform.parse("windows/amd64"))
 
 
-def _config(history: list[dict[str, object]], n: int) -> ImageConfig:
+def _config(history: Sequence[object], n: int) -> ImageConfig:
     diff_ids = ["sha256:" + f"{i + 500:064x}" for i in range(n)]
     return ImageConfig.parse(
         json.dumps({"rootfs": {"diff_ids": diff_ids}, "history": history}).encode()

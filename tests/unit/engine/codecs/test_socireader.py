@@ -13,6 +13,7 @@ import pytest
 from r8imfs.engine.codecs import socireader, ztoc, ztocbuild
 from r8imfs.engine.entry import Kind
 from r8imfs.engine.readat import BytesReadAt, CountingReadAt
+from r8imfs.errors import CorruptLayer
 from tests.helpers.tars import M, MiB, big_tar, make_tar, payload
 
 SPAN = 256 * 1024
@@ -92,7 +93,7 @@ def test_a_blob_cut_short_is_an_error(layer: tuple[bytes, bytes, ztoc.Ztoc]) -> 
 
     with (
         socireader.SociLayer(z, Short(blob[:-5000])) as reader,
-        pytest.raises(socireader.CorruptLayer, match="cut short"),
+        pytest.raises(CorruptLayer, match="cut short"),
     ):
         reader.pread(reader.size - 10, 10)
 

@@ -8,6 +8,7 @@ import struct
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pyzstd
@@ -22,7 +23,7 @@ from r8imfs.engine import (
     read_seek_table,
     write_seekable,
 )
-from r8imfs.engine.codecs.zstdwrite import seek_table_frame
+from r8imfs.engine.codecs.zstdwrite import SeekableResult, seek_table_frame
 from r8imfs.engine.readat import BlobFile, CountingReadAt
 from r8imfs.errors import CorruptLayer
 from tests.helpers.tars import M, MiB, big_tar, make_tar
@@ -36,7 +37,7 @@ def tar() -> bytes:
     return big_tar(4 * MiB, seed=5)
 
 
-def _seekable(tar: bytes, **kw: int) -> tuple[bytes, object]:
+def _seekable(tar: bytes, **kw: Any) -> tuple[bytes, SeekableResult]:
     out = io.BytesIO()
     result = write_seekable(io.BytesIO(tar), out, frame_size=kw.pop("frame_size", FRAME), **kw)
     return out.getvalue(), result
@@ -53,13 +54,13 @@ def _check_reads(reader: ZstdLayerReader, tar: bytes, n: int = 120, seed: int = 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_write_seekable_result_and_table(tar: bytes, threads: int) -> None:
     blob, result = _seekable(tar, threads=threads)
-    assert result.compressed_size == len(blob)  # type: ignore[attr-defined]
-    assert result.compressed_digest == "sha256:" + hashlib.sha256(blob).hexdigest()  # type: ignore[attr-defined]
-    assert result.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()  # type: ignore[attr-defined]
+    assert result.compressed_size == len(blob)
+    assert result.compressed_digest == "sha256:" + hashlib.sha256(blob).hexdigest()
+    assert result.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
     table = read_seek_table(BytesReadAt(blob))
     assert table is not None
     assert table.seekable
-    assert len(table.cstarts) == result.frames == -(-len(tar) // FRAME)  # type: ignore[attr-defined]
+    assert len(table.cstarts) == result.frames == -(-len(tar) // FRAME)
     assert table.uncompressed_size == len(tar)
     assert pyzstd.decompress(blob) == tar
 
