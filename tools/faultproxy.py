@@ -410,9 +410,9 @@ class _Exchange:
 
     def run(self) -> None:
         h = self.h
-        if h.server.cdn and not self._from_stash():
-            return
         if not h.server.cdn and self.proxy.local is not None and self.proxy.local(h):
+            return
+        if h.server.cdn and not self._from_stash():
             return
         self.faults = self.proxy.fired(h.command, self.path)
         if h.server.cdn:  # the CDN serves what it was sent to serve
