@@ -38,7 +38,17 @@ MOVED = {
     "archive_helpers": "tests.helpers.tars",
     "conftest": "tests.helpers.reliability",
     "test_layering": "tests.unit.test_layering",
+    # helpers that branch `toc` adds in the old style: git mv them too (see HOME)
+    "tocproducers": "tests.helpers.tocproducers",
+    "zstdchunked_spec": "tests.helpers.zstdchunked_spec",
 }
+
+# Where a helper module lived before, for the hint when its new file is missing.
+HOME = {
+    "tests.helpers.tocproducers": "tests/integration/tocproducers.py",
+    "tests.helpers.zstdchunked_spec": "tests/zstdchunked_spec.py",
+}
+REPO = Path(__file__).resolve().parent.parent
 
 _FROM = re.compile(r"^(?P<indent>[ \t]*)from[ \t]+(?P<mod>[A-Za-z_][A-Za-z0-9_]*)[ \t]+import\b",
                    re.MULTILINE)
@@ -84,7 +94,37 @@ def fix(path: Path) -> bool:
     left = [m["mod"] for m in _FROM.finditer(new) if m["mod"] in MOVED]
     if left:
         print(f"{path}: still imports {', '.join(left)}", file=sys.stderr)
-    return not left
+    found = _targets_exist(new, path)
+    packaged = _in_package(path)
+    return not left and found and packaged
+
+
+def _targets_exist(text: str, path: Path) -> bool:
+    """Each tests.helpers module the file now imports has its file."""
+    ok = True
+    for module in sorted(set(re.findall(r"^\s*from (tests\.[\w.]+) import", text, re.MULTILINE))):
+        target = REPO / (module.replace(".", "/") + ".py")
+        if not target.exists():
+            old = HOME.get(module, "its old place")
+            rel = target.relative_to(REPO)
+            print(f"{path}: {module} missing: git mv {old} {rel}", file=sys.stderr)
+            ok = False
+    return ok
+
+
+def _in_package(path: Path) -> bool:
+    """Add the __init__.py a new test directory lacks (tests/ is a package)."""
+    tests = REPO / "tests"
+    here = path.resolve().parent
+    if tests != here and tests not in here.parents:
+        return True
+    while here != tests.parent:
+        init = here / "__init__.py"
+        if not init.exists():
+            init.touch()
+            print(f"{path}: created {init.relative_to(REPO)} (git add it)")
+        here = here.parent
+    return True
 
 
 def main(argv: list[str]) -> int:
