@@ -19,6 +19,7 @@ translated at the boundary that sees them and raised ``from`` the original.
     ├── DigestMismatch                        bytes that do not hash to their digest
     ├── RangeUnsupported                      a blob store that cannot serve byte ranges
     ├── CorruptLayer                          a layer that does not decompress or untar
+    │   └── BadToc                            a layer TOC (zstd:chunked, eStargz) we refuse
     ├── UnsafeLayer                           a tar that would write outside its target
     ├── NoWeightsFound                        ``extract`` found nothing under src/weights/
     └── MountError                            the kernel refused a mount or an unmount
@@ -112,6 +113,11 @@ class RangeUnsupported(R8imfsError):
 
 class CorruptLayer(R8imfsError):
     pass
+
+
+class BadToc(CorruptLayer):
+    """A table of contents that fails its digest or describes impossible or
+    unsafe data; the layer can still be read as a plain compressed stream."""
 
 
 class UnsafeLayer(R8imfsError):

@@ -17,6 +17,7 @@ PACKAGES=(
     python3-venv
     docker-registry apache2-utils   # the test registry and htpasswd for its basic auth
     skopeo umoci                    # third-party clients the tests compare against
+    stargz-snapshotter containerd   # ctr-remote makes eStargz and stargz zstd:chunked test layers
     zstd tar
 )
 

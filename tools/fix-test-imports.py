@@ -38,7 +38,7 @@ MOVED = {
     "archive_helpers": "tests.helpers.tars",
     "conftest": "tests.helpers.reliability",
     "test_layering": "tests.unit.test_layering",
-    # helpers that branch `toc` adds in the old style: git mv them too (see HOME)
+    # helpers branch `toc` added in the old style (moved when main was merged here)
     "tocproducers": "tests.helpers.tocproducers",
     "zstdchunked_spec": "tests.helpers.zstdchunked_spec",
 }

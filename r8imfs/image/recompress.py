@@ -1,4 +1,4 @@
-"""Streaming recompression of a layer to seekable zstd, for ``r8imfs zstd``.
+"""Streaming recompression of a layer to zstd:chunked + seekable zstd, for ``r8imfs zstd``.
 
 Theory of operation. A layer blob streams in and a zstd blob streams out,
 neither ever whole in memory:
@@ -6,10 +6,12 @@ neither ever whole in memory:
     download ─▶ pipe.consume_stream (1 MiB pieces, hashed there: they must
     match the layer digest) ─▶ worker thread:
         ``GzipInflater`` (gzip members, zero padding; plain tars pass as they are)
-        ─▶ zstdwrite.write_seekable: fixed-size slices, each one independent
-           zstd frame compressed on ``threads`` pool threads, in order, then
-           the seek table of the zstd seekable format; hashes the tar (the
-           diff_id, which must not change); the upload hashes the output
+        ─▶ zstdwrite.write_chunked: one zstd frame per run of tar headers and
+           per body chunk (at most ``frame_size``), compressed on ``threads``
+           pool threads, in order; then the zstd:chunked TOC, tar-split and
+           footer in skippable frames, and the seek table of the zstd seekable
+           format last; hashes the tar (the diff_id, which must not change);
+           the upload hashes the output
         ─▶ ``write`` callback: each frame crosses back to trio into a
            bounded channel that the upload drains
 
@@ -33,7 +35,7 @@ from r8imfs import _threads
 from r8imfs._units import MiB
 from r8imfs.engine.codecs.decompress import INFLATE_ERRORS, READ, HashingReader
 from r8imfs.engine.codecs.table import CODECS, Compression
-from r8imfs.engine.codecs.zstdwrite import SeekableResult, write_seekable
+from r8imfs.engine.codecs.zstdwrite import SeekableResult, write_chunked
 from r8imfs.errors import CorruptLayer, DigestMismatch
 from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.digest import Hasher
@@ -79,7 +81,7 @@ def recompress_file(
     dst = cast(IO[bytes], _Writer(write))
     tar = codec.inflate(cast(IO[bytes], src))
     try:
-        result = write_seekable(
+        result = write_chunked(
             tar, dst, level=level, frame_size=frame_size, threads=threads, digest_output=False
         )
         while src.read(READ):  # the rest (padding after the last member) counts too

@@ -1,8 +1,10 @@
-"""``zstd``: every layer recompressed as seekable zstd; diff_ids unchanged.
+"""``zstd``: every layer recompressed as zstd:chunked + seekable zstd; diff_ids unchanged.
 
 Each gzip (or plain) layer streams down, through ``image.recompress``
-(verified against its digest and diff_id, cut into independent frames,
-compressed on ``threads`` threads per layer, seek table last) and straight back up.
+(verified against its digest and diff_id, cut into independent frames per
+tar header run and body chunk, compressed on ``threads`` threads per layer,
+zstd:chunked TOC next, seek table last) and straight back up; the TOC's
+position and checksum go into the new layer descriptor's annotations.
 ``jobs`` layers run at once; each holds a bounded number of frames, so
 memory does not grow with layer size. Layers already zstd are mounted as
 they are. The manifest and config become OCI (zstd has no Docker media
@@ -101,7 +103,10 @@ async def recompress_layer(
         f"layer {short(d.digest)}: {human_size(d.size)} {compression} -> "
         f"{human_size(up.size)} zstd ({done[0].result.frames} frame(s)) {short(up.digest)}"
     )
-    return Descriptor(mt.OCI_LAYER_ZSTD, up.digest, up.size)
+    # the zstd:chunked TOC position and checksum; never the eStargz toc.digest
+    # (containers/image refuses a layer that carries both)
+    annotations = done[0].result.annotations or None
+    return Descriptor(mt.OCI_LAYER_ZSTD, up.digest, up.size, None, annotations)
 
 
 async def counted(

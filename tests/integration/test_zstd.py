@@ -1,15 +1,20 @@
-"""``r8imfs zstd`` end to end: zstd CLI decodes each layer to its diff_id, umoci unpacks it."""
+"""``r8imfs zstd`` end to end: zstd CLI decodes each layer to its diff_id, umoci unpacks
+it, an independent reader checks its zstd:chunked layout, and its TOC reads back."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import pytest
 import trio
 
+from r8imfs.engine.codecs.toc import load_toc
+from r8imfs.engine.codecs.tocread import TocReader
 from r8imfs.engine.codecs.zstdindex import read_seek_table
-from r8imfs.engine.readat import BytesReadAt
+from r8imfs.engine.readat import BytesReadAt, FileReadAt, read_entry
+from r8imfs.engine.tarindex import index_seekable
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci import mutate
 from r8imfs.oci.reference import parse
@@ -32,6 +37,7 @@ from tests.helpers.readback import (
     zstd_decode,
 )
 from tests.helpers.registry import RegistryServer
+from tests.helpers.zstdchunked_spec import check_blob
 
 KiB = 1024
 
@@ -51,6 +57,19 @@ def _check_zstd_layers(ref: str, work: Path, diff_ids: list[str]) -> list[int]:
         assert table.seekable
         assert table.uncompressed_size == len(decoded)
         frames.append(len(table.ustarts))
+        # zstd:chunked too: checked by the independent reader, then read through the TOC
+        annotations = layer.get("annotations", {})
+        check_blob(blob.read_bytes(), annotations, diff_id)
+        toc = load_toc(FileReadAt(blob), annotations)
+        assert toc is not None and toc.kind == "zstd:chunked"
+        plain = index_seekable(io.BytesIO(decoded), len(decoded))
+        assert [(e.path, e.kind, e.size) for e in toc.entries] == [
+            (e.path, e.kind, e.size) for e in plain
+        ]
+        with TocReader(FileReadAt(blob), toc) as reader:
+            for e, p in zip(toc.entries, plain, strict=True):
+                body = decoded[p.data_offset : p.data_offset + p.size]
+                assert read_entry(reader, e, 0, e.size) == body
     return frames
 
 

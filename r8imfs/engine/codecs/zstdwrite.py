@@ -19,14 +19,16 @@ import os
 import struct
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
 
 import zstandard
 
 from r8imfs._units import MiB
+from r8imfs.engine.codecs import tocformat as tf
+from r8imfs.engine.codecs.chunkedwrite import Piece, TarCutter
 from r8imfs.engine.codecs.zstdindex import SEEKABLE_FOOTER, SEEKABLE_SKIPPABLE
 
 MAX_FRAME_SIZE = 1 << 30  # sizes are u32 in the table; stay far below
@@ -39,6 +41,9 @@ class SeekableResult:
     uncompressed_size: int
     diff_id: str  # "sha256:<hex>" of the input
     frames: int
+    #: Layer-descriptor annotations (zstd:chunked TOC position and checksum);
+    #: empty for plain seekable output.
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 def write_seekable(
@@ -77,6 +82,158 @@ def write_seekable(
 
 
 _U32 = struct.Struct("<I")
+
+#: Pieces (tar headers, body chunks) handed to a compression worker at once,
+#: up to this many bytes: a layer of small files is thousands of tiny frames.
+BATCH_BYTES = 1 * MiB
+BATCH_PIECES = 256
+
+
+def write_chunked(
+    src: IO[bytes],
+    dst: IO[bytes],
+    *,
+    level: int = 3,
+    frame_size: int = 4 * MiB,
+    threads: int = 0,
+    digest_output: bool = True,
+) -> SeekableResult:
+    """Compress the tar ``src`` into ``dst`` as zstd:chunked *and* seekable zstd.
+
+    Layout (containers/storage ``pkg/chunked``, dialect A)::
+
+        frames: tar headers | body chunk(s) | ... | end of archive
+        skippable: zstd(TOC JSON) | skippable: zstd(tar-split) | skippable: footer
+        skippable: seek table  (the zstd seekable format's, always last)
+
+    c/storage finds the TOC from the annotations alone, seekable readers from
+    the last frame; any zstd decoder skips the skippable frames and yields
+    exactly ``src``. An input the cutter cannot describe (not a tar, sparse
+    members) comes out as plain seekable zstd without annotations.
+    """
+    if not 0 < frame_size <= MAX_FRAME_SIZE:
+        raise ValueError(f"frame_size must be in 1..{MAX_FRAME_SIZE}")
+    workers = threads or min(4, os.cpu_count() or 1)
+    out = _HashingWriter(dst, digest_output)
+    diff = hashlib.sha256()
+    table: list[tuple[int, int, int]] = []
+    cutter = TarCutter(src, frame_size, level)
+    cctx = _compressor(level)
+    small: list[bytes] = []  # hashed together: hashlib drops the GIL per call
+    for piece, frame, digest in _compress_pieces(_at_least_one(cutter.pieces()), cctx, workers):
+        start = out.size
+        small.append(piece.data)
+        if len(small) >= BATCH_PIECES or len(piece.data) >= BATCH_BYTES // 4:
+            diff.update(b"".join(small))
+            small.clear()
+        out.write(frame)
+        table.append((len(frame), len(piece.data), _U32.unpack_from(frame, len(frame) - 4)[0]))
+        if piece.file is not None:
+            piece.file.add_chunk(start, out.size, piece.offset, len(piece.data), digest)
+    diff.update(b"".join(small))
+    annotations = _write_toc(out, table, cutter, cctx()) if cutter.on else {}
+    out.write(seek_table_frame(table))
+    return SeekableResult(
+        compressed_size=out.size,
+        compressed_digest="sha256:" + out.hash.hexdigest() if digest_output else None,
+        uncompressed_size=sum(u for _, u, _ in table),
+        diff_id="sha256:" + diff.hexdigest(),
+        frames=len(table),
+        annotations=annotations,
+    )
+
+
+def _write_toc(
+    out: _HashingWriter,
+    table: list[tuple[int, int, int]],
+    cutter: TarCutter,
+    cctx: zstandard.ZstdCompressor,
+) -> dict[str, str]:
+    """TOC, tar-split and footer frames (each a 0-byte entry of the seek table)."""
+    split_z, split_len = cutter.tarsplit()
+    toc = cutter.toc("sha256:" + hashlib.sha256(split_z).hexdigest())
+    toc_z = cctx.compress(toc)
+    toc_at = out.size + 8
+    split_at = toc_at + len(toc_z) + 8
+    footer = tf.chunked_footer(toc_at, len(toc_z), len(toc), split_at, len(split_z), split_len)
+    for data in (toc_z, split_z, footer):
+        frame = tf.skippable_frame(data)
+        out.write(frame)
+        table.append((len(frame), 0, 0))
+    return {
+        tf.MANIFEST_CHECKSUM: "sha256:" + hashlib.sha256(toc_z).hexdigest(),
+        tf.MANIFEST_POSITION: f"{toc_at}:{len(toc_z)}:{len(toc)}:{tf.MANIFEST_TYPE_CRFS}",
+        tf.TARSPLIT_POSITION: f"{split_at}:{len(split_z)}:{split_len}",
+    }
+
+
+def _at_least_one(pieces: Iterator[Piece]) -> Iterator[Piece]:
+    """The blob must start with a real zstd frame (c/image sniffs its magic)."""
+    empty = True
+    for piece in pieces:
+        empty = False
+        yield piece
+    if empty:
+        yield Piece(b"")
+
+
+def _compressor(level: int) -> Callable[[], zstandard.ZstdCompressor]:
+    """A per-thread compressor factory (a ZstdCompressor is not thread-safe)."""
+    local = threading.local()
+
+    def get() -> zstandard.ZstdCompressor:
+        cctx: zstandard.ZstdCompressor | None = getattr(local, "cctx", None)
+        if cctx is None:
+            cctx = local.cctx = zstandard.ZstdCompressor(
+                level=level, write_checksum=True, write_content_size=True
+            )
+        return cctx
+
+    return get
+
+
+def _compress_pieces(
+    pieces: Iterator[Piece], cctx: Callable[[], zstandard.ZstdCompressor], workers: int
+) -> Iterator[tuple[Piece, bytes, str]]:
+    """(piece, frame, "sha256:…" of a body chunk or "") in order, batched on a pool."""
+
+    def compress(batch: list[Piece]) -> list[tuple[Piece, bytes, str]]:
+        c = cctx()
+        return [
+            (
+                p,
+                c.compress(p.data),
+                "sha256:" + hashlib.sha256(p.data).hexdigest() if p.file else "",
+            )
+            for p in batch
+        ]
+
+    batches = _batches(pieces)
+    if workers <= 1:
+        for batch in batches:
+            yield from compress(batch)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[list[tuple[Piece, bytes, str]]]] = deque()
+        for batch in batches:
+            pending.append(pool.submit(compress, batch))
+            if len(pending) >= 2 * workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def _batches(pieces: Iterator[Piece]) -> Iterator[list[Piece]]:
+    batch: list[Piece] = []
+    size = 0
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece.data)
+        if size >= BATCH_BYTES or len(batch) >= BATCH_PIECES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def seek_table_frame(table: list[tuple[int, int, int]]) -> bytes:

@@ -1,0 +1,353 @@
+"""Cut a tar stream into zstd:chunked pieces and build its TOC and tar-split.
+
+The writer (``zstdwrite.write_chunked``) compresses each ``Piece`` as one zstd
+frame. ``TarCutter`` decides where frames start, as containers/storage
+``pkg/chunked/compressor`` does: the raw bytes between file bodies (padding,
+PAX/GNU extension headers, the header itself; consecutive bodiless members
+together) form header frames, and each body is cut into chunks of at most
+``frame_size`` bytes, one frame each. Boundaries need not match c/storage's
+rolling checksum: readers take them from the TOC.
+
+It walks the tar itself, 512-byte block by block, and hands each member's
+header group to ``tarfile`` only to parse it (PAX records, long names). What it
+cannot describe faithfully (a sparse member, an unknown type flag, a header
+that does not parse, a body cut short) turns the cutter *off* (``on`` is
+False): the rest of the stream passes through in plain ``frame_size`` slices
+and the writer leaves the TOC out, so the blob is plain seekable zstd. Never
+a wrong TOC.
+
+Hashing: a body that fits one chunk is hashed in the compression worker (its
+digest is both the file's and the chunk's); longer bodies are hashed here in
+order, and their chunks in the workers. The tar-split needs a CRC-64/ISO of
+every body (``fastcrc``: many GB/s, without the GIL).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import functools
+import hashlib
+import io
+import json
+import json.encoder
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import fastcrc
+import zstandard
+
+BLOCK = tarfile.BLOCKSIZE
+_EXTENSION = frozenset(b"xgXLK")  # PAX (global, Solaris), GNU long name/link
+_TYPES = {
+    tarfile.REGTYPE: "reg",
+    tarfile.AREGTYPE: "reg",
+    tarfile.CONTTYPE: "reg",
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.CHRTYPE: "char",
+    tarfile.BLKTYPE: "block",
+    tarfile.DIRTYPE: "dir",
+    tarfile.FIFOTYPE: "fifo",
+}
+_SCHILY = "SCHILY.xattr."
+_json_str = json.encoder.encode_basestring  # the C one
+
+
+def crc64(data: bytes, previous: int | None = None) -> int:
+    """CRC-64/GO-ISO, the checksum tar-split stores for each body (Go's
+    crc64.ISO); ``previous`` continues a running value. fastcrc releases the GIL."""
+    return int(fastcrc.crc64.go_iso(data, previous))
+
+
+@dataclass(slots=True)
+class FileRecord:
+    """A regular file's TOC entry while its chunks are being written."""
+
+    meta: dict[str, Any]
+    size: int
+    chunked: bool  # more than one chunk: chunk fields in the TOC, hashed here
+    hasher: Any = None
+    chunks: list[tuple[int, int, int, int, str]] = field(default_factory=list)
+    # (compressed start, compressed end, offset in file, length, "sha256:…")
+    done: int = 0
+    json: bytes = b""  # its TOC entries, once every chunk is written
+
+    def add_chunk(self, start: int, end: int, offset: int, length: int, digest: str) -> None:
+        """Record a written chunk; the last one turns the record into JSON text
+        (a layer of a million files keeps text, not dicts, until the TOC)."""
+        self.chunks.append((start, end, offset, length, digest))
+        self.done += length
+        if self.done == self.size:
+            self.json = b",".join(_dump(e) for e in file_entries(self))
+            self.chunks, self.meta, self.hasher = [], {}, None
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Bytes to become one zstd frame: a body chunk of ``file``, else header bytes."""
+
+    data: bytes
+    file: FileRecord | None = None
+    offset: int = 0  # of the chunk inside its file
+
+
+class TarCutter:
+    """Iterate ``pieces()`` over a tar; then, if ``on``, ``tarsplit()`` and ``toc()``."""
+
+    def __init__(self, src: IO[bytes], frame_size: int, level: int = 3) -> None:
+        self._src = _Buffered(src)
+        self._frame = frame_size
+        self._pending = bytearray()  # raw bytes not yet cut into a frame
+        self._segment = bytearray()  # raw bytes not yet in a tar-split segment
+        self._records: list[FileRecord | bytes] = []  # TOC entries (JSON) in tar order
+        # the tar-split is compressed as it grows: it is as long as all headers
+        self._split_z = zstandard.ZstdCompressor(level=level).compressobj()
+        self._split_parts: list[bytes] = []
+        self._split_lines = self._split_size = 0
+        self.on = True
+
+    def pieces(self) -> Iterator[Piece]:
+        while self.on:
+            group = self._header_group()
+            if group is None:
+                break
+            yield from self._member(group)
+        while data := self._src.read(self._frame):  # end of archive, trailing bytes
+            self._raw(data)
+            yield from self._flush(self._frame)
+        self._split_segment()
+        yield from self._flush(0)
+
+    def _raw(self, data: bytes | bytearray) -> None:
+        self._pending += data
+        if self.on:
+            self._segment += data
+
+    def _header_group(self) -> bytes | None:
+        """Extension headers + the member header, or None at the end of the archive."""
+        group = bytearray()
+        while True:
+            block = self._src.read(BLOCK)
+            if len(block) < BLOCK or not block.strip(b"\0"):
+                self._raw(group + block)
+                return None
+            group += block
+            if block[156] not in _EXTENSION:
+                return bytes(group)
+            try:
+                size = tarfile.nti(block[124:136])  # type: ignore[attr-defined]
+            except tarfile.HeaderError:
+                self._off(group)
+                return None
+            group += self._src.read(-(-size // BLOCK) * BLOCK)
+
+    def _off(self, group: bytes | bytearray) -> None:
+        """Stop cutting: the rest is plain frames and there will be no TOC."""
+        self.on = False
+        self._pending += group
+
+    def _member(self, group: bytes) -> Iterator[Piece]:
+        info = _parse(group)
+        kind = _TYPES.get(info.type) if info is not None else None
+        if info is None or kind is None or info.issparse():
+            self._off(group)
+            return
+        self._raw(group)
+        self._split_segment()
+        name = info.name + "/" if kind == "dir" and info.name else info.name
+        size = info.size if kind == "reg" else 0
+        meta = toc_metadata(info, kind, name)
+        if size == 0:
+            self._records.append(_dump(meta))
+            self._split_file(name, 0, b"")
+            return
+        yield from self._flush(0)
+        yield from self._body(FileRecord(meta, size, chunked=size > self._frame))
+        self._raw(self._src.read(-size % BLOCK))
+
+    def _body(self, rec: FileRecord) -> Iterator[Piece]:
+        rec.hasher = hashlib.sha256() if rec.chunked else None
+        crc: int | None = None
+        self._records.append(rec)
+        done = 0
+        while done < rec.size:
+            data = self._src.read(min(self._frame, rec.size - done))
+            if not data:  # a tar cut short: no TOC, the bytes still pass through
+                self.on = False
+                return
+            crc = crc64(data, crc)
+            if rec.hasher is not None:
+                rec.hasher.update(data)
+            yield Piece(data, rec, done)
+            done += len(data)
+        self._split_file(rec.meta["name"], rec.size, (crc or 0).to_bytes(8, "big"))
+
+    def _flush(self, keep: int) -> Iterator[Piece]:
+        """Cut pending raw bytes into frames while more than ``keep`` wait."""
+        while len(self._pending) > keep:
+            data = bytes(self._pending[: self._frame])
+            del self._pending[: self._frame]
+            yield Piece(data)
+
+    def _split_segment(self) -> None:
+        if self._segment and self.on:
+            payload = base64.b64encode(self._segment).decode()
+            self._split_add(f'{{"type":2,"payload":"{payload}","position":{self._split_lines}}}')
+        self._segment.clear()
+
+    def _split_file(self, name: str, size: int, crc: bytes) -> None:
+        """A tar-split file line (vbatts/tar-split ``storage.Entry``): the name as
+        text, or base64 ``name_raw`` when it is not UTF-8; ``payload`` the CRC."""
+        raw = name.encode("utf-8", "surrogateescape")
+        try:
+            named = '"name":' + _json_str(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            named = '"name_raw":"' + base64.b64encode(raw).decode() + '"'
+        sized = f',"size":{size}' if size else ""
+        payload = '"' + base64.b64encode(crc).decode() + '"' if crc else "null"
+        self._split_add(
+            f'{{"type":1,{named}{sized},"payload":{payload},"position":{self._split_lines}}}'
+        )
+
+    def _split_add(self, line: str) -> None:
+        data = line.encode() + b"\n"
+        self._split_lines += 1
+        self._split_size += len(data)
+        if out := self._split_z.compress(data):
+            self._split_parts.append(out)
+
+    def tarsplit(self) -> tuple[bytes, int]:
+        """The zstd-compressed tar-split (vbatts/tar-split JSON lines) of the
+        whole stream, once cut, and its uncompressed length."""
+        self._split_parts.append(self._split_z.flush())
+        return b"".join(self._split_parts), self._split_size
+
+    def toc(self, tarsplit_digest: str) -> bytes:
+        """The TOC JSON; ``tarsplit_digest`` is that of the *compressed* tar-split."""
+        parts = [rec if isinstance(rec, bytes) else rec.json for rec in self._records]
+        if not all(parts):
+            raise RuntimeError("a file's chunks were not all written before the TOC")
+        head = b'{"version":1,"entries":['
+        return head + b",".join(parts) + b'],"tarSplitDigest":' + _dump(tarsplit_digest) + b"}"
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _parse(group: bytes) -> tarfile.TarInfo | None:
+    """The member a header group describes (one plain header parses directly:
+    most members have no extension headers), or None if it does not parse."""
+    try:
+        if len(group) == BLOCK:
+            return tarfile.TarInfo.frombuf(group, "utf-8", "surrogateescape")
+        return tarfile.TarFile(fileobj=io.BytesIO(group + bytes(2 * BLOCK))).next()
+    except (tarfile.TarError, EOFError, ValueError, UnicodeError):
+        return None
+
+
+def file_entries(rec: FileRecord) -> Iterator[dict[str, Any]]:
+    """The ``reg`` entry, and one ``chunk`` entry per further chunk (c/storage layout)."""
+    chunks = sorted(rec.chunks, key=lambda c: c[2])
+    main = dict(rec.meta)
+    main["digest"] = "sha256:" + rec.hasher.hexdigest() if rec.chunked else chunks[0][4]
+    main["offset"], main["endOffset"] = chunks[0][0], chunks[-1][1]
+    if not rec.chunked:
+        yield main
+        return
+    for i, (start, _, offset, length, digest) in enumerate(chunks):
+        entry = main if i == 0 else {"type": "chunk", "name": main["name"]}
+        entry["offset"] = start
+        entry["chunkSize"] = length
+        if offset:
+            entry["chunkOffset"] = offset
+        entry["chunkDigest"] = digest
+        if i:
+            yield entry
+        else:
+            yield main
+
+
+def toc_metadata(info: tarfile.TarInfo, kind: str, name: str) -> dict[str, Any]:
+    """The TOC fields of a member, in containers/storage's order, zero ones left out.
+
+    ``name`` as Go's tar reader reports it (``tarfile`` drops a directory's
+    trailing slash; the TOC and the tar-split keep it)."""
+    pax = info.pax_headers
+    meta: dict[str, Any] = {"type": kind, "name": name}
+    _put(meta, "linkName", info.linkname)
+    _put(meta, "mode", info.mode)
+    _put(meta, "size", info.size if kind == "reg" else 0)
+    _put(meta, "uid", info.uid)
+    _put(meta, "gid", info.gid)
+    _put(meta, "modtime", _rfc3339(info.mtime))
+    _put(meta, "accesstime", _rfc3339(float(pax["atime"])) if "atime" in pax else None)
+    _put(meta, "changetime", _rfc3339(float(pax["ctime"])) if "ctime" in pax else None)
+    _put(meta, "devMajor", info.devmajor)
+    _put(meta, "devMinor", info.devminor)
+    xattrs = {
+        key[len(_SCHILY) :]: base64.b64encode(value.encode("utf-8", "surrogateescape")).decode()
+        for key, value in pax.items()
+        if key.startswith(_SCHILY)
+    }
+    _put(meta, "xattrs", xattrs)
+    return meta
+
+
+def _put(meta: dict[str, Any], key: str, value: Any) -> None:
+    if value:
+        meta[key] = value
+
+
+@functools.lru_cache(maxsize=4096)  # a layer's files share few mtimes
+def _rfc3339(seconds: float) -> str | None:
+    if not seconds:
+        return None
+    when = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    text = when.strftime("%Y-%m-%dT%H:%M:%S")
+    if when.microsecond:
+        text += f".{when.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+class _Buffered:
+    """Reads of exactly ``size`` bytes (fewer only at the end), served from
+    1 MiB refills: a tar of small files is mostly 512-byte reads, and each
+    call into a file object may drop and retake the GIL while the compression
+    workers want it."""
+
+    def __init__(self, src: IO[bytes], refill: int = 1 << 20) -> None:
+        self._src = src
+        self._refill = refill
+        self._buf = b""
+        self._at = 0
+
+    def read(self, size: int) -> bytes:
+        avail = len(self._buf) - self._at
+        if size <= avail:
+            self._at += size
+            return self._buf[self._at - size : self._at]
+        parts = [self._buf[self._at :]] if avail else []
+        need = size - avail
+        self._buf, self._at = b"", 0
+        if need >= self._refill:
+            parts.append(_read_full(self._src, need))
+        else:
+            self._buf = _read_full(self._src, self._refill)
+            self._at = min(need, len(self._buf))
+            parts.append(self._buf[: self._at])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _read_full(src: IO[bytes], size: int) -> bytes:
+    parts: list[bytes] = []
+    while size > 0:
+        data = src.read(size)
+        if not data:
+            break
+        parts.append(data)
+        size -= len(data)
+    return b"".join(parts)

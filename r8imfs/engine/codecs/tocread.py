@@ -1,0 +1,217 @@
+"""Verified reads of a TOC layer's files: fetch only the chunks needed, check each.
+
+``TocReader`` serves ``pread(offset, size)`` on the virtual stream of a
+``TocIndex`` (file bodies back to back; each ``Entry.data_offset`` points into
+it), so it is a ``LayerReader`` and ``readat.read_entry`` works unchanged.
+A read finds the chunks it overlaps, fetches their compressed ranges (one
+``read_at`` per run of adjacent chunks), decodes each (zstd frames, or a gzip
+member for eStargz) on a small thread pool (zstandard and zlib release the
+GIL), and checks the sha256 of each chunk against the TOC *before* any of its
+bytes are returned. A chunk that fails raises ``ChunkMismatch`` (a
+``DigestMismatch``) or ``CorruptLayer`` naming the file: never wrong bytes,
+and other chunks and files still read. Verified chunks stay in a small LRU
+cache, so sequential small reads decode each chunk once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import io
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Self
+
+import zstandard
+
+from r8imfs.engine.codecs.toc import Chunk, TocFile, TocIndex, load_toc
+from r8imfs.engine.readat import ReadAt
+from r8imfs.errors import CorruptLayer, DigestMismatch
+
+MiB = 1024 * 1024
+CACHE_BYTES = 64 * MiB
+
+
+class ChunkMismatch(DigestMismatch):
+    """A chunk whose bytes do not hash to the digest the TOC gives for them."""
+
+
+class TocReader:
+    """Random, verified access to the bodies of one TOC layer (thread-safe)."""
+
+    def __init__(
+        self,
+        readat: ReadAt,
+        index: TocIndex,
+        *,
+        threads: int = 2,
+        cache_bytes: int = CACHE_BYTES,
+    ) -> None:
+        self._readat = readat
+        self.index = index
+        self._pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+        self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_limit = cache_bytes
+        self._lock = threading.Lock()
+        self.chunks_verified = 0  # counters, for tests and benchmarks
+
+    @property
+    def size(self) -> int:
+        return self.index.size
+
+    def pread(self, offset: int, size: int) -> bytes:
+        """Bytes of the virtual stream; a read may span several files."""
+        parts: list[bytes] = []
+        end = min(self.index.size, offset + size)
+        while offset < end:
+            f = self.index.file_at(offset)
+            if f is None:  # cannot happen: bodies tile the virtual stream
+                raise CorruptLayer(f"TOC layer has no file at virtual offset {offset}")
+            take = min(end, f.start + f.size) - offset
+            parts.append(self.read_file(f, offset - f.start, take))
+            offset += take
+        return b"".join(parts)
+
+    read_at = pread
+
+    def read_file(self, f: TocFile, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of ``f`` from ``offset``, every byte verified."""
+        end = min(f.size, offset + size)
+        if offset >= end:
+            return b""
+        offsets = [c.offset for c in f.chunks]
+        first = bisect.bisect_right(offsets, offset) - 1
+        last = bisect.bisect_left(offsets, end) - 1
+        wanted = range(first, last + 1)
+        data = self._chunks(f, wanted)
+        joined = data[0] if len(data) == 1 else b"".join(data)
+        skip = offset - f.chunks[first].offset
+        return joined[skip : skip + end - offset]
+
+    def cached(self, offset: int, size: int) -> bytes | None:
+        """``pread``'s answer if every chunk it needs is decoded already, else None."""
+        f = self.index.file_at(offset)
+        if f is None or offset + size > f.start + f.size:
+            return None
+        key = self._file_key(f)
+        offsets = [c.offset for c in f.chunks]
+        first = bisect.bisect_right(offsets, offset - f.start) - 1
+        last = bisect.bisect_left(offsets, offset - f.start + size) - 1
+        with self._lock:
+            data = [self._cache.get((key, i)) for i in range(first, last + 1)]
+        if any(d is None for d in data):
+            return None
+        joined = b"".join(d for d in data if d is not None)
+        skip = offset - f.start - f.chunks[first].offset
+        return joined[skip : skip + size]
+
+    def _file_key(self, f: TocFile) -> int:
+        return bisect.bisect_left(self.index.starts, f.start)
+
+    def _chunks(self, f: TocFile, wanted: range) -> list[bytes]:
+        key = self._file_key(f)
+        with self._lock:
+            have = {i: self._cache.get((key, i)) for i in wanted}
+            for i, d in have.items():
+                if d is not None:
+                    self._cache.move_to_end((key, i))
+        missing = [i for i, d in have.items() if d is None]
+        if missing:
+            fresh = self._fetch(f, [f.chunks[i] for i in missing])
+            with self._lock:
+                for i, d in zip(missing, fresh, strict=True):
+                    have[i] = d
+                    self._remember((key, i), d)
+        return [d for d in have.values() if d is not None]
+
+    def _fetch(self, f: TocFile, chunks: list[Chunk]) -> list[bytes]:
+        """Fetch runs of adjacent chunks with one read each; decode and verify."""
+        raw: list[bytes] = []
+        for run in _runs(chunks):
+            blob = self._readat.read_at(run[0].cstart, run[-1].cend - run[0].cstart)
+            if len(blob) != run[-1].cend - run[0].cstart:
+                raise CorruptLayer(f"TOC layer ends before the data of {f.path!r}")
+            raw += [blob[c.cstart - run[0].cstart : c.cend - run[0].cstart] for c in run]
+        jobs = list(zip(chunks, raw, strict=True))
+        if self._pool is None or len(jobs) == 1:
+            return [self._verified(f, c, r) for c, r in jobs]
+        return list(self._pool.map(lambda job: self._verified(f, *job), jobs))
+
+    def _verified(self, f: TocFile, chunk: Chunk, raw: bytes) -> bytes:
+        data = decode(raw, self.index.codec, chunk.inner + chunk.size)[chunk.inner :]
+        where = f"{f.path!r} bytes {chunk.offset}..{chunk.offset + chunk.size}"
+        if len(data) != chunk.size:
+            raise CorruptLayer(f"TOC layer: {where} decode to {len(data)} bytes, not {chunk.size}")
+        got = "sha256:" + hashlib.sha256(data).hexdigest()
+        if got != chunk.digest:
+            raise ChunkMismatch(f"TOC layer: {where} hash to {got}, the TOC says {chunk.digest}")
+        with self._lock:
+            self.chunks_verified += 1
+        return data
+
+    def _remember(self, key: tuple[int, int], data: bytes) -> None:
+        if len(data) > self._cache_limit // 4:
+            return
+        self._cache[key] = data
+        self._cache_bytes += len(data)
+        while self._cache_bytes > self._cache_limit:
+            _, old = self._cache.popitem(last=False)
+            self._cache_bytes -= len(old)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _runs(chunks: list[Chunk]) -> Iterator[list[Chunk]]:
+    run: list[Chunk] = []
+    for c in chunks:
+        if run and c.cstart != run[-1].cend:
+            yield run
+            run = []
+        run.append(c)
+    if run:
+        yield run
+
+
+def decode(raw: bytes, codec: str, want: int) -> bytes:
+    """The first ``want`` bytes ``raw`` decodes to (never more: a hostile chunk
+    cannot make us inflate beyond what the TOC promised)."""
+    try:
+        if codec == "gzip":
+            return zlib.decompressobj(wbits=31).decompress(raw, want)
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(raw), read_across_frames=True
+        )
+        parts: list[bytes] = []
+        while want > 0:
+            piece = reader.read(want)
+            if not piece:
+                break
+            parts.append(piece)
+            want -= len(piece)
+        return b"".join(parts)
+    except (zlib.error, zstandard.ZstdError) as exc:
+        raise CorruptLayer(f"TOC layer chunk does not decompress: {exc}") from exc
+
+
+def open_toc_reader(
+    readat: ReadAt, annotations: Mapping[str, str] | None, *, threads: int = 2
+) -> TocReader | None:
+    """A verified reader for a TOC layer (its entries in ``.index.entries``), or
+    None when the descriptor announces no TOC. Blocking: run it on a worker
+    thread. Raises ``BadToc`` for a TOC to refuse: the caller logs it and reads
+    the layer as a plain stream instead."""
+    index = load_toc(readat, annotations)
+    return None if index is None else TocReader(readat, index, threads=threads)
