@@ -13,6 +13,7 @@ translated at the boundary that sees them and raised ``from`` the original.
     │   ├── AuthError                exit 4   401/403, or a token service refused us
     │   ├── ManifestUnknown                   no such tag or manifest digest
     │   ├── BlobUnknown                       no such blob in the repository
+    │   ├── UploadUnknown                     an upload session the registry lost
     │   ├── PlatformNotFound                  an index lacks the --platform asked for
     │   ├── UnsupportedMediaType              a manifest or layer type we do not handle
     │   └── TransportError                    connection failures that outlived retries
@@ -74,9 +75,18 @@ class NotBuilt(R8imfsError):
 class RegistryError(R8imfsError):
     """The registry answered with something we cannot use."""
 
-    def __init__(self, message: str, *, hint: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        status: int | None = None,
+        retry_after: str | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.status = status
+        #: the registry's ``Retry-After`` when it answered a retryable status
+        self.retry_after = retry_after
 
 
 class AuthError(RegistryError):
@@ -89,6 +99,10 @@ class ManifestUnknown(RegistryError):
 
 class BlobUnknown(RegistryError):
     pass
+
+
+class UploadUnknown(RegistryError):
+    """The registry lost an upload session (404 on its URL): start a new one."""
 
 
 class PlatformNotFound(RegistryError):

@@ -27,6 +27,9 @@ None for every one; ``every``: only on every Nth match). Kinds:
 ``header@NAME=V``   set a response header (on ``status=401`` replies by default)
 ``redirect-blobs``  answer blob GETs with 307 to a second loopback origin (the
                     "CDN"), which serves them and records every request's headers
+``expire-token``    forward the request without its ``Authorization``: the
+                    registry answers 401 with its challenge, as for a token
+                    that expired in the middle of a transfer
 ==================  =============================================================
 
 Options after the kind, comma-separated: ``times=N``, ``every=N``,
@@ -89,6 +92,10 @@ class Fault:
             return False
         return re.search(self.match, path) is not None
 
+    def covers(self, range_header: str | None) -> bool:
+        """Whether a request for this ``Range`` is one to count (all, but for ``Corrupt``)."""
+        return True
+
     def fire(self) -> bool:
         """Count a matching request; True if the fault acts on it (caller holds the lock)."""
         self._seen += 1
@@ -146,6 +153,14 @@ class Corrupt(Fault):
     match: str = BLOB_PATH
     methods: tuple[str, ...] = ("GET",)
 
+    def covers(self, range_header: str | None) -> bool:
+        """Only requests whose range holds a flipped byte count (``times`` means it)."""
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", (range_header or "").strip())
+        if m is None:
+            return True  # the whole blob, or a range form we do not read
+        first, last = int(m[1]), int(m[2]) if m[2] else None
+        return first < self.offset + self.length and (last is None or self.offset <= last)
+
 
 @dataclass
 class Truncate(Fault):
@@ -170,6 +185,13 @@ class SetHeader(Fault):
     value: str | None = None
     status: int | None = 401
     match: str = r"^/v2/"
+
+
+@dataclass
+class ExpireToken(Fault):
+    """Forward without ``Authorization``, so the registry refuses it (401)."""
+
+    match: str = r"^/v2/.+/blobs/"
 
 
 @dataclass
@@ -283,9 +305,13 @@ class FaultProxy:
     def cdn_requests(self) -> list[Logged]:
         return [r for r in self.requests if r.server == "cdn"]
 
-    def fired(self, method: str, path: str) -> list[Fault]:
+    def fired(self, method: str, path: str, range_header: str | None = None) -> list[Fault]:
         with self._lock:
-            return [f for f in self._faults if f.applies(method, path) and f.fire()]
+            return [
+                f
+                for f in self._faults
+                if f.applies(method, path) and f.covers(range_header) and f.fire()
+            ]
 
     def record(self, entry: Logged) -> None:
         with self._logged:
@@ -414,7 +440,7 @@ class _Exchange:
             return
         if h.server.cdn and not self._from_stash():
             return
-        self.faults = self.proxy.fired(h.command, self.path)
+        self.faults = self.proxy.fired(h.command, self.path, h.headers.get("Range"))
         if h.server.cdn:  # the CDN serves what it was sent to serve
             self.faults = [f for f in self.faults if not isinstance(f, RedirectBlobs)]
         delay = self.of(Delay)
@@ -501,7 +527,7 @@ class _Exchange:
         for name, value in h.headers.items():
             if name.lower() in _HOP_BY_HOP or name.lower() == "host":
                 continue
-            if h.server.cdn and name.lower() == "authorization":
+            if name.lower() == "authorization" and (h.server.cdn or self.of(ExpireToken)):
                 continue
             conn.putheader(name, value)
         if self.auth:
@@ -722,6 +748,8 @@ def _build(kind: str, arg: str, opts: dict[str, str], common: dict[str, Any]) ->
         )
     if kind == "redirect-blobs":
         return RedirectBlobs(**common)
+    if kind == "expire-token":
+        return ExpireToken(**common)
     raise ValueError(f"unknown fault kind {kind!r}")
 
 

@@ -70,8 +70,8 @@ class Verifier:
         if got != self._table.expected(block):
             start, end = span
             raise DigestMismatch(
-                f"{host} served bytes {start}-{end - 1} of blob {self.digest} "
-                "unlike the copy verified before; refusing them"
+                f"blob {self.digest} is corrupt ({host} served bytes"
+                f" {start}-{end - 1} unlike the copy verified before; refusing them)"
             )
 
     async def advance(self, present: RangeSet, hash_range: HashRange) -> str | None:
@@ -91,7 +91,7 @@ class Verifier:
             if self.verified or self.failed is not None or self._frontier < self.size:
                 return None
             if self._hasher.digest != self.digest:
-                return f"blob {self.digest} hashes to {self._hasher.digest}"
+                return f"blob {self.digest} is corrupt (it hashes to {self._hasher.digest})"
             self.verified = True
             await self.learn_blocks(self._block_hasher)
             return None

@@ -12,6 +12,7 @@ public surface.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -25,12 +26,14 @@ from r8imfs.cache import _blobfiles as _files
 from r8imfs.cache._ranges import BlockHasher, Blocks, RangeSet, Record, SequentialDetector
 from r8imfs.cache._record import RecordFile
 from r8imfs.cache._verifier import Verifier
-from r8imfs.errors import R8imfsError, RegistryError
+from r8imfs.errors import DigestMismatch, R8imfsError, RegistryError
 from r8imfs.oci import digest as _digest
 from r8imfs.oci.reference import Repository
 
 if TYPE_CHECKING:
     from r8imfs.cache.blobcache import BlobCache
+
+log = logging.getLogger("r8imfs.cache")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -286,14 +289,18 @@ class BlobReader:
                 await self._fetch_whole(None)
                 return
             start, end = self._blocks.span(block)
-            self._count_request()
-            async with self.client.open_blob(self.repo, self.digest, start, end) as stream:
-                if stream.status == 200 or stream.start != start:
-                    self.cache.refuse_ranges(self.repo.registry, self.digest)
-                    await self._fetch_whole(stream)
+            data = await self._fetch_range(start, end)
+            if data is None:
+                return
+            check = self._verifier.check_block
+            try:
+                await check(block, (start, end), data, self.repo.registry)
+            except DigestMismatch as exc:  # a bad proxy or CDN node, usually: once more
+                log.info("%s; fetching them again", exc)
+                data = await self._fetch_range(start, end)
+                if data is None:
                     return
-                data = await self._collect(stream, end - start)
-            await self._verifier.check_block(block, (start, end), data, self.repo.registry)
+                await check(block, (start, end), data, self.repo.registry)
             await self._store(start, data)
         except (R8imfsError, OSError, trio.ClosedResourceError) as exc:
             # (closed: the reader went away while this fetch was finishing;
@@ -303,6 +310,16 @@ class BlobReader:
             if self._inflight.get(block) is fetch:
                 del self._inflight[block]
             fetch.done.set()
+
+    async def _fetch_range(self, start: int, end: int) -> bytearray | None:
+        """``[start, end)`` of the blob; None when the registry sent it whole instead."""
+        self._count_request()
+        async with self.client.open_blob(self.repo, self.digest, start, end) as stream:
+            if stream.status == 200 or stream.start != start:
+                self.cache.refuse_ranges(self.repo.registry, self.digest)
+                await self._fetch_whole(stream)
+                return None
+            return await self._collect(stream, end - start)
 
     async def _collect(self, stream: BlobStreamLike, length: int) -> bytearray:
         buf = bytearray()
@@ -375,7 +392,9 @@ class BlobReader:
                 f"{self.repo.registry} sent {pos} of the {self.size} bytes of {self.digest}"
             )
         if hasher.digest != self.digest:
-            await self._fail(f"blob {self.digest} downloaded whole hashes to {hasher.digest}")
+            await self._fail(
+                f"blob {self.digest} is corrupt (downloaded whole, it hashes to {hasher.digest})"
+            )
         self.cache.note_written(self.size - self._present.covered())
         self._present = RangeSet([(0, self.size)])
         self._verifier.verified = True

@@ -31,6 +31,7 @@ from r8imfs.cli import (
     zstd,
 )
 from r8imfs.errors import R8imfsError
+from r8imfs.registry._http import widen_socket_reads
 
 COMMANDS: tuple[ModuleType, ...] = (
     layers,
@@ -124,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.token is None:
         args.token = os.environ.get("COG_TOKEN") or None
     _setup_logging(args.verbose)
+    widen_socket_reads()  # process-wide (httpcore's class attribute): once, here
     run: Callable[[argparse.Namespace], Awaitable[None]] = args.run
     try:
         before = getattr(args, "before_trio", None)

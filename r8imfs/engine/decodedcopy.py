@@ -46,7 +46,7 @@ from r8imfs.engine.entry import Entry
 from r8imfs.engine.readat import FileReadAt
 from r8imfs.engine.tarindex import index_stream
 from r8imfs.engine.writer import BackgroundWriter
-from r8imfs.errors import CorruptLayer, DigestMismatch
+from r8imfs.errors import CorruptLayer, DigestMismatch, R8imfsError
 from r8imfs.oci.digest import validate
 
 #: A copy is kept for a layer whose compressed size is at most 1/SHARE of
@@ -88,16 +88,27 @@ def build_decoded(
             entries, usize = index_stream(chunks())
             hashed.drain()
         except DECOMPRESSION_ERRORS as exc:
-            raise CorruptLayer(f"{codec.compression} layer does not decompress: {exc}") from exc
+            bad = CorruptLayer(f"{codec.compression} layer does not decompress: {exc}")
+            _raise_if_corrupt(hashed, digest, f"; {bad.message}")
+            raise bad from exc
         finally:
             writer.close()
-        got = "sha256:" + hashed.hash.hexdigest()
-        if got != digest:
-            raise DigestMismatch(f"layer {digest} hashes to {got}: not indexed")
+        _raise_if_corrupt(hashed, digest, "")
     except BaseException:
         pending.discard()
         raise
     return entries, usize, pending
+
+
+def _raise_if_corrupt(hashed: HashingReader, digest: str, detail: str) -> None:
+    """A blob that does not hash to its digest (hashed to its end) is corrupt."""
+    try:
+        hashed.drain()
+    except (OSError, R8imfsError):
+        return  # the bytes did not all arrive: the caller's error stands
+    got = "sha256:" + hashed.hash.hexdigest()
+    if got != digest:
+        raise DigestMismatch(f"blob {digest} is corrupt (it hashes to {got}{detail}); not indexed")
 
 
 @dataclass(slots=True)

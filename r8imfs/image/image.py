@@ -45,7 +45,7 @@ from r8imfs.engine.indexdb import (
 )
 from r8imfs.engine.merged import LayerTree, MergedTree, Node
 from r8imfs.engine.readat import LayerReader, ReadAt, ScanProgress, cached_entry, read_entry
-from r8imfs.errors import R8imfsError
+from r8imfs.errors import DigestMismatch, R8imfsError
 from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Descriptor, Manifest
@@ -305,8 +305,15 @@ async def _stream_decoded(
     build = functools.partial(
         build_decoded_index, cache_dir, desc.digest, desc.media_type, desc.size
     )
-    async with client.open_blob(repo, desc.digest) as stream:
-        index, pending = await consume_stream(_counted(stream.chunks(), desc.size, progress), build)
+    try:
+        async with client.open_blob(repo, desc.digest) as stream:
+            index, pending = await consume_stream(
+                _counted(stream.chunks(), desc.size, progress), build
+            )
+    except DigestMismatch as exc:  # a bad proxy or CDN node, usually: once more
+        log.info("%s; fetching it again", exc)
+        async with client.open_blob(repo, desc.digest) as stream:
+            index, pending = await consume_stream(stream.chunks(), build)
     try:
         reader = await _threads.run_io(DecodedReader, pending.path, index.uncompressed_size)
     except BaseException:

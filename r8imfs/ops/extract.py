@@ -12,12 +12,19 @@ Every file is staged and only published once its layer's digest checks out,
 so a corrupt or truncated blob never yields a file (``DigestMismatch``).
 Weights are big and read whole, so a straight stream beats random access
 here: no index, each byte moved once.
+
+A layer that fails to decompress or untar is hashed to its end to tell a
+corrupt blob (its bytes do not hash to its digest: a bad proxy or CDN node,
+usually) from a bad layer (they do). A corrupt blob is fetched once more,
+its files from the first try taken back (``Sink.rewind``); if the second
+copy is corrupt too: "blob sha256:… is corrupt (…)".
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import tarfile
@@ -26,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol, cast
 
+from r8imfs._threads import run_io
 from r8imfs.engine.codecs.decompress import (
     DECOMPRESSION_ERRORS,
     HashingReader,
@@ -36,10 +44,13 @@ from r8imfs.engine.codecs.table import codec_for
 from r8imfs.engine.safetar import GuardedTarInfo
 from r8imfs.engine.tarindex import ForwardFile
 from r8imfs.engine.writer import BackgroundWriter
-from r8imfs.errors import CorruptLayer, DigestMismatch, NoWeightsFound, UnsafeLayer
+from r8imfs.errors import CorruptLayer, DigestMismatch, NoWeightsFound, R8imfsError, UnsafeLayer
 from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.config import WEIGHTS_DIR, Layer, pair_layers, weights_candidates
+from r8imfs.oci.reference import Repository
 from r8imfs.registry.client import Image, RegistryClient
+
+log = logging.getLogger("r8imfs.ops")
 
 COPY_BUF = 1024 * 1024
 OnFile = Callable[[str, int], None]
@@ -53,6 +64,14 @@ class Sink(Protocol):
     def commit(self) -> None: ...
 
     def abort(self) -> None: ...
+
+    def rewind(self) -> bool:
+        """Take back what the current layer wrote; False if that cannot be done."""
+        ...
+
+
+class BlobCorrupt(DigestMismatch):
+    """A blob whose bytes are not its digest's; worth fetching again."""
 
 
 def weights_name(path: str) -> str | None:
@@ -111,10 +130,13 @@ class TarSink:
     """
 
     def __init__(self, out: IO[bytes]) -> None:
+        self._file = out
         self._out = _Cuttable(out)
         self._writer = BackgroundWriter(self._out.write)
         self._offset = 0
         self._discarded = False
+        self._base = out.tell() if out.seekable() else None
+        self._mark = 0  # where the current layer began
 
     def _write(self, data: bytes) -> None:
         if not self._discarded:
@@ -135,10 +157,21 @@ class TarSink:
         self._write(bytes(-info.size % tarfile.BLOCKSIZE))
 
     def commit(self) -> None:
-        pass
+        self._mark = self._offset
 
     def abort(self) -> None:
         pass
+
+    def rewind(self) -> bool:
+        """A file (``-o``): truncate back to the layer's start. A pipe cannot."""
+        if self._base is None or self._discarded:
+            return False
+        self._writer.close()
+        self._file.seek(self._base + self._mark)
+        self._file.truncate()
+        self._offset = self._mark
+        self._writer = BackgroundWriter(self._out.write)
+        return True
 
     def close(self) -> None:
         self._write(bytes(2 * tarfile.BLOCKSIZE))
@@ -194,6 +227,10 @@ class DirSink:
             tmp.unlink(missing_ok=True)
         self._staged.clear()
 
+    def rewind(self) -> bool:
+        self.abort()  # nothing of a failed layer was published
+        return True
+
 
 def _copy_body(body: IO[bytes], out: IO[bytes], size: int) -> None:
     """A file's body into ``out``; a big one through a ``BackgroundWriter``."""
@@ -241,7 +278,6 @@ def _untar_weights(raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | N
     """Worker thread: hash, decompress and untar one layer into the sink."""
     desc = layer.descriptor
     hashed = HashingReader(raw)
-    what = f"layer {layer.index} ({desc.digest})"
     names: list[str] = []
     try:
         stream = codec_for(desc.media_type).inflate(cast(IO[bytes], hashed))
@@ -264,23 +300,62 @@ def _untar_weights(raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | N
         hashed.drain()
     except DECOMPRESSION_ERRORS as exc:
         sink.abort()
-        raise corrupt(what, exc) from exc
-    except tarfile.TarError as exc:
+        raise _bad_layer(layer, hashed, exc) from exc
+    except (tarfile.TarError, CorruptLayer) as exc:
         sink.abort()
-        raise CorruptLayer(f"{what} is not a valid tar: {exc}") from exc
-    except CorruptLayer as exc:  # from the decompressor: name the layer
-        sink.abort()
-        exc.message = f"{what}: {exc.message}"
-        raise
+        raise _bad_layer(layer, hashed, exc) from exc
     except BaseException:
         sink.abort()
         raise
     digest = "sha256:" + hashed.hash.hexdigest()
     if digest != desc.digest:
         sink.abort()
-        raise DigestMismatch(f"{what} hashes to {digest}: refusing its files")
+        raise BlobCorrupt(
+            f"layer {layer.index}: blob {desc.digest} is corrupt (its bytes hash to {digest})"
+        )
     sink.commit()
     return names
+
+
+def _bad_layer(layer: Layer, hashed: HashingReader, exc: BaseException) -> R8imfsError:
+    """A corrupt blob (hash it to the end: not its digest) or a bad layer (it is)."""
+    digest = layer.descriptor.digest
+    what = f"layer {layer.index} ({digest})"
+    if isinstance(exc, CorruptLayer):
+        detail = exc.message
+    elif isinstance(exc, tarfile.TarError):
+        detail = f"is not a valid tar: {exc}"
+    else:
+        detail = corrupt("", exc).message.strip()
+    try:
+        hashed.drain()
+        intact = "sha256:" + hashed.hash.hexdigest() == digest
+    except (OSError, R8imfsError):
+        intact = False  # the rest did not arrive: the transfer, not the layer
+    if intact:
+        sep = " " if detail.startswith(("is ", "does ")) else ": "
+        return CorruptLayer(f"{what}{sep}{detail}")
+    return BlobCorrupt(f"layer {layer.index}: blob {digest} is corrupt ({detail})")
+
+
+async def _extract_layer(
+    client: RegistryClient, repo: Repository, layer: Layer, sink: Sink, on_file: OnFile | None
+) -> list[str]:
+    """One layer into the sink; a corrupt blob is fetched once more before failing."""
+    untar = functools.partial(_untar_weights, layer=layer, sink=sink, on_file=on_file)
+    try:
+        async with client.open_blob(repo, layer.descriptor.digest) as blob:
+            return await consume_stream(blob.chunks(), untar)
+    except BlobCorrupt as exc:
+        if not await run_io(sink.rewind):
+            raise
+        log.info("%s; fetching it again", exc)
+    try:
+        async with client.open_blob(repo, layer.descriptor.digest) as blob:
+            return await consume_stream(blob.chunks(), untar)
+    except BlobCorrupt as exc:
+        exc.message += "; the same when fetched again"
+        raise
 
 
 async def extract(
@@ -293,11 +368,7 @@ async def extract(
     for group in (first, fallback):
         names: list[str] = []
         for layer in group:
-            async with client.open_blob(repo, layer.descriptor.digest) as blob:
-                names += await consume_stream(
-                    blob.chunks(),
-                    functools.partial(_untar_weights, layer=layer, sink=sink, on_file=on_file),
-                )
+            names += await _extract_layer(client, repo, layer, sink, on_file)
         if names:
             return names
     raise NoWeightsFound(

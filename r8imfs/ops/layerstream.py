@@ -6,7 +6,9 @@ config.md) and deflating it, and sends the gzip bytes to a bounded channel
 that the upload drains while the next piece compresses; the upload hashes
 the gzip bytes (the blob digest) on the way. ``drain`` turns the channel
 into the upload body and refuses to end cleanly unless the producer
-finished, so a failed producer can never commit a truncated blob.
+finished, so a failed producer can never commit a truncated blob. If the
+upload has to start over (registry/upload.py), the tar is read and
+compressed again: the same bytes, as deflate is deterministic.
 
 ``spool`` copies a stream that can be read only once (stdin) to a
 temporary file, so the tar can be checked before anything is pushed and
@@ -20,7 +22,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,13 +119,35 @@ async def upload_tar_as_gzip(
     progress: Callable[[int], None] | None = None,
 ) -> UploadedLayer:
     """Stream ``path`` as a gzip blob into ``repo``; its digest, size and diff_id."""
-    producer = GzipFile(path, level=level, progress=progress)
-    send, recv = trio.open_memory_channel[bytes](QUEUE)
+    producers: list[GzipFile] = []
+
+    @asynccontextmanager
+    async def body() -> AsyncIterator[AsyncIterable[bytes]]:
+        # a fresh pass over the tar for each attempt of the upload
+        producer = GzipFile(path, level=level, progress=progress if not producers else None)
+        producers.append(producer)
+        async with producing(producer.run) as recv:
+            yield drain(recv, lambda: producer.completed)
+
+    up = await upload_stream(client, repo, body)
+    last = producers[-1]
+    return UploadedLayer(Descriptor("", up.digest, up.size), last.diff_id, last.tar_size)
+
+
+@asynccontextmanager
+async def producing(
+    run: Callable[[trio.MemorySendChannel[bytes]], Awaitable[None]], queue: int = QUEUE
+) -> AsyncIterator[trio.MemoryReceiveChannel[bytes]]:
+    """``run`` in a task feeding the channel yielded; cancelled if the consumer gives up."""
+    send, recv = trio.open_memory_channel[bytes](queue)
     with collapse_groups():
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(producer.run, send)
-            up = await upload_stream(client, repo, drain(recv, lambda: producer.completed))
-    return UploadedLayer(Descriptor("", up.digest, up.size), producer.diff_id, producer.tar_size)
+            nursery.start_soon(run, send)
+            try:
+                yield recv
+            except BaseException:
+                nursery.cancel_scope.cancel()
+                raise
 
 
 def _copy_to_temp(src: BinaryIO, directory: str | None) -> Path:

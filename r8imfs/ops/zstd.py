@@ -13,21 +13,24 @@ type); a layer shared by several platforms is recompressed once.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 
 import trio
 
+from r8imfs._threads import run_io
 from r8imfs._units import human_size
-from r8imfs.errors import UnsupportedMediaType
+from r8imfs.errors import CorruptLayer, DigestMismatch, UnsupportedMediaType
 from r8imfs.image.recompress import FRAME_SIZE, Recompressed, recompress_stream
 from r8imfs.oci import mediatypes as mt
-from r8imfs.oci.digest import short
+from r8imfs.oci.digest import Hasher, short
 from r8imfs.oci.manifest import Descriptor, Platform
 from r8imfs.oci.reference import Reference, Repository
-from r8imfs.ops._tasks import collapse_groups, gather
+from r8imfs.ops._tasks import gather
 from r8imfs.ops.common import (
     Context,
     Needed,
@@ -38,9 +41,11 @@ from r8imfs.ops.common import (
     place_blobs,
     push_images,
 )
-from r8imfs.ops.layerstream import drain
+from r8imfs.ops.layerstream import drain, producing
 from r8imfs.registry.client import RegistryClient
-from r8imfs.registry.upload import upload_stream
+from r8imfs.registry.upload import Body, Uploaded, upload_stream
+
+log = logging.getLogger("r8imfs.ops")
 
 #: Recompressed frames waiting for the upload, per layer.
 OUT_QUEUE = 2
@@ -74,29 +79,35 @@ async def recompress_layer(
     d = work.descriptor
     compression = mt.layer_compression(d.media_type) or "unknown"
     bar = ctx.progress.bar(f"zstd {short(d.digest)}", d.size)
-    send, recv = trio.open_memory_channel[bytes](OUT_QUEUE)
     done: list[Recompressed] = []
 
-    async def produce(chunks: AsyncIterator[bytes]) -> None:
-        with send:  # closed on every path; ``drain`` tells success from failure
-            done.append(
-                await recompress_stream(
-                    counted(chunks, bar.advance),
-                    compression,
-                    send.send,
-                    expected_digest=d.digest,
-                    expected_diff_id=work.diff_id,
-                    level=options.level,
-                    frame_size=options.frame_size,
-                    threads=options.threads,
-                )
-            )
+    @asynccontextmanager
+    async def body() -> AsyncIterator[AsyncIterable[bytes]]:
+        # each attempt of the upload streams the layer down and recompresses it again
+        done.clear()
+        async with client.open_blob(src, d.digest) as stream:
+            chunks = counted(stream.chunks(), bar.advance)
+
+            async def produce(send: trio.MemorySendChannel[bytes]) -> None:
+                with send:  # closed on every path; ``drain`` tells success from failure
+                    done.append(
+                        await recompress_stream(
+                            chunks,
+                            compression,
+                            send.send,
+                            expected_digest=d.digest,
+                            expected_diff_id=work.diff_id,
+                            level=options.level,
+                            frame_size=options.frame_size,
+                            threads=options.threads,
+                        )
+                    )
+
+            async with producing(produce, OUT_QUEUE) as recv:
+                yield drain(recv, lambda: bool(done))
 
     try:
-        with collapse_groups():
-            async with client.open_blob(src, d.digest) as stream, trio.open_nursery() as nursery:
-                nursery.start_soon(produce, stream.chunks())
-                up = await upload_stream(client, dest, drain(recv, lambda: bool(done)))
+        up = await _upload_checked(client, src, dest, d.digest, body)
     finally:
         bar.finish()
     ctx.notify(
@@ -107,6 +118,38 @@ async def recompress_layer(
     # (containers/image refuses a layer that carries both)
     annotations = done[0].result.annotations or None
     return Descriptor(mt.OCI_LAYER_ZSTD, up.digest, up.size, None, annotations)
+
+
+async def _upload_checked(
+    client: RegistryClient, src: Repository, dest: Repository, digest: str, body: Body
+) -> Uploaded:
+    """Upload the recompressed layer; a layer that fails to decode is fetched once more.
+
+    If the second try fails too, the blob is hashed once more to tell a blob
+    corrupt on the way (a bad proxy or CDN node: "blob … is corrupt") from a
+    layer that is bad at its source (its error as it was).
+    """
+    try:
+        return await upload_stream(client, dest, body)
+    except (CorruptLayer, DigestMismatch) as exc:
+        log.info("%s; fetching it again", exc)
+    try:
+        return await upload_stream(client, dest, body)
+    except (CorruptLayer, DigestMismatch) as exc:
+        if await _blob_intact(client, src, digest):
+            raise
+        detail = str(exc).removeprefix(f"{digest}: ")
+        raise DigestMismatch(
+            f"blob {digest} is corrupt ({detail}); the same when fetched again"
+        ) from exc
+
+
+async def _blob_intact(client: RegistryClient, repo: Repository, digest: str) -> bool:
+    hasher = Hasher()
+    async with client.open_blob(repo, digest) as stream:
+        async for chunk in stream.chunks():
+            await run_io(hasher.update, chunk)
+    return hasher.digest == digest
 
 
 async def counted(

@@ -3,13 +3,18 @@
 Retry policy (what crane and regclient learned): 408, 429, 499, 5xx and
 dropped connections are retried with exponential backoff and jitter,
 honouring ``Retry-After`` (seconds or an HTTP date), up to ``RetryPolicy.
-attempts`` tries and never sleeping more than ``max_sleep`` at once.
-Every request has connect/read/write timeouts, so nothing waits forever.
+attempts`` tries in a row and never sleeping more than ``max_sleep`` at once.
+One ``Backoff`` counts those tries wherever something is retried: a request,
+a blob body that resumes (where an attempt that made progress starts the
+count again, as containers/image's body reader does), an upload that starts
+over. Every request has connect/read/write timeouts, and the read timeout is
+a stall bound: no byte for ``stall_timeout()`` seconds ends the attempt.
 """
 
 from __future__ import annotations
 
 import email.utils
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -18,14 +23,9 @@ from dataclasses import dataclass
 
 import httpcore
 import httpx
+import trio
 
-from r8imfs.errors import (
-    AuthError,
-    BlobUnknown,
-    ManifestUnknown,
-    RegistryError,
-    TransportError,
-)
+from r8imfs.errors import AuthError, RegistryError, TransportError
 
 #: Bytes httpcore asks the socket for at a time (its default is 64 KiB). Each
 #: read is a pass through h11 and the trio loop; blob bodies are big, and 1 MiB
@@ -45,12 +45,31 @@ def widen_socket_reads(size: int = SOCKET_READ) -> None:
 RETRY_STATUSES = frozenset({408, 429, 499, 500, 502, 503, 504, 522})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
+#: Seconds without a byte from the registry before an attempt counts as
+#: failed (a registry that accepted the connection and went silent).
+STALL_TIMEOUT = 30.0
+#: Tests set this (in seconds) to bound a stall in a few seconds, not 30.
+STALL_ENV = "R8IMFS_STALL_TIMEOUT"
+
+
+def stall_timeout() -> float:
+    """``STALL_TIMEOUT``, or ``$R8IMFS_STALL_TIMEOUT`` when set (tests)."""
+    try:
+        value = float(os.environ.get(STALL_ENV, ""))
+    except ValueError:
+        return STALL_TIMEOUT
+    return value if value > 0 else STALL_TIMEOUT
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     attempts: int = 5
     base: float = 0.25
     max_sleep: float = 20.0
+    #: a resumed body must bring at least this much to count as progress
+    progress: int = 1024 * 1024
+    #: a body stops resuming after this long, progress or not
+    deadline: float = 6 * 3600.0
 
     def delay(self, attempt: int, retry_after: str | None = None) -> float:
         hinted = parse_retry_after(retry_after)
@@ -58,6 +77,36 @@ class RetryPolicy:
             return min(hinted, self.max_sleep)
         backoff = self.base * (2**attempt)
         return float(min(backoff * (0.5 + random.random()), self.max_sleep))
+
+
+class Backoff:
+    """One retry budget: ``attempts`` failures in a row, then give up.
+
+    ``progress()`` starts the count again (a resumed body that brought
+    ``policy.progress`` bytes), but never past ``policy.deadline``.
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.failures = 0  # in a row
+        self.retries = 0  # in all
+        self._started = time.monotonic()
+
+    def exhausted(self) -> bool:
+        late = time.monotonic() - self._started > self.policy.deadline
+        return late or self.failures + 1 >= self.policy.attempts
+
+    async def wait(self, retry_after: str | None = None) -> bool:
+        """Count a failure; sleep and return True if another attempt is due."""
+        if self.exhausted():
+            return False
+        await trio.sleep(self.policy.delay(self.failures, retry_after))
+        self.failures += 1
+        self.retries += 1
+        return True
+
+    def progress(self) -> None:
+        self.failures = 0
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -83,8 +132,13 @@ def registry_message(response: httpx.Response) -> str:
         return ""
 
 
-def raise_for_status(response: httpx.Response, host: str, what: str) -> None:
-    """Map an unsuccessful response to the error tree."""
+def raise_for_status(
+    response: httpx.Response,
+    host: str,
+    what: str,
+    missing: type[RegistryError] = RegistryError,
+) -> None:
+    """Map an unsuccessful response to the error tree; a 404 raises ``missing``."""
     status = response.status_code
     if status < 400:
         return
@@ -96,10 +150,13 @@ def raise_for_status(response: httpx.Response, host: str, what: str) -> None:
             hint="give credentials with -t/--token or COG_TOKEN, or `docker login " + host + "`",
             status=status,
         )
-    if status == 404:
-        kind = BlobUnknown if "blob" in what else ManifestUnknown
-        raise kind(f"{what} not found on {host}{suffix}", status=status)
-    raise RegistryError(f"{host} answered HTTP {status} for {what}{suffix}", status=status)
+    if status == 404 and missing is not RegistryError:
+        raise missing(f"{what} not found on {host}{suffix}", status=status)
+    raise RegistryError(
+        f"{host} answered HTTP {status} for {what}{suffix}",
+        status=status,
+        retry_after=response.headers.get("retry-after"),
+    )
 
 
 @contextmanager
@@ -109,6 +166,10 @@ def translate(host: str, what: str) -> Iterator[None]:
         yield
     except httpx.TimeoutException as exc:
         raise TransportError(f"timed out talking to {host} ({what})") from exc
+    except httpx.StreamConsumed as exc:
+        # the auth flow renewed a token and wanted to send a streamed body
+        # again: the caller replays it (a new upload session)
+        raise TransportError(f"{host} asked to authenticate again during {what}") from exc
     except httpx.UnsupportedProtocol as exc:
         # a realm or redirect to ftp:// or the like: no retry will change it
         raise RegistryError(f"cannot reach {host} ({what}): {exc}") from exc

@@ -12,15 +12,22 @@ named with ``--insecure``; TLS is verified everywhere else.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import httpx
-import trio
 
-from r8imfs.errors import DigestMismatch, RangeUnsupported, RegistryError, TransportError
+from r8imfs.errors import (
+    BlobUnknown,
+    DigestMismatch,
+    ManifestUnknown,
+    RangeUnsupported,
+    RegistryError,
+    TransportError,
+)
 from r8imfs.oci import digest as _digest
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci.config import ImageConfig
@@ -30,17 +37,20 @@ from r8imfs.registry import credentials
 from r8imfs.registry._http import (
     REDIRECTS,
     RETRY_STATUSES,
+    Backoff,
     RetryPolicy,
     raise_for_status,
     same_origin,
+    stall_timeout,
     translate,
-    widen_socket_reads,
 )
 from r8imfs.registry.auth import RegistryAuth
 
 MAX_MANIFEST = 4 * 1024 * 1024
 MAX_CONFIG = 64 * 1024 * 1024
 MAX_REDIRECTS = 5
+
+log = logging.getLogger("r8imfs.registry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +59,8 @@ class ClientOptions:
     insecure: bool = False
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     connect_timeout: float = 15.0
-    read_timeout: float = 120.0
+    #: no byte for this long ends an attempt (then retried): a stalled registry
+    read_timeout: float = field(default_factory=stall_timeout)
     user_agent: str = "r8imfs/0.1"
 
 
@@ -76,7 +87,6 @@ class RegistryClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.options = options or ClientOptions()
-        widen_socket_reads()
         timeout = httpx.Timeout(
             self.options.connect_timeout, read=self.options.read_timeout, pool=None
         )
@@ -115,16 +125,50 @@ class RegistryClient:
         return self._auth[host]
 
     async def _send_plain(self, request: httpx.Request) -> httpx.Response:
-        """Token-service and verify-token requests: retried, never redirected with auth."""
-        host = request.url.host
-        with translate(host, "authentication"):
-            for attempt in range(self.options.retry.attempts):
-                response = await self._http.send(request)
-                if response.status_code not in RETRY_STATUSES:
-                    return response
-                await trio.sleep(
-                    self.options.retry.delay(attempt, response.headers.get("retry-after"))
-                )
+        """Token-service and verify-token requests: retried, never redirected with auth.
+
+        Statuses only: a connection that fails is retried by the request that
+        needed the token (else five tries of five).
+        """
+        return await self._retrying(
+            request.url.host,
+            "authentication",
+            lambda: self._http.send(request),
+            replayable=True,
+            retry_drops=False,
+        )
+
+    async def _retrying(
+        self,
+        host: str,
+        what: str,
+        send: Callable[[], Awaitable[httpx.Response]],
+        *,
+        replayable: bool,
+        retry_drops: bool = True,
+    ) -> httpx.Response:
+        """The one retry loop of requests: dropped connections and retryable statuses.
+
+        A request whose body cannot be sent twice (``replayable`` False) gets
+        one attempt; its caller starts over (a new upload session).
+        """
+        backoff = Backoff(self.options.retry)
+        while True:
+            try:
+                with translate(host, what):
+                    response = await send()
+            except TransportError as exc:
+                if replayable and retry_drops and await backoff.wait():
+                    log.info("%s: %s; trying again", what, exc)
+                    continue
+                raise
+            status = response.status_code
+            if status in RETRY_STATUSES and replayable and not backoff.exhausted():
+                retry_after = response.headers.get("retry-after")
+                await response.aclose()
+                await backoff.wait(retry_after)
+                log.info("%s: %s answered HTTP %d; trying again", what, host, status)
+                continue
             return response
 
     async def request(
@@ -140,37 +184,29 @@ class RegistryClient:
         stream: bool = False,
         ok: tuple[int, ...] = (200,),
         extra_ok: tuple[int, ...] = (),
+        missing: type[RegistryError] = RegistryError,
     ) -> httpx.Response:
-        """Send with auth, retries and safe redirects; raise unless the status is ``ok``."""
+        """Send with auth, retries and safe redirects; raise unless the status is ``ok``.
+
+        ``missing`` is what a 404 means here (``BlobUnknown``, ``ManifestUnknown``,
+        ``UploadUnknown``), told by the caller rather than guessed from ``what``.
+        """
         url = self.base_url(repo) + path
         host = repo.registry if isinstance(repo, Repository) else repo
-        policy = self.options.retry
-        # A streamed body cannot be sent twice: its caller restarts the upload.
-        attempts = 1 if content is not None and not isinstance(content, bytes) else policy.attempts
-        response: httpx.Response | None = None
-        for attempt in range(attempts):
+
+        async def send() -> httpx.Response:
             request = self._http.build_request(
                 method, url, headers=headers, params=params, content=content
             )
-            try:
-                with translate(host, what):
-                    response = await self._send_following(request, repo, stream)
-            except TransportError:
-                if attempt + 1 >= attempts:
-                    raise
-                await trio.sleep(policy.delay(attempt))
-                continue
-            if response.status_code in RETRY_STATUSES and attempt + 1 < attempts:
-                await response.aclose()
-                await trio.sleep(policy.delay(attempt, response.headers.get("retry-after")))
-                continue
-            break
-        assert response is not None
+            return await self._send_following(request, repo, stream)
+
+        replayable = content is None or isinstance(content, bytes)
+        response = await self._retrying(host, what, send, replayable=replayable)
         if response.status_code not in ok + extra_ok:
             if stream:
                 await response.aread()
             await response.aclose()
-            raise_for_status(response, host, what)
+            raise_for_status(response, host, what, missing)
             raise RegistryError(f"{host} answered HTTP {response.status_code} for {what}")
         return response
 
@@ -211,6 +247,7 @@ class RegistryClient:
             f"/v2/{ref.name}/manifests/{ref.identifier}",
             what=what,
             headers={"Accept": ", ".join(accept)},
+            missing=ManifestUnknown,
         )
         raw = response.content
         if len(raw) > MAX_MANIFEST:
@@ -336,6 +373,7 @@ class BlobStream:
         self.total: int | None = None
         self._response: httpx.Response | None = None
         self._pos = start
+        self.resumes = 0
 
     async def open(self) -> None:
         self._response = await self._get(self._pos)
@@ -361,13 +399,19 @@ class BlobStream:
             headers=headers,
             stream=True,
             ok=(200, 206),
+            missing=BlobUnknown,
         )
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body, resuming with ``Range`` after a dropped connection."""
-        policy = self._client.options.retry
-        attempt = 0
+        """The body, resuming with ``Range`` after a dropped or stalled connection.
+
+        It resumes for as long as attempts make progress (``RetryPolicy.
+        progress`` bytes each); only ``attempts`` in a row without progress,
+        or the policy's deadline, end it.
+        """
+        backoff = Backoff(self._client.options.retry)
         skip = 0
+        mark = self._pos
         while True:
             assert self._response is not None
             try:
@@ -380,17 +424,33 @@ class BlobStream:
                             continue
                     self._pos += len(chunk)
                     yield chunk
+                self._log_resumes()
                 return
             except httpx.TransportError as exc:
-                attempt += 1
-                if attempt >= policy.attempts:
-                    raise TransportError(
-                        f"{self.repo.registry}: blob {self.digest} kept dropping"
-                        f" at byte {self._pos}"
-                    ) from exc
                 await self._response.aclose()
-                await trio.sleep(policy.delay(attempt))
+                if self._pos - mark >= backoff.policy.progress:
+                    backoff.progress()
+                mark = self._pos
+                if not await backoff.wait():
+                    self._log_resumes()
+                    raise self._gave_up(exc) from exc
+                self.resumes += 1
                 skip = await self._reopen()
+
+    def _gave_up(self, exc: httpx.TransportError) -> TransportError:
+        how = (
+            f"stalled (no byte for {self._client.options.read_timeout:g} s)"
+            if isinstance(exc, httpx.TimeoutException)
+            else "kept dropping"
+        )
+        return TransportError(
+            f"{self.repo.registry}: blob {self.digest} {how} at byte {self._pos}"
+            f" ({self.resumes} resume(s), the last ones without progress)"
+        )
+
+    def _log_resumes(self) -> None:
+        if self.resumes:
+            log.info("blob %s: resumed %d time(s)", self.digest, self.resumes)
 
     async def _reopen(self) -> int:
         """Resume at ``_pos``; returns how many leading bytes to drop (a 200 reply)."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +44,14 @@ async def push_tar_layer(
     """Compress an in-memory tar (small layers: tests, demo) and upload it."""
     blob = await trio.to_thread.run_sync(compress, tar, compression)
 
-    async def body() -> AsyncIterator[bytes]:
+    async def once() -> AsyncIterator[bytes]:
         yield blob
 
-    up = await upload_stream(client, repo, body())
+    @asynccontextmanager
+    async def body() -> AsyncIterator[AsyncIterable[bytes]]:
+        yield once()  # made again for each attempt of the upload
+
+    up = await upload_stream(client, repo, body)
     media_type = mutate.layer_type_for(manifest_type, compression)
     diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
     return BuiltLayer(Descriptor(media_type, up.digest, up.size), diff_id)

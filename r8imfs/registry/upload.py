@@ -13,26 +13,52 @@ Order of preference for a blob the destination needs (distribution spec,
 
 Bodies stream from an async iterator; the digest is computed on the way,
 so nothing is held whole in memory.
+
+Replay: every request of a push is retried by the client, except a PATCH
+with a streamed body, which cannot be sent twice. So a streamed upload is
+given as a ``Body``: a factory that makes the stream again (the caller
+regenerates it: reads its file or the source blob again). When the PATCH
+fails (a dropped connection, a retryable status, a token renewed mid-way,
+or a 404 because the registry lost the session), the whole upload starts
+over in a new session, this time in ``CHUNK``-sized PATCHes held in memory,
+each retried on its own, so a registry that fails every other request
+still takes it. A chunk the registry took in part (416 on its retry) goes
+on from the offset the registry reports.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
 
 from r8imfs._threads import run_io
-from r8imfs.errors import DigestMismatch, RegistryError
+from r8imfs.errors import DigestMismatch, RegistryError, TransportError, UploadUnknown
 from r8imfs.oci.digest import Hasher
 from r8imfs.oci.reference import Repository
+from r8imfs.registry._http import RETRY_STATUSES, Backoff
 from r8imfs.registry.client import RegistryClient
 
 CHUNK = 16 * 1024 * 1024
 #: Chunks at least this big are hashed in a worker thread, off the trio loop.
 THREAD_HASH_MIN = 256 * 1024
 Progress = Callable[[int], None]
+#: A streamed body that can be made again: each call opens a fresh stream.
+Body = Callable[[], AbstractAsyncContextManager[AsyncIterable[bytes]]]
+
+log = logging.getLogger("r8imfs.registry")
+
+
+class _BodyFailed(Exception):
+    """The body's producer failed (not the upload): never a reason to replay."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,18 +127,71 @@ def _with_digest(path: str, digest: str) -> str:
 async def upload_stream(
     client: RegistryClient,
     repo: Repository,
-    body: AsyncIterable[bytes],
+    body: Body | AsyncIterable[bytes],
     *,
     expected: str | None = None,
     chunked: bool = False,
     progress: Progress | None = None,
 ) -> Uploaded:
-    """Upload a stream as one blob; verify ``expected`` before committing."""
+    """Upload a stream as one blob; verify ``expected`` before committing.
+
+    A ``Body`` factory is replayed in a new session when the upload fails
+    on the way; a bare iterable gets one attempt.
+    """
+    make = body if callable(body) else _once(body)
+    backoff = Backoff(client.options.retry)
+    while True:
+        try:
+            async with make() as stream:
+                return await _upload_once(
+                    client, repo, stream, expected, chunked or backoff.retries > 0, progress
+                )
+        except _BodyFailed as exc:
+            raise exc.cause from exc.cause.__cause__
+        except RegistryError as exc:
+            if not (callable(body) and _replayable(exc) and await backoff.wait(exc.retry_after)):
+                raise
+            log.info("upload to %s: %s; starting it again (%d)", repo, exc, backoff.retries)
+
+
+def _replayable(exc: RegistryError) -> bool:
+    """Failures a new upload session can get past."""
+    if isinstance(exc, TransportError | UploadUnknown):
+        return True
+    return exc.status in RETRY_STATUSES or exc.status == 416
+
+
+def _once(body: AsyncIterable[bytes]) -> Body:
+    @asynccontextmanager
+    async def opened() -> AsyncIterator[AsyncIterable[bytes]]:
+        yield body
+
+    return opened
+
+
+async def _guarded(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """The body, its own failures marked so that they are not replayed."""
+    try:
+        async for chunk in body:
+            yield chunk
+    except Exception as exc:
+        raise _BodyFailed(exc) from exc
+
+
+async def _upload_once(
+    client: RegistryClient,
+    repo: Repository,
+    body: AsyncIterable[bytes],
+    expected: str | None,
+    chunked: bool,
+    progress: Progress | None,
+) -> Uploaded:
+    """One session: POST, PATCH(es), verify, PUT."""
     location = _path(client, repo, await _start(client, repo))
     hasher = Hasher()
 
     async def hashed() -> AsyncIterator[bytes]:
-        async for chunk in body:
+        async for chunk in _guarded(body):
             if len(chunk) >= THREAD_HASH_MIN:
                 await run_io(hasher.update, chunk)
             else:
@@ -132,16 +211,31 @@ async def upload_stream(
             headers={"Content-Type": "application/octet-stream"},
             content=hashed(),
             ok=(202, 204),
+            missing=UploadUnknown,
         )
         location = _path(client, repo, response.headers.get("location", location))
     digest = hasher.digest
     if expected and digest != expected:
         await _cancel(client, repo, location)
-        raise DigestMismatch(f"uploaded bytes hash to {digest}, expected {expected}")
-    await client.request(
-        "PUT", repo, _with_digest(location, digest), what=f"upload of {digest}", ok=(201, 204)
-    )
+        raise DigestMismatch(f"blob {expected} is corrupt (the bytes sent hash to {digest})")
+    await _commit(client, repo, location, digest)
     return Uploaded(digest, hasher.size, "uploaded")
+
+
+async def _commit(client: RegistryClient, repo: Repository, location: str, digest: str) -> None:
+    """PUT ``?digest=``; a lost answer is fine if the blob is there after all."""
+    try:
+        await client.request(
+            "PUT",
+            repo,
+            _with_digest(location, digest),
+            what=f"upload of {digest}",
+            ok=(201, 204),
+            missing=UploadUnknown,
+        )
+    except (TransportError, UploadUnknown):
+        if await client.head_blob(repo, digest) is None:
+            raise
 
 
 async def _patch_chunks(
@@ -151,21 +245,25 @@ async def _patch_chunks(
     buf = bytearray()
 
     async def flush(data: bytes) -> str:
-        nonlocal offset
-        response = await client.request(
-            "PATCH",
-            repo,
-            location,
-            what=f"upload to {repo}",
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Content-Range": f"{offset}-{offset + len(data) - 1}",
-            },
-            content=data,
-            ok=(202, 204),
-        )
-        offset += len(data)
-        return _path(client, repo, response.headers.get("location", location))
+        nonlocal offset, location
+        start, end = offset, offset + len(data)
+        while offset < end:
+            try:
+                response = await _patch_bytes(
+                    client, repo, location, offset, data[offset - start :]
+                )
+            except RegistryError as exc:
+                if exc.status != 416:
+                    raise
+                # a retried chunk the registry had taken in part: go on from its offset
+                taken = await _upload_offset(client, repo, location)
+                if not offset < taken <= end:
+                    raise
+                offset = taken
+                continue
+            offset = end
+            location = _path(client, repo, response.headers.get("location", location))
+        return location
 
     async for chunk in body:
         buf += chunk
@@ -177,23 +275,58 @@ async def _patch_chunks(
     return location
 
 
+async def _patch_bytes(
+    client: RegistryClient, repo: Repository, location: str, offset: int, data: bytes
+) -> httpx.Response:
+    return await client.request(
+        "PATCH",
+        repo,
+        location,
+        what=f"upload to {repo}",
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"{offset}-{offset + len(data) - 1}",
+        },
+        content=data,
+        ok=(202, 204),
+        missing=UploadUnknown,
+    )
+
+
+async def _upload_offset(client: RegistryClient, repo: Repository, location: str) -> int:
+    """How many bytes the session holds (``Range: 0-N`` of a GET on it)."""
+    response = await client.request(
+        "GET", repo, location, what=f"upload status on {repo}", ok=(204,), missing=UploadUnknown
+    )
+    _, _, last = response.headers.get("range", "").partition("-")
+    return int(last) + 1 if last.isdigit() else 0
+
+
 async def upload_bytes(client: RegistryClient, repo: Repository, data: bytes) -> Uploaded:
     """Small blobs (configs): HEAD, then a single POST+PUT with the body."""
     hasher = Hasher()
     hasher.update(data)
     if await blob_exists(client, repo, hasher.digest):
         return Uploaded(hasher.digest, len(data), "exists")
-    location = _path(client, repo, await _start(client, repo))
-    await client.request(
-        "PUT",
-        repo,
-        _with_digest(location, hasher.digest),
-        what=f"upload of {hasher.digest}",
-        headers={"Content-Type": "application/octet-stream"},
-        content=data,
-        ok=(201, 204),
-    )
-    return Uploaded(hasher.digest, len(data), "uploaded")
+    backoff = Backoff(client.options.retry)
+    while True:
+        location = _path(client, repo, await _start(client, repo))
+        try:
+            await client.request(
+                "PUT",
+                repo,
+                _with_digest(location, hasher.digest),
+                what=f"upload of {hasher.digest}",
+                headers={"Content-Type": "application/octet-stream"},
+                content=data,
+                ok=(201, 204),
+                missing=UploadUnknown,
+            )
+        except UploadUnknown:
+            if await backoff.wait():
+                continue
+            raise
+        return Uploaded(hasher.digest, len(data), "uploaded")
 
 
 async def ensure_blob(
@@ -212,9 +345,21 @@ async def ensure_blob(
             return Uploaded(digest, -1, "mounted")
     if not sources:
         raise RegistryError(f"blob {digest} is missing from {repo} and no source was given")
-    # Across registries (or a registry that refuses mounts): stream it over.
+    # Across registries (or a registry that refuses mounts): stream it over,
+    # from the source again if the upload has to start over.
     source = sources[0]
-    async with client.open_blob(source, digest) as stream:
-        return await upload_stream(
-            client, repo, stream.chunks(), expected=digest, progress=progress
-        )
+
+    @asynccontextmanager
+    async def body() -> AsyncIterator[AsyncIterable[bytes]]:
+        async with client.open_blob(source, digest) as stream:
+            yield stream.chunks()
+
+    try:
+        return await upload_stream(client, repo, body, expected=digest, progress=progress)
+    except DigestMismatch as exc:  # a bad proxy or CDN node, usually: once more
+        log.info("%s; fetching it again", exc)
+    try:
+        return await upload_stream(client, repo, body, expected=digest, progress=progress)
+    except DigestMismatch as exc:
+        exc.message += "; the same when fetched again"
+        raise

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from r8imfs.errors import AuthError, DigestMismatch, ManifestUnknown
+from r8imfs.errors import AuthError, BlobUnknown, DigestMismatch, ManifestUnknown
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci.digest import sha256
 from r8imfs.oci.reference import parse
@@ -166,11 +166,28 @@ async def test_404_is_manifest_unknown_with_registry_words() -> None:
             await client.get_manifest(parse("127.0.0.1:1/a:nope"))
 
 
-def test_the_client_reads_sockets_a_mebibyte_at_a_time() -> None:
+def test_the_command_line_makes_httpcore_read_a_mebibyte_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Process-wide, so applied once at start-up by ``main``, not per client."""
     import httpcore
 
+    from r8imfs.cli.main import main
     from r8imfs.registry._http import SOCKET_READ
     from r8imfs.registry.client import RegistryClient
 
+    monkeypatch.setattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES", 65536)
     RegistryClient()
+    assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES == 65536
+    assert main(["layers", "UPPER/case"]) == 2  # a usage error, after start-up
     assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES >= SOCKET_READ
+
+
+async def test_a_404_is_the_kind_the_caller_names_not_a_guess_from_the_message() -> None:
+    """A repository named "blobstore" once made a missing manifest a missing blob."""
+    client, _ = _client(lambda r: httpx.Response(404, json={"errors": []}))
+    async with client:
+        with pytest.raises(ManifestUnknown):
+            await client.get_manifest(parse("127.0.0.1:1/blobstore/blob:nope"))
+        with pytest.raises(BlobUnknown):
+            await client.get_blob(parse("127.0.0.1:1/manifests/x:y").repository, BLOB_DIGEST)
