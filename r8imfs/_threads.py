@@ -16,6 +16,11 @@ Two kinds of thread work, two limiters, because of one deadlock:
     Leaf work that never calls back into trio: ``os.pread``/``os.pwrite`` of
     the blob cache, hashing a file, one SQLite statement. It has a limiter of
     its own.
+``run_cpu(fn, *args)``
+    Leaf CPU work that releases the GIL (decoding a zstd frame or a gzip
+    span from bytes in memory): as many threads as there are cores, so
+    independent units decode in parallel without oversubscribing the
+    machine. Also a leaf: it never calls back into trio.
 
 Why two: if engine threads held every ``run_sync`` token while each waited
 in ``from_thread`` for a blob read, and that read needed a ``run_sync`` token
@@ -50,9 +55,12 @@ Ts = TypeVarTuple("Ts")
 THREADS = max(4, 2 * (os.cpu_count() or 1))
 #: Threads for ``run_io``: short leaf operations.
 IO_THREADS = max(8, 2 * (os.cpu_count() or 1))
+#: Threads for ``run_cpu``: one per core (decoders release the GIL).
+CPU_THREADS = max(1, os.cpu_count() or 1)
 
 _limiter: RunVar[trio.CapacityLimiter] = RunVar("r8imfs_limiter")
 _io_limiter: RunVar[trio.CapacityLimiter] = RunVar("r8imfs_io_limiter")
+_cpu_limiter: RunVar[trio.CapacityLimiter] = RunVar("r8imfs_cpu_limiter")
 # True in a run_sync thread and in the trio tasks its from_thread calls start
 # (trio copies the context both ways).
 _in_worker: contextvars.ContextVar[bool] = contextvars.ContextVar("r8imfs_in_worker", default=False)
@@ -67,6 +75,11 @@ def limiter() -> trio.CapacityLimiter:
 def io_limiter() -> trio.CapacityLimiter:
     """This run's limiter for ``run_io``."""
     return _get(_io_limiter, IO_THREADS)
+
+
+def cpu_limiter() -> trio.CapacityLimiter:
+    """This run's limiter for ``run_cpu``."""
+    return _get(_cpu_limiter, CPU_THREADS)
 
 
 def _get(var: RunVar[trio.CapacityLimiter], size: int) -> trio.CapacityLimiter:
@@ -94,7 +107,15 @@ async def run_sync(fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
 
 async def run_io(fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
     """Run short blocking ``fn(*args)`` (file I/O, hashing) that never calls back."""
+    return await _run_leaf(io_limiter(), fn, *args)
 
+
+async def run_cpu(fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+    """Run GIL-releasing CPU work ``fn(*args)`` (a decode) on one of ``CPU_THREADS``."""
+    return await _run_leaf(cpu_limiter(), fn, *args)
+
+
+async def _run_leaf(limiter: trio.CapacityLimiter, fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
     def leaf() -> T:
         _local.leaf = True
         try:
@@ -102,7 +123,7 @@ async def run_io(fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
         finally:
             _local.leaf = False
 
-    return await trio.to_thread.run_sync(leaf, limiter=io_limiter(), abandon_on_cancel=False)
+    return await trio.to_thread.run_sync(leaf, limiter=limiter, abandon_on_cancel=False)
 
 
 def from_thread(afn: Callable[[Unpack[Ts]], Awaitable[T]], *args: *Ts) -> T:

@@ -23,15 +23,18 @@ translated at the boundary that sees them and raised ``from`` the original.
     │   └── BadToc                            a layer TOC (zstd:chunked, eStargz) we refuse
     ├── UnsafeLayer                           a tar that would write outside its target
     ├── NoWeightsFound                        ``extract`` found nothing under src/weights/
-    └── MountError                            the kernel refused a mount or an unmount
+    ├── MountError                            the kernel refused a mount or an unmount
+    ├── PathNotFound                          no such path in an image's root filesystem
+    └── BadModelHeader                        a safetensors or GGUF header that does not parse
 
 Raisers: ``oci`` raises InvalidReference, UnsupportedMediaType, PlatformNotFound,
 DigestMismatch; ``registry`` raises the RegistryError family (RangeUnsupported
 included) and DigestMismatch; ``engine`` raises CorruptLayer, UnsafeLayer,
 UnsupportedMediaType (a layer type with no codec) and DigestMismatch (a decoded
 copy); ``cache`` raises DigestMismatch and RegistryError; ``image`` CorruptLayer
-and DigestMismatch; ``fs`` MountError and UsageError; ``ops`` adds
-NoWeightsFound; ``_units`` and ``cli`` raise UsageError.
+and DigestMismatch; ``fs`` MountError and UsageError; ``models`` raises
+BadModelHeader; ``ops`` adds NoWeightsFound (and ``ops.browse`` PathNotFound);
+``_units`` and ``cli`` raise UsageError.
 
 ``NotBuilt`` (exit 3) is for a command the CLI lists but this version does not
 implement (``cli._common.not_built``). Every command of this version is built,
@@ -144,3 +147,11 @@ class NoWeightsFound(R8imfsError):
 
 class MountError(R8imfsError):
     """The kernel refused the mount, or the mountpoint is unusable (``fs.daemon``)."""
+
+
+class PathNotFound(R8imfsError):
+    """``ls``, ``cat``, ``cp`` or ``tensors`` was given a path the image does not have."""
+
+
+class BadModelHeader(R8imfsError):
+    """A model file whose header is malformed; the message names the file."""

@@ -80,6 +80,11 @@ def rewrite(text: str) -> tuple[str, list[str]]:
 
     text = _FROM.sub(from_sub, text)
     text = _IMPORT.sub(import_sub, text)
+    # tools/bench scripts put tests/ on sys.path for the old names; the root is enough
+    old_path = 'sys.path[:0] = [str(REPO), str(REPO / "tests")]'
+    if old_path in text:
+        text = text.replace(old_path, "sys.path.insert(0, str(REPO))")
+        notes.append("sys.path: tests/ entry dropped (the repository root is enough)")
     return text, notes
 
 

@@ -20,13 +20,17 @@ from r8imfs import __version__
 from r8imfs.cli import (
     _common,
     affix,
+    cat,
     clone,
     commit,
+    cp,
     extract,
     index,
     layers,
+    ls,
     mount,
     remix,
+    tensors,
     umount,
     zstd,
 )
@@ -35,6 +39,10 @@ from r8imfs.registry._http import widen_socket_reads
 
 COMMANDS: tuple[ModuleType, ...] = (
     layers,
+    ls,
+    cat,
+    cp,
+    tensors,
     extract,
     affix,
     remix,
@@ -52,6 +60,9 @@ no Docker daemon, no GPU, no full pulls.
 
 examples:
   r8imfs layers r8.im/replicate/hello-world           one row per layer
+  r8imfs ls -l r8.im/replicate/hello-world /src      list files, no mount needed
+  r8imfs tensors IMAGE                                tensors of src/weights/*.safetensors
+  r8imfs cp IMAGE:/src/weights ./weights              copy files out, no mount needed
   r8imfs extract IMAGE -o weights.tar                 pull the weights out
   r8imfs affix --base IMAGE --dest REPO --tar w.tar   put new weights on
   r8imfs mount IMAGE /mnt/img && cp /mnt/img/rootfs/src/weights/* .

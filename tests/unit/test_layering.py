@@ -20,7 +20,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("image",),
     ("cache",),
     ("engine", "registry"),
-    ("oci",),
+    ("oci", "models"),
     ("_threads", "_units"),
     ("errors",),
 )
@@ -29,6 +29,7 @@ FLOOR_OF = {unit: level for level, units in enumerate(FLOORS) for unit in units}
 #: Third-party imports a package must never make (directly).
 FORBIDDEN = {
     "oci": ("httpx", "trio", "pyfuse3"),
+    "models": ("httpx", "trio", "pyfuse3"),
     "registry": ("pyfuse3",),
     "engine": ("pyfuse3", "httpx", "trio"),
     "cache": ("pyfuse3", "httpx"),

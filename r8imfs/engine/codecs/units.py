@@ -1,0 +1,326 @@
+"""Independently decodable units of a layer: what the fetch scheduler moves.
+
+A *unit* is a compressed byte range of a blob whose decoding needs nothing
+but those bytes (and, for gzip, state recorded in the index): a seekable
+zstd frame, a run of plain zstd frames between two restart points, a gzip
+span between two zran checkpoints, later a TOC chunk. Its output lands at a
+known offset of the uncompressed tar. ``UnitTable`` lists a layer's units in
+order; ``fetchplan.UnitReader`` fetches ranges of them from the registry and
+decodes them on worker threads, many at once.
+
+A decoder is a plain function ``decode(unit, data) -> bytes``: ``data`` is
+exactly the unit's compressed bytes, the result exactly ``unit.usize`` bytes
+(else ``CorruptLayer``). It runs in a worker thread, must be thread-safe and
+should release the GIL (zstandard does; zlib-ng does). It never calls back
+into trio.
+
+Per format:
+
+* seekable zstd: ``frame_units(frames, data_end)`` over the ``FrameTable``
+  read from the seek table; ``decode_zstd``.
+* plain zstd: the same table; its restart points are frame starts at least
+  1 MiB apart, so a unit is a run of whole frames (``decode_zstd`` decodes
+  across frames and skips skippable ones).
+* gzip: ``span_units(points, blob_size, usize)`` over zran checkpoints
+  (``zran_checkpoints`` reads them from the index the layer already has);
+  each unit carries its checkpoint (``Unit.state``: bit offset and 32 KiB
+  window) and is decoded by a ``SpanInflater`` (the ``inflatePrime`` binding
+  lives in ``archive.zran``, written separately), wrapped by
+  ``span_decoder``.
+* plain tar: ``fixed_units(size, chunk)``, stored bytes cut in equal
+  chunks (no decoder): the scheduler's window, priority and coalescing
+  still apply.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import zstandard
+
+from r8imfs.engine.codecs.zstdindex import FrameTable
+from r8imfs.engine.readat import ReadAt
+from r8imfs.errors import CorruptLayer
+
+
+@dataclass(frozen=True, slots=True)
+class SpanState:
+    """Where a gzip span starts: bits of its first byte already used, and the window."""
+
+    bits: int
+    window: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One independently decodable piece: ``[cstart, cend)`` of the blob → ``usize`` bytes."""
+
+    index: int
+    cstart: int
+    cend: int
+    ustart: int
+    usize: int
+    state: SpanState | None = None
+
+    @property
+    def csize(self) -> int:
+        return self.cend - self.cstart
+
+    @property
+    def uend(self) -> int:
+        return self.ustart + self.usize
+
+
+#: ``decode(unit, data)``: ``data`` is bytes or a memoryview of the fetched range.
+Decoder = Callable[[Unit, bytes | memoryview], bytes]
+
+
+class UnitTable:
+    """A layer's units in order; ``locate`` maps an uncompressed offset to a unit."""
+
+    def __init__(self, units: Sequence[Unit], uncompressed_size: int) -> None:
+        self._units = tuple(units)
+        self._ustarts = [u.ustart for u in self._units]
+        self.uncompressed_size = uncompressed_size
+        for i, u in enumerate(self._units):
+            if u.index != i or u.cend < u.cstart or u.usize < 0:
+                raise CorruptLayer(f"unit table: unit {i} is malformed")
+            prev = self._units[i - 1] if i else None  # gzip spans share one byte
+            if prev is not None and (u.ustart != prev.uend or u.cstart < prev.cend - 1):
+                raise CorruptLayer(f"unit table: unit {i} does not follow unit {i - 1}")
+        if self._units and self._units[-1].uend != uncompressed_size:
+            raise CorruptLayer("unit table does not cover the layer")
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+    def __getitem__(self, i: int) -> Unit:
+        return self._units[i]
+
+    def __iter__(self) -> Iterator[Unit]:
+        return iter(self._units)
+
+    def locate(self, offset: int) -> int:
+        """Index of the unit holding uncompressed ``offset`` (clamped to the table)."""
+        return max(0, min(len(self._units) - 1, bisect.bisect_right(self._ustarts, offset) - 1))
+
+    def covering(self, offset: int, end: int) -> range:
+        """Indexes of the units that hold ``[offset, end)``."""
+        if offset >= end or not self._units:
+            return range(0)
+        return range(self.locate(offset), self.locate(end - 1) + 1)
+
+
+def fixed_units(size: int, chunk: int) -> UnitTable:
+    """Units of stored bytes (a plain tar): ``chunk`` bytes each, the last one shorter."""
+    starts = range(0, size, chunk)
+    units = [
+        Unit(i, s, min(s + chunk, size), s, min(chunk, size - s)) for i, s in enumerate(starts)
+    ]
+    return UnitTable(units, size)
+
+
+def frame_units(frames: FrameTable, data_end: int) -> UnitTable:
+    """Units of a zstd layer: one per restart point, up to the next (or ``data_end``).
+
+    ``data_end`` is where frame data ends: the start of the seek table's
+    skippable frame for the seekable format, the blob size otherwise.
+    """
+    n = len(frames.cstarts)
+    units = []
+    for i in range(n):
+        cend = frames.cstarts[i + 1] if i + 1 < n else data_end
+        uend = frames.ustarts[i + 1] if i + 1 < n else frames.uncompressed_size
+        units.append(Unit(i, frames.cstarts[i], cend, frames.ustarts[i], uend - frames.ustarts[i]))
+    return UnitTable(units, frames.uncompressed_size)
+
+
+def seekable_data_end(readat: ReadAt, size: int | None = None) -> int:
+    """Where a seekable zstd blob's frames end: the start of its seek-table frame.
+
+    Call only on a blob ``read_seek_table`` accepted (it checked the footer).
+    """
+    size = readat.size if size is None else size
+    count, descriptor, _ = struct.unpack("<IBI", readat.read_at(size - 9, 9))
+    width = 12 if descriptor & 0x80 else 8
+    return int(size - (8 + int(count) * width + 9))
+
+
+_local = threading.local()
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    """One decompression context per thread: zstandard's are not thread-safe."""
+    dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def decode_zstd(unit: Unit, data: bytes | memoryview) -> bytes:
+    """Decode a zstd unit: one frame (fast path) or several, skippable ones skipped.
+
+    zstandard releases the GIL while it decodes, so units decode in parallel.
+    """
+    if len(data) != unit.csize:
+        raise CorruptLayer(f"zstd unit {unit.index}: got {len(data)} of {unit.csize} bytes")
+    dctx = _dctx()
+    try:
+        if zstandard.frame_content_size(data) == unit.usize and unit.usize > 0:
+            out = dctx.decompress(data, max_output_size=unit.usize)
+        else:
+            out = _decode_frames(dctx, data)
+    except zstandard.ZstdError as exc:
+        raise CorruptLayer(f"zstd unit {unit.index} does not decompress: {exc}") from exc
+    if len(out) != unit.usize:
+        raise CorruptLayer(f"zstd unit {unit.index} decodes to {len(out)} bytes, not {unit.usize}")
+    return out
+
+
+def _decode_frames(dctx: zstandard.ZstdDecompressor, data: bytes | memoryview) -> bytes:
+    parts = []
+    rest = data
+    while rest:
+        obj = dctx.decompressobj()
+        parts.append(obj.decompress(rest))
+        if not obj.eof:
+            raise CorruptLayer("zstd unit ends inside a frame")
+        rest = obj.unused_data
+    return b"".join(parts)
+
+
+# -- gzip spans -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A zran seek point: compressed byte offset (of the byte holding the next
+    bit), uncompressed offset, bits of that byte already consumed, and the 32
+    KiB of output before it (empty at the stream start)."""
+
+    coffset: int
+    uoffset: int
+    bits: int
+    window: bytes
+
+
+class SpanInflater(Protocol):
+    """Raw-deflate from mid-stream: prime ``bits`` bits, set the window, inflate.
+
+    ``data`` starts with the byte holding the first bit of the span; the
+    result is exactly ``usize`` bytes of output (more input may remain: the
+    next span's). Implemented over libz ``inflatePrime`` by ``archive.zran``.
+    """
+
+    def __call__(self, data: bytes | memoryview, bits: int, window: bytes, usize: int) -> bytes: ...
+
+
+_ZRAN_HEAD = struct.Struct("<5sBBQQIII")  # id, version, flags, csize, usize, spacing, window, n
+_ZRAN_POINT_V0 = struct.Struct("<QQB")  # coffset, uoffset, bits
+_ZRAN_POINT_V1 = struct.Struct("<QQBB")  # ... and whether a window follows
+
+
+def zran_checkpoints(index_bytes: bytes) -> list[Checkpoint]:
+    """The seek points of an exported zran index (the gzip layer's cached index).
+
+    Layout (indexed_gzip's ``zran_export_index``, little-endian): a header,
+    then per point its compressed offset, uncompressed offset, bits and (from
+    version 1) a flag saying whether it has a window, then the windows of
+    the points that have one, in order. Version 0 gave every point but the
+    first a window.
+    """
+    try:
+        ident, version, _, _, _, _, wsize, count = _ZRAN_HEAD.unpack_from(index_bytes)
+        point = _ZRAN_POINT_V1 if version >= 1 else _ZRAN_POINT_V0
+        raw = [
+            point.unpack_from(index_bytes, _ZRAN_HEAD.size + i * point.size) for i in range(count)
+        ]
+    except struct.error as exc:
+        raise CorruptLayer("gzip checkpoint index is truncated") from exc
+    if ident != b"GZIDX":
+        raise CorruptLayer("gzip checkpoint index has a bad header")
+    pos = _ZRAN_HEAD.size + count * point.size
+    points = []
+    for i, fields in enumerate(raw):
+        has_window = bool(fields[3]) if version >= 1 else i > 0
+        window = b""
+        if has_window:
+            window = index_bytes[pos : pos + wsize]
+            if len(window) != wsize:
+                raise CorruptLayer("gzip checkpoint index is truncated")
+            pos += wsize
+        points.append(Checkpoint(fields[0], fields[1], fields[2], window))
+    return points
+
+
+def span_units(points: Sequence[Checkpoint], blob_size: int, usize: int) -> UnitTable:
+    """Units of a gzip layer: from each checkpoint to the next (the last to the end).
+
+    A span's compressed range runs to the byte holding the next span's first
+    bit (inclusive), so it holds every bit the span's deflate blocks use. The
+    first span starts at the gzip header (``coffset`` 0 with no window).
+    """
+    units = []
+    for i, p in enumerate(points):
+        nxt = points[i + 1] if i + 1 < len(points) else None
+        cstart = p.coffset - (1 if p.bits else 0)
+        cend = nxt.coffset if nxt is not None else blob_size
+        uend = nxt.uoffset if nxt is not None else usize
+        state = SpanState(p.bits, p.window)
+        units.append(Unit(i, cstart, cend, p.uoffset, uend - p.uoffset, state))
+    return UnitTable(units, usize)
+
+
+def span_decoder(inflate: SpanInflater) -> Decoder:
+    """A ``Decoder`` for gzip span units over a ``SpanInflater``."""
+
+    def decode(unit: Unit, data: bytes | memoryview) -> bytes:
+        if unit.state is None:
+            raise CorruptLayer(f"gzip unit {unit.index} has no checkpoint")
+        out = inflate(data, unit.state.bits, unit.state.window, unit.usize)
+        if len(out) != unit.usize:
+            raise CorruptLayer(f"gzip span {unit.index} inflates to {len(out)}, not {unit.usize}")
+        return out
+
+    return decode
+
+
+# -- a layer's units from its index ---------------------------------------------
+
+#: Stored bytes per unit of a plain tar.
+PLAIN_CHUNK = 1024 * 1024  # no decode cost: small, so a random read fetches little
+
+
+def units_for_layer(
+    compression: str,
+    checkpoints: bytes,
+    compressed_size: int,
+    uncompressed_size: int,
+    *,
+    span_inflater: SpanInflater | None = None,
+) -> tuple[UnitTable, Decoder | None] | None:
+    """A layer's units and their decoder, from what its index holds; None if it has none.
+
+    ``compression`` and ``checkpoints`` are ``indexdb.LayerIndex``'s: a zstd
+    frame table, a zran index, or nothing. zstd: the last unit runs to the
+    blob's end, so a seekable blob's seek table rides along with the last
+    frame (skipped by the decoder) and no footer read is needed. gzip needs
+    ``span_inflater`` (``archive.zran``); without it, None. A layer read
+    from a decoded copy (no checkpoints) has no units.
+    """
+    if compression == "none":
+        return fixed_units(uncompressed_size, PLAIN_CHUNK), None
+    if not checkpoints:
+        return None
+    if compression == "zstd":
+        return frame_units(FrameTable.from_bytes(checkpoints), compressed_size), decode_zstd
+    if compression == "gzip" and span_inflater is not None:
+        points = zran_checkpoints(checkpoints)
+        units = span_units(points, compressed_size, uncompressed_size)
+        return units, span_decoder(span_inflater)
+    return None

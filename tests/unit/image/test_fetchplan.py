@@ -1,0 +1,374 @@
+"""The fetch scheduler over a fake fetch function (one layer, bytes in memory).
+
+Units here are 1,000 compressed bytes each; "decoding" maps every byte through
+a table, so a misplaced slice shows. Fetches can be gated: a test decides
+when each GET completes and sees which GETs were started, in what order, and
+which were cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+import pytest
+import trio
+import trio.testing
+
+from r8imfs.engine.codecs.units import Unit, UnitTable, fixed_units
+from r8imfs.errors import CorruptLayer, TransportError
+from r8imfs.image.fetchplan import DecodedCache, UnitReader
+
+U = 1000
+N = 40
+BLOB = bytes((i * 7 + i // 251) % 256 for i in range(U * N))
+FLIP = bytes(255 - i for i in range(256))
+PLAIN = BLOB.translate(FLIP)  # the "uncompressed layer"
+
+
+def table(n: int = N) -> UnitTable:
+    return UnitTable([Unit(i, i * U, (i + 1) * U, i * U, U) for i in range(n)], n * U)
+
+
+def decode(unit: Unit, data: bytes | memoryview) -> bytes:
+    assert len(data) == unit.csize
+    return bytes(data).translate(FLIP)
+
+
+def span(first: int, last: int) -> tuple[int, int]:
+    """The compressed range of units ``first..last``."""
+    return first * U, (last + 1) * U
+
+
+class Fetcher:
+    """Records every GET; gated ones wait until ``release``; notes cancellations."""
+
+    def __init__(self, gated: bool = False) -> None:
+        self.gated = gated
+        self.calls: list[tuple[int, int]] = []
+        self.cancelled: list[tuple[int, int]] = []
+        self.gates: dict[tuple[int, int], trio.Event] = {}
+        self.fail: set[tuple[int, int]] = set()
+
+    async def __call__(self, start: int, end: int) -> bytes:
+        key = (start, end)
+        self.calls.append(key)
+        try:
+            if self.gated:
+                await self.gates.setdefault(key, trio.Event()).wait()
+            else:
+                await trio.lowlevel.checkpoint()
+        except trio.Cancelled:
+            self.cancelled.append(key)
+            raise
+        if key in self.fail:
+            self.fail.discard(key)
+            raise TransportError("connection reset")
+        return BLOB[start:end]
+
+    def release(self, key: tuple[int, int]) -> None:
+        self.gates.setdefault(key, trio.Event()).set()
+
+
+async def settle() -> None:
+    await trio.testing.wait_all_tasks_blocked()
+
+
+class Results:
+    """What demand tasks read, awaited by count (a task waiting on a decode
+    thread counts as blocked, so ``settle`` alone does not wait for it)."""
+
+    def __init__(self) -> None:
+        self.send, self.recv = trio.open_memory_channel[bytes](100)
+
+    async def demand(self, reader: UnitReader, offset: int, size: int) -> None:
+        await self.send.send(await reader.read(offset, size))
+
+    async def take(self, n: int) -> list[bytes]:
+        with trio.fail_after(20):
+            return [await self.recv.receive() for _ in range(n)]
+
+
+async def test_reads_return_the_decoded_bytes() -> None:
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery)
+        for off, size in ((0, 10), (995, 10), (U * 3 - 1, 2 * U + 2), (U * N - 5, 100)):
+            assert await reader.read(off, size) == PLAIN[off : off + size]
+        assert await reader.read(U * N, 10) == b""
+        reader.close()
+
+
+async def test_adjacent_needs_are_coalesced_into_one_range() -> None:
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, max_range=10 * U)
+        await reader.read(2 * U + 500, 3 * U)  # units 2..5
+        assert fetch.calls == [span(2, 5)]
+        reader.close()
+
+
+async def test_a_coalesced_range_stays_within_max_range() -> None:
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, max_range=2 * U)
+        assert await reader.read(0, 6 * U) == PLAIN[: 6 * U]
+        assert sorted(fetch.calls) == [span(0, 1), span(2, 3), span(4, 5)]
+        reader.close()
+
+
+async def test_demand_goes_before_prefetch() -> None:
+    fetch = Fetcher(gated=True)
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, parallel=3, max_range=U)
+        stream = reader.stream()
+        reader.prefetch_units(range(10, 20), stream)
+        await settle()
+        # prefetch may hold parallel - 1 GETs: one stays free for demand
+        assert sorted(fetch.calls) == [span(10, 10), span(11, 11)]
+        results = Results()
+        nursery.start_soon(results.demand, reader, 0, 10)
+        await settle()
+        assert fetch.calls[2] == span(0, 0)  # at once, ahead of 12..19 queued before it
+        # every GET is busy: this demand queues, behind nothing
+        nursery.start_soon(results.demand, reader, U, 10)
+        await settle()
+        assert len(fetch.calls) == 3
+        fetch.release(span(10, 10))  # a prefetch GET ends: its connection goes to demand
+        await settle()
+        assert fetch.calls[3] == span(1, 1)
+        fetch.release(span(0, 0))
+        fetch.release(span(1, 1))
+        got = await results.take(2)
+        await settle()
+        assert sorted(got) == sorted([PLAIN[:10], PLAIN[U : U + 10]])
+        assert fetch.calls[4] == span(12, 12)  # then prefetch resumes, in order
+        stream.close()
+        reader.close()
+
+
+async def test_a_prefetched_unit_a_reader_waits_for_is_promoted() -> None:
+    fetch = Fetcher(gated=True)
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, parallel=2, max_range=U)
+        stream = reader.stream()
+        reader.prefetch_units(range(10, 20), stream)
+        await settle()
+        assert fetch.calls == [span(10, 10)]
+        nursery.start_soon(reader.read, 15 * U, 10)  # queued as prefetch, now demanded
+        await settle()
+        assert fetch.calls[1] == span(15, 15)
+        for key in list(fetch.gates):
+            fetch.release(key)
+        stream.close()
+        reader.close()
+
+
+async def test_window_doubles_on_sequential_reads_and_resets_on_a_jump() -> None:
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, max_window=8 * U, max_range=U, slack=U)
+        stream = reader.stream()
+        windows = []
+        pos = 0
+        for _ in range(16):  # 250-byte reads: four per unit
+            assert await stream.read(pos, 250) == PLAIN[pos : pos + 250]
+            windows.append(stream.window)
+            pos += 250
+        # the first read may be random; then one unit, doubling per unit entered, bounded
+        assert windows[:4] == [0, U, U, U]
+        assert windows[4:16:4] == [2 * U, 4 * U, 8 * U]
+        assert max(windows) == 8 * U
+        await settle()
+        ahead = {start // U for start, _ in fetch.calls}
+        assert ahead >= set(range(0, 12))  # read ahead 8 units past the end of unit 3
+        assert max(ahead) == 11
+        before = len(fetch.calls)
+        assert await stream.read(30 * U + 1, 100) == PLAIN[30 * U + 1 : 30 * U + 101]
+        assert stream.window == 0  # random: just the unit it needs
+        await settle()
+        assert fetch.calls[before:] == [span(30, 30)]
+        stream.close()
+        reader.close()
+
+
+async def test_a_jump_drops_the_queued_prefetch() -> None:
+    fetch = Fetcher(gated=True)
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, parallel=2, max_range=U)
+        stream = reader.stream()
+        reader.prefetch_units(range(5, 15), stream)
+        await settle()
+        assert fetch.calls == [span(5, 5)]
+        nursery.start_soon(stream.read, 30 * U, 10)  # a random read by the same stream
+        await settle()
+        assert span(5, 5) in fetch.cancelled  # nobody wants it any more
+        fetch.release(span(30, 30))
+        await settle()
+        assert fetch.calls[1:] == [span(30, 30)]  # and 6..14 never went out
+        assert not reader._queued
+        stream.close()
+        reader.close()
+
+
+async def test_closing_a_stream_cancels_its_prefetch() -> None:
+    fetch = Fetcher(gated=True)
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, parallel=3, max_range=U)
+        stream, other = reader.stream(), reader.stream()
+        reader.prefetch_units(range(0, 6), stream)
+        reader.prefetch_units(range(1, 2), other)  # unit 1 is wanted by another file too
+        await settle()
+        assert sorted(fetch.calls) == [span(0, 0), span(1, 1)]
+        stream.close()
+        await settle()
+        assert fetch.cancelled == [span(0, 0)]  # unit 1 lives on for the other stream
+        assert not reader._queued
+        fetch.release(span(1, 1))
+        await settle()
+        assert await reader.read(U, 5) == PLAIN[U : U + 5]  # decoded and cached
+        assert len(fetch.calls) == 2
+        other.close()
+        reader.close()
+
+
+async def test_a_demanded_unit_is_not_cancelled_with_the_prefetch() -> None:
+    fetch = Fetcher(gated=True)
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, parallel=3, max_range=U)
+        stream = reader.stream()
+        reader.prefetch_units(range(0, 2), stream)
+        await settle()
+        results = Results()
+        nursery.start_soon(results.demand, reader, 5, 5)
+        await settle()
+        stream.close()
+        await settle()
+        assert fetch.cancelled == [span(1, 1)]
+        fetch.release(span(0, 0))
+        assert await results.take(1) == [PLAIN[5:10]]
+        reader.close()
+
+
+async def test_a_failed_fetch_fails_its_reads_and_is_retried_later() -> None:
+    fetch = Fetcher()
+    fetch.fail.add(span(3, 3))
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, max_range=U)
+        with pytest.raises(TransportError):
+            await reader.read(3 * U, 10)
+        assert await reader.read(3 * U, 10) == PLAIN[3 * U : 3 * U + 10]
+        reader.close()
+
+
+async def test_a_failed_decode_is_an_error_not_bytes() -> None:
+    def bad(unit: Unit, data: bytes | memoryview) -> bytes:
+        raise CorruptLayer(f"unit {unit.index} does not decompress")
+
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), Fetcher(), bad, nursery)
+        with pytest.raises(CorruptLayer):
+            await reader.read(0, 10)
+        reader.close()
+
+
+async def test_a_closed_reader_refuses_reads_and_wakes_its_waiters() -> None:
+    fetch = Fetcher(gated=True)
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, parallel=2, max_range=U)
+        errors: list[BaseException] = []
+
+        async def demand(unit: int) -> None:
+            try:
+                await reader.read(unit * U, 10)
+            except trio.ClosedResourceError as exc:
+                errors.append(exc)
+
+        for unit in (0, 1, 2):
+            nursery.start_soon(demand, unit)
+        await settle()
+        reader.close()
+        await settle()
+        assert len(errors) == 3
+        with pytest.raises(trio.ClosedResourceError):
+            await reader.read(0, 1)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="run_cpu has one thread per core")
+async def test_units_decode_in_parallel() -> None:
+    """Two units of one GET decode at the same time: each decode waits at a barrier
+    that only opens when both are inside (serial decoding would break it)."""
+    barrier = threading.Barrier(2, timeout=20)
+
+    def meeting(unit: Unit, data: bytes | memoryview) -> bytes:
+        barrier.wait()
+        return decode(unit, data)
+
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), Fetcher(), meeting, nursery)
+        assert await reader.read(0, 2 * U) == PLAIN[: 2 * U]
+        reader.close()
+
+
+def test_decoded_cache_stays_within_its_budget() -> None:
+    cache = DecodedCache(budget=3 * U)
+    for i in range(3):
+        cache.put(("l", i), bytes(U))
+    assert cache.get(("l", 0)) is not None  # touched: now the newest
+    cache.put(("l", 3), bytes(U))
+    assert cache.size == 3 * U
+    assert ("l", 0) in cache and ("l", 1) not in cache and ("l", 3) in cache
+    cache.put(("l", 9), bytes(4 * U))  # bigger than the budget: not kept
+    assert ("l", 9) not in cache and cache.size <= 3 * U
+
+
+async def test_iter_range_yields_in_order_and_reads_ahead_within_the_window() -> None:
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, max_range=U, max_window=4 * U)
+        pieces = []
+        async with contextlib.aclosing(reader.iter_range(500, 20 * U + 10)) as chunks:
+            async for piece in chunks:
+                pieces.append(piece)
+                await settle()
+                done = len(pieces)  # units 0..done-1 consumed
+                assert max(s // U for s, _ in fetch.calls) <= done - 1 + 4
+        assert b"".join(pieces) == PLAIN[500 : 20 * U + 10]
+        assert sorted(fetch.calls) == [span(i, i) for i in range(21)]  # each once
+        assert reader.cache.size == 21 * U  # kept for other readers
+        reader.close()
+
+
+async def test_a_single_pass_need_not_keep_what_it_read() -> None:
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), Fetcher(), decode, nursery, max_range=U, max_window=4 * U)
+        async with contextlib.aclosing(reader.iter_range(0, N * U, keep=False)) as chunks:
+            async for _ in chunks:
+                assert reader.cache.size <= 5 * U  # the window ahead, not what is behind
+        reader.close()
+
+
+async def test_leaving_iter_range_early_cancels_its_read_ahead() -> None:
+    fetch = Fetcher(gated=True)
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, parallel=3, max_range=U)
+        fetch.release(span(0, 0))
+        async with contextlib.aclosing(reader.iter_range(0, N * U)) as chunks:
+            async for piece in chunks:
+                assert piece == PLAIN[:U]
+                break
+        await settle()
+        assert sorted(fetch.cancelled) == [span(1, 1), span(2, 2)]
+        assert not reader._queued
+        reader.close()
+
+
+async def test_stored_units_of_a_plain_tar_are_served_as_fetched() -> None:
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(fixed_units(len(BLOB) - 7, 3 * U), fetch, None, nursery)
+        assert len(reader.table) == 14 and reader.table[13].usize == N * U - 7 - 13 * 3 * U
+        assert await reader.read(5 * U + 3, 4 * U) == BLOB[5 * U + 3 : 9 * U + 3]
+        assert await reader.read(len(BLOB) - 20, 100) == BLOB[-20:-7]
+        reader.close()
