@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fuse.fusekit import MTIME, Member, build_reference, make_tar
 from safetensors import safe_open
 from safetensors.numpy import save
 
 from r8imfs.cache.blobcache import DEFAULT_BLOCK_SIZE
 from r8imfs.oci import mediatypes as mt
 from tests.helpers.counting_proxy import CountingProxy
+from tests.helpers.fuse import MTIME, Member, build_reference, make_tar
 from tests.helpers.images import cli, push
 from tests.helpers.registry import RegistryServer
 
