@@ -12,8 +12,14 @@ import`` / ``import X`` statement (names stay the same), reports what it
 changed, then lets ruff re-sort the imports (the new modules are first-party,
 so they move into the repository's import block).
 
-Exit status: 0 when every file is clean afterwards, 1 when an old import was
-left that this script cannot map (printed, for a hand fix).
+It also drops the ``REPO / "tests"`` entry tools/bench scripts put on
+``sys.path``, creates the ``__init__.py`` a new test directory lacks (tests/
+is a package: without one, pytest imports its files by basename), and checks
+that each ``tests.helpers`` module imported has its file (else it prints the
+``git mv`` that brings it there).
+
+Exit status: 0 when every file is clean afterwards, 1 when something needs a
+hand fix (printed), 2 without arguments.
 """
 
 from __future__ import annotations
