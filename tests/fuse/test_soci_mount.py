@@ -17,16 +17,16 @@ from typing import Any
 
 import pytest
 import trio
-from counting_proxy import CountingProxy, start_counting_proxy
-from fusekit import MountFactory
-from imagehelpers import publish_soci_v1, push
-from readback import OS_FILES, SRC_FILES, expected, inspect_raw, pushed, run_cli
-from readback import tree as tree_of
-from registry_server import RegistryServer, start_registry
 
 from r8imfs.oci.reference import parse
 from r8imfs.registry.client import RegistryClient
 from r8imfs.registry.upload import upload_bytes
+from tests.helpers.counting_proxy import CountingProxy, start_counting_proxy
+from tests.helpers.fuse import MountFactory
+from tests.helpers.images import publish_soci_v1, push
+from tests.helpers.readback import OS_FILES, SRC_FILES, expected, inspect_raw, pushed, run_cli
+from tests.helpers.readback import tree as tree_of
+from tests.helpers.registry import RegistryServer, start_registry
 from tools.demoimage import tar_of
 
 KiB = 1024

@@ -9,14 +9,15 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
-from imagehelpers import cli, publish_soci_v1, push, skopeo_json
-from registry_server import RegistryServer, start_registry
 
 from r8imfs.oci import mediatypes as mt
 from r8imfs.ops.extract import weights_name
+from tests.helpers.images import cli, publish_soci_v1, push, skopeo_json
+from tests.helpers.registry import RegistryServer, start_registry
 from tools.demoimage import tar_of
 
 
@@ -41,7 +42,7 @@ def _weights_image(
         ),
     ]
     ref = f"{registry.host}/{repo}:v1"
-    push(ref, layers=layers, **kw)  # type: ignore[arg-type]
+    push(ref, layers=layers, **kw)
     return ref, {k.removeprefix("src/weights/"): v for k, v in files.items()}
 
 
@@ -196,7 +197,7 @@ def _files_under(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def _soci_index_layers(ref: str) -> list[dict[str, object]]:
+def _soci_index_layers(ref: str) -> list[dict[str, Any]]:
     top = skopeo_json("inspect", "--tls-verify=false", "--raw", f"docker://{ref}-soci")
     repo = ref.rsplit(":", 1)[0]
     index = skopeo_json(

@@ -23,20 +23,6 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from counting_proxy import CountingProxy
-from imagehelpers import push, push_index
-from readback import (
-    cog_image,
-    expected,
-    inspect_config,
-    inspect_raw,
-    pushed,
-    run_cli,
-    tag_digest,
-    unpack,
-)
-from registry_server import RegistryServer
-from soci_oracle import check_gzip_ztoc, check_tar_ztoc, read_ztoc
 
 from r8imfs.engine.codecs import socireader, ztoc
 from r8imfs.oci import mediatypes as mt
@@ -46,6 +32,20 @@ from r8imfs.oci.reference import parse
 from r8imfs.registry.client import RegistryClient
 from r8imfs.registry.referrers import FoundIndex, find_soci_index
 from r8imfs.registry.upload import upload_bytes
+from tests.helpers.counting_proxy import CountingProxy
+from tests.helpers.images import push, push_index
+from tests.helpers.readback import (
+    cog_image,
+    expected,
+    inspect_config,
+    inspect_raw,
+    pushed,
+    run_cli,
+    tag_digest,
+    unpack,
+)
+from tests.helpers.registry import RegistryServer
+from tests.helpers.soci_oracle import check_gzip_ztoc, check_tar_ztoc, read_ztoc
 
 KiB = 1024
 SPAN = 64 * KiB

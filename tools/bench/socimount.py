@@ -29,8 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from counting_proxy import CountingProxy, start_counting_proxy
-
+from tests.helpers.counting_proxy import CountingProxy, start_counting_proxy
 from tools.bench.common import R8IMFS, GiB, MiB, Row, Run, Section, mib, note, rate, run, stat
 from tools.bench.context import Bench
 from tools.bench.image import _base_name
