@@ -7,7 +7,7 @@
 #
 # docker-registry's package enables a systemd service on :5000 where systemd
 # runs; nothing here uses it: tests start their own registries (tests/
-# registry_server.py) with their own config on free loopback ports.
+# helpers/registry.py) with their own config on free loopback ports.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from registry_server import (
+
+from tests.helpers.registry import (
     CogFront,
     RedirectFront,
     RegistryServer,

@@ -18,14 +18,12 @@ import trio
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-
-from registry_server import start_registry  # noqa: E402
 
 from r8imfs.oci import mediatypes as mt  # noqa: E402
 from r8imfs.oci.reference import parse  # noqa: E402
 from r8imfs.registry.client import RegistryClient  # noqa: E402
 from r8imfs.registry.push import push_simple_image  # noqa: E402
+from tests.helpers.registry import start_registry  # noqa: E402
 from tools.demoimage import demo_layers, tar_of  # noqa: E402
 
 R8IMFS = [sys.executable, "-m", "r8imfs"]

@@ -58,7 +58,7 @@ import socketserver
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -219,6 +219,7 @@ class Logged:
     faults: tuple[str, ...]
     started: float = 0.0  # time.monotonic() when the request arrived
     seconds: float = 0.0  # until the reply was written (or the connection cut)
+    received: int = 0  # request body bytes forwarded upstream (chunk framing undone)
 
 
 # -- the proxy ---------------------------------------------------------------------
@@ -239,6 +240,9 @@ class FaultProxy:
         self._threads: list[threading.Thread] = []
         self.host = self.cdn_host = ""
         self.echo = False  # print each exchange on stderr (the command line does)
+        # Tests' fronts (tests/helpers): called first on each request to the proxy
+        # (not the CDN); it may edit the request, or answer it and return True.
+        self.local: Callable[[BaseHTTPRequestHandler], bool] | None = None
 
     # -- lifecycle
     def start(self) -> FaultProxy:
@@ -412,6 +416,7 @@ class _Exchange:
         self.path = h.path.split("?", 1)[0]
         self.status = 0
         self.sent = 0
+        self.received = 0
         self.faults: list[Fault] = []
         self.auth: str | None = None
         self.started = time.monotonic()
@@ -422,7 +427,7 @@ class _Exchange:
             Logged(
                 "cdn" if self.h.server.cdn else "proxy", self.h.command, self.h.path, headers,
                 self.status, self.sent, tuple(f.name for f in self.faults),
-                self.started, time.monotonic() - self.started,
+                self.started, time.monotonic() - self.started, self.received,
             )
         )
 
@@ -431,6 +436,8 @@ class _Exchange:
 
     def run(self) -> None:
         h = self.h
+        if not h.server.cdn and self.proxy.local is not None and self.proxy.local(h):
+            return
         if h.server.cdn and not self._from_stash():
             return
         self.faults = self.proxy.fired(h.command, self.path, h.headers.get("Range"))
@@ -548,7 +555,9 @@ class _Exchange:
                 return
 
     def _request_body(self) -> Iterator[bytes]:
-        return request_body(self.h)
+        for data in request_body(self.h):
+            self.received += len(data)
+            yield data
 
     def _relay(self, resp: http.client.HTTPResponse) -> None:
         h = self.h
@@ -649,7 +658,7 @@ def _flip(data: bytes, pos: int, offset: int, length: int) -> bytes:
 
 def request_body(h: BaseHTTPRequestHandler) -> Iterator[bytes]:
     """A request body as it arrives, chunked or Content-Length framed (also used by
-    the test registry harness, tests/harness_http.py)."""
+    the test registry harness, tests/helpers/loopback.py)."""
     if "chunked" in h.headers.get("Transfer-Encoding", "").lower():
         yield from _read_chunked(h)
         return

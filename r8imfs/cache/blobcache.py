@@ -168,16 +168,28 @@ class BlobCache:
         return _files.Paths.of(self.root, digest).data
 
     async def open(
-        self, client: BlobSource, repo: Repository, digest: str, size: int
+        self,
+        client: BlobSource,
+        repo: Repository,
+        digest: str,
+        size: int,
+        *,
+        block_size: int | None = None,
     ) -> BlobReader:
-        """A reader of ``digest`` (``size`` bytes, from the descriptor); ``aclose`` it."""
+        """A reader of ``digest`` (``size`` bytes, from the descriptor); ``aclose`` it.
+
+        ``block_size`` (default the cache's) is the fetch granularity of a new
+        reader; a digest already open keeps the one it has.
+        """
         if self._nursery is None:
             raise RuntimeError("BlobCache used outside `async with`")
         while (reader := self._readers.get(digest)) is not None:
             if await reader.wait_opened():
                 break
         if reader is None:
-            reader = self._readers[digest] = BlobReader(self, client, repo, digest, size)
+            reader = self._readers[digest] = BlobReader(
+                self, client, repo, digest, size, block_size
+            )
             await reader.start()
         if reader.size != size:
             raise RegistryError(f"blob {digest} opened with sizes {reader.size} and {size}")

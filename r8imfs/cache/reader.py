@@ -76,9 +76,20 @@ class BlobReader:
     """
 
     def __init__(
-        self, cache: BlobCache, client: BlobSource, repo: Repository, digest: str, size: int
+        self,
+        cache: BlobCache,
+        client: BlobSource,
+        repo: Repository,
+        digest: str,
+        size: int,
+        block_size: int | None = None,
     ) -> None:
         self.cache = cache
+        #: fetch granularity; smaller for layers read span by span (SOCI), so a
+        #: small file costs little more than its span
+        self.block_size = block_size or cache.block_size
+        #: readahead in blocks, the same bytes ahead whatever the block size
+        self._readahead = cache.readahead * cache.block_size // self.block_size
         self.client = client
         self.repo = repo
         self.digest = digest
@@ -86,9 +97,9 @@ class BlobReader:
         self.bytes_fetched = 0
         self.requests = 0
         self._paths = _files.Paths.of(cache.root, digest)
-        self._blocks = Blocks(size, cache.block_size)
+        self._blocks = Blocks(size, self.block_size)
         self._present = RangeSet()
-        self._verifier = Verifier(digest, size, cache.block_size, self._paths.blocks)
+        self._verifier = Verifier(digest, size, self.block_size, self._paths.blocks)
         self._record = RecordFile(self._paths)
         self._inflight: dict[int, _Fetch] = {}
         self._whole: _Fetch | None = None
@@ -196,7 +207,7 @@ class BlobReader:
     # -- opening ----------------------------------------------------------------
     async def _check_complete_copy(self) -> None:
         """Verify a copy completed by others; a damaged one is dropped and refetched."""
-        blocks = BlockHasher(self.cache.block_size)
+        blocks = BlockHasher(self.block_size)
         if await self._io(_files.file_matches, self.size, self.digest, blocks):
             self._verifier.verified = True
             await self._verifier.learn_blocks(blocks)
@@ -269,9 +280,9 @@ class BlobReader:
             await _wait(pending[0])
 
     def _read_ahead(self, pos: int) -> None:
-        if self._whole is not None or self.cache.readahead <= 0:
+        if self._whole is not None or self._readahead <= 0:
             return
-        for b in self._blocks.ahead(pos, self.cache.readahead):
+        for b in self._blocks.ahead(pos, self._readahead):
             if not self._present.covers(*self._blocks.span(b)):
                 self._fetch(b)
 
@@ -373,7 +384,7 @@ class BlobReader:
 
     async def _stream_whole(self, stream: BlobStreamLike) -> None:
         hasher = _digest.Hasher(_files.algorithm(self.digest))
-        blocks = BlockHasher(self.cache.block_size)
+        blocks = BlockHasher(self.block_size)
         pos = 0
         buf = bytearray()
         async for chunk in stream.chunks():

@@ -34,6 +34,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "-o", "--output", default="-", help="tar file to write ('-': stdout, the default)"
     )
     p.add_argument("--dir", help="write the files into this directory instead of a tar")
+    p.add_argument(
+        "--no-soci",
+        dest="soci",
+        action="store_false",
+        help="ignore the image's SOCI index (which lets gzip layers inflate on every core)",
+    )
     p.set_defaults(run=run)
     return p
 
@@ -47,7 +53,7 @@ async def run(args: argparse.Namespace) -> None:
     async with _common.client(args) as client:
         image = await client.resolve(ref, _common.platform(args))
         if args.dir:
-            await extract(client, image, DirSink(Path(args.dir)), on_file)
+            await extract(client, image, DirSink(Path(args.dir)), on_file, soci=args.soci)
         elif args.output == "-":
             if sys.stdout.isatty():
                 raise UsageError(
@@ -55,24 +61,24 @@ async def run(args: argparse.Namespace) -> None:
                 )
             sink = TarSink(sys.stdout.buffer)
             try:
-                await extract(client, image, sink, on_file)
+                await extract(client, image, sink, on_file, soci=args.soci)
             except BaseException:
                 sink.discard(poison=True)
                 raise
             await run_io(sink.close)  # waits for its writer thread: not on the loop
             sys.stdout.buffer.flush()
         else:
-            await _to_file(client, image, Path(args.output), on_file)
+            await _to_file(client, image, Path(args.output), on_file, args.soci)
 
 
-async def _to_file(client: Any, image: Any, path: Path, on_file: Any) -> None:
+async def _to_file(client: Any, image: Any, path: Path, on_file: Any, soci: bool) -> None:
     """Write to a temporary name beside ``path``; rename only on success."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as out:
             sink = TarSink(out)
             try:
-                await extract(client, image, sink, on_file)
+                await extract(client, image, sink, on_file, soci=soci)
             except BaseException:
                 sink.discard()
                 raise

@@ -9,6 +9,7 @@ from typing import Any
 
 from r8imfs._units import human_size
 from r8imfs.cli import _common
+from r8imfs.image.tocs import listed_tocs, soci_index
 from r8imfs.oci.config import pair_layers
 from r8imfs.oci.digest import short
 from r8imfs.registry.client import Image
@@ -19,8 +20,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "layers",
         aliases=["report"],
         help="summarize the layers of an image",
-        description="One row per layer: index, digest, size, media type, the build step "
-        "that made it (history created_by) and its comment. Only the manifest and config "
+        description="One row per layer: index, digest, size, media type, the TOC it has "
+        "(a SOCI zTOC listed by the image's SOCI index, v2 or v1), the build step that made "
+        "it (history created_by) and its comment. Only the manifest, config and SOCI index "
         "are fetched.",
     )
     p.add_argument("image", help="image reference, e.g. r8.im/user/model:tag")
@@ -29,7 +31,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def as_json(image: Image) -> dict[str, Any]:
+Tocs = dict[str, dict[str, object]]
+
+
+def as_json(image: Image, tocs: Tocs | None = None) -> dict[str, Any]:
     return {
         "reference": str(image.reference),
         "digest": image.digest,
@@ -44,14 +49,19 @@ def as_json(image: Image) -> dict[str, Any]:
                 "diffId": layer.diff_id,
                 "createdBy": layer.created_by or None,
                 "comment": layer.comment or None,
+                "toc": (tocs or {}).get(layer.descriptor.digest),
             }
             for layer in pair_layers(image.manifest, image.config)
         ],
     }
 
 
-def table(image: Image) -> str:
-    rows = [("#", "DIGEST", "SIZE", "MEDIA TYPE", "CREATED BY", "COMMENT")]
+def _toc_cell(toc: dict[str, object] | None) -> str:
+    return f"{toc['format']} ({toc['index']})" if toc else "-"
+
+
+def table(image: Image, tocs: Tocs | None = None) -> str:
+    rows = [("#", "DIGEST", "SIZE", "MEDIA TYPE", "TOC", "CREATED BY", "COMMENT")]
     for layer in pair_layers(image.manifest, image.config):
         d = layer.descriptor
         created = layer.created_by.replace("\n", " ")
@@ -63,6 +73,7 @@ def table(image: Image) -> str:
                 short(d.digest),
                 human_size(d.size),
                 d.media_type.rsplit(".", 1)[-1] if "." in d.media_type else d.media_type,
+                _toc_cell((tocs or {}).get(d.digest)),
                 created,
                 layer.comment,
             )
@@ -78,8 +89,9 @@ async def run(args: argparse.Namespace) -> None:
     ref = _common.ref(args, args.image)
     async with _common.client(args) as client:
         image = await client.resolve(ref, _common.platform(args))
+        tocs = listed_tocs(image.manifest, await soci_index(client, ref.repository, image.manifest))
     if args.json:
-        json.dump(as_json(image), sys.stdout, indent=2)
+        json.dump(as_json(image, tocs), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print(table(image))
+        print(table(image, tocs))

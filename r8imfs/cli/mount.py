@@ -65,6 +65,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="index gzip and zstd layers with checkpoints only: less disk, but every "
         "read of a file decodes it again",
     )
+    p.add_argument(
+        "--no-soci",
+        dest="soci",
+        action="store_false",
+        help="ignore the image's SOCI index (zTOCs) and index every layer here",
+    )
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     p.add_argument(
         "--writable",
@@ -149,6 +155,7 @@ async def run(args: argparse.Namespace) -> None:
         cache_dir=cache_dir,
         max_bytes=parse_size(args.cache_size) if args.cache_size else DEFAULT_MAX_BYTES,
         decoded_copies=args.decoded_copies,
+        soci=args.soci,
     )
     shown: list[_IndexProgress] = []
     resolved: list[Image] = []

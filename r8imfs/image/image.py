@@ -23,15 +23,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
 from r8imfs import _threads
 from r8imfs.cache.blobcache import BlobCache, BlobReader, BlobSource
+from r8imfs.engine.codecs.layerformat import LayerFormat, Toc, TocLayer, choose
 from r8imfs.engine.codecs.table import codec_for
 from r8imfs.engine.decodedcopy import DecodedReader, Pending, worth_keeping
 from r8imfs.engine.entry import Entry
@@ -45,7 +48,7 @@ from r8imfs.engine.indexdb import (
 )
 from r8imfs.engine.merged import LayerTree, MergedTree, Node
 from r8imfs.engine.readat import LayerReader, ReadAt, ScanProgress, cached_entry, read_entry
-from r8imfs.errors import DigestMismatch, R8imfsError
+from r8imfs.errors import CorruptLayer, DigestMismatch, R8imfsError
 from r8imfs.image.pipe import consume_stream
 from r8imfs.image.toclayer import RangeGets, open_toc_layer, record_path
 from r8imfs.oci.digest import short
@@ -57,6 +60,8 @@ INDEX_PARALLEL = 2
 #: decoded bytes per worker-thread round trip when serving reads, and how many to keep
 DECODED_BLOCK = 4 * 1024 * 1024
 DECODED_BLOCKS = 6
+#: decoded blocks read ahead of a sequential reader when a layer is TOC-served
+TOC_AHEAD = max(2, os.cpu_count() or 2)
 BlockLoader = Callable[[Node, int], Awaitable[bytes]]
 #: (layer, entry ordinal, block number)
 BlockKey = tuple[int, int, int]
@@ -73,6 +78,7 @@ class LayerFiles:
     reader: LayerReader
     blob: BlobReader
     streamed: int = 0  # bytes of the blob streamed past the blob cache (decoded copy)
+    toc: Toc | None = None  # the TOC it is served from, if any
 
     @property
     def name(self) -> str:
@@ -87,6 +93,7 @@ class ImageFiles:
     layers: list[LayerFiles]
     rootfs: MergedTree
     decoded: DecodedBlocks
+    pool: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     @classmethod
     async def open(
@@ -100,15 +107,19 @@ class ImageFiles:
         progress: IndexProgress | None = None,
         *,
         decoded_copies: bool = True,
+        tocs: Mapping[str, Toc] | None = None,
     ) -> ImageFiles:
+        """``tocs``: TOCs found for layers (``image.tocs.find_tocs``), by layer digest."""
         slots: list[LayerFiles | None] = [None] * len(manifest.layers)
         limiter = trio.CapacityLimiter(INDEX_PARALLEL)
+        # span checks and inflates of every TOC-served layer share the cores
+        pool = _span_pool() if tocs else None
 
         async def one(i: int, desc: Descriptor) -> None:
+            fmt = choose(desc.media_type, (tocs or {}).get(desc.digest))
             async with limiter:
-                slots[i] = await _open_layer(
-                    client, repo, i, desc, cache, cache_dir, progress, decoded_copies
-                )
+                opener = _LayerOpener(client, repo, cache, cache_dir, progress, pool)
+                slots[i] = await opener.open(i, desc, fmt, decoded_copies)
 
         try:
             async with trio.open_nursery() as nursery:
@@ -116,10 +127,15 @@ class ImageFiles:
                     nursery.start_soon(one, i, desc)
         except BaseExceptionGroup as group:
             await _close_all(slots)
+            _shutdown(pool)
             raise _first(group) from None
         layers = [s for s in slots if s is not None]
         rootfs = await _threads.run_sync(MergedTree.build, [list(x.entries) for x in layers])
-        return cls(manifest.raw, config_raw, layers, rootfs, DecodedBlocks(cache.background()))
+        # a layer read through its TOC inflates each block in the worker that
+        # asks for it: more blocks ahead, more cores at work on one sequential copy
+        ahead = TOC_AHEAD if any(x.toc is not None for x in layers) else 1
+        decoded = DecodedBlocks(cache.background(), ahead=ahead)
+        return cls(manifest.raw, config_raw, layers, rootfs, decoded, pool)
 
     async def read(self, node: Node, offset: int, size: int) -> bytes | bytearray:
         """``size`` bytes of a file at ``offset``, through the decoded-block cache."""
@@ -150,7 +166,19 @@ class ImageFiles:
         return sum(x.blob.bytes_fetched + x.streamed for x in self.layers)
 
     async def aclose(self) -> None:
-        await _close_all(list(self.layers))
+        try:
+            await _close_all(list(self.layers))
+        finally:
+            _shutdown(self.pool)
+
+
+def _span_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="soci-span")
+
+
+def _shutdown(pool: Executor | None) -> None:
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 class DecodedBlocks:
@@ -159,14 +187,20 @@ class DecodedBlocks:
     FUSE asks for 128 KiB at a time; one worker-thread round trip per request
     caps a copy near 100 MiB/s whatever the codec. Decoding ``DECODED_BLOCK``
     bytes of a file per round trip, serving the next requests from memory,
-    and decoding the following block in the background while they are served
-    keeps both cores busy. Bounded: ``DECODED_BLOCKS`` blocks in all.
+    and decoding the following ``ahead`` blocks in the background while they
+    are served keeps both cores busy (one block ahead is enough when a block
+    is a ``pread`` of a decoded copy; a TOC-served layer inflates in the
+    worker that asks, so it gets as many as there are cores). Bounded:
+    ``DECODED_BLOCKS`` blocks in all (more if ``ahead`` needs them).
     Concurrent requests for one block share one decode.
     """
 
-    def __init__(self, nursery: trio.Nursery, capacity: int = DECODED_BLOCKS) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, capacity: int = DECODED_BLOCKS, ahead: int = 1
+    ) -> None:
         self._nursery = nursery
-        self._capacity = capacity
+        self._capacity = max(capacity, 2 * ahead + 2)
+        self._ahead = ahead
         self._blocks: OrderedDict[BlockKey, bytes] = OrderedDict()
         self._pending: dict[BlockKey, trio.Event] = {}
 
@@ -177,11 +211,13 @@ class DecodedBlocks:
             data = await self._fill(key, node, block, load)
         else:
             self._blocks.move_to_end(key)
-        nxt = (key[0], key[1], block + 1)
         sequential = block > 0 and (key[0], key[1], block - 1) in self._blocks
-        more = (block + 1) * DECODED_BLOCK < node.entry.size
-        if sequential and more and nxt not in self._blocks and nxt not in self._pending:
-            self._nursery.start_soon(self._prefetch, nxt, node, block + 1, load)
+        for n in range(block + 1, block + 1 + self._ahead) if sequential else ():
+            nxt = (key[0], key[1], n)
+            if n * DECODED_BLOCK >= node.entry.size:
+                break
+            if nxt not in self._blocks and nxt not in self._pending:
+                self._nursery.start_soon(self._prefetch, nxt, node, n, load)
         return data
 
     async def _fill(
@@ -207,6 +243,89 @@ class DecodedBlocks:
     ) -> None:
         with contextlib.suppress(Exception):  # a real read will retry and report it
             await self._fill(key, node, block, load)
+
+
+@dataclass(frozen=True, slots=True)
+class _LayerOpener:
+    """Opens one layer: from its TOC when it has a usable one, else indexed here."""
+
+    client: BlobSource
+    repo: Repository
+    cache: BlobCache
+    cache_dir: Path
+    progress: IndexProgress | None
+    pool: Executor | None
+
+    async def open(
+        self, i: int, desc: Descriptor, fmt: LayerFormat, decoded_copies: bool
+    ) -> LayerFiles:
+        if fmt.toc is not None:
+            toc_layer = await self._load_toc(i, desc, fmt)
+            if toc_layer is not None:
+                return await self._from_toc(i, desc, fmt, toc_layer)
+        return await _open_layer(
+            self.client,
+            self.repo,
+            i,
+            desc,
+            self.cache,
+            self.cache_dir,
+            self.progress,
+            decoded_copies,
+        )
+
+    async def _load_toc(self, i: int, desc: Descriptor, fmt: LayerFormat) -> TocLayer | None:
+        """The layer as its TOC says, unless the layer is indexed here already (a
+        local index, or a decoded copy, beats ranged reads) or the TOC is bad."""
+        toc, kind = fmt.toc, fmt.toc_format
+        assert toc is not None
+        assert kind is not None
+        local = await _threads.run_sync(
+            load_cached, self.cache_dir, desc.digest, desc.media_type, desc.size
+        )
+        if local is not None:
+            return None
+        try:
+            return await _threads.run_sync(kind.load, toc, desc.size)
+        except CorruptLayer as exc:
+            log.warning(
+                "layer %d (%s): %s %s from %s is not usable: %s; indexing the layer here",
+                i,
+                short(desc.digest),
+                kind.label,
+                short(toc.digest),
+                toc.source,
+                exc.message,
+            )
+            return None
+
+    async def _from_toc(
+        self, i: int, desc: Descriptor, fmt: LayerFormat, toc_layer: TocLayer
+    ) -> LayerFiles:
+        toc = fmt.toc
+        assert toc is not None
+        # fetched in blocks sized to its spans (a small file costs about its span,
+        # not a 4 MiB block or two)
+        blob = await self.cache.open(
+            self.client, self.repo, desc.digest, desc.size, block_size=toc_layer.block_size
+        )
+        try:
+            name = f"layer {i} ({short(desc.digest)})"
+            opener = functools.partial(
+                toc_layer.open_reader, blob.sync_file(), name=name, pool=self.pool
+            )
+            reader = await _threads.run_sync(opener)  # it validates the TOC's spans again
+            entries = tuple(toc_layer.entries)
+            tree = await _threads.run_sync(LayerTree.build, list(entries), i)
+        except BaseException:
+            await blob.aclose()
+            raise
+        if self.progress:
+            self.progress(i, desc.size, desc.size)  # nothing to read: indexed already
+        log.info(
+            "layer %d (%s): served from its %s (%s)", i, short(desc.digest), toc.kind, toc.source
+        )
+        return LayerFiles(i, desc, entries, tree, reader, blob, toc=toc)
 
 
 async def _open_layer(

@@ -129,7 +129,11 @@ class Index:
         return sha256(self.raw)
 
     def select(self, platform: Platform) -> Descriptor:
+        # A v2 SOCI index is listed with the platform of the image it indexes
+        # (soci convert lists it after the image; not everyone need): never it.
         for d in self.manifests:
+            if (d.annotations or {}).get(_SOCI_FOR) is not None:
+                continue
             if d.platform and platform.matches(d.platform):
                 return d
         available = ", ".join(str(d.platform) for d in self.manifests if d.platform) or "none"
@@ -137,6 +141,10 @@ class Index:
             f"no manifest for platform {platform} in this index",
             hint=f"available: {available}; choose one with --platform",
         )
+
+
+#: ``oci.soci.MANIFEST_DIGEST`` (``soci`` imports this module)
+_SOCI_FOR = "com.amazon.soci.image-manifest-digest"
 
 
 def load_json(raw: bytes, what: str) -> dict[str, Any]:

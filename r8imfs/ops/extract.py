@@ -11,7 +11,14 @@ a worker thread (``image.pipe``), hashing the compressed bytes on the way.
 Every file is staged and only published once its layer's digest checks out,
 so a corrupt or truncated blob never yields a file (``DigestMismatch``).
 Weights are big and read whole, so a straight stream beats random access
-here: no index, each byte moved once.
+here: each byte moved once.
+
+When the image has a SOCI index (``image.tocs``), a gzip layer with a usable
+zTOC is still streamed once, but inflated span by span on every core
+(``engine.codecs.spanstream``: each span's digest checked before it is
+inflated, the files written in tar order, the whole blob's digest checked
+as before). A zTOC that cannot be fetched or does not fit its layer is one
+warning, and that layer is inflated the plain way.
 
 A layer that fails to decompress or untar is hashed to its end to tell a
 corrupt blob (its bytes do not hash to its digest: a bad proxy or CDN node,
@@ -30,26 +37,32 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, cast
 
-from r8imfs._threads import run_io
+from r8imfs._threads import run_io, run_sync
+from r8imfs.engine.codecs import ztoc
 from r8imfs.engine.codecs.decompress import (
     DECOMPRESSION_ERRORS,
     HashingReader,
     chunks_of,
     corrupt,
 )
+from r8imfs.engine.codecs.spanstream import SpanInflater
 from r8imfs.engine.codecs.table import codec_for
 from r8imfs.engine.safetar import GuardedTarInfo
 from r8imfs.engine.tarindex import ForwardFile
 from r8imfs.engine.writer import BackgroundWriter
 from r8imfs.errors import CorruptLayer, DigestMismatch, NoWeightsFound, R8imfsError, UnsafeLayer
 from r8imfs.image.pipe import consume_stream
+from r8imfs.image.tocs import soci_index
 from r8imfs.oci.config import WEIGHTS_DIR, Layer, pair_layers, weights_candidates
-from r8imfs.oci.reference import Repository
+from r8imfs.oci.digest import short
 from r8imfs.ops.tocextract import extract_via_toc
 from r8imfs.registry.client import Image, RegistryClient
+from r8imfs.registry.referrers import fetch_ztoc
 
 log = logging.getLogger("r8imfs.ops")
 
@@ -275,13 +288,35 @@ def _body(tf: tarfile.TarFile, tar: ForwardFile, member: tarfile.TarInfo) -> IO[
     return body
 
 
-def _untar_weights(raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | None) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class _Spans:
+    """A layer's validated zTOC, and the pool its spans inflate on."""
+
+    z: ztoc.Ztoc
+    spans: ztoc.Spans
+    pool: Executor
+
+    def inflate(self, raw: IO[bytes], name: str) -> IO[bytes]:
+        return cast(IO[bytes], SpanInflater(raw, self.z, self.spans, pool=self.pool, name=name))
+
+
+def _untar_weights(
+    raw: IO[bytes],
+    layer: Layer,
+    sink: Sink,
+    on_file: OnFile | None,
+    spans: _Spans | None = None,
+) -> list[str]:
     """Worker thread: hash, decompress and untar one layer into the sink."""
     desc = layer.descriptor
     hashed = HashingReader(raw)
     names: list[str] = []
     try:
-        stream = codec_for(desc.media_type).inflate(cast(IO[bytes], hashed))
+        if spans is not None:
+            what = f"layer {layer.index} ({desc.digest})"
+            stream = spans.inflate(cast(IO[bytes], hashed), what)
+        else:
+            stream = codec_for(desc.media_type).inflate(cast(IO[bytes], hashed))
         # tarfile over a forward-only file rather than in stream mode ("r|"),
         # for the headers only: bodies are views of the inflater's own output
         # (``_Body``), not copies through the stream mode's 10 KiB record loop.
@@ -339,11 +374,56 @@ def _bad_layer(layer: Layer, hashed: HashingReader, exc: BaseException) -> R8imf
     return BlobCorrupt(f"layer {layer.index}: blob {digest} is corrupt ({detail})")
 
 
+async def extract(
+    client: RegistryClient,
+    image: Image,
+    sink: Sink,
+    on_file: OnFile | None = None,
+    *,
+    soci: bool = True,
+) -> list[str]:
+    """Write the image's weights into ``sink``; the names written.
+
+    ``soci``: use the image's SOCI index, if any, to inflate on every core.
+    """
+    layers = pair_layers(image.manifest, image.config)
+    first, fallback = weights_candidates(layers)
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="soci-span")
+    try:
+        ztocs = await _ztocs(client, image, [*first, *fallback], pool) if soci else {}
+        for group in (first, fallback):
+            names: list[str] = []
+            for layer in group:
+                repo = image.reference.repository
+                toc = await extract_via_toc(client, repo, layer, sink, weights_name, on_file)
+                if toc is not None:  # only the weights' chunks, each verified (ops/tocextract)
+                    names += toc
+                    continue
+                names += await _extract_layer(
+                    client, image, layer, sink, on_file, ztocs.get(layer.descriptor.digest)
+                )
+            if names:
+                return names
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    raise NoWeightsFound(
+        f"no weights found in {image.reference}",
+        hint="looked for files under src/weights/ in layers made by '... # weights' "
+        "or 'COPY . /src'",
+    )
+
+
 async def _extract_layer(
-    client: RegistryClient, repo: Repository, layer: Layer, sink: Sink, on_file: OnFile | None
+    client: RegistryClient,
+    image: Image,
+    layer: Layer,
+    sink: Sink,
+    on_file: OnFile | None,
+    spans: _Spans | None,
 ) -> list[str]:
     """One layer into the sink; a corrupt blob is fetched once more before failing."""
-    untar = functools.partial(_untar_weights, layer=layer, sink=sink, on_file=on_file)
+    repo = image.reference.repository
+    untar = functools.partial(_untar_weights, layer=layer, sink=sink, on_file=on_file, spans=spans)
     try:
         async with client.open_blob(repo, layer.descriptor.digest) as blob:
             return await consume_stream(blob.chunks(), untar)
@@ -359,25 +439,40 @@ async def _extract_layer(
         raise
 
 
-async def extract(
-    client: RegistryClient, image: Image, sink: Sink, on_file: OnFile | None = None
-) -> list[str]:
-    """Write the image's weights into ``sink``; the names written."""
-    layers = pair_layers(image.manifest, image.config)
-    first, fallback = weights_candidates(layers)
+async def _ztocs(
+    client: RegistryClient, image: Image, layers: list[Layer], pool: Executor
+) -> dict[str, _Spans]:
+    """Validated zTOCs of the layers that may hold weights, by layer digest."""
     repo = image.reference.repository
-    for group in (first, fallback):
-        names: list[str] = []
-        for layer in group:
-            via_toc = await extract_via_toc(client, repo, layer, sink, weights_name, on_file)
-            if via_toc is not None:  # only the weights' chunks, each verified (ops/tocextract)
-                names += via_toc
-                continue
-            names += await _extract_layer(client, repo, layer, sink, on_file)
-        if names:
-            return names
-    raise NoWeightsFound(
-        f"no weights found in {image.reference}",
-        hint="looked for files under src/weights/ in layers made by '... # weights' "
-        "or 'COPY . /src'",
-    )
+    found = await soci_index(client, repo, image.manifest)
+    if found is None:
+        return {}
+    refs = found.ztocs
+    out: dict[str, _Spans] = {}
+    for layer in layers:
+        desc = layer.descriptor
+        ref = refs.get(desc.digest)
+        if ref is None or desc.digest in out:
+            continue
+        try:
+            data = await fetch_ztoc(client, repo, ref)
+            z = await run_sync(ztoc.decode, data)
+            spans = await run_sync(ztoc.validate, z, desc.size, ref.span_size)
+        except R8imfsError as exc:
+            log.warning(
+                "layer %d (%s): zTOC %s is not usable: %s; inflating the layer on one core",
+                layer.index,
+                short(desc.digest),
+                short(ref.digest),
+                exc.message,
+            )
+            continue
+        out[desc.digest] = _Spans(z, spans, pool)
+        log.info(
+            "layer %d (%s): %d spans, inflated in parallel through zTOC %s",
+            layer.index,
+            short(desc.digest),
+            len(spans),
+            short(ref.digest),
+        )
+    return out

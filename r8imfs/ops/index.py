@@ -1,7 +1,7 @@
 """``index``: publish SOCI indexes for an image, the v2 way; nothing else moves.
 
 For each platform (every one of an index, or just the one asked for), each
-gzip or uncompressed layer streams down once through ``archive.ztocbuild``
+gzip or uncompressed layer streams down once through ``engine.codecs.ztocbuild``
 (checkpoints every ``span_size`` of output, span digests, file TOC; the
 layer's digest is checked on the way) and its zTOC goes up as a blob. Then,
 as ``soci convert`` does (``oci/soci.py`` has the facts):

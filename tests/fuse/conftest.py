@@ -9,7 +9,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from fusekit import HERE, Mount, MountFactory, fuse_missing, mount_image
+
+from tests.helpers.fuse import HERE, Mount, MountFactory, fuse_missing, mount_image
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,11 +16,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from fusekit import Member, MountFactory, daemons_for, is_mounted, make_tar
-from imagehelpers import push
-from registry_server import start_registry
 
 from r8imfs.oci import mediatypes as mt
+from tests.helpers.fuse import Member, MountFactory, daemons_for, is_mounted, make_tar
+from tests.helpers.images import push
+from tests.helpers.registry import start_registry
 
 MiB = 1024 * 1024
 SIZE = 48 * MiB

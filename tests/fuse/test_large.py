@@ -15,11 +15,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fusekit import CMD_TIMEOUT, Member, MountFactory, make_tar
-from imagehelpers import push
-from registry_server import RegistryServer
 
 from r8imfs.oci import mediatypes as mt
+from tests.helpers.fuse import CMD_TIMEOUT, Member, MountFactory, make_tar
+from tests.helpers.images import push
+from tests.helpers.registry import RegistryServer
 
 SIZE = 40 * 1024 * 1024
 WEIGHTS = "src/weights/model.safetensors"

@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from counting_proxy import CountingProxy, start_counting_proxy
-from fusekit import (
+
+from r8imfs.oci import mediatypes as mt
+from tests.helpers.counting_proxy import CountingProxy, start_counting_proxy
+from tests.helpers.fuse import (
     CMD_TIMEOUT,
     MOUNT_TIMEOUT,
     Member,
@@ -33,10 +35,8 @@ from fusekit import (
     r8imfs,
     wait_until,
 )
-from imagehelpers import push
-from registry_server import RegistryServer
-
-from r8imfs.oci import mediatypes as mt
+from tests.helpers.images import push
+from tests.helpers.registry import RegistryServer
 
 BODY = os.urandom(3 * 1024 * 1024 + 17)
 

@@ -28,14 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from counting_proxy import CountingProxy, start_counting_proxy
-from fusekit import CMD_TIMEOUT, Member, Mount, MountFactory, make_tar, r8imfs
-from imagehelpers import push
-from registry_server import RegistryServer
 from safetensors.numpy import save
 
 from r8imfs.cache.blobcache import DEFAULT_BLOCK_SIZE, DEFAULT_READAHEAD
 from r8imfs.oci import mediatypes as mt
+from tests.helpers.counting_proxy import CountingProxy, start_counting_proxy
+from tests.helpers.fuse import CMD_TIMEOUT, Member, Mount, MountFactory, make_tar, r8imfs
+from tests.helpers.images import push
+from tests.helpers.registry import RegistryServer
 
 MiB = 1024 * 1024
 BLOCK = DEFAULT_BLOCK_SIZE  # the blob cache fetches aligned blocks of this size

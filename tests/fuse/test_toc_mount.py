@@ -22,11 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from counting_proxy import CountingProxy, start_counting_proxy
-from fusekit import MountFactory
-from imagehelpers import cli, push
-from registry_server import RegistryServer
-from tocproducers import containerd, ctr_remote_convert, write_layout
+
+from tests.helpers.counting_proxy import CountingProxy, start_counting_proxy
+from tests.helpers.fuse import MountFactory
+from tests.helpers.images import cli, push
+from tests.helpers.registry import RegistryServer
+from tests.helpers.tocproducers import containerd, ctr_remote_convert, write_layout
 
 MiB = 1024 * 1024
 #: the share of layer bytes a cold mount of a TOC image may move before it is ready

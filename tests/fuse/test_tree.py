@@ -28,7 +28,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fusekit import (
+
+from r8imfs.oci import mediatypes as mt
+from tests.helpers.fuse import (
     CMD_TIMEOUT,
     Member,
     Mount,
@@ -39,10 +41,8 @@ from fusekit import (
     reference_snapshot,
     snapshot,
 )
-from imagehelpers import push
-from registry_server import RegistryServer
-
-from r8imfs.oci import mediatypes as mt
+from tests.helpers.images import push
+from tests.helpers.registry import RegistryServer
 
 MANIFEST_TYPES = {"gzip": mt.DOCKER_MANIFEST, "zstd": mt.OCI_MANIFEST, "none": mt.OCI_MANIFEST}
 LONG_DIR = "deep/" + "d" * 60

@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from counting_proxy import CountingProxy, start_counting_proxy
-from fusekit import Mount, MountFactory, alive, is_mounted, r8imfs, wait_until
-from imagehelpers import push
-from readback import (
+
+from r8imfs.oci import mediatypes as mt
+from tests.helpers.counting_proxy import CountingProxy, start_counting_proxy
+from tests.helpers.fuse import Mount, MountFactory, alive, is_mounted, r8imfs, wait_until
+from tests.helpers.images import push
+from tests.helpers.readback import (
     OS_FILES,
     SRC_FILES,
     Tree,
@@ -30,10 +32,8 @@ from readback import (
     tag_digest,
     unpack,
 )
-from readback import tree as tree_of
-from registry_server import RegistryServer
-
-from r8imfs.oci import mediatypes as mt
+from tests.helpers.readback import tree as tree_of
+from tests.helpers.registry import RegistryServer
 from tools.demoimage import tar_of
 
 KiB = 1024

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from counting_proxy import CountingProxy, start_counting_proxy
-from registry_server import RegistryServer
+
+from tests.helpers.counting_proxy import CountingProxy, start_counting_proxy
+from tests.helpers.registry import RegistryServer
 
 
 @pytest.fixture

@@ -7,9 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-from counting_proxy import CountingProxy
-from imagehelpers import push, push_index
-from readback import (
+
+from r8imfs.oci import mediatypes as mt
+from r8imfs.oci import mutate
+from tests.helpers.counting_proxy import CountingProxy
+from tests.helpers.images import push, push_index
+from tests.helpers.readback import (
     OS_FILES,
     SRC_FILES,
     cog_image,
@@ -22,10 +25,7 @@ from readback import (
     unpack,
     weights_files,
 )
-from registry_server import RegistryServer
-
-from r8imfs.oci import mediatypes as mt
-from r8imfs.oci import mutate
+from tests.helpers.registry import RegistryServer
 from tools.demoimage import tar_of
 
 KiB = 1024

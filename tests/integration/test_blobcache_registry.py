@@ -6,11 +6,10 @@ import hashlib
 import io
 import tarfile
 from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from harness_http import Handler, LoopbackServer, RecordedRequest, lower_headers, proxy
-from registry_server import RegistryServer
 
 from r8imfs import _threads
 from r8imfs.cache.blobcache import BlobCache
@@ -18,6 +17,9 @@ from r8imfs.engine.readat import BlobFile
 from r8imfs.oci.reference import Repository
 from r8imfs.registry.client import RegistryClient
 from r8imfs.registry.upload import upload_stream
+from tests.helpers.loopback import RecordedRequest
+from tests.helpers.registry import RegistryServer
+from tools.faultproxy import FaultProxy
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -94,19 +96,19 @@ async def test_tarfile_in_a_worker_thread_reads_through_the_cache(
 
 @pytest.fixture
 def range_stripper(registry: RegistryServer) -> Iterator[tuple[str, list[RecordedRequest]]]:
-    """A loopback front that drops ``Range`` before forwarding: 200 to every ranged GET."""
+    """The proxy, dropping ``Range`` before forwarding: 200 to every ranged GET."""
     seen: list[RecordedRequest] = []
 
-    def handle(h: Handler) -> None:
-        seen.append(RecordedRequest(h.command, h.path, lower_headers(h)))
+    def strip_range(h: BaseHTTPRequestHandler) -> bool:
+        headers = {name.lower(): value for name, value in h.headers.items()}
+        seen.append(RecordedRequest(h.command, h.path, headers))
         del h.headers["Range"]
-        proxy(h, registry.host)
+        return False  # forward it, Range gone
 
-    server = LoopbackServer("127.0.0.1", handle)
-    try:
-        yield server.host, seen
-    finally:
-        server.stop()
+    front = FaultProxy(registry.host)
+    front.local = strip_range
+    with front:
+        yield front.host, seen
 
 
 async def test_registry_answering_200_to_a_range(

@@ -27,15 +27,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from counting_proxy import CountingProxy
-from fuse.fusekit import MTIME, Member, build_reference, make_tar
-from imagehelpers import cli, push
-from registry_server import RegistryServer
 from safetensors import safe_open
 from safetensors.numpy import save
 
 from r8imfs.cache.blobcache import DEFAULT_BLOCK_SIZE
 from r8imfs.oci import mediatypes as mt
+from tests.helpers.counting_proxy import CountingProxy
+from tests.helpers.fuse import MTIME, Member, build_reference, make_tar
+from tests.helpers.images import cli, push
+from tests.helpers.registry import RegistryServer
 
 MANIFEST_TYPES = {"gzip": mt.DOCKER_MANIFEST, "zstd": mt.OCI_MANIFEST, "none": mt.OCI_MANIFEST}
 BIG = os.urandom(9 * 1024 * 1024 + 17)  # more than two 4 MiB blocks, not aligned

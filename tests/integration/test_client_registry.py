@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from imagehelpers import cli, push
-from registry_server import TOKEN_SERVICE, RegistryServer
 
 from r8imfs.oci.digest import sha256
 from r8imfs.oci.reference import parse
 from r8imfs.registry import upload
 from r8imfs.registry.client import RegistryClient
+from tests.helpers.images import cli, push
+from tests.helpers.registry import TOKEN_SERVICE, RegistryServer
 
 
 async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:

@@ -8,9 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trio
-from counting_proxy import CountingProxy
-from imagehelpers import push, push_index
-from readback import (
+
+from r8imfs.oci import mediatypes as mt
+from r8imfs.oci import mutate
+from tests.helpers.counting_proxy import CountingProxy
+from tests.helpers.images import push, push_index
+from tests.helpers.readback import (
     cog_image,
     expected,
     inspect_config,
@@ -21,10 +24,7 @@ from readback import (
     unpack,
     weights_files,
 )
-from registry_server import RegistryServer
-
-from r8imfs.oci import mediatypes as mt
-from r8imfs.oci import mutate
+from tests.helpers.registry import RegistryServer
 
 KiB = 1024
 

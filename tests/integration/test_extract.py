@@ -10,16 +10,18 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
-from counting_proxy import CountingProxy
-from imagehelpers import cli, push
-from registry_server import RegistryServer
+import trio
 
 from r8imfs.engine.codecs.toc import load_toc
 from r8imfs.engine.readat import FileReadAt
 from r8imfs.oci import mediatypes as mt
 from r8imfs.ops.extract import weights_name
+from tests.helpers.counting_proxy import CountingProxy
+from tests.helpers.images import cli, publish_soci_v1, push, skopeo_json
+from tests.helpers.registry import RegistryServer, start_registry
 from tools.demoimage import tar_of
 
 
@@ -44,7 +46,7 @@ def _weights_image(
         ),
     ]
     ref = f"{registry.host}/{repo}:v1"
-    push(ref, layers=layers, **kw)  # type: ignore[arg-type]
+    push(ref, layers=layers, **kw)
     return ref, {k.removeprefix("src/weights/"): v for k, v in files.items()}
 
 
@@ -148,15 +150,12 @@ def _toc_image(registry: RegistryServer, repo: str) -> tuple[str, dict[str, byte
     """An ``r8imfs zstd`` image (zstd:chunked) whose weights sit in its ``COPY . /src``
     layer among much more code: (ref, weights by name, that layer's digest)."""
     weights = {"model.bin": os.urandom(3 * 1024 * 1024 + 11), "sub/tok.json": b"{}\n"}
-    code = {f"src/lib/m{i}.so": os.urandom(1024 * 1024) for i in range(16)}
+    files: dict[str, bytes | str | None] = {"src/predict.py": b"print(1)\n"}
+    files |= {f"src/lib/m{i}.so": os.urandom(1024 * 1024) for i in range(16)}
+    files |= {f"src/weights/{k}": v for k, v in weights.items()}
     layers = [
         (tar_of({"etc/hostname": b"x\n"}), "ADD rootfs /", None),
-        (
-            tar_of({"src/predict.py": b"print(1)\n", **code}
-                   | {f"src/weights/{k}": v for k, v in weights.items()}),
-            "COPY . /src",
-            None,
-        ),
+        (tar_of(files), "COPY . /src", None),
     ]
     src = f"{registry.host}/{repo}:src"
     push(src, layers=layers)
@@ -210,3 +209,90 @@ def test_extract_of_a_corrupted_toc_chunk_publishes_nothing(
     assert proc.returncode != 0
     assert "model.bin" in proc.stderr and "layer 1" in proc.stderr, proc.stderr
     assert not [p for p in (tmp_path / "d").rglob("*") if p.is_file()]
+
+
+# -- through a SOCI index ----------------------------------------------------------
+
+
+def _soci_image(registry: RegistryServer, repo: str) -> tuple[str, dict[str, bytes]]:
+    """A weights layer of noise and text (spans of both kinds), indexed by ``r8imfs index``."""
+    text = b"".join(b"weight %d = %f\n" % (i, i / 7) for i in range(60_000))
+    files = {
+        "src/weights/model.bin": os.urandom(3 * 1024 * 1024) + text,
+        "src/weights/sub/tokenizer.json": b'{"vocab": []}\n',
+    }
+    layers = [
+        (tar_of({"etc/hostname": b"x\n"}), "ADD rootfs /", None),
+        (tar_of({"src/weights": None, **files}), "COPY w /src/weights # weights", "weights"),
+    ]
+    ref = f"{registry.host}/{repo}:v1"
+    push(ref, layers=layers)
+    proc = cli("index", "--span-size", "64K", ref)
+    assert proc.returncode == 0, proc.stderr
+    return ref, {k.removeprefix("src/weights/"): v for k, v in files.items()}
+
+
+def test_extract_through_soci_spans_gives_exact_bytes(
+    registry: RegistryServer, repo_name: str, tmp_path: Path
+) -> None:
+    ref, expected = _soci_image(registry, repo_name)
+    out = tmp_path / "w.tar"
+    proc = cli("extract", "-v", f"{ref}-soci", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "spans, inflated in parallel through zTOC" in proc.stderr
+    dest = tmp_path / "x"
+    dest.mkdir()
+    subprocess.run(["tar", "-xf", str(out), "-C", str(dest)], check=True)
+    assert _files_under(dest) == expected
+
+    proc = cli("extract", "-v", "--no-soci", f"{ref}-soci", "-o", str(tmp_path / "plain.tar"))
+    assert proc.returncode == 0, proc.stderr
+    assert "zTOC" not in proc.stderr
+    assert (tmp_path / "plain.tar").read_bytes() == out.read_bytes()
+
+
+def test_extract_with_a_hostile_ztoc_falls_back(
+    registry: RegistryServer, repo_name: str, tmp_path: Path
+) -> None:
+    ref, expected = _soci_image(registry, repo_name)
+    good = _soci_index_layers(ref)
+    other = {**good[0], "annotations": good[1]["annotations"]}  # another layer's zTOC
+    trio.run(publish_soci_v1, ref, [good[0], other])
+    proc = cli("extract", ref, "--dir", str(tmp_path / "d"))
+    assert proc.returncode == 0, proc.stderr
+    assert "is not usable: zTOC is for a blob of" in proc.stderr
+    assert "inflating the layer on one core" in proc.stderr
+    assert _files_under(tmp_path / "d") == expected
+
+
+def _files_under(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _soci_index_layers(ref: str) -> list[dict[str, Any]]:
+    top = skopeo_json("inspect", "--tls-verify=false", "--raw", f"docker://{ref}-soci")
+    repo = ref.rsplit(":", 1)[0]
+    index = skopeo_json(
+        "inspect", "--tls-verify=false", "--raw", f"docker://{repo}@{top['manifests'][1]['digest']}"
+    )
+    return list(index["layers"])
+
+
+def test_extract_refuses_a_corrupted_span(tmp_path: Path) -> None:
+    server = start_registry(tmp_path / "registry", "open")
+    try:
+        ref, _ = _soci_image(server, "soci/corrupt")
+        layer = _soci_index_layers(ref)[-1]["annotations"]["com.amazon.soci.image-layer-digest"]
+        hexd = str(layer).split(":", 1)[1]
+        blob = server.workdir / "storage/docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        blob.write_bytes(bytes(data))
+        out = tmp_path / "w.tar"
+        proc = cli("extract", f"{ref}-soci", "-o", str(out))
+        assert proc.returncode == 1
+        assert "hashes to sha256:" in proc.stderr and "its zTOC says" in proc.stderr
+        assert not out.exists()
+        assert not list(tmp_path.glob(".w.tar.*"))
+    finally:
+        server.stop()

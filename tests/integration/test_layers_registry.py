@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 import trio
-from imagehelpers import cli, push, push_index, skopeo_json
-from registry_server import CogFront, RedirectFront, RegistryServer
 
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci.reference import parse
 from r8imfs.registry.client import RegistryClient
 from r8imfs.registry.upload import ensure_blob
+from tests.helpers.images import cli, push, push_index, skopeo_json
+from tests.helpers.registry import CogFront, RedirectFront, RegistryServer
 
 
 def _layers_json(*args: str) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from registry_server import (
+
+from tests.helpers.registry import (
     BASIC_REALM,
     TOKEN_SERVICE,
     CogFront,
@@ -238,6 +239,7 @@ def test_redirect_front_sends_blob_gets_elsewhere(
     redirect_front: RedirectFront, redirected_blob: tuple[str, bytes]
 ) -> None:
     path, data = redirected_blob
+    before = len(redirect_front.blob_requests)
     with httpx.Client() as client:
         hop = client.get(redirect_front.url + path)
         assert hop.status_code == 307
@@ -254,7 +256,7 @@ def test_redirect_front_sends_blob_gets_elsewhere(
         assert ranged.status_code == 206
         assert ranged.content == data[10:20]
         assert ranged.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
-    seen = redirect_front.blob_requests[-2:]
+    seen = redirect_front.wait_blob_requests(before + 2)[-2:]
     assert [r.headers.get("range") for r in seen] == [None, "bytes=10-19"]
     assert not any(r.auth_present for r in seen)
 
@@ -263,11 +265,12 @@ def test_redirect_target_rejects_authorization(
     redirect_front: RedirectFront, redirected_blob: tuple[str, bytes]
 ) -> None:
     path, _ = redirected_blob
+    before = len(redirect_front.blob_requests)
     with httpx.Client() as client:
         location = client.get(redirect_front.url + path).headers["Location"]
         leaked = client.get(location, headers={"Authorization": "Bearer secret"})
     assert leaked.status_code == 400
-    assert redirect_front.blob_requests[-1].auth_present
+    assert redirect_front.wait_blob_requests(before + 1)[-1].auth_present
 
 
 def test_redirect_front_keeps_registry_errors(redirect_front: RedirectFront) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from counting_proxy import CountingProxy
-from imagehelpers import push
-from readback import (
+
+from r8imfs.oci import mediatypes as mt
+from tests.helpers.counting_proxy import CountingProxy
+from tests.helpers.images import push
+from tests.helpers.readback import (
     OS_FILES,
     SRC_FILES,
     cog_image,
@@ -20,9 +22,7 @@ from readback import (
     unpack,
     weights_files,
 )
-from registry_server import RegistryServer
-
-from r8imfs.oci import mediatypes as mt
+from tests.helpers.registry import RegistryServer
 from tools.demoimage import tar_of
 
 KiB = 1024

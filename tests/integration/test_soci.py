@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -22,20 +23,6 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from counting_proxy import CountingProxy
-from imagehelpers import push, push_index
-from readback import (
-    cog_image,
-    expected,
-    inspect_config,
-    inspect_raw,
-    pushed,
-    run_cli,
-    tag_digest,
-    unpack,
-)
-from registry_server import RegistryServer
-from soci_oracle import check_gzip_ztoc, check_tar_ztoc, read_ztoc
 
 from r8imfs.engine.codecs import socireader, ztoc
 from r8imfs.oci import mediatypes as mt
@@ -45,6 +32,20 @@ from r8imfs.oci.reference import parse
 from r8imfs.registry.client import RegistryClient
 from r8imfs.registry.referrers import FoundIndex, find_soci_index
 from r8imfs.registry.upload import upload_bytes
+from tests.helpers.counting_proxy import CountingProxy
+from tests.helpers.images import push, push_index
+from tests.helpers.readback import (
+    cog_image,
+    expected,
+    inspect_config,
+    inspect_raw,
+    pushed,
+    run_cli,
+    tag_digest,
+    unpack,
+)
+from tests.helpers.registry import RegistryServer
+from tests.helpers.soci_oracle import check_gzip_ztoc, check_tar_ztoc, read_ztoc
 
 KiB = 1024
 SPAN = 64 * KiB
@@ -407,3 +408,69 @@ def test_min_layer_size_and_nothing_to_index(registry: RegistryServer, repo_name
     err = proc.stderr.decode().strip().splitlines()
     assert err[-1].startswith("r8imfs index: error: no layer of") and "zTOC" in err[-1]
     assert tag_digest(f"{zstd_source}-soci") is None  # nothing was published
+
+
+def test_layers_shows_which_layers_have_a_ztoc(registry: RegistryServer, repo_name: str) -> None:
+    layers, _ = cog_image(_weights(300 * KiB))
+    source = f"{registry.host}/{repo_name}:v1"
+    push(source, layers=layers)
+    plain = json.loads(run_cli("layers", "--json", source).stdout)
+    assert [x["toc"] for x in plain["layers"]] == [None, None, None]
+
+    pushed(run_cli("index", "--span-size", "64K", "--min-layer-size", "100K", source))
+    proc = run_cli("layers", "--json", f"{source}-soci")
+    assert proc.returncode == 0, proc.stderr
+    ours = json.loads(proc.stdout)
+    top = inspect_raw(f"{source}-soci")
+    index = inspect_raw(f"{registry.host}/{repo_name}@{top['manifests'][1]['digest']}")
+    (ztoc_desc,) = index["layers"]  # only the weights layer is over 100K
+    tocs = [x["toc"] for x in ours["layers"]]
+    assert tocs[:2] == [None, None]
+    assert tocs[2] == {
+        "kind": "soci-ztoc",
+        "format": "zTOC",
+        "index": "SOCI v2",
+        "foundBy": "annotation",
+        "indexDigest": top["manifests"][1]["digest"],
+        "digest": ztoc_desc["digest"],
+        "size": ztoc_desc["size"],
+        "spanSize": SPAN,
+    }
+    table = run_cli("layers", f"{source}-soci").stdout.decode().splitlines()
+    assert "TOC" in table[2].split()
+    assert "zTOC (SOCI v2)" in table[-2]  # the weights row, above the total
+    assert "zTOC" not in table[3]
+
+    trio.run(_publish_v1, source, index["layers"])
+    v1 = json.loads(run_cli("layers", "--json", source).stdout)
+    assert v1["layers"][2]["toc"]["index"] == "SOCI v1"
+    assert v1["layers"][2]["toc"]["foundBy"] == "referrers-tag"
+
+
+async def _dangling(source: str, tag: str) -> None:
+    """The image manifest annotated with a SOCI index that is not there."""
+    parsed = parse(source)
+    async with RegistryClient() as client:
+        manifest = await client.get_manifest(parsed)
+        assert isinstance(manifest, Manifest)
+        raw = soci.annotate_manifest(manifest, "sha256:" + "0" * 64)
+        await client.put_manifest(parsed.repository, tag, raw, mt.OCI_MANIFEST)
+
+
+def test_a_missing_soci_index_is_a_warning(
+    registry: RegistryServer, repo_name: str, tmp_path: Path
+) -> None:
+    layers, files = cog_image(_weights(200 * KiB))
+    source = f"{registry.host}/{repo_name}:v1"
+    push(source, layers=layers)
+    trio.run(_dangling, source, "dangling")
+    ref = f"{registry.host}/{repo_name}:dangling"
+    proc = run_cli("layers", "--json", ref)
+    assert proc.returncode == 0, proc.stderr
+    assert "ignoring the image's SOCI index" in proc.stderr.decode()
+    assert [x["toc"] for x in json.loads(proc.stdout)["layers"]] == [None, None, None]
+    proc = run_cli("extract", ref, "--dir", str(tmp_path / "w"))
+    assert proc.returncode == 0, proc.stderr
+    assert "ignoring the image's SOCI index" in proc.stderr.decode()
+    model = files[-1]["src/weights/model.bin"]
+    assert (tmp_path / "w" / "model.bin").read_bytes() == model

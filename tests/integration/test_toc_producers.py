@@ -15,13 +15,6 @@ import shutil
 
 import pytest
 import zstandard
-from tocproducers import (
-    Layer,
-    containerd,
-    ctr_remote_convert,
-    skopeo_zstd_chunked,
-    source_tar,
-)
 
 from r8imfs.engine.codecs.toc import TocIndex, load_toc
 from r8imfs.engine.codecs.tocread import TocReader
@@ -29,6 +22,13 @@ from r8imfs.engine.entry import Entry, Kind
 from r8imfs.engine.readat import BytesReadAt, CountingReadAt, FileReadAt, read_entry
 from r8imfs.engine.tarindex import index_seekable
 from r8imfs.errors import CorruptLayer, DigestMismatch
+from tests.helpers.tocproducers import (
+    Layer,
+    containerd,
+    ctr_remote_convert,
+    skopeo_zstd_chunked,
+    source_tar,
+)
 
 FIELDS = ("kind", "mode", "uid", "gid", "mtime", "size", "linkname", "xattrs")
 

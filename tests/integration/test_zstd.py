@@ -9,9 +9,20 @@ from pathlib import Path
 
 import pytest
 import trio
-from counting_proxy import CountingProxy
-from imagehelpers import push, push_index
-from readback import (
+
+from r8imfs.engine.codecs.toc import load_toc
+from r8imfs.engine.codecs.tocread import TocReader
+from r8imfs.engine.codecs.zstdindex import read_seek_table
+from r8imfs.engine.readat import BytesReadAt, FileReadAt, read_entry
+from r8imfs.engine.tarindex import index_seekable
+from r8imfs.oci import mediatypes as mt
+from r8imfs.oci import mutate
+from r8imfs.oci.reference import parse
+from r8imfs.registry.client import RegistryClient
+from r8imfs.registry.push import push_manifest, push_tar_layer
+from tests.helpers.counting_proxy import CountingProxy
+from tests.helpers.images import push, push_index
+from tests.helpers.readback import (
     cog_image,
     copy_to_layout,
     expected,
@@ -25,19 +36,8 @@ from readback import (
     weights_files,
     zstd_decode,
 )
-from registry_server import RegistryServer
-from zstdchunked_spec import check_blob
-
-from r8imfs.engine.codecs.toc import load_toc
-from r8imfs.engine.codecs.tocread import TocReader
-from r8imfs.engine.codecs.zstdindex import read_seek_table
-from r8imfs.engine.readat import BytesReadAt, FileReadAt, read_entry
-from r8imfs.engine.tarindex import index_seekable
-from r8imfs.oci import mediatypes as mt
-from r8imfs.oci import mutate
-from r8imfs.oci.reference import parse
-from r8imfs.registry.client import RegistryClient
-from r8imfs.registry.push import push_manifest, push_tar_layer
+from tests.helpers.registry import RegistryServer
+from tests.helpers.zstdchunked_spec import check_blob
 
 KiB = 1024
 

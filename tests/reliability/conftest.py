@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
-from imagehelpers import push
-from registry_server import RegistryServer
-from relkit import fuse_missing
 
-from tools.demoimage import tar_of
+from tests.helpers.registry import RegistryServer
+from tests.helpers.reliability import Image, fuse_missing, push_image
 from tools.faultproxy import FaultProxy
 
 MiB = 1024 * 1024
@@ -41,41 +38,6 @@ def proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
     p = FaultProxy(registry.host).start()
     yield p
     p.stop()
-
-
-@dataclass(frozen=True)
-class Image:
-    repo: str  # repository path on the registry (no host)
-    tag: str
-    weights: dict[str, bytes]  # src/weights/... name → body
-    layer_digests: tuple[str, ...]
-    weights_digest: str  # the weights layer's blob digest
-
-    def ref(self, host: str) -> str:
-        return f"{host}/{self.repo}:{self.tag}"
-
-
-def cog_layers(weights: dict[str, bytes]) -> list[tuple[bytes, str, str | None]]:
-    return [
-        (tar_of({"etc": None, "etc/os-release": b"ID=test\n"}), "ADD rootfs /", None),
-        (tar_of({"src": None, "src/predict.py": b"print('hi')\n"}), "COPY . /src", "cog"),
-        (
-            tar_of({"src/weights": None, **{f"src/weights/{k}": v for k, v in weights.items()}}),
-            "COPY w /src/weights # weights",
-            "weights",
-        ),
-    ]
-
-
-def push_image(
-    registry: RegistryServer, repo: str, weights: dict[str, bytes], **kw: object
-) -> Image:
-    from relkit import manifest_of
-
-    ref = f"{registry.host}/{repo}:v1"
-    push(ref, layers=cog_layers(weights), **kw)
-    layers = tuple(d["digest"] for d in manifest_of(ref)["layers"])
-    return Image(repo, "v1", weights, layers, layers[-1])
 
 
 @pytest.fixture(scope="module")

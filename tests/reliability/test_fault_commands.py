@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Image
-from registry_server import RegistryServer, start_registry
-from relkit import (
+
+from tests.helpers.registry import RegistryServer, start_registry
+from tests.helpers.reliability import (
+    Image,
     MiB,
     one_line_error,
     run,
@@ -33,7 +34,6 @@ from relkit import (
     tag_is_whole,
     verify_image,
 )
-
 from tools.demoimage import tar_of
 from tools.faultproxy import (
     BLOB_PATH,

@@ -18,8 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
-from registry_server import RegistryServer
-from relkit import (
+
+from r8imfs.engine.codecs.zstdwrite import write_seekable
+from r8imfs.oci import mediatypes as mt
+from tests.helpers.registry import RegistryServer
+from tests.helpers.reliability import (
     MiB,
     RawLayer,
     is_mounted,
@@ -31,9 +34,6 @@ from relkit import (
     run,
     sha256,
 )
-
-from r8imfs.engine.codecs.zstdwrite import write_seekable
-from r8imfs.oci import mediatypes as mt
 from tools.demoimage import tar_of
 from tools.faultproxy import BLOB_PATH, Corrupt, Delay, DropBody, FaultProxy, Status
 

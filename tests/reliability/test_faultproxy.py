@@ -10,9 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import Image
-from registry_server import RegistryServer
 
+from tests.helpers.registry import RegistryServer
+from tests.helpers.reliability import Image
 from tools.faultproxy import (
     Corrupt,
     Delay,

@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Image
-from registry_server import RegistryServer
-from relkit import (
+
+from r8imfs.oci import mediatypes as mt
+from tests.helpers.registry import RegistryServer
+from tests.helpers.reliability import (
+    Image,
     RawLayer,
     clean_env,
     delete_blob,
@@ -27,8 +29,6 @@ from relkit import (
     sha256,
     tag_is_whole,
 )
-
-from r8imfs.oci import mediatypes as mt
 from tools.demoimage import tar_of
 from tools.faultproxy import FaultProxy, ReplaceBody, SetHeader, Status
 

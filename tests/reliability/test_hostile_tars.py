@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from registry_server import RegistryServer
-from relkit import (
+
+from r8imfs.oci import mediatypes as mt
+from tests.helpers.registry import RegistryServer
+from tests.helpers.reliability import (
     RawLayer,
     is_mounted,
     one_line_error,
@@ -28,8 +30,6 @@ from relkit import (
     sha256,
     tag_is_whole,
 )
-
-from r8imfs.oci import mediatypes as mt
 from tools.demoimage import tar_of
 from tools.faultproxy import FaultProxy
 

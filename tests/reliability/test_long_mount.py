@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_server import RegistryServer
-from relkit import (
+
+from r8imfs.oci import mediatypes as mt
+from tests.helpers.registry import RegistryServer
+from tests.helpers.reliability import (
     MiB,
     RawLayer,
     clean_env,
@@ -29,8 +31,6 @@ from relkit import (
     read_checked,
     sha256,
 )
-
-from r8imfs.oci import mediatypes as mt
 from tools.demoimage import tar_of
 from tools.faultproxy import Corrupt, Delay, DropBody, ExpireToken, FaultProxy
 

@@ -32,8 +32,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_server import RegistryServer, start_registry
-from relkit import (
+
+from tests.helpers.registry import RegistryServer, start_registry
+from tests.helpers.reliability import (
     MiB,
     RawLayer,
     clean_env,
@@ -45,7 +46,6 @@ from relkit import (
     tag_is_whole,
     verify_image,
 )
-
 from tools.demoimage import tar_of
 from tools.faultproxy import (
     UPLOAD_PATH,

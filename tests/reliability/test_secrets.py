@@ -15,11 +15,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import cog_layers
-from imagehelpers import push
-from registry_server import CogFront, RegistryServer
-from relkit import clean_env, mounted, one_line_error, read_checked, run
 
+from tests.helpers.images import push
+from tests.helpers.registry import CogFront, RegistryServer
+from tests.helpers.reliability import (
+    clean_env,
+    cog_layers,
+    mounted,
+    one_line_error,
+    read_checked,
+    run,
+)
 from tools.faultproxy import FaultProxy, RedirectBlobs
 
 WEIGHTS = {"model.bin": b"w" * 300_000, "config.json": b"{}\n"}

@@ -20,14 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from registry_server import RegistryServer
-from relkit import MiB, RawLayer, mounted, pread_within, push_blobs, read_checked, sha256
 
 from r8imfs.engine.codecs import tocformat as tf
 from r8imfs.engine.codecs.toc import TocIndex, load_toc
 from r8imfs.engine.codecs.zstdwrite import write_chunked
 from r8imfs.engine.readat import BytesReadAt
 from r8imfs.oci import mediatypes as mt
+from tests.helpers.registry import RegistryServer
+from tests.helpers.reliability import (
+    MiB,
+    RawLayer,
+    mounted,
+    pread_within,
+    push_blobs,
+    read_checked,
+    sha256,
+)
 from tools.demoimage import tar_of
 from tools.faultproxy import Corrupt, FaultProxy
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from test_layering import FLOORS
+from tests.unit.test_layering import FLOORS
 
 REPO = Path(__file__).resolve().parents[2]
 ARCH = (REPO / "docs" / "architecture.md").read_text()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from counting_proxy import start_counting_proxy
-
+from tests.helpers.counting_proxy import start_counting_proxy
 from tools.bench.common import R8IMFS, KiB, Row, Run, Section, note, rate, run, stat
 from tools.bench.context import Bench
 

@@ -29,14 +29,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
 import trio  # noqa: E402
-from registry_server import start_registry  # noqa: E402
 
 from r8imfs.engine.codecs.units import UnitTable, decode_zstd, frame_units, seekable_data_end  # noqa: E402
 from r8imfs.engine.codecs.zstdindex import read_seek_table  # noqa: E402
@@ -46,6 +46,7 @@ from r8imfs.image.fetchplan import UnitReader  # noqa: E402
 from r8imfs.oci.reference import parse  # noqa: E402
 from r8imfs.registry.client import RegistryClient  # noqa: E402
 from r8imfs.registry.upload import upload_stream  # noqa: E402
+from tests.helpers.registry import start_registry  # noqa: E402
 from tools.bench.common import KiB, MiB, load_average, note, run  # noqa: E402
 from tools.bench.data import Float16Weights  # noqa: E402
 
@@ -134,7 +135,7 @@ def frame_table(data: bytes, repeat: int, keep: dict[int, bytes]) -> list[str]:
 
 
 async def push_blob(host: str, path: Path) -> str:
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         with path.open("rb") as f:
             while data := f.read(4 * MiB):
                 yield data

@@ -47,11 +47,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
 import trio  # noqa: E402
-from counting_proxy import start_counting_proxy  # noqa: E402
-from registry_server import start_registry  # noqa: E402
 
 from r8imfs.fs.daemon import mounted_fstype  # noqa: E402
 from r8imfs.oci import mutate  # noqa: E402
@@ -60,6 +58,8 @@ from r8imfs.oci.reference import parse  # noqa: E402
 from r8imfs.registry.client import RegistryClient  # noqa: E402
 from r8imfs.registry.push import push_manifest  # noqa: E402
 from r8imfs.registry.upload import upload_stream  # noqa: E402
+from tests.helpers.counting_proxy import start_counting_proxy  # noqa: E402
+from tests.helpers.registry import start_registry  # noqa: E402
 from tools.bench import report  # noqa: E402
 from tools.bench.common import R8IMFS, KiB, MiB, Row, Section, load_average, note, rate, run, stat  # noqa: E402
 from tools.bench.context import Bench, child_env  # noqa: E402

@@ -42,10 +42,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
 import trio  # noqa: E402
-from registry_server import start_registry  # noqa: E402
 
 from r8imfs.cache.blobcache import BlobCache  # noqa: E402
 from r8imfs.engine.codecs.units import units_for_layer  # noqa: E402
@@ -55,6 +54,7 @@ from r8imfs.image.fetchplan import ReadStream, UnitReader  # noqa: E402
 from r8imfs.image.image import ImageFiles  # noqa: E402
 from r8imfs.oci.reference import parse  # noqa: E402
 from r8imfs.registry.client import RegistryClient  # noqa: E402
+from tests.helpers.registry import start_registry  # noqa: E402
 from tools.bench.common import R8IMFS, KiB, MiB, load_average, note, run  # noqa: E402
 from tools.bench.context import Bench, child_env  # noqa: E402
 from tools.bench.run import build_image  # noqa: E402

@@ -16,8 +16,7 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from counting_proxy import CountingProxy, start_counting_proxy
-
+from tests.helpers.counting_proxy import CountingProxy, start_counting_proxy
 from tools.bench.common import R8IMFS, KiB, MiB, Row, Run, Section, note, rate, run, stat
 from tools.bench.context import Bench
 from tools.bench.data import Float16Weights

@@ -25,16 +25,26 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.insert(0, str(REPO))
 
 import trio  # noqa: E402
-from registry_server import start_registry  # noqa: E402
 
-from tools.bench import engine, extract, image, mount, mutate, notes, report, tables  # noqa: E402
+from tests.helpers.registry import start_registry  # noqa: E402
+from tools.bench import (  # noqa: E402
+    engine,
+    extract,
+    image,
+    mount,
+    mutate,
+    notes,
+    report,
+    socimount,
+    tables,
+)
 from tools.bench.common import GiB, MiB, Row, Section, load_average, note  # noqa: E402
 from tools.bench.context import Bench, child_env  # noqa: E402
 
-AREAS = ("extract", "engine", "mount", "mutate")
+AREAS = ("extract", "engine", "mount", "mutate", "soci")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,7 +91,8 @@ def run_areas(b: Bench, args: argparse.Namespace, machine: report.Machine) -> li
         if area == "mutate":
             sections.append(mutate.measure(b, args.size_scale))
         else:
-            sections.append({"extract": extract, "engine": engine, "mount": mount}[area].measure(b))
+            areas = {"extract": extract, "engine": engine, "mount": mount, "soci": socimount}
+            sections.append(areas[area].measure(b))
     return sections
 
 
@@ -107,7 +118,8 @@ def describe(b: Bench, args: argparse.Namespace) -> str:
         "same disk; everything it serves is in the page cache, so the wire is loopback "
         "and the costs are CPU: the registry, the client and the peers share the same cores.",
         f"- Image `{img.ref}`, Docker v2 schema 2 manifest, layers gzip -6 (zlib):",
-        f"  - base: {base.files:,} small files in {base.dirs:,} directories (site-packages-like "
+        f"  - base: {base.files:,} small files in {base.dirs:,} directories "
+        "(site-packages-like "
         f"`.py` text and `.so`-like binaries, lognormal sizes) in {base.usize / MiB:,.0f} MiB "
         f"of tar, {base.size / MiB:,.1f} MiB gzip;",
         "  - `COPY . /src`: predict.py, cog.yaml;",
@@ -118,7 +130,8 @@ def describe(b: Bench, args: argparse.Namespace) -> str:
         "- Weights content: float16-like bytes, not random bytes: each 2-byte value has a "
         "uniformly random low byte and a high byte (sign, exponent, top mantissa bits) drawn "
         "from the distribution of float16 N(0, 0.02) values. Like real fp16/bf16 checkpoints "
-        "it barely compresses, but deflate codes it with Huffman blocks (not stored blocks), so "
+        "it barely compresses, but deflate codes it with Huffman blocks "
+        "(not stored blocks), so "
         "it inflates at zlib's real speed (see the `gzip -dc` row), not at memcpy speed as "
         "random bytes would.",
         f"- Each measurement runs {args.repeat} times, in a fresh process, interleaved with "

@@ -35,7 +35,7 @@ def make(path: Path, size: int) -> None:
             tf.addfile(info, io.BytesIO(data))
         info = tarfile.TarInfo("src/weights/model.safetensors")
         info.size = size
-        tf.addfile(info, Float16Weights(size))  # type: ignore[arg-type]
+        tf.addfile(info, Float16Weights(size))
     subprocess.run(["gzip", "-6", "-n", str(path)], check=True)
 
 

@@ -35,13 +35,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "integration")]
+sys.path[:0] = [str(REPO)]
 
 import trio  # noqa: E402
-from counting_proxy import CountingProxy, start_counting_proxy  # noqa: E402
-from registry_server import start_registry  # noqa: E402
-from tocproducers import containerd, ctr_remote_convert, write_layout  # noqa: E402
 
+from tests.helpers.counting_proxy import CountingProxy, start_counting_proxy  # noqa: E402
+from tests.helpers.registry import start_registry  # noqa: E402
+from tests.helpers.tocproducers import containerd, ctr_remote_convert, write_layout  # noqa: E402
 from tools.bench import image  # noqa: E402
 from tools.bench.common import MiB, load_average  # noqa: E402
 

@@ -78,8 +78,8 @@ def main() -> None:
     wall, cpu = best(pipeline, args.repeat)
     print(f"{'gzip -> chunked':15} {wall:6.2f} s wall ({mb / wall:5.0f} MB/s)  {cpu:6.2f} s CPU")
     out = tar.with_name(tar.name + ".zst")
-    with tar.open("rb") as src, out.open("wb") as dst:
-        result = zstdwrite.write_chunked(src, dst)
+    with tar.open("rb") as tar_in, out.open("wb") as zst_out:
+        result = zstdwrite.write_chunked(tar_in, zst_out)
     for label, load in (
         ("seek-table index", lambda ra: build_zstd_index(ra)),
         ("TOC", lambda ra: load_toc(ra, result.annotations)),

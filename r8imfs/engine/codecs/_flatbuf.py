@@ -149,18 +149,29 @@ def _width(f: Field | None) -> int:
 # -- reading ------------------------------------------------------------------
 
 
+_STRUCTS: dict[str, struct.Struct] = {}
+
+
 class Reader:
-    """Bounds-checked access to a FlatBuffer; positions are absolute."""
+    """Bounds-checked access to a FlatBuffer; positions are absolute.
+
+    A vtable is checked once and its field offsets kept (FlatBuffers writers
+    share one vtable among tables of the same shape, so a zTOC of 100,000
+    entries has a handful): decoding a big TOC costs one dict lookup per
+    field, not a vtable parse.
+    """
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.size = len(data)
+        #: vtable position -> (table size, field offsets)
+        self._vtables: dict[int, tuple[int, tuple[int, ...]]] = {}
 
     def _unpack(self, fmt: str, pos: int) -> int:
-        width = struct.calcsize(fmt)
-        if pos < 0 or pos + width > self.size:
-            raise FlatbufError(f"read of {width} bytes at {pos} is outside the buffer")
-        value: int = struct.unpack_from(fmt, self.data, pos)[0]
+        s = _STRUCTS.get(fmt) or _STRUCTS.setdefault(fmt, struct.Struct(fmt))
+        if pos < 0 or pos + s.size > self.size:
+            raise FlatbufError(f"read of {s.size} bytes at {pos} is outside the buffer")
+        value: int = s.unpack_from(self.data, pos)[0]
         return value
 
     def root(self) -> int:
@@ -172,18 +183,26 @@ class Reader:
             raise FlatbufError(f"reference at {at} points outside the buffer")
         return target
 
-    def field(self, table: int, fid: int) -> int | None:
-        """Absolute position of field ``fid`` of the table at ``table``, or None."""
-        vt = table - self._unpack("<i", table)
+    def _vtable(self, vt: int) -> tuple[int, tuple[int, ...]]:
+        known = self._vtables.get(vt)
+        if known is not None:
+            return known
         vt_size = self._unpack("<H", vt)
         t_size = self._unpack("<H", vt + 2)
         if vt_size < 4 or vt_size % 2 or vt + vt_size > self.size or t_size < 4:
             raise FlatbufError(f"malformed vtable at {vt}")
+        offsets = struct.unpack_from(f"<{(vt_size - 4) // 2}H", self.data, vt + 4)
+        self._vtables[vt] = (t_size, offsets)
+        return t_size, offsets
+
+    def field(self, table: int, fid: int) -> int | None:
+        """Absolute position of field ``fid`` of the table at ``table``, or None."""
+        t_size, offsets = self._vtable(table - self._unpack("<i", table))
         if table + t_size > self.size:
             raise FlatbufError(f"table at {table} runs past the buffer")
-        if 4 + 2 * fid >= vt_size:
+        if fid >= len(offsets):
             return None
-        off = self._unpack("<H", vt + 4 + 2 * fid)
+        off = offsets[fid]
         if off == 0:
             return None
         if off < 4 or off >= t_size:

@@ -102,6 +102,24 @@ class SociLayer:
     def read_at(self, offset: int, size: int) -> bytes:
         return self.pread(offset, size)
 
+    def cached(self, offset: int, size: int) -> bytes | None:
+        """``pread``'s answer if every span it needs is decoded already; never blocks."""
+        end = min(offset + size, self.size)
+        if offset < 0 or offset >= end:
+            return b""
+        first = ztoc.span_of(self.spans, offset)
+        last = ztoc.span_of(self.spans, end - 1)
+        parts = []
+        with self._lock:
+            for i in range(first, last + 1):
+                data = self._cache.get(i)
+                if data is None:
+                    return None
+                self._cache.move_to_end(i)
+                base = self.spans.ustart[i]
+                parts.append(data[max(offset, base) - base : min(end, self.spans.uend[i]) - base])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     def read_file(self, f: ztoc.FileMetadata, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of a regular entry's data from ``offset``."""
         end = min(f.uncompressed_size, offset + size)
@@ -195,24 +213,30 @@ class SociLayer:
         return memoryview(data)
 
     def _verify_decode(self, i: int, data: memoryview) -> bytes:
-        want = self.ztoc.span_digests[i]
-        got = "sha256:" + hashlib.sha256(data).hexdigest()
-        if got != want:
-            start, end = self.spans.cstart[i], self.spans.cend[i]
-            raise SpanDigestMismatch(
-                f"{self._name}: span {i} (compressed bytes {start}-{end}) hashes to {got}, "
-                f"its zTOC says {want}"
-            )
-        return self._decode(i, data)
+        return verify_and_inflate(self.ztoc, self.spans, i, data, self._name)
 
-    def _decode(self, i: int, data: memoryview) -> bytes:
-        want = self.spans.uend[i] - self.spans.ustart[i]
-        if self.ztoc.compression == ztoc.UNCOMPRESSED:
-            return bytes(data)
-        out = inflate_from(self.spans.checkpoints[i], data, 0, want)
-        if len(out) != want:
-            raise CorruptLayer(f"{self._name}: span {i} inflates to {len(out)} bytes, not {want}")
-        return out
+
+def verify_and_inflate(
+    z: ztoc.Ztoc, spans: ztoc.Spans, i: int, data: bytes | memoryview, name: str
+) -> bytes:
+    """Span ``i`` decoded from its compressed bytes, once they hash to its digest.
+
+    Leaf work (hashing, libz): safe on any thread, never calls back into trio.
+    """
+    want = z.span_digests[i]
+    got = "sha256:" + hashlib.sha256(data).hexdigest()
+    if got != want:
+        raise SpanDigestMismatch(
+            f"{name}: span {i} (compressed bytes {spans.cstart[i]}-{spans.cend[i]}) hashes "
+            f"to {got}, its zTOC says {want}"
+        )
+    size = spans.uend[i] - spans.ustart[i]
+    if z.compression == ztoc.UNCOMPRESSED:
+        return bytes(data)
+    out = inflate_from(spans.checkpoints[i], data, 0, size)
+    if len(out) != size:
+        raise CorruptLayer(f"{name}: span {i} inflates to {len(out)} bytes, not {size}")
+    return out
 
 
 # -- the TOC as entries -------------------------------------------------------------

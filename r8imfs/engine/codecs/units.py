@@ -37,7 +37,7 @@ from __future__ import annotations
 import bisect
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -101,6 +101,9 @@ class UnitTable:
 
     def __getitem__(self, i: int) -> Unit:
         return self._units[i]
+
+    def __iter__(self) -> Iterator[Unit]:
+        return iter(self._units)
 
     def locate(self, offset: int) -> int:
         """Index of the unit holding uncompressed ``offset`` (clamped to the table)."""

@@ -33,7 +33,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from r8imfs.errors import CorruptLayer
 
@@ -73,22 +76,106 @@ class _ZStream(ctypes.Structure):
     ]
 
 
-def _load() -> ctypes.CDLL:
-    name = ctypes.util.find_library("z") or "libz.so.1"
-    lib = ctypes.CDLL(name)
+class _ZngStream(ctypes.Structure):
+    """zlib-ng's native ``zng_stream``: ``z_stream`` but for a 32-bit ``adler``."""
+
+    _fields_ = [  # noqa: RUF012 (ctypes wants a class attribute)
+        ("next_in", ctypes.c_void_p),
+        ("avail_in", ctypes.c_uint32),
+        ("total_in", ctypes.c_size_t),
+        ("next_out", ctypes.c_void_p),
+        ("avail_out", ctypes.c_uint32),
+        ("total_out", ctypes.c_size_t),
+        ("msg", ctypes.c_char_p),
+        ("state", ctypes.c_void_p),
+        ("zalloc", ctypes.c_void_p),
+        ("zfree", ctypes.c_void_p),
+        ("opaque", ctypes.c_void_p),
+        ("data_type", ctypes.c_int),
+        ("adler", ctypes.c_uint32),
+        ("reserved", ctypes.c_ulong),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    """The few inflate calls zran needs, from libz or zlib-ng (``name``)."""
+
+    name: str
+    stream: type[ctypes.Structure]
+    init: Callable[[Any, int], int]
+    inflate: Callable[[Any, int], int]
+    end: Callable[[Any], int]
+    reset2: Callable[[Any, int], int]
+    prime: Callable[[Any, int, int], int]
+    set_dictionary: Callable[[Any, bytes, int], int]
+
+
+def _declare(lib: ctypes.CDLL, prefix: str, ptr: Any) -> None:
+    getattr(lib, prefix + "inflate").argtypes = [ptr, ctypes.c_int]
+    getattr(lib, prefix + "inflateEnd").argtypes = [ptr]
+    getattr(lib, prefix + "inflateReset2").argtypes = [ptr, ctypes.c_int]
+    getattr(lib, prefix + "inflatePrime").argtypes = [ptr, ctypes.c_int, ctypes.c_int]
+    getattr(lib, prefix + "inflateSetDictionary").argtypes = [ptr, ctypes.c_char_p, ctypes.c_uint]
+
+
+def _libz() -> _Binding:
+    lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
     ptr = ctypes.POINTER(_ZStream)
     lib.zlibVersion.restype = ctypes.c_char_p
     lib.inflateInit2_.argtypes = [ptr, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    lib.inflate.argtypes = [ptr, ctypes.c_int]
-    lib.inflateEnd.argtypes = [ptr]
-    lib.inflateReset2.argtypes = [ptr, ctypes.c_int]
-    lib.inflatePrime.argtypes = [ptr, ctypes.c_int, ctypes.c_int]
-    lib.inflateSetDictionary.argtypes = [ptr, ctypes.c_char_p, ctypes.c_uint]
-    return lib
+    _declare(lib, "", ptr)
+    version, size = lib.zlibVersion(), ctypes.sizeof(_ZStream)
+    return _Binding(
+        f"libz {version.decode()}",
+        _ZStream,
+        lambda ref, bits: int(lib.inflateInit2_(ref, bits, version, size)),
+        lib.inflate,
+        lib.inflateEnd,
+        lib.inflateReset2,
+        lib.inflatePrime,
+        lib.inflateSetDictionary,
+    )
+
+
+def _zlib_ng() -> _Binding | None:
+    """zlib-ng's native API, as exported by the ``zlib_ng`` extension module
+    (``zng_`` symbols). About twice libz's inflate speed; None if absent."""
+    try:
+        from zlib_ng import zlib_ng
+
+        lib = ctypes.CDLL(zlib_ng.__file__)
+        lib.zng_inflateInit2.argtypes = [ctypes.POINTER(_ZngStream), ctypes.c_int]
+        lib.zlibng_version.restype = ctypes.c_char_p
+        version = lib.zlibng_version().decode()
+    except (ImportError, OSError, AttributeError):
+        return None
+    _declare(lib, "zng_", ctypes.POINTER(_ZngStream))
+    return _Binding(
+        f"zlib-ng {version}",
+        _ZngStream,
+        lib.zng_inflateInit2,
+        lib.zng_inflate,
+        lib.zng_inflateEnd,
+        lib.zng_inflateReset2,
+        lib.zng_inflatePrime,
+        lib.zng_inflateSetDictionary,
+    )
+
+
+def _load() -> _Binding:
+    """zlib-ng when it is there, else the system's libz (``R8IMFS_ZRAN=libz`` forces
+    libz, for comparisons)."""
+    if os.environ.get("R8IMFS_ZRAN") != "libz":
+        ng = _zlib_ng()
+        if ng is not None:
+            return ng
+    return _libz()
 
 
 _lib = _load()
-_VERSION = _lib.zlibVersion()
+#: which library inflates (for benchmarks and bug reports)
+LIBRARY = _lib.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +201,9 @@ class _Inflater:
 
     def __init__(self, window_bits: int) -> None:
         self._open = False
-        self.strm = _ZStream()
+        self.strm: Any = _lib.stream()
         self._ref = ctypes.byref(self.strm)
-        ret = _lib.inflateInit2_(self._ref, window_bits, _VERSION, ctypes.sizeof(_ZStream))
+        ret = _lib.init(self._ref, window_bits)
         if ret != Z_OK:
             raise CorruptLayer(f"libz inflateInit2 failed ({ret})")
         self._open = True
@@ -129,21 +216,21 @@ class _Inflater:
         return ret
 
     def reset(self, window_bits: int) -> None:
-        if _lib.inflateReset2(self._ref, window_bits) != Z_OK:
+        if _lib.reset2(self._ref, window_bits) != Z_OK:
             raise CorruptLayer("libz inflateReset2 failed")
 
     def prime(self, bits: int, value: int) -> None:
-        if _lib.inflatePrime(self._ref, bits, value) != Z_OK:
+        if _lib.prime(self._ref, bits, value) != Z_OK:
             raise CorruptLayer("libz inflatePrime failed")
 
     def set_dictionary(self, window: bytes) -> None:
-        if _lib.inflateSetDictionary(self._ref, window, len(window)) != Z_OK:
+        if _lib.set_dictionary(self._ref, window, len(window)) != Z_OK:
             raise CorruptLayer("libz inflateSetDictionary failed")
 
     def close(self) -> None:
         if self._open:
             self._open = False
-            _lib.inflateEnd(self._ref)
+            _lib.end(self._ref)
 
     def __del__(self) -> None:
         self.close()

@@ -1,0 +1,89 @@
+"""``SpanInflater``: one ordered pass over a gzip layer, its spans inflated on a pool."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, cast
+
+import pytest
+
+from r8imfs.engine.codecs import socireader, ztoc, ztocbuild
+from r8imfs.engine.codecs.decompress import HashingReader
+from r8imfs.engine.codecs.spanstream import SpanInflater
+from r8imfs.errors import CorruptLayer
+from tests.helpers.tars import M, MiB, big_tar, make_tar, payload
+
+SPAN = 128 * 1024
+
+
+@pytest.fixture(scope="module")
+def layer() -> tuple[bytes, bytes, ztoc.Ztoc, ztoc.Spans]:
+    tar = big_tar(3 * MiB, seed=4)
+    blob = gzip.compress(tar, mtime=0)
+    z = ztocbuild.build_gzip(io.BytesIO(blob), span_size=SPAN)
+    return tar, blob, z, ztoc.validate(z, len(blob))
+
+
+def _read_all(f: SpanInflater, size: int) -> bytes:
+    out = bytearray()
+    while piece := f.read(size):
+        out += piece
+    return bytes(out)
+
+
+@pytest.mark.parametrize(("window", "size"), [(1, 7_000), (3, 1 << 20), (8, -1)])
+def test_the_tar_comes_out_in_order(
+    layer: tuple[bytes, bytes, ztoc.Ztoc, ztoc.Spans], window: int, size: int
+) -> None:
+    tar, blob, z, spans = layer
+    assert len(spans) > 10
+    hashed = HashingReader(io.BytesIO(blob))
+    with ThreadPoolExecutor(2) as pool:
+        inflater = SpanInflater(cast(IO[bytes], hashed), z, spans, pool=pool, window=window)
+        out = _read_all(inflater, size)
+    # the tar up to where Go's reader stops; every byte of the blob was read (and hashed)
+    assert out == tar[: len(out)] and len(out) == z.uncompressed_archive_size
+    assert hashed.hash.hexdigest() == hashlib.sha256(blob).hexdigest()
+
+
+def test_readinto_works_for_buffered_readers(
+    layer: tuple[bytes, bytes, ztoc.Ztoc, ztoc.Spans],
+) -> None:
+    tar, blob, z, spans = layer
+    with ThreadPoolExecutor(2) as pool:
+        f = io.BufferedReader(SpanInflater(io.BytesIO(blob), z, spans, pool=pool))
+        assert f.read(1000) == tar[:1000]
+        assert f.read(SPAN * 3) == tar[1000 : 1000 + SPAN * 3]
+
+
+def test_a_corrupted_span_fails_its_digest(
+    layer: tuple[bytes, bytes, ztoc.Ztoc, ztoc.Spans],
+) -> None:
+    tar, blob, z, spans = layer
+    bad = bytearray(blob)
+    bad[spans.cstart[5] + 100] ^= 0x40
+    with ThreadPoolExecutor(2) as pool:
+        f = SpanInflater(io.BytesIO(bytes(bad)), z, spans, pool=pool, name="layer 1")
+        good = b"".join(f.read(-1) for _ in range(5))  # a span per read
+        assert good == tar[: spans.uend[4]]  # the spans before it are fine
+        with pytest.raises(socireader.SpanDigestMismatch, match="layer 1: span 5 "):
+            _read_all(f, -1)
+
+
+def test_a_blob_cut_short_is_an_error(layer: tuple[bytes, bytes, ztoc.Ztoc, ztoc.Spans]) -> None:
+    _, blob, z, spans = layer
+    with ThreadPoolExecutor(2) as pool:
+        f = SpanInflater(io.BytesIO(blob[: len(blob) // 2]), z, spans, pool=pool)
+        with pytest.raises(CorruptLayer, match="the blob ends at"):
+            _read_all(f, -1)
+
+
+def test_uncompressed_layer() -> None:
+    tar = make_tar([M("f", f"f{i}", payload(50_000, seed=i)) for i in range(20)])
+    z = ztocbuild.build_tar(io.BytesIO(tar), span_size=SPAN)
+    spans = ztoc.validate(z, len(tar))
+    with ThreadPoolExecutor(2) as pool:
+        assert _read_all(SpanInflater(io.BytesIO(tar), z, spans, pool=pool), 9_999) == tar
