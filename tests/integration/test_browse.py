@@ -400,7 +400,7 @@ def test_tensors_reads_headers_only_in_random_access_layers(
     tmp_path: Path,
 ) -> None:
     """Cold cache: indexing reads the tar header's block (and the layer's last
-    block); the safetensors header is in the first, so ``tensors`` moves two
+    block); the safetensors header is in the first, so ``tensors`` moves a few
     4 MiB blocks at most, not the 64 MiB file. Warm: no blob bytes at all."""
     ref = f"{proxy.host}/{random_access_images[kind]}"
     [layer] = [x["digest"] for x in json.loads(_ok(cli("layers", "--json", ref)))["layers"]]
@@ -413,7 +413,9 @@ def test_tensors_reads_headers_only_in_random_access_layers(
     _ok(run("tensors", "--json", ref, cache=tmp_path))
     warm = proxy.blob_downloads().get(layer, 0)
     print(f"\ntensors, {kind} layer, {BIG_MODEL_MIB} MiB file: cold {cold} B, warm {warm} B")
-    assert 0 < cold <= 2 * DEFAULT_BLOCK_SIZE
+    # the header's block and the layer's last; under load, one readahead block of the
+    # indexing pass can start before tensors turns readahead off (seen in CI-like runs)
+    assert 0 < cold <= 3 * DEFAULT_BLOCK_SIZE
     assert warm == 0
 
 
