@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from r8imfs._units import parse_size
+from r8imfs._units import human_size, parse_size
 from r8imfs.cache.blobcache import DEFAULT_MAX_BYTES, default_cache_dir
 from r8imfs.cli import _common
 from r8imfs.cli.progress import TerminalTransfers
 from r8imfs.image.image import ImageFiles
 from r8imfs.ops.browse import CacheOptions, open_image
 from r8imfs.ops.progress import Transfers
-from r8imfs.registry.client import human_size
 
 NO_FUSE = (
     "No FUSE is needed: the image is read with the same engine, cache and digest\n"

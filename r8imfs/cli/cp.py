@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from r8imfs._units import human_size
 from r8imfs.cli import _image
 from r8imfs.errors import UsageError
 from r8imfs.ops.browse import resolve
 from r8imfs.ops.copyout import copy_out
-from r8imfs.registry.client import human_size
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:

@@ -7,10 +7,10 @@ import json
 import sys
 from typing import Any
 
+from r8imfs._units import human_size
 from r8imfs.cli import _image
 from r8imfs.models.header import ModelHeader
 from r8imfs.ops.tensors import model_files, read_header
-from r8imfs.registry.client import human_size
 
 #: metadata values longer than this are cut in the table (never in --json)
 SHOWN_VALUE = 100

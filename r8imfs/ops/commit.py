@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from r8imfs._threads import run_io, run_sync
+from r8imfs._units import human_size
 from r8imfs.engine import tarcheck
 from r8imfs.engine.codecs.zstdwrite import write_seekable
 from r8imfs.engine.upper import UpperDir
@@ -55,8 +57,8 @@ from r8imfs.ops.common import (
     push_images,
 )
 from r8imfs.ops.layerstream import DEFAULT_LEVEL, PIECE, UploadedLayer, upload_tar_as_gzip
-from r8imfs.registry.client import RegistryClient, human_size
-from r8imfs.registry.upload import upload_stream
+from r8imfs.registry.client import RegistryClient
+from r8imfs.registry.upload import Body, upload_stream
 
 CREATED_BY = "r8imfs commit"
 
@@ -162,10 +164,20 @@ async def _upload_zstd(
 
     try:
         diff_id, tar_size = await run_sync(compress)
-        up = await upload_stream(client, dest.repository, _pieces(out), progress=progress)
+        up = await upload_stream(client, dest.repository, _file_body(out), progress=progress)
     finally:
         await run_io(out.unlink, True)
     return UploadedLayer(Descriptor("", up.digest, up.size), diff_id, tar_size)
+
+
+def _file_body(path: Path) -> Body:
+    """The compressed file as a replayable upload body: a fresh read per attempt."""
+
+    @asynccontextmanager
+    async def body() -> AsyncIterator[AsyncIterable[bytes]]:
+        yield _pieces(path)
+
+    return body
 
 
 async def _pieces(path: Path) -> AsyncIterator[bytes]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from r8imfs._units import human_size
 from r8imfs.engine.codecs import ztoc, ztocbuild
 from r8imfs.engine.codecs.zran import SPAN_SIZE
 from r8imfs.errors import DigestMismatch, R8imfsError, UnsupportedMediaType
@@ -40,7 +41,7 @@ from r8imfs.oci.manifest import DEFAULT_PLATFORM, Descriptor, Index, Manifest, P
 from r8imfs.oci.reference import Reference, Repository
 from r8imfs.ops._tasks import gather
 from r8imfs.ops.common import Context, Needed, Pushed, is_attestation, place_blobs
-from r8imfs.registry.client import MAX_CONFIG, RegistryClient, human_size
+from r8imfs.registry.client import MAX_CONFIG, RegistryClient
 from r8imfs.registry.referrers import fetch_ztoc, find_soci_index
 from r8imfs.registry.upload import upload_bytes
 

@@ -13,7 +13,6 @@ named with ``--insecure``; TLS is verified everywhere else.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -478,9 +477,3 @@ def _content_range_start(header: str) -> int:
     except (IndexError, ValueError):
         return -1
 
-
-def human_size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    exp = min(int(math.log(n, 1024)), 5)
-    return f"{n / 1024**exp:.1f} {'KMGTP'[exp - 1]}iB"

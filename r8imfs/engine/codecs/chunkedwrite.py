@@ -334,15 +334,16 @@ class _Buffered:
         need = size - avail
         self._buf, self._at = b"", 0
         if need >= self._refill:
-            parts.append(_read_full(self._src, need))
+            parts.append(read_full(self._src, need))
         else:
-            self._buf = _read_full(self._src, self._refill)
+            self._buf = read_full(self._src, self._refill)
             self._at = min(need, len(self._buf))
             parts.append(self._buf[: self._at])
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _read_full(src: IO[bytes], size: int) -> bytes:
+def read_full(src: IO[bytes], size: int) -> bytes:
+    """``size`` bytes of ``src``, or fewer only at its end (reads may come short)."""
     parts: list[bytes] = []
     while size > 0:
         data = src.read(size)

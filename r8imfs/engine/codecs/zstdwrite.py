@@ -28,7 +28,7 @@ import zstandard
 
 from r8imfs._units import MiB
 from r8imfs.engine.codecs import tocformat as tf
-from r8imfs.engine.codecs.chunkedwrite import Piece, TarCutter
+from r8imfs.engine.codecs.chunkedwrite import Piece, TarCutter, read_full
 from r8imfs.engine.codecs.zstdindex import SEEKABLE_FOOTER, SEEKABLE_SKIPPABLE
 
 MAX_FRAME_SIZE = 1 << 30  # sizes are u32 in the table; stay far below
@@ -246,24 +246,13 @@ def seek_table_frame(table: list[tuple[int, int, int]]) -> bytes:
 def _slices(src: IO[bytes], size: int) -> Iterator[bytes]:
     first = True
     while True:
-        chunk = _read_full(src, size)
+        chunk = read_full(src, size)
         if not chunk and not first:
             return
         first = False
         yield chunk  # an empty input still gets one (empty) frame
         if len(chunk) < size:
             return
-
-
-def _read_full(src: IO[bytes], size: int) -> bytes:
-    parts: list[bytes] = []
-    while size > 0:
-        data = src.read(size)
-        if not data:
-            break
-        parts.append(data)
-        size -= len(data)
-    return b"".join(parts)
 
 
 def _compress_all(
