@@ -131,6 +131,61 @@ class BlobReader:
         self._check_usable()
         return data
 
+    async def fetch_range(self, start: int, end: int) -> bytes | bytearray:
+        """Exactly ``[start, end)`` of the blob, answered from the GET's own bytes.
+
+        For ``image.fetchplan.UnitReader``, which asks for whole units
+        (frames, chunks) and reads ahead itself: no block alignment and no
+        sequential readahead here. Missing bytes cost one GET of exactly the
+        range; they are returned at once, and stored, recorded and hashed
+        (the hash frontier) behind the caller (``_store_behind``). Served
+        from the data file instead when present, when the blob was verified
+        before (fetched blocks must then match their recorded hashes, so
+        whole blocks are fetched and checked first, as ``read`` does), or
+        when the registry ignores ``Range`` (the whole blob is streamed in).
+        """
+        end = min(end, self.size)
+        self._check_usable()
+        if start >= end:
+            return b""
+        if not self._direct(start, end):
+            return await self._read_present(start, end)
+        self._count_request()
+        async with self.client.open_blob(self.repo, self.digest, start, end) as stream:
+            if stream.status == 200 or stream.start != start:
+                self.cache.refuse_ranges(self.repo.registry, self.digest)
+                await self._fetch_whole(stream)
+                return await self._read_present(start, end)
+            data = await self._collect(stream, end - start)
+        self._check_usable()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._store_behind, start, data)
+        return data
+
+    def _direct(self, start: int, end: int) -> bool:
+        """Whether ``fetch_range`` should GET ``[start, end)`` itself."""
+        return not (
+            self._present.covers(start, end)
+            or self._whole is not None
+            or self._verifier.has_table
+            or self.cache.ranges_refused(self.repo.registry, self.digest)
+        )
+
+    async def _read_present(self, start: int, end: int) -> bytes:
+        await self._ensure(start, end)
+        if not self.verified and self.complete:
+            await self._advance_hash()
+        data = await self._io(_files.pread, end - start, start)
+        self._check_usable()
+        return data
+
+    async def _store_behind(self, start: int, data: bytearray) -> None:
+        """``fetch_range``'s bytes into the data file; a failure only costs a refetch."""
+        try:
+            await self._store(start, data)
+        except (R8imfsError, OSError, trio.ClosedResourceError) as exc:
+            log.debug("could not keep bytes %d+%d of %s: %s", start, len(data), self.digest, exc)
+
     def sync_file(self) -> SyncBlobFile:
         """A ``ReadAt`` over this reader for code running in ``run_sync`` threads."""
         return SyncBlobFile(self)

@@ -288,6 +288,8 @@ class WritableOperations(ImageOperations):
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
+        if handle is None:
+            return await super().release(fh)
         if isinstance(handle, _Upper):
             await _threads.run_io(os.close, handle.fd)
 

@@ -78,7 +78,7 @@ DEFAULT_BUDGET = 128 * MiB
 SEQUENTIAL_SLACK = 1 * MiB
 
 #: ``await fetch(start, end)``: exactly the blob's bytes ``[start, end)``.
-Fetcher = Callable[[int, int], Awaitable[bytes]]
+Fetcher = Callable[[int, int], Awaitable[bytes | bytearray]]
 
 
 class DecodedCache:
@@ -414,7 +414,7 @@ class UnitReader:
         return _Group(slots)
 
     async def _run_group(self, group: _Group) -> None:
-        data: bytes | None = None
+        data: bytes | bytearray | None = None
         error: BaseException = trio.ClosedResourceError("prefetch cancelled")
         try:
             with group.scope:
