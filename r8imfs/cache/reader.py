@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, TypeVarTuple, Unpack
 
 import trio
 
-from r8imfs._threads import from_thread, run_io
+from r8imfs._threads import from_thread, run_cpu, run_io
 from r8imfs.cache import _blobfiles as _files
 from r8imfs.cache._ranges import BlockHasher, Blocks, RangeSet, Record, SequentialDetector
 from r8imfs.cache._record import RecordFile
@@ -39,6 +39,8 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 WRITE_CHUNK = 4 * 1024 * 1024  # whole-blob streams are written in pieces of this size
+#: bytes ``fetch_range`` keeps in memory until the hash frontier passes them
+FRESH_LIMIT = 32 * 1024 * 1024
 
 
 # -- what the cache needs from a registry client ------------------------------
@@ -93,7 +95,11 @@ class BlobReader:
         self._inflight: dict[int, _Fetch] = {}
         self._whole: _Fetch | None = None
         self._detector = SequentialDetector()
+        #: ``fetch_range``'s bytes by start, oldest first, kept until hashed (``_hash_range``)
+        self._fresh: dict[int, bytearray] = {}
+        self._fresh_bytes = 0
         self._housekeeping = False
+        self._housekeep_again = False
         self._fd = -1
         self._ino = 0
         self._users = 0  # tasks with the fd in a thread right now
@@ -181,6 +187,7 @@ class BlobReader:
 
     async def _store_behind(self, start: int, data: bytearray) -> None:
         """``fetch_range``'s bytes into the data file; a failure only costs a refetch."""
+        self._keep_fresh(start, data)
         try:
             await self._store(start, data)
         except (R8imfsError, OSError, trio.ClosedResourceError) as exc:
@@ -459,6 +466,7 @@ class BlobReader:
 
     # -- verification and the record, in the background --------------------------
     def _kick_housekeeping(self) -> None:
+        self._housekeep_again = True  # a running pass may have looked already: once more
         if not self._housekeeping and self._nursery is not None:
             self._housekeeping = True
             self._nursery.start_soon(self._housekeep)
@@ -466,9 +474,11 @@ class BlobReader:
     async def _housekeep(self) -> None:
         """Advance the hash frontier and write the record when due, off the read path."""
         try:
-            await self._advance_hash()
-            if self._record.dirty and (self._record.due() or self.verified):
-                await self._flush()
+            while self._housekeep_again:
+                self._housekeep_again = False
+                await self._advance_hash()
+                if self._record.dirty and (self._record.due() or self.verified):
+                    await self._flush()
         except (R8imfsError, OSError):
             pass  # a mismatch is in the verifier: every read raises it
         finally:
@@ -485,12 +495,43 @@ class BlobReader:
     async def _hash_range(
         self, start: int, end: int, hasher: _digest.Hasher, blocks: BlockHasher | None
     ) -> None:
-        await self._io(_files.hash_file, start, end, hasher, blocks)
+        """Hash ``[start, end)``: from ``fetch_range``'s bytes still in memory, else the file."""
+        pos = start
+        while pos < end:
+            found = self._fresh_at(pos)
+            if found is None:
+                stop = min([s for s in self._fresh if pos < s < end] + [end])
+                await self._io(_files.hash_file, pos, stop, hasher, blocks)
+            else:
+                base, data = found
+                stop = min(end, base + len(data))
+                piece = memoryview(data)[pos - base : stop - base]
+                await run_cpu(_files.hash_bytes, piece, hasher, blocks)
+            pos = stop
+        for base in [b for b, d in self._fresh.items() if b + len(d) <= end]:
+            self._fresh_bytes -= len(self._fresh.pop(base))
+
+    def _keep_fresh(self, start: int, data: bytearray) -> None:
+        """Keep fetched bytes for the hash frontier (oldest dropped past ``FRESH_LIMIT``)."""
+        if self.verified or start in self._fresh or len(data) > FRESH_LIMIT:
+            return
+        while self._fresh and self._fresh_bytes + len(data) > FRESH_LIMIT:
+            self._fresh_bytes -= len(self._fresh.pop(next(iter(self._fresh))))
+        self._fresh[start] = data
+        self._fresh_bytes += len(data)
+
+    def _fresh_at(self, pos: int) -> tuple[int, bytearray] | None:
+        for base, data in self._fresh.items():
+            if base <= pos < base + len(data):
+                return base, data
+        return None
 
     async def _fail(self, message: str) -> None:
         """Forget the blob's bytes, delete its files, and refuse it from now on."""
         error = self._verifier.fail(message)
         self._present = RangeSet()
+        self._fresh.clear()
+        self._fresh_bytes = 0
         with trio.CancelScope(shield=True):
             await run_io(_files.delete, self._paths, self._ino)
         raise error
