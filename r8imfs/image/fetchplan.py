@@ -57,7 +57,7 @@ import copy
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
 import trio
@@ -269,7 +269,9 @@ class UnitReader:
         self._pump()
         return await self._wait(index, slot)
 
-    async def iter_range(self, start: int, end: int, *, keep: bool = True) -> AsyncIterator[bytes]:
+    async def iter_range(
+        self, start: int, end: int, *, keep: bool = True
+    ) -> AsyncGenerator[bytes, None]:
         """Decoded ``[start, end)`` in order, unit by unit, ``max_window`` bytes ahead.
 
         For a caller that reads everything (``extract``): GETs and decodes run

@@ -33,6 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol, cast
 
+import trio
+
 from r8imfs._threads import run_io
 from r8imfs.engine.codecs.decompress import (
     DECOMPRESSION_ERRORS,
@@ -48,6 +50,7 @@ from r8imfs.errors import CorruptLayer, DigestMismatch, NoWeightsFound, R8imfsEr
 from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.config import WEIGHTS_DIR, Layer, pair_layers, weights_candidates
 from r8imfs.oci.reference import Repository
+from r8imfs.ops.extractunits import UnitsFailed, extract_by_units
 from r8imfs.registry.client import Image, RegistryClient
 
 log = logging.getLogger("r8imfs.ops")
@@ -274,29 +277,48 @@ def _body(tf: tarfile.TarFile, tar: ForwardFile, member: tarfile.TarInfo) -> IO[
     return body
 
 
+def _untar_members(stream: IO[bytes], sink: Sink, on_file: OnFile | None) -> list[str]:
+    """The weights files of a decoded tar stream into the sink; their names."""
+    names: list[str] = []
+    # tarfile over a forward-only file rather than in stream mode ("r|"),
+    # for the headers only: bodies are views of the inflater's own output
+    # (``_Body``), not copies through the stream mode's 10 KiB record loop.
+    tar = ForwardFile(chunks_of(stream))
+    with tarfile.TarFile(
+        fileobj=cast(IO[bytes], tar), mode="r", encoding="utf-8", tarinfo=GuardedTarInfo
+    ) as tf:
+        for member in tf:
+            name = weights_name(member.name)
+            if name is None or not member.isreg():
+                continue
+            body = _body(tf, tar, member)
+            sink.add(name, member, body)
+            names.append(name)
+            if on_file:
+                on_file(name, member.size)
+    return names
+
+
+def _untar_decoded(tar: IO[bytes], sink: Sink, on_file: OnFile | None) -> list[str]:
+    """Worker thread, units path: untar an already decoded layer, read to its end
+    (the blob is hashed from the fetched ranges); the caller commits."""
+    try:
+        names = _untar_members(tar, sink, on_file)
+        while tar.read(COPY_BUF):
+            pass
+    except BaseException:
+        sink.abort()
+        raise
+    return names
+
+
 def _untar_weights(raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | None) -> list[str]:
     """Worker thread: hash, decompress and untar one layer into the sink."""
     desc = layer.descriptor
     hashed = HashingReader(raw)
-    names: list[str] = []
     try:
         stream = codec_for(desc.media_type).inflate(cast(IO[bytes], hashed))
-        # tarfile over a forward-only file rather than in stream mode ("r|"),
-        # for the headers only: bodies are views of the inflater's own output
-        # (``_Body``), not copies through the stream mode's 10 KiB record loop.
-        tar = ForwardFile(chunks_of(stream))
-        with tarfile.TarFile(
-            fileobj=cast(IO[bytes], tar), mode="r", encoding="utf-8", tarinfo=GuardedTarInfo
-        ) as tf:
-            for member in tf:
-                name = weights_name(member.name)
-                if name is None or not member.isreg():
-                    continue
-                body = _body(tf, tar, member)
-                sink.add(name, member, body)
-                names.append(name)
-                if on_file:
-                    on_file(name, member.size)
+        names = _untar_members(stream, sink, on_file)
         hashed.drain()
     except DECOMPRESSION_ERRORS as exc:
         sink.abort()
@@ -338,10 +360,35 @@ def _bad_layer(layer: Layer, hashed: HashingReader, exc: BaseException) -> R8imf
     return BlobCorrupt(f"layer {layer.index}: blob {digest} is corrupt ({detail})")
 
 
+async def _extract_by_units(
+    client: RegistryClient, repo: Repository, layer: Layer, sink: Sink, on_file: OnFile | None
+) -> list[str] | None:
+    """The layer by ranged GETs and parallel decodes (``extractunits``), committed;
+    None when that path cannot serve it or failed on its bytes (files taken back)."""
+    untar = functools.partial(_untar_decoded, sink=sink, on_file=on_file)
+    try:
+        names = await extract_by_units(client, repo, layer, untar)
+    except UnitsFailed as exc:
+        if not await run_io(sink.rewind):
+            raise exc.error from exc
+        log.info("%s; streaming the layer instead", exc.error)
+        return None
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await run_io(sink.abort)
+        raise
+    if names is not None:
+        await run_io(sink.commit)
+    return names
+
+
 async def _extract_layer(
     client: RegistryClient, repo: Repository, layer: Layer, sink: Sink, on_file: OnFile | None
 ) -> list[str]:
     """One layer into the sink; a corrupt blob is fetched once more before failing."""
+    names = await _extract_by_units(client, repo, layer, sink, on_file)
+    if names is not None:
+        return names
     untar = functools.partial(_untar_weights, layer=layer, sink=sink, on_file=on_file)
     try:
         async with client.open_blob(repo, layer.descriptor.digest) as blob:
