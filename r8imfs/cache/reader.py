@@ -41,6 +41,8 @@ Ts = TypeVarTuple("Ts")
 WRITE_CHUNK = 4 * 1024 * 1024  # whole-blob streams are written in pieces of this size
 #: bytes ``fetch_range`` keeps in memory until the hash frontier passes them
 FRESH_LIMIT = 32 * 1024 * 1024
+#: bytes ``fetch_range`` may leave to background writes before it waits for them
+STORE_BEHIND = 64 * 1024 * 1024
 
 
 # -- what the cache needs from a registry client ------------------------------
@@ -98,6 +100,7 @@ class BlobReader:
         #: ``fetch_range``'s bytes by start, oldest first, kept until hashed (``_hash_range``)
         self._fresh: dict[int, bytearray] = {}
         self._fresh_bytes = 0
+        self._storing = 0  # bytes fetched by fetch_range not yet written
         self._housekeeping = False
         self._housekeep_again = False
         self._fd = -1
@@ -165,7 +168,10 @@ class BlobReader:
             data = await self._collect(stream, end - start)
         self._check_usable()
         assert self._nursery is not None
-        self._nursery.start_soon(self._store_behind, start, data)
+        if self._storing > STORE_BEHIND:  # the disk lags the network: wait for it
+            await self._store_behind(start, data)
+        else:
+            self._nursery.start_soon(self._store_behind, start, data)
         return data
 
     def _direct(self, start: int, end: int) -> bool:
@@ -188,10 +194,13 @@ class BlobReader:
     async def _store_behind(self, start: int, data: bytearray) -> None:
         """``fetch_range``'s bytes into the data file; a failure only costs a refetch."""
         self._keep_fresh(start, data)
+        self._storing += len(data)
         try:
             await self._store(start, data)
         except (R8imfsError, OSError, trio.ClosedResourceError) as exc:
             log.debug("could not keep bytes %d+%d of %s: %s", start, len(data), self.digest, exc)
+        finally:
+            self._storing -= len(data)
 
     def sync_file(self) -> SyncBlobFile:
         """A ``ReadAt`` over this reader for code running in ``run_sync`` threads."""
@@ -384,15 +393,20 @@ class BlobReader:
             return await self._collect(stream, end - start)
 
     async def _collect(self, stream: BlobStreamLike, length: int) -> bytearray:
-        buf = bytearray()
+        """The body into one buffer of its final size (no reallocations as it grows:
+        the daemon's heap keeps buffers under 16 MiB, ``fs.process``)."""
+        buf = bytearray(length)
+        view = memoryview(buf)
+        got = 0
         async for chunk in stream.chunks():
             self._count_bytes(len(chunk))
-            buf += chunk
-            if len(buf) > length:
+            if got + len(chunk) > length:
                 raise RegistryError(f"{self.repo.registry} sent more than asked of {self.digest}")
-        if len(buf) != length:
+            view[got : got + len(chunk)] = chunk
+            got += len(chunk)
+        if got != length:
             raise RegistryError(
-                f"{self.repo.registry} sent {len(buf)} of {length} bytes asked of {self.digest}"
+                f"{self.repo.registry} sent {got} of {length} bytes asked of {self.digest}"
             )
         return buf
 

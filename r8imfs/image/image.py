@@ -33,7 +33,7 @@ import trio
 from r8imfs import _threads
 from r8imfs.cache.blobcache import BlobCache, BlobReader, BlobSource
 from r8imfs.engine.codecs.table import codec_for
-from r8imfs.engine.codecs.units import units_for_layer
+from r8imfs.engine.codecs.units import units_for_layer, zran_inflate
 from r8imfs.engine.decodedcopy import DecodedReader, Pending, worth_keeping
 from r8imfs.engine.entry import Entry
 from r8imfs.engine.indexdb import (
@@ -58,8 +58,11 @@ INDEX_PARALLEL = 2
 #: decoded bytes per worker-thread round trip when serving reads, and how many to keep
 DECODED_BLOCK = 4 * 1024 * 1024
 DECODED_BLOCKS = 6
-#: decoded units kept per mount (all layers), besides those in flight
+#: decoded units kept per mount (all layers), besides those in flight; and how far
+#: ahead one open file reads (several sequential readers' windows must fit the budget,
+#: or what one read ahead is dropped before it gets there)
 UNITS_BUDGET = 96 * 1024 * 1024
+UNITS_WINDOW = 32 * 1024 * 1024
 BlockLoader = Callable[[Node, int], Awaitable[bytes]]
 #: (layer, entry ordinal, block number)
 BlockKey = tuple[int, int, int]
@@ -384,12 +387,18 @@ def _attach_units(layers: list[LayerFiles], nursery: trio.Nursery, cache: Decode
         if index is None or layer.streamed or index.decoded is not None:
             continue
         found = units_for_layer(
-            index.compression, index.checkpoints, layer.descriptor.size, index.uncompressed_size
+            index.compression,
+            index.checkpoints,
+            layer.descriptor.size,
+            index.uncompressed_size,
+            span_inflater=zran_inflate,
         )
         if found is not None:
             table, decode = found
             fetch = layer.blob.fetch_range
-            layer.units = UnitReader(table, fetch, decode, nursery, cache=cache, key=layer.index)
+            layer.units = UnitReader(
+                table, fetch, decode, nursery, cache=cache, key=layer.index, max_window=UNITS_WINDOW
+            )
 
 
 async def _read_units(

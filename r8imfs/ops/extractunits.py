@@ -48,8 +48,13 @@ from r8imfs.registry.client import RegistryClient
 MiB = 1024 * 1024
 #: stored bytes per unit of a plain layer (one ranged GET moves up to 16 MiB of them)
 PLAIN_UNIT = 4 * MiB
-#: decoded units kept: a single pass keeps none once read, so only the read-ahead
-CACHE_BUDGET = 16 * MiB
+#: decoded bytes read ahead of the untar, and GET sizes: RSS stays near
+#: WINDOW + PARALLEL * MAX_RANGE (compressed in flight) + what waits to be hashed
+WINDOW = 32 * MiB
+MAX_RANGE = 8 * MiB
+#: decoded units kept: the read-ahead must fit, or a prefetched unit is dropped
+#: before the untar reaches it and fetched again (a single pass keeps none once read)
+CACHE_BUDGET = WINDOW + 2 * MAX_RANGE
 _FOOTER = 9  # the seekable format's footer: frame count, descriptor, magic
 
 #: ``untar(decoded_tar) -> names``: the worker that reads the decoded tar to its end
@@ -132,6 +137,8 @@ async def _run_in_nursery(
             decode,
             nursery,
             cache=DecodedCache(CACHE_BUDGET),
+            max_range=MAX_RANGE,
+            max_window=WINDOW,
             on_fetched=hashed.add,
         )
         try:
@@ -186,11 +193,14 @@ async def _get_range(
     async with client.open_blob(repo, digest, start, end) as stream:
         if stream.status == 200 or stream.start != start:
             raise RangeUnsupported(f"{repo.registry} ignores Range for {digest}")
-        buf = bytearray()
+        buf = bytearray(end - start)  # one allocation of the final size
+        view, got = memoryview(buf), 0
         async for chunk in stream.chunks():
-            buf += chunk
-            if len(buf) > end - start:
+            if got + len(chunk) > len(buf):
+                got += len(chunk)
                 break
-    if len(buf) != end - start:
-        raise RegistryError(f"{repo.registry} sent {len(buf)} of {end - start} bytes of {digest}")
+            view[got : got + len(chunk)] = chunk
+            got += len(chunk)
+    if got != end - start:
+        raise RegistryError(f"{repo.registry} sent {got} of {end - start} bytes of {digest}")
     return buf
