@@ -40,9 +40,9 @@ Ts = TypeVarTuple("Ts")
 
 WRITE_CHUNK = 4 * 1024 * 1024  # whole-blob streams are written in pieces of this size
 #: bytes ``fetch_range`` keeps in memory until the hash frontier passes them
-FRESH_LIMIT = 32 * 1024 * 1024
+FRESH_LIMIT = 16 * 1024 * 1024
 #: bytes ``fetch_range`` may leave to background writes before it waits for them
-STORE_BEHIND = 64 * 1024 * 1024
+STORE_BEHIND = 16 * 1024 * 1024
 
 
 # -- what the cache needs from a registry client ------------------------------

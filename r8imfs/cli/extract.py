@@ -13,6 +13,7 @@ from r8imfs._threads import run_io
 from r8imfs._units import human_size
 from r8imfs.cli import _common
 from r8imfs.errors import UsageError
+from r8imfs.fs import process
 from r8imfs.ops.extract import DirSink, TarSink, extract
 
 
@@ -34,9 +35,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "-o", "--output", default="-", help="tar file to write ('-': stdout, the default)"
     )
     p.add_argument("--dir", help="write the files into this directory instead of a tar")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, before_trio=before_trio)
     return p
 
+
+
+def before_trio(args: argparse.Namespace) -> None:
+    """Bound malloc as the mount does: frames and ranges of a few MiB churn
+    through the decode threads (``ops.extractunits``)."""
+    process.bound_malloc()
 
 async def run(args: argparse.Namespace) -> None:
     ref = _common.ref(args, args.image)

@@ -61,8 +61,10 @@ DECODED_BLOCKS = 6
 #: decoded units kept per mount (all layers), besides those in flight; and how far
 #: ahead one open file reads (several sequential readers' windows must fit the budget,
 #: or what one read ahead is dropped before it gets there)
-UNITS_BUDGET = 96 * 1024 * 1024
-UNITS_WINDOW = 32 * 1024 * 1024
+UNITS_BUDGET = 64 * 1024 * 1024
+UNITS_WINDOW = 24 * 1024 * 1024
+#: bytes per ranged GET (four in flight): what the daemon holds compressed
+UNITS_RANGE = 8 * 1024 * 1024
 BlockLoader = Callable[[Node, int], Awaitable[bytes]]
 #: (layer, entry ordinal, block number)
 BlockKey = tuple[int, int, int]
@@ -397,7 +399,14 @@ def _attach_units(layers: list[LayerFiles], nursery: trio.Nursery, cache: Decode
             table, decode = found
             fetch = layer.blob.fetch_range
             layer.units = UnitReader(
-                table, fetch, decode, nursery, cache=cache, key=layer.index, max_window=UNITS_WINDOW
+                table,
+                fetch,
+                decode,
+                nursery,
+                cache=cache,
+                key=layer.index,
+                max_window=UNITS_WINDOW,
+                max_range=UNITS_RANGE,
             )
 
 
