@@ -96,6 +96,8 @@ class UnitTable:
                 raise CorruptLayer(f"unit table: unit {i} does not follow unit {i - 1}")
         if self._units and self._units[-1].uend != uncompressed_size:
             raise CorruptLayer("unit table does not cover the layer")
+        if (self._units[0].ustart if self._units else uncompressed_size) != 0:
+            raise CorruptLayer("unit table does not start at the layer's start")
 
     def __len__(self) -> int:
         return len(self._units)
@@ -330,6 +332,8 @@ def units_for_layer(
         return frame_units(FrameTable.from_bytes(checkpoints), compressed_size), decode_zstd
     if compression == "gzip" and span_inflater is not None:
         points = zran_checkpoints(checkpoints)
+        if not points or points[0].uoffset != 0:
+            return None  # (no block boundary zran would stop at: stored blocks, a tiny layer)
         units = span_units(points, compressed_size, uncompressed_size)
         return units, span_decoder(span_inflater)
     return None

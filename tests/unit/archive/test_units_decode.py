@@ -134,3 +134,14 @@ async def test_a_damaged_unit_is_an_error_not_bytes(name: str) -> None:
         with pytest.raises(CorruptLayer):
             await reader.read(unit.ustart + 10, 100)
         reader.close()
+
+
+def test_a_gzip_index_without_checkpoints_gives_no_units() -> None:
+    """Incompressible bodies become stored blocks, where zran takes no checkpoint: such a
+    layer is read by its gzip reader, not by units (a table must start at offset 0)."""
+    tar = tar_of({"src/noise.bin": random.Random(1).randbytes(6 * MiB)})
+    blob = gzip.compress(tar)
+    index = build_gzip_index(BytesReadAt(blob)).index_bytes  # the mount's spacing
+    assert units_for_layer("gzip", index, len(blob), len(tar), span_inflater=zran_inflate) is None
+    with pytest.raises(CorruptLayer):
+        UnitTable([], len(tar))
