@@ -61,8 +61,8 @@ DECODED_BLOCKS = 6
 #: decoded units kept per mount (all layers), besides those in flight; and how far
 #: ahead one open file reads (several sequential readers' windows must fit the budget,
 #: or what one read ahead is dropped before it gets there)
-UNITS_BUDGET = 64 * 1024 * 1024
-UNITS_WINDOW = 24 * 1024 * 1024
+UNITS_BUDGET = 48 * 1024 * 1024
+UNITS_WINDOW = 16 * 1024 * 1024
 #: bytes per ranged GET (four in flight): what the daemon holds compressed
 UNITS_RANGE = 8 * 1024 * 1024
 BlockLoader = Callable[[Node, int], Awaitable[bytes]]
