@@ -24,6 +24,7 @@ from r8imfs.engine.codecs.zstdindex import read_seek_table
 from r8imfs.engine.codecs.zstdwrite import write_seekable
 from r8imfs.engine.readat import BytesReadAt
 from r8imfs.oci import mediatypes as mt
+from r8imfs.ops.extract import PARALLEL_ENV, parallel_extract
 from tools.demoimage import tar_of
 from tools.faultproxy import Corrupt, DropBody, FaultProxy, Status
 
@@ -73,6 +74,12 @@ def images(registry: RegistryServer) -> dict[str, tuple[str, str]]:
         _push(registry.host, repo, blob, media, sha256(tar))
         out[kind] = (repo, sha256(blob))
     return out
+
+
+@pytest.fixture(autouse=True)
+def parallel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The units path, whatever the cores (on fewer than 4 extract streams by default)."""
+    monkeypatch.setenv(PARALLEL_ENV, "1")
 
 
 def _files(root: Path) -> dict[str, str]:
@@ -161,3 +168,18 @@ def test_wrong_bytes_from_the_registry_fail_cleanly(
     assert run("extract", f"{proxy.host}/{repo}:v1", "--dir", str(into)).returncode == 1
     _nothing_left(tmp_path, into, out)
     assert not os.path.exists(tmp_path / "d" / "model.bin")
+
+
+@pytest.mark.parametrize(
+    ("forced", "cores", "expected"),
+    [("1", 2, True), ("0", 64, False), (None, 2, False), (None, 4, True), (None, None, False)],
+)
+def test_when_extract_reads_by_units(
+    monkeypatch: pytest.MonkeyPatch, forced: str | None, cores: int | None, expected: bool
+) -> None:
+    if forced is None:
+        monkeypatch.delenv(PARALLEL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(PARALLEL_ENV, forced)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert parallel_extract() is expected
