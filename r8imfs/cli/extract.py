@@ -39,11 +39,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-
 def before_trio(args: argparse.Namespace) -> None:
     """Bound malloc as the mount does: frames and ranges of a few MiB churn
     through the decode threads (``ops.extractunits``)."""
     process.bound_malloc()
+
 
 async def run(args: argparse.Namespace) -> None:
     ref = _common.ref(args, args.image)
