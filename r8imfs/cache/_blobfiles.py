@@ -151,6 +151,15 @@ def hash_file(
         pos += len(chunk)
 
 
+def hash_bytes(
+    data: bytes | bytearray | memoryview, hasher: _digest.Hasher, blocks: BlockHasher | None
+) -> None:
+    """``hash_file`` for bytes still in memory (no read back from the file)."""
+    hasher.update(data)
+    if blocks is not None:
+        blocks.update(data)
+
+
 def file_matches(fd: int, size: int, digest: str, blocks: BlockHasher) -> bool:
     hasher = _digest.Hasher(algorithm(digest))
     hash_file(fd, 0, size, hasher, blocks)

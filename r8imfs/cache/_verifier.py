@@ -55,6 +55,11 @@ class Verifier:
             _files.load_table, self._table_path, self.digest, self.size, self.block_size
         )
 
+    @property
+    def has_table(self) -> bool:
+        """Whether block hashes are known (fetched blocks must match them)."""
+        return self._table is not None
+
     def check_usable(self) -> None:
         """Raise the mismatch again (a copy: each raise gets its own traceback)."""
         if self.failed is not None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, TypeVarTuple, Unpack
 
 import trio
 
-from r8imfs._threads import from_thread, run_io
+from r8imfs._threads import from_thread, run_cpu, run_io
 from r8imfs.cache import _blobfiles as _files
 from r8imfs.cache._ranges import BlockHasher, Blocks, RangeSet, Record, SequentialDetector
 from r8imfs.cache._record import RecordFile
@@ -39,6 +39,10 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 WRITE_CHUNK = 4 * 1024 * 1024  # whole-blob streams are written in pieces of this size
+#: bytes ``fetch_range`` keeps in memory until the hash frontier passes them
+FRESH_LIMIT = 16 * 1024 * 1024
+#: bytes ``fetch_range`` may leave to background writes before it waits for them
+STORE_BEHIND = 16 * 1024 * 1024
 
 
 # -- what the cache needs from a registry client ------------------------------
@@ -104,7 +108,12 @@ class BlobReader:
         self._inflight: dict[int, _Fetch] = {}
         self._whole: _Fetch | None = None
         self._detector = SequentialDetector()
+        #: ``fetch_range``'s bytes by start, oldest first, kept until hashed (``_hash_range``)
+        self._fresh: dict[int, bytearray] = {}
+        self._fresh_bytes = 0
+        self._storing = 0  # bytes fetched by fetch_range not yet written
         self._housekeeping = False
+        self._housekeep_again = False
         self._fd = -1
         self._ino = 0
         self._users = 0  # tasks with the fd in a thread right now
@@ -141,6 +150,68 @@ class BlobReader:
         data = await self._io(_files.pread, end - offset, offset)
         self._check_usable()
         return data
+
+    async def fetch_range(self, start: int, end: int) -> bytes | bytearray:
+        """Exactly ``[start, end)`` of the blob, answered from the GET's own bytes.
+
+        For ``image.fetchplan.UnitReader``, which asks for whole units
+        (frames, chunks) and reads ahead itself: no block alignment and no
+        sequential readahead here. Missing bytes cost one GET of exactly the
+        range; they are returned at once, and stored, recorded and hashed
+        (the hash frontier) behind the caller (``_store_behind``). Served
+        from the data file instead when present, when the blob was verified
+        before (fetched blocks must then match their recorded hashes, so
+        whole blocks are fetched and checked first, as ``read`` does), or
+        when the registry ignores ``Range`` (the whole blob is streamed in).
+        """
+        end = min(end, self.size)
+        self._check_usable()
+        if start >= end:
+            return b""
+        if not self._direct(start, end):
+            return await self._read_present(start, end)
+        self._count_request()
+        async with self.client.open_blob(self.repo, self.digest, start, end) as stream:
+            if stream.status == 200 or stream.start != start:
+                self.cache.refuse_ranges(self.repo.registry, self.digest)
+                await self._fetch_whole(stream)
+                return await self._read_present(start, end)
+            data = await self._collect(stream, end - start)
+        self._check_usable()
+        assert self._nursery is not None
+        if self._storing > STORE_BEHIND:  # the disk lags the network: wait for it
+            await self._store_behind(start, data)
+        else:
+            self._nursery.start_soon(self._store_behind, start, data)
+        return data
+
+    def _direct(self, start: int, end: int) -> bool:
+        """Whether ``fetch_range`` should GET ``[start, end)`` itself."""
+        return not (
+            self._present.covers(start, end)
+            or self._whole is not None
+            or self._verifier.has_table
+            or self.cache.ranges_refused(self.repo.registry, self.digest)
+        )
+
+    async def _read_present(self, start: int, end: int) -> bytes:
+        await self._ensure(start, end)
+        if not self.verified and self.complete:
+            await self._advance_hash()
+        data = await self._io(_files.pread, end - start, start)
+        self._check_usable()
+        return data
+
+    async def _store_behind(self, start: int, data: bytearray) -> None:
+        """``fetch_range``'s bytes into the data file; a failure only costs a refetch."""
+        self._keep_fresh(start, data)
+        self._storing += len(data)
+        try:
+            await self._store(start, data)
+        except (R8imfsError, OSError, trio.ClosedResourceError) as exc:
+            log.debug("could not keep bytes %d+%d of %s: %s", start, len(data), self.digest, exc)
+        finally:
+            self._storing -= len(data)
 
     def sync_file(self) -> SyncBlobFile:
         """A ``ReadAt`` over this reader for code running in ``run_sync`` threads."""
@@ -333,15 +404,20 @@ class BlobReader:
             return await self._collect(stream, end - start)
 
     async def _collect(self, stream: BlobStreamLike, length: int) -> bytearray:
-        buf = bytearray()
+        """The body into one buffer of its final size (no reallocations as it grows:
+        the daemon's heap keeps buffers under 16 MiB, ``fs.process``)."""
+        buf = bytearray(length)
+        view = memoryview(buf)
+        got = 0
         async for chunk in stream.chunks():
             self._count_bytes(len(chunk))
-            buf += chunk
-            if len(buf) > length:
+            if got + len(chunk) > length:
                 raise RegistryError(f"{self.repo.registry} sent more than asked of {self.digest}")
-        if len(buf) != length:
+            view[got : got + len(chunk)] = chunk
+            got += len(chunk)
+        if got != length:
             raise RegistryError(
-                f"{self.repo.registry} sent {len(buf)} of {length} bytes asked of {self.digest}"
+                f"{self.repo.registry} sent {got} of {length} bytes asked of {self.digest}"
             )
         return buf
 
@@ -415,6 +491,7 @@ class BlobReader:
 
     # -- verification and the record, in the background --------------------------
     def _kick_housekeeping(self) -> None:
+        self._housekeep_again = True  # a running pass may have looked already: once more
         if not self._housekeeping and self._nursery is not None:
             self._housekeeping = True
             self._nursery.start_soon(self._housekeep)
@@ -422,9 +499,11 @@ class BlobReader:
     async def _housekeep(self) -> None:
         """Advance the hash frontier and write the record when due, off the read path."""
         try:
-            await self._advance_hash()
-            if self._record.dirty and (self._record.due() or self.verified):
-                await self._flush()
+            while self._housekeep_again:
+                self._housekeep_again = False
+                await self._advance_hash()
+                if self._record.dirty and (self._record.due() or self.verified):
+                    await self._flush()
         except (R8imfsError, OSError):
             pass  # a mismatch is in the verifier: every read raises it
         finally:
@@ -441,12 +520,43 @@ class BlobReader:
     async def _hash_range(
         self, start: int, end: int, hasher: _digest.Hasher, blocks: BlockHasher | None
     ) -> None:
-        await self._io(_files.hash_file, start, end, hasher, blocks)
+        """Hash ``[start, end)``: from ``fetch_range``'s bytes still in memory, else the file."""
+        pos = start
+        while pos < end:
+            found = self._fresh_at(pos)
+            if found is None:
+                stop = min([s for s in self._fresh if pos < s < end] + [end])
+                await self._io(_files.hash_file, pos, stop, hasher, blocks)
+            else:
+                base, data = found
+                stop = min(end, base + len(data))
+                piece = memoryview(data)[pos - base : stop - base]
+                await run_cpu(_files.hash_bytes, piece, hasher, blocks)
+            pos = stop
+        for base in [b for b, d in self._fresh.items() if b + len(d) <= end]:
+            self._fresh_bytes -= len(self._fresh.pop(base))
+
+    def _keep_fresh(self, start: int, data: bytearray) -> None:
+        """Keep fetched bytes for the hash frontier (oldest dropped past ``FRESH_LIMIT``)."""
+        if self.verified or start in self._fresh or len(data) > FRESH_LIMIT:
+            return
+        while self._fresh and self._fresh_bytes + len(data) > FRESH_LIMIT:
+            self._fresh_bytes -= len(self._fresh.pop(next(iter(self._fresh))))
+        self._fresh[start] = data
+        self._fresh_bytes += len(data)
+
+    def _fresh_at(self, pos: int) -> tuple[int, bytearray] | None:
+        for base, data in self._fresh.items():
+            if base <= pos < base + len(data):
+                return base, data
+        return None
 
     async def _fail(self, message: str) -> None:
         """Forget the blob's bytes, delete its files, and refuse it from now on."""
         error = self._verifier.fail(message)
         self._present = RangeSet()
+        self._fresh.clear()
+        self._fresh_bytes = 0
         with trio.CancelScope(shield=True):
             await run_io(_files.delete, self._paths, self._ino)
         raise error

@@ -13,6 +13,7 @@ from r8imfs._threads import run_io
 from r8imfs._units import human_size
 from r8imfs.cli import _common
 from r8imfs.errors import UsageError
+from r8imfs.fs import process
 from r8imfs.ops.extract import DirSink, TarSink, extract
 
 
@@ -40,8 +41,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_false",
         help="ignore the image's SOCI index (which lets gzip layers inflate on every core)",
     )
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, before_trio=before_trio)
     return p
+
+
+def before_trio(args: argparse.Namespace) -> None:
+    """Bound malloc as the mount does: frames and ranges of a few MiB churn
+    through the decode threads (``ops.extractunits``)."""
+    process.bound_malloc()
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -44,7 +44,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--frame-size",
         type=_common.parse_size,
         default=FRAME_SIZE,
-        help="uncompressed bytes per zstd frame, the unit a lazy reader seeks to (default 4M)",
+        help="uncompressed bytes per zstd frame, the unit a lazy reader seeks to (default 2M)",
     )
     p.set_defaults(run=run)
     return p

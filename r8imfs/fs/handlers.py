@@ -18,10 +18,12 @@ Only ``pyfuse3.FUSEError`` leaves a handler.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import stat
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pyfuse3
@@ -30,6 +32,7 @@ import trio
 from r8imfs.engine.entry import Kind
 from r8imfs.errors import R8imfsError
 from r8imfs.fs.inodes import ROOT, InTree, Namespace, Static
+from r8imfs.image.fetchplan import ReadStream
 from r8imfs.image.image import ImageFiles
 
 log = logging.getLogger("r8imfs.fs")
@@ -47,7 +50,17 @@ _TYPE_BITS = {
     Kind.BLOCKDEV: stat.S_IFBLK,
     Kind.FIFO: stat.S_IFIFO,
 }
+#: file handles of opened image files (a writable mount numbers its own from 1 << 41)
+FIRST_FH = 1 << 42
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+
+@dataclass(slots=True)
+class _Opened:
+    """An open file: its inode, and its read-ahead when its layer is read by units."""
+
+    inode: int
+    stream: ReadStream | None
 
 
 class ImageOperations(pyfuse3.Operations):
@@ -62,6 +75,8 @@ class ImageOperations(pyfuse3.Operations):
             files.manifest_raw, files.config_raw, trees, [x.name for x in files.layers]
         )
         self._failed: set[int] = set()
+        self._open: dict[int, _Opened] = {}
+        self._fhs = itertools.count(FIRST_FH)
         self._mounted_at = time.time_ns()
 
     # -- attributes ---------------------------------------------------------
@@ -152,26 +167,34 @@ class ImageOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if isinstance(target, InTree) and target.node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        return pyfuse3.FileInfo(fh=inode, keep_cache=True, direct_io=False)
+        stream = self.files.stream(target.node) if isinstance(target, InTree) else None
+        fh = next(self._fhs)
+        self._open[fh] = _Opened(inode, stream)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
 
     # pyfuse3's stub says bytes; it replies with any buffer (PyObject_GetBuffer)
     async def read(self, fh: int, off: int, size: int) -> bytes | bytearray:  # type: ignore[override]
-        target = self.ns.get(fh)
+        opened = self._open.get(fh)
+        if opened is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        target = self.ns.get(opened.inode)
         if isinstance(target, Static):
             return target.data[off : off + size]
         if target is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         try:
             with trio.fail_after(READ_TIMEOUT):
-                return await self.files.read(target.node, off, size)
+                return await self.files.read(target.node, off, size, opened.stream)
         except (R8imfsError, OSError, trio.TooSlowError) as exc:
-            if fh not in self._failed:
-                self._failed.add(fh)
+            if opened.inode not in self._failed:
+                self._failed.add(opened.inode)
                 log.error("EIO reading %s: %s", target.node.path, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def release(self, fh: int) -> None:
-        pass
+        opened = self._open.pop(fh, None)
+        if opened is not None and opened.stream is not None:
+            opened.stream.close()  # its read-ahead is dropped
 
     async def readlink(self, inode: int, ctx: Any) -> bytes:
         target = self.ns.get(inode)

@@ -42,6 +42,7 @@ from r8imfs.engine.upper import Found, InLower, InUpper, Overlay, UpperDir
 from r8imfs.errors import R8imfsError
 from r8imfs.fs.handlers import BLKSIZE, READ_TIMEOUT, ImageOperations
 from r8imfs.fs.inodes import ROOT, InTree
+from r8imfs.image.fetchplan import ReadStream
 from r8imfs.image.image import ImageFiles
 
 log = logging.getLogger("r8imfs.fs")
@@ -260,10 +261,12 @@ class WritableOperations(ImageOperations):
                 raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         return await self._read_lower(handle.node, off, size)
 
-    async def _read_lower(self, node: Node, off: int, size: int) -> bytes | bytearray:
+    async def _read_lower(
+        self, node: Node, off: int, size: int, stream: ReadStream | None = None
+    ) -> bytes | bytearray:
         try:
             with trio.fail_after(READ_TIMEOUT):
-                return await self.files.read(node, off, size)
+                return await self.files.read(node, off, size, stream)
         except (R8imfsError, OSError, trio.TooSlowError) as exc:
             log.error("EIO reading %s: %s", node.path, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
@@ -288,6 +291,8 @@ class WritableOperations(ImageOperations):
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
+        if handle is None:
+            return await super().release(fh)
         if isinstance(handle, _Upper):
             await _threads.run_io(os.close, handle.fd)
 
@@ -315,12 +320,15 @@ class WritableOperations(ImageOperations):
     async def _transfer(self, path: str, node: Node, data: bool) -> None:
         fd, tmp = await _threads.run_io(self.overlay.begin_copy_up)
         try:
+            stream = self.files.stream(node)  # read-ahead, on a layer read by units
             try:
                 for off in range(0, node.entry.size if data else 0, COPY_PIECE):
-                    piece = await self._read_lower(node, off, COPY_PIECE)
+                    piece = await self._read_lower(node, off, COPY_PIECE, stream)
                     await _threads.run_io(_pwrite_all, fd, piece, off)
                 await _threads.run_io(os.fsync, fd)
             finally:
+                if stream is not None:
+                    stream.close()
                 await _threads.run_io(os.close, fd)
             await self._run(self.overlay.install_copy_up, path, tmp)
         except BaseException:

@@ -39,16 +39,13 @@ FUSE layer maps that to EIO); nothing is cached from it, and a later read
 asks again. Wrong bytes are the fetcher's and the decoder's business (block
 hashes in the blob cache, checksums in the frames); this module moves bytes.
 
-Wiring (planned, after the archive/ → engine/, cache/, image/ move): one
-``UnitReader`` per layer that has units (``units.units_for_layer`` over its
-``LayerIndex``), its nursery the cache's background nursery, one
-``DecodedCache`` per mount; a FUSE open takes a ``stream()`` and its
-release closes it; ``extract`` reads a layer with ``iter_range(...,
-keep=False)`` and ``on_fetched=OrderedHash.add``. The fetcher must answer
-from the GET's own bytes: over today's ``BlobReader.read`` (block-aligned,
-and every byte written, read back and re-read for hashing before it is
-returned) this reader is no faster than the old path
-(docs/engine-measurements.md, "Floors under a cold lazy read").
+Wiring: ``image.ImageFiles`` keeps one ``UnitReader`` per layer that has
+units (``units.units_for_layer`` over its ``LayerIndex``), fetching through
+``BlobReader.fetch_range`` (exact ranges answered from the GET's own bytes,
+stored and hashed behind), its nursery the cache's background nursery, one
+``DecodedCache`` per mount; a FUSE open takes a ``stream()`` and its release
+closes it. ``ops.extractunits`` reads a layer with ``iter_range(...,
+keep=False)`` over plain ranged GETs and ``on_fetched=OrderedHash.add``.
 """
 
 from __future__ import annotations
@@ -78,7 +75,7 @@ DEFAULT_BUDGET = 128 * MiB
 SEQUENTIAL_SLACK = 1 * MiB
 
 #: ``await fetch(start, end)``: exactly the blob's bytes ``[start, end)``.
-Fetcher = Callable[[int, int], Awaitable[bytes]]
+Fetcher = Callable[[int, int], Awaitable[bytes | bytearray]]
 
 
 class DecodedCache:
@@ -416,7 +413,7 @@ class UnitReader:
         return _Group(slots)
 
     async def _run_group(self, group: _Group) -> None:
-        data: bytes | None = None
+        data: bytes | bytearray | None = None
         error: BaseException = trio.ClosedResourceError("prefetch cancelled")
         try:
             with group.scope:

@@ -36,6 +36,7 @@ from r8imfs import _threads
 from r8imfs.cache.blobcache import BlobCache, BlobReader, BlobSource
 from r8imfs.engine.codecs.layerformat import LayerFormat, Toc, TocLayer, choose
 from r8imfs.engine.codecs.table import codec_for
+from r8imfs.engine.codecs.units import units_for_layer, zran_inflate
 from r8imfs.engine.decodedcopy import DecodedReader, Pending, worth_keeping
 from r8imfs.engine.entry import Entry
 from r8imfs.engine.indexdb import (
@@ -49,6 +50,7 @@ from r8imfs.engine.indexdb import (
 from r8imfs.engine.merged import LayerTree, MergedTree, Node
 from r8imfs.engine.readat import LayerReader, ReadAt, ScanProgress, cached_entry, read_entry
 from r8imfs.errors import CorruptLayer, DigestMismatch, R8imfsError
+from r8imfs.image.fetchplan import DecodedCache, ReadStream, UnitReader
 from r8imfs.image.pipe import consume_stream
 from r8imfs.image.toclayer import RangeGets, open_toc_layer, record_path
 from r8imfs.oci.digest import short
@@ -62,6 +64,13 @@ DECODED_BLOCK = 4 * 1024 * 1024
 DECODED_BLOCKS = 6
 #: decoded blocks read ahead of a sequential reader when a layer is TOC-served
 TOC_AHEAD = max(2, os.cpu_count() or 2)
+#: decoded units kept per mount (all layers), besides those in flight; and how far
+#: ahead one open file reads (several sequential readers' windows must fit the budget,
+#: or what one read ahead is dropped before it gets there)
+UNITS_BUDGET = 48 * 1024 * 1024
+UNITS_WINDOW = 16 * 1024 * 1024
+#: bytes per ranged GET (four in flight): what the daemon holds compressed
+UNITS_RANGE = 8 * 1024 * 1024
 BlockLoader = Callable[[Node, int], Awaitable[bytes]]
 #: (layer, entry ordinal, block number)
 BlockKey = tuple[int, int, int]
@@ -78,6 +87,9 @@ class LayerFiles:
     reader: LayerReader
     blob: BlobReader
     streamed: int = 0  # bytes of the blob streamed past the blob cache (decoded copy)
+    layer_index: LayerIndex | None = None
+    #: fetches and decodes units in parallel when the index has a unit table
+    units: UnitReader | None = None
     toc: Toc | None = None  # the TOC it is served from, if any
 
     @property
@@ -130,6 +142,7 @@ class ImageFiles:
             _shutdown(pool)
             raise _first(group) from None
         layers = [s for s in slots if s is not None]
+        _attach_units(layers, cache.background(), DecodedCache(UNITS_BUDGET))
         rootfs = await _threads.run_sync(MergedTree.build, [list(x.entries) for x in layers])
         # a layer read through its TOC inflates each block in the worker that
         # asks for it: more blocks ahead, more cores at work on one sequential copy
@@ -137,13 +150,25 @@ class ImageFiles:
         decoded = DecodedBlocks(cache.background(), ahead=ahead)
         return cls(manifest.raw, config_raw, layers, rootfs, decoded, pool)
 
-    async def read(self, node: Node, offset: int, size: int) -> bytes | bytearray:
-        """``size`` bytes of a file at ``offset``, through the decoded-block cache."""
+    def stream(self, node: Node) -> ReadStream | None:
+        """A read-ahead context for one open file (``close`` it on release), if its
+        layer is read by units; None otherwise (``read`` then needs none)."""
+        units = self.layers[node.layer].units
+        return units.stream() if units is not None else None
+
+    async def read(
+        self, node: Node, offset: int, size: int, stream: ReadStream | None = None
+    ) -> bytes | bytearray:
+        """``size`` bytes of a file at ``offset``: from its layer's units when it has
+        them (``stream``: the open file's read-ahead), else through the decoded
+        blocks."""
         e = node.entry
         end = min(e.size, offset + size)
         if offset >= end:
             return b""
         layer = self.layers[node.layer]
+        if layer.units is not None:
+            return await _read_units(layer.units, e, offset, end, stream)
         # A sequential copy's reads mostly fall in bytes a gzip handle decoded
         # ahead: served here, without a thread round trip (docs/benchmarks.md).
         hit = cached_entry(layer.reader, e, offset, end - offset)
@@ -354,6 +379,7 @@ async def _open_layer(
             readat,
             record=record_path(index_path(cache_dir, desc.digest)),
         )
+        index: LayerIndex | None = None
         if toc is not None:  # verified chunk by chunk; no index stored (image/toclayer.py)
             entries, reader, streamed = toc.entries, toc.reader, toc.toc_bytes
         else:
@@ -367,7 +393,7 @@ async def _open_layer(
         if isinstance(exc, R8imfsError):  # say which layer: the mount fails on one line
             exc.message = f"layer {i} ({desc.digest}): {exc.message}"
         raise
-    return LayerFiles(i, desc, tuple(entries), tree, reader, blob, streamed)
+    return LayerFiles(i, desc, tuple(entries), tree, reader, blob, streamed, index)
 
 
 def _toc_readat(client: BlobSource, repo: Repository, desc: Descriptor, blob: BlobReader) -> ReadAt:
@@ -488,8 +514,59 @@ async def _counted(
 async def _close_all(layers: list[LayerFiles | None]) -> None:
     for layer in layers:
         if layer is not None:
+            if layer.units is not None:
+                layer.units.close()
             layer.reader.close()
             await layer.blob.aclose()
+
+
+def _attach_units(layers: list[LayerFiles], nursery: trio.Nursery, cache: DecodedCache) -> None:
+    """A ``UnitReader`` for each layer whose index has units and that is read from
+    its blob (not from a decoded copy): parallel ranged GETs and decodes."""
+    for layer in layers:
+        index = layer.layer_index
+        if index is None or layer.streamed or index.decoded is not None:
+            continue
+        found = units_for_layer(
+            index.compression,
+            index.checkpoints,
+            layer.descriptor.size,
+            index.uncompressed_size,
+            span_inflater=zran_inflate,
+        )
+        if found is not None:
+            table, decode = found
+            fetch = layer.blob.fetch_range
+            layer.units = UnitReader(
+                table,
+                fetch,
+                decode,
+                nursery,
+                cache=cache,
+                key=layer.index,
+                max_window=UNITS_WINDOW,
+                max_range=UNITS_RANGE,
+            )
+
+
+async def _read_units(
+    units: UnitReader, e: Entry, offset: int, end: int, stream: ReadStream | None
+) -> bytes:
+    """A file's ``[offset, end)`` from its layer's units; sparse holes read as zeros."""
+    try:
+        if not e.sparse:
+            return await units.read(e.data_offset + offset, end - offset, stream)
+        out = bytearray(end - offset)
+        stored = e.data_offset
+        for ext_off, ext_len in e.sparse:
+            lo, hi = max(offset, ext_off), min(end, ext_off + ext_len)
+            if lo < hi:
+                piece = await units.read(stored + lo - ext_off, hi - lo, stream)
+                out[lo - offset : lo - offset + len(piece)] = piece
+            stored += ext_len
+        return bytes(out)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise R8imfsError(f"reading {e.path}: {exc}") from exc
 
 
 def _first(group: BaseExceptionGroup) -> BaseException:

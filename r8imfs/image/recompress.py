@@ -40,7 +40,9 @@ from r8imfs.errors import CorruptLayer, DigestMismatch
 from r8imfs.image.pipe import consume_stream
 from r8imfs.oci.digest import Hasher
 
-FRAME_SIZE = 4 * MiB
+#: the largest chunk (frame) of body bytes: a random read fetches and decodes about one
+#: (docs/engine-measurements.md, "Frame size of `r8imfs zstd` output")
+FRAME_SIZE = 2 * MiB
 
 
 @dataclass(frozen=True, slots=True)

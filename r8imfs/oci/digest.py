@@ -32,7 +32,7 @@ class Hasher:
         self._h = hashlib.new(algorithm)
         self.size = 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | bytearray | memoryview) -> None:
         self._h.update(data)
         self.size += len(data)
 

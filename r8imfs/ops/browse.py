@@ -205,14 +205,19 @@ def preorder(tree: MergedTree, top: Node) -> list[Node]:
 async def chunks(files: ImageFiles, node: Node, chunk: int = CHUNK) -> AsyncIterator[bytes]:
     """A file's bytes in order, ``chunk`` at a time (never the whole file in memory)."""
     offset = 0
-    while offset < node.entry.size:
-        data = await files.read(node, offset, chunk)
-        if not data:
-            raise CorruptLayer(
-                f"/{node.path}: the layer ends {node.entry.size - offset} bytes early"
-            )
-        offset += len(data)
-        yield bytes(data) if isinstance(data, bytearray) else data
+    stream = files.stream(node)  # read-ahead, on a layer read by units
+    try:
+        while offset < node.entry.size:
+            data = await files.read(node, offset, chunk, stream)
+            if not data:
+                raise CorruptLayer(
+                    f"/{node.path}: the layer ends {node.entry.size - offset} bytes early"
+                )
+            offset += len(data)
+            yield bytes(data) if isinstance(data, bytearray) else data
+    finally:
+        if stream is not None:
+            stream.close()
 
 
 def readable(node: Node) -> Node:

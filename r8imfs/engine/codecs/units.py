@@ -25,7 +25,7 @@ Per format:
   (``zran_checkpoints`` reads them from the index the layer already has);
   each unit carries its checkpoint (``Unit.state``: bit offset and 32 KiB
   window) and is decoded by a ``SpanInflater`` (the ``inflatePrime`` binding
-  lives in ``archive.zran``, written separately), wrapped by
+  is ``zran.inflate_from``, adapted by ``zran_inflate``), wrapped by
   ``span_decoder``.
 * plain tar: ``fixed_units(size, chunk)``, stored bytes cut in equal
   chunks (no decoder): the scheduler's window, priority and coalescing
@@ -43,6 +43,7 @@ from typing import Protocol
 
 import zstandard
 
+from r8imfs.engine.codecs import zran
 from r8imfs.engine.codecs.zstdindex import FrameTable
 from r8imfs.engine.readat import ReadAt
 from r8imfs.errors import CorruptLayer
@@ -95,6 +96,8 @@ class UnitTable:
                 raise CorruptLayer(f"unit table: unit {i} does not follow unit {i - 1}")
         if self._units and self._units[-1].uend != uncompressed_size:
             raise CorruptLayer("unit table does not cover the layer")
+        if (self._units[0].ustart if self._units else uncompressed_size) != 0:
+            raise CorruptLayer("unit table does not start at the layer's start")
 
     def __len__(self) -> int:
         return len(self._units)
@@ -214,7 +217,7 @@ class SpanInflater(Protocol):
 
     ``data`` starts with the byte holding the first bit of the span; the
     result is exactly ``usize`` bytes of output (more input may remain: the
-    next span's). Implemented over libz ``inflatePrime`` by ``archive.zran``.
+    next span's). Implemented over libz ``inflatePrime`` by ``zran`` (``zran_inflate``).
     """
 
     def __call__(self, data: bytes | memoryview, bits: int, window: bytes, usize: int) -> bytes: ...
@@ -276,6 +279,17 @@ def span_units(points: Sequence[Checkpoint], blob_size: int, usize: int) -> Unit
     return UnitTable(units, usize)
 
 
+def zran_inflate(data: bytes | memoryview, bits: int, window: bytes, usize: int) -> bytes:
+    """A ``SpanInflater`` over ``zran.inflate_from`` (libz ``inflatePrime`` by ctypes).
+
+    indexed_gzip's points are zlib zran.c's: the first one sits just after
+    the gzip header with no window (a raw inflate starts there as is), and
+    a point with ``bits`` resumes in the byte before its ``coffset``, which
+    is where a span's data begins (``span_units``).
+    """
+    return zran.inflate_from(zran.Checkpoint(0, 0, bits, window), data, 0, usize)
+
+
 def span_decoder(inflate: SpanInflater) -> Decoder:
     """A ``Decoder`` for gzip span units over a ``SpanInflater``."""
 
@@ -310,7 +324,7 @@ def units_for_layer(
     frame table, a zran index, or nothing. zstd: the last unit runs to the
     blob's end, so a seekable blob's seek table rides along with the last
     frame (skipped by the decoder) and no footer read is needed. gzip needs
-    ``span_inflater`` (``archive.zran``); without it, None. A layer read
+    ``span_inflater`` (``zran_inflate``); without it, None. A layer read
     from a decoded copy (no checkpoints) has no units.
     """
     if compression == "none":
@@ -321,6 +335,8 @@ def units_for_layer(
         return frame_units(FrameTable.from_bytes(checkpoints), compressed_size), decode_zstd
     if compression == "gzip" and span_inflater is not None:
         points = zran_checkpoints(checkpoints)
+        if not points or points[0].uoffset != 0:
+            return None  # (no block boundary zran would stop at: stored blocks, a tiny layer)
         units = span_units(points, compressed_size, uncompressed_size)
         return units, span_decoder(span_inflater)
     return None

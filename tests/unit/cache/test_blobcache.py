@@ -456,3 +456,86 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "r8imfs"
+
+
+# -- fetch_range: exact ranges for the unit reader (issue 12) ------------------------
+
+
+async def test_fetch_range_gets_exactly_the_range_and_stores_it_behind(tmp_path: Path) -> None:
+    data = blob(6 * BLOCK)
+    client = FakeClient(data)
+    async with cache_at(tmp_path, readahead=4) as cache, await open_reader(cache, client) as reader:
+        for start, end in [(BLOCK + 5, 2 * BLOCK + 9), (2 * BLOCK + 9, 3 * BLOCK + 1)]:
+            assert await reader.fetch_range(start, end) == data[start:end]
+        # one GET each, of exactly the range: no block edges, no sequential readahead
+        assert client.calls == [(BLOCK + 5, 2 * BLOCK + 9), (2 * BLOCK + 9, 3 * BLOCK + 1)]
+        assert reader.bytes_fetched == 3 * BLOCK + 1 - (BLOCK + 5)
+        await settle()
+        assert await reader.fetch_range(BLOCK + 100, 3 * BLOCK) == data[BLOCK + 100 : 3 * BLOCK]
+        assert len(client.calls) == 2  # stored: served from the data file
+
+
+async def test_fetch_range_pieces_verify_the_blob_out_of_order(tmp_path: Path) -> None:
+    data = blob(5 * BLOCK + 123)
+    client = FakeClient(data)
+    cuts = [0, 7000, 3 * BLOCK, 3 * BLOCK + 1, 4 * BLOCK + 77, len(data)]
+    pieces = list(zip(cuts, cuts[1:], strict=False))
+    async with cache_at(tmp_path) as cache, await open_reader(cache, client) as reader:
+        for start, end in reversed(pieces):  # the frontier waits for the first piece
+            assert await reader.fetch_range(start, end) == data[start:end]
+        await settle()
+        assert reader.complete
+        assert reader.verified
+        assert len(client.calls) == len(pieces)
+
+
+async def test_fetch_range_of_a_corrupt_blob_ends_in_refusal(tmp_path: Path) -> None:
+    data = blob(4 * BLOCK)
+    bad = bytearray(data)
+    bad[2 * BLOCK + 3] ^= 0xFF
+    client = FakeClient(bytes(bad))
+    async with cache_at(tmp_path) as cache:
+        reader = await open_reader(cache, client, digest_of(data))
+        try:
+            await reader.fetch_range(0, 2 * BLOCK)
+            await reader.fetch_range(2 * BLOCK, 4 * BLOCK)  # unverifiable yet (inherent)
+            await settle()  # the frontier reaches the end and the digest is wrong
+            with pytest.raises(DigestMismatch):
+                await reader.fetch_range(0, 10)
+            assert not cache.path_of(digest_of(data)).exists()
+        finally:
+            await reader.aclose()
+
+
+async def test_fetch_range_from_a_registry_ignoring_range(tmp_path: Path) -> None:
+    data = blob(6 * BLOCK + 5)
+    client = FakeClient(data, ignore_range=True)
+    async with cache_at(tmp_path) as cache, await open_reader(cache, client) as reader:
+        assert await reader.fetch_range(BLOCK, 2 * BLOCK + 3) == data[BLOCK : 2 * BLOCK + 3]
+        assert reader.complete
+        assert reader.verified
+        assert await reader.fetch_range(5 * BLOCK, 6 * BLOCK + 5) == data[5 * BLOCK :]
+        assert len(client.calls) == 1
+
+
+async def test_fetch_range_checks_blocks_of_a_blob_verified_before(tmp_path: Path) -> None:
+    data = blob(4 * BLOCK)
+    client = FakeClient(data)
+    async with cache_at(tmp_path) as cache:
+        async with await open_reader(cache, client) as reader:
+            assert await reader.read(0, len(data)) == data
+            await settle()
+            assert reader.verified
+        os.unlink(cache.path_of(digest_of(data)))  # evicted; the block hashes stay
+        os.unlink(cache.path_of(digest_of(data)).with_suffix(".ranges"))
+        bad = bytearray(data)
+        bad[BLOCK + 9] ^= 0xFF
+        client.data = bytes(bad)
+        async with await open_reader(cache, client, digest_of(data)) as reader:
+            assert (
+                await reader.fetch_range(2 * BLOCK + 1, 2 * BLOCK + 50)
+                == data[2 * BLOCK + 1 : 2 * BLOCK + 50]
+            )
+            assert client.calls[-1] == (2 * BLOCK, 3 * BLOCK)  # widened to its block, checked
+            with pytest.raises(DigestMismatch):
+                await reader.fetch_range(BLOCK + 1, BLOCK + 20)
