@@ -55,26 +55,53 @@ def affix_and_recompress(host: str, image: str, work: Path) -> None:
     )
     print(f"\n(a new weights tar: {weights.name}, files under src/weights/ only)")
     dest = f"{host}/demo/cog-model:v2"
-    affixed = capture("add a layer without pulling the base", "affix", "--base", image,
-                      "--dest", dest, "--tar", str(weights))
+    affixed = capture(
+        "add a layer without pulling the base",
+        "affix",
+        "--base",
+        image,
+        "--dest",
+        dest,
+        "--tar",
+        str(weights),
+    )
     step("the new image: the base's layers, then the new weights", "layers", affixed)
     bad = work / "bad.tar"
     bad.write_bytes(tar_of({"src/predict.py": b"oops\n"}))
-    step("a tar that would replace predict.py is refused, nothing pushed",
-         "affix", "--base", image, "--dest", f"{host}/demo/cog-model:bad", "--tar", str(bad),
-         check=False)
+    step(
+        "a tar that would replace predict.py is refused, nothing pushed",
+        "affix",
+        "--base",
+        image,
+        "--dest",
+        f"{host}/demo/cog-model:bad",
+        "--tar",
+        str(bad),
+        check=False,
+    )
     zstd = capture("recompress every layer as seekable zstd (tag v2-zstd)", "zstd", dest)
     step("same diff_ids, OCI media types, tar+zstd layers", "layers", zstd)
 
 
 def extract_and_mount(image: str, work: Path) -> None:
     """Weights out two ways: extract (a tar), and a lazy mount plus plain cp."""
-    step("pull the weights out as a tar (only the weights layer is read)",
-         "extract", image, "-o", str(work / "weights.tar"))
+    step(
+        "pull the weights out as a tar (only the weights layer is read)",
+        "extract",
+        image,
+        "-o",
+        str(work / "weights.tar"),
+    )
     mnt = work / "mnt"
     mnt.mkdir()
-    step("mount the image: metadata now, file bodies on demand",
-         "mount", image, str(mnt), "--cache-dir", str(work / "cache"))
+    step(
+        "mount the image: metadata now, file bodies on demand",
+        "mount",
+        image,
+        str(mnt),
+        "--cache-dir",
+        str(work / "cache"),
+    )
     try:
         shell(f"ls {mnt} {mnt}/layers")
         shell(f"ls -l {mnt}/rootfs/src {mnt}/rootfs/src/weights")

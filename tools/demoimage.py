@@ -13,7 +13,7 @@ import io
 import os
 import tarfile
 
-PREDICT = b'''from cog import BasePredictor, Input, Path
+PREDICT = b"""from cog import BasePredictor, Input, Path
 
 
 class Predictor(BasePredictor):
@@ -22,12 +22,12 @@ class Predictor(BasePredictor):
 
     def predict(self, prompt: str = Input(description="what to say")) -> str:
         return f"{prompt} ({len(self.weights)} bytes of weights)"
-'''
+"""
 
-COG_YAML = b'''build:
+COG_YAML = b"""build:
   python_version: "3.11"
 predict: "predict.py:Predictor"
-'''
+"""
 
 MTIME = 1_700_000_000
 

@@ -68,8 +68,17 @@ BLOB_PATH = r"/v2/.+/blobs/sha256:[0-9a-f]{64}"
 MANIFEST_PATH = r"/v2/.+/manifests/"
 UPLOAD_PATH = r"/v2/.+/blobs/uploads/"
 _HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-     "trailer", "transfer-encoding", "upgrade", "expect"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+    }
 )
 
 
@@ -319,8 +328,12 @@ class FaultProxy:
             self._logged.notify_all()
         if self.echo:
             tag = f" [{', '.join(entry.faults)}]" if entry.faults else ""
-            print(f"{entry.server} {entry.method} {entry.path} -> {entry.status}"
-                  f" ({entry.sent} B){tag}", file=sys.stderr, flush=True)
+            print(
+                f"{entry.server} {entry.method} {entry.path} -> {entry.status}"
+                f" ({entry.sent} B){tag}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def stash(self, path: str, authorization: str | None) -> str:
         key = secrets.token_hex(8)
@@ -425,9 +438,16 @@ class _Exchange:
         headers = {k.lower(): v for k, v in self.h.headers.items()}
         self.proxy.record(
             Logged(
-                "cdn" if self.h.server.cdn else "proxy", self.h.command, self.h.path, headers,
-                self.status, self.sent, tuple(f.name for f in self.faults),
-                self.started, time.monotonic() - self.started, self.received,
+                "cdn" if self.h.server.cdn else "proxy",
+                self.h.command,
+                self.h.path,
+                headers,
+                self.status,
+                self.sent,
+                tuple(f.name for f in self.faults),
+                self.started,
+                time.monotonic() - self.started,
+                self.received,
             )
         )
 
@@ -587,7 +607,7 @@ class _Exchange:
             if name.lower() in _HOP_BY_HOP:
                 continue
             if name.lower() == "location" and value.startswith(upstream):
-                value = f"http://{self.proxy.host}" + value[len(upstream):]
+                value = f"http://{self.proxy.host}" + value[len(upstream) :]
             headers[name.lower()] = value
         for fault in self.faults:
             if isinstance(fault, SetHeader) and fault.status in (None, resp.status):
@@ -775,8 +795,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     proxy.echo = not args.quiet
     proxy.set_faults(faults)
     proxy.start()
-    print(f"faultproxy: {proxy.host} -> {args.upstream} (CDN {proxy.cdn_host}); "
-          f"{len(faults)} fault(s); Ctrl-C stops", file=sys.stderr, flush=True)
+    print(
+        f"faultproxy: {proxy.host} -> {args.upstream} (CDN {proxy.cdn_host}); "
+        f"{len(faults)} fault(s); Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)

@@ -50,16 +50,18 @@ MOVED = {
 }
 
 # The same helpers named from tests/ (on the old pythonpath): ``from fuse.fusekit import``.
-MOVED.update({
-    "fuse.fusekit": MOVED["fusekit"],
-    "integration.imagehelpers": MOVED["imagehelpers"],
-    "integration.readback": MOVED["readback"],
-    "integration.tocproducers": MOVED["tocproducers"],
-    "reliability.relkit": MOVED["relkit"],
-    "reliability.conftest": MOVED["conftest"],
-    "unit.archive.archive_helpers": MOVED["archive_helpers"],
-    "unit.test_layering": MOVED["test_layering"],
-})
+MOVED.update(
+    {
+        "fuse.fusekit": MOVED["fusekit"],
+        "integration.imagehelpers": MOVED["imagehelpers"],
+        "integration.readback": MOVED["readback"],
+        "integration.tocproducers": MOVED["tocproducers"],
+        "reliability.relkit": MOVED["relkit"],
+        "reliability.conftest": MOVED["conftest"],
+        "unit.archive.archive_helpers": MOVED["archive_helpers"],
+        "unit.test_layering": MOVED["test_layering"],
+    }
+)
 
 # Where a helper module lived before, for the hint when its new file is missing.
 HOME = {
@@ -68,8 +70,9 @@ HOME = {
 }
 REPO = Path(__file__).resolve().parent.parent
 
-_FROM = re.compile(r"^(?P<indent>[ \t]*)from[ \t]+(?P<mod>[A-Za-z_][A-Za-z0-9_.]*)[ \t]+import\b",
-                   re.MULTILINE)
+_FROM = re.compile(
+    r"^(?P<indent>[ \t]*)from[ \t]+(?P<mod>[A-Za-z_][A-Za-z0-9_.]*)[ \t]+import\b", re.MULTILINE
+)
 _IMPORT = re.compile(
     r"^(?P<indent>[ \t]*)import[ \t]+(?P<mod>[A-Za-z_][A-Za-z0-9_.]*)"
     r"(?P<alias>[ \t]+as[ \t]+[A-Za-z_][A-Za-z0-9_]*)?[ \t]*$",

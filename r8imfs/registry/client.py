@@ -476,4 +476,3 @@ def _content_range_start(header: str) -> int:
         return int(header.split()[1].split("-")[0])
     except (IndexError, ValueError):
         return -1
-

@@ -41,6 +41,7 @@ class RecordedRequest:
 
 App = Callable[["Handler"], None]
 
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 120  # idle keep-alive connections end eventually

@@ -43,9 +43,7 @@ def pushed(proc: subprocess.CompletedProcess[bytes]) -> str:
 
 
 def skopeo(*args: str) -> Any:
-    out = subprocess.run(
-        ["skopeo", *args], capture_output=True, text=True, check=True, timeout=120
-    )
+    out = subprocess.run(["skopeo", *args], capture_output=True, text=True, check=True, timeout=120)
     return json.loads(out.stdout)
 
 
@@ -65,9 +63,19 @@ def copy_to_layout(
     extra = ["--override-arch", arch] if arch else []
     convert = ["--dest-compress", "--dest-compress-format", "gzip"] if regzip else []
     subprocess.run(
-        ["skopeo", *extra, "copy", "-q", *convert, "--src-tls-verify=false", f"docker://{ref}",
-         f"oci:{layout}:img"],
-        check=True, capture_output=True, timeout=120,
+        [
+            "skopeo",
+            *extra,
+            "copy",
+            "-q",
+            *convert,
+            "--src-tls-verify=false",
+            f"docker://{ref}",
+            f"oci:{layout}:img",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     return layout
 
@@ -83,7 +91,9 @@ def unpack(ref: str, work: Path, arch: str | None = None, *, regzip: bool = Fals
     bundle = work / "bundle"
     subprocess.run(
         ["umoci", "unpack", "--rootless", "--image", f"{layout}:img", str(bundle)],
-        check=True, capture_output=True, timeout=120,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     return tree(bundle / "rootfs")
 

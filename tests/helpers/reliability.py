@@ -124,8 +124,9 @@ async def _tag_state(ref: str) -> dict[str, Any] | None:
         top = await client.get_manifest(parsed)
         manifests = [top]
         if hasattr(top, "manifests"):
-            manifests = [await client.get_manifest(parsed.with_digest(d.digest))
-                         for d in top.manifests]
+            manifests = [
+                await client.get_manifest(parsed.with_digest(d.digest)) for d in top.manifests
+            ]
         blobs: dict[str, tuple[int, int | None]] = {}
         for m in manifests:
             for d in [m.config, *m.layers]:  # type: ignore[union-attr]
@@ -169,7 +170,9 @@ def tag_is_whole(host: str, repo: str, tag: str) -> bool:
         assert found == size, f"{ref}: blob {digest} is {found} bytes on the registry, not {size}"
     subprocess.run(
         ["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
-        check=True, capture_output=True, timeout=60,
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     return True
 
@@ -191,7 +194,6 @@ def delete_blob(host: str, repo: str, digest: str) -> None:
             assert resp.status == 202, resp.status
     finally:
         conn.close()
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +235,10 @@ def push_blobs(ref: str, layers: Sequence[RawLayer], manifest_type: str = mt.OCI
 def manifest_of(ref: str) -> dict[str, Any]:
     out = subprocess.run(
         ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-        check=True, capture_output=True, text=True, timeout=60,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     result: dict[str, Any] = json.loads(out.stdout)
     return result
@@ -296,8 +301,18 @@ def mounted(
     menv = {**(env if env is not None else clean_env()), "XDG_RUNTIME_DIR": str(runtime)}
     m = Mount(mountpoint, cache_dir or workdir / f"cache-{name}", workdir / f"{name}.log", menv)
     try:
-        proc = run("mount", ref, str(mountpoint), "--cache-dir", str(m.cache_dir),
-                   "--log", str(m.log), *extra, env=menv, timeout=MOUNT_TIMEOUT)
+        proc = run(
+            "mount",
+            ref,
+            str(mountpoint),
+            "--cache-dir",
+            str(m.cache_dir),
+            "--log",
+            str(m.log),
+            *extra,
+            env=menv,
+            timeout=MOUNT_TIMEOUT,
+        )
         m.stderr = proc.stderr
         assert proc.returncode == 0, f"mount failed: {proc.stderr}"
         assert is_mounted(mountpoint)
@@ -311,8 +326,9 @@ def unmount(m: Mount) -> None:
         with suppress(subprocess.TimeoutExpired):
             run("umount", str(m.path), env=m.env, timeout=30)
     if is_mounted(m.path):
-        subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True,
-                       timeout=30, check=False)
+        subprocess.run(
+            ["fusermount3", "-u", "-z", str(m.path)], capture_output=True, timeout=30, check=False
+        )
     pid = m.pid()
     deadline = time.monotonic() + 15
     while pid is not None and _alive(pid) and time.monotonic() < deadline:

@@ -54,8 +54,13 @@ def test_affix_appends_one_layer_and_moves_no_base_bytes(
 
     line = pushed(
         run_cli(
-            "affix", "--base", f"{proxy.host}/{repo_name}/base:v1",
-            "--dest", f"{proxy.host}/{repo_name}/out:v2", "--tar", str(tar),
+            "affix",
+            "--base",
+            f"{proxy.host}/{repo_name}/base:v1",
+            "--dest",
+            f"{proxy.host}/{repo_name}/out:v2",
+            "--tar",
+            str(tar),
         )
     )
 
@@ -87,9 +92,18 @@ def test_created_by_and_comment_override(
     tar, _ = _new_weights(tmp_path)
     pushed(
         run_cli(
-            "-q", "affix", "--base", f"{registry.host}/{repo_name}:v1",
-            "--dest", f"{registry.host}/{repo_name}:v2", "--tar", str(tar),
-            "--created-by", "COPY lora /src/weights # weights", "--comment", "lora",
+            "-q",
+            "affix",
+            "--base",
+            f"{registry.host}/{repo_name}:v1",
+            "--dest",
+            f"{registry.host}/{repo_name}:v2",
+            "--tar",
+            str(tar),
+            "--created-by",
+            "COPY lora /src/weights # weights",
+            "--comment",
+            "lora",
         )
     )
     history = inspect_config(f"{registry.host}/{repo_name}:v2")["history"][-1]
@@ -120,8 +134,13 @@ def test_refused_tar_pushes_nothing(
     proxy.reset()
 
     proc = run_cli(
-        "affix", "--base", f"{proxy.host}/{repo_name}/base:v1",
-        "--dest", f"{proxy.host}/{repo_name}/out:v2", "--tar", str(tar),
+        "affix",
+        "--base",
+        f"{proxy.host}/{repo_name}/base:v1",
+        "--dest",
+        f"{proxy.host}/{repo_name}/out:v2",
+        "--tar",
+        str(tar),
     )
 
     assert proc.returncode == 1
@@ -135,8 +154,13 @@ def test_not_a_tar_is_refused(registry: RegistryServer, repo_name: str, tmp_path
     junk = tmp_path / "junk.tar"
     junk.write_bytes(os.urandom(4096))
     proc = run_cli(
-        "affix", "--base", f"{registry.host}/{repo_name}:v1",
-        "--dest", f"{registry.host}/{repo_name}:v2", "--tar", str(junk),
+        "affix",
+        "--base",
+        f"{registry.host}/{repo_name}:v1",
+        "--dest",
+        f"{registry.host}/{repo_name}:v2",
+        "--tar",
+        str(junk),
     )
     assert proc.returncode == 1
     assert "not a readable tar" in proc.stderr.decode()
@@ -153,8 +177,14 @@ def test_allow_overwrite_replaces_files(
     tar.write_bytes(tar_of(patch))
     pushed(
         run_cli(
-            "affix", "--base", f"{registry.host}/{repo_name}:v1",
-            "--dest", f"{registry.host}/{repo_name}:v2", "--tar", str(tar), "--allow-overwrite",
+            "affix",
+            "--base",
+            f"{registry.host}/{repo_name}:v1",
+            "--dest",
+            f"{registry.host}/{repo_name}:v2",
+            "--tar",
+            str(tar),
+            "--allow-overwrite",
         )
     )
     assert unpack(f"{registry.host}/{repo_name}:v2", tmp_path) == expected(*files, patch)
@@ -187,8 +217,13 @@ def test_tar_from_stdin(registry: RegistryServer, repo_name: str, tmp_path: Path
     data = tar_of(new_files)
     pushed(
         run_cli(
-            "affix", "--base", f"{registry.host}/{repo_name}:v1",
-            "--dest", f"{registry.host}/{repo_name}:v2", "--tar", "-",
+            "affix",
+            "--base",
+            f"{registry.host}/{repo_name}:v1",
+            "--dest",
+            f"{registry.host}/{repo_name}:v2",
+            "--tar",
+            "-",
             stdin=data,
         )
     )
@@ -216,8 +251,14 @@ def test_all_platforms_rewrites_the_index(
 
     pushed(
         run_cli(
-            "affix", "--base", base, "--dest", f"{registry.host}/{repo_name}:out",
-            "--tar", str(tar), "--all-platforms",
+            "affix",
+            "--base",
+            base,
+            "--dest",
+            f"{registry.host}/{repo_name}:out",
+            "--tar",
+            str(tar),
+            "--all-platforms",
         )
     )
 
@@ -238,8 +279,15 @@ def test_platform_picks_one_image_of_an_index(
     _push_two_platforms(base)
     tar, _ = _new_weights(tmp_path)
     proc = run_cli(
-        "affix", "--platform", "linux/arm64", "--base", base,
-        "--dest", f"{registry.host}/{repo_name}:arm", "--tar", str(tar),
+        "affix",
+        "--platform",
+        "linux/arm64",
+        "--base",
+        base,
+        "--dest",
+        f"{registry.host}/{repo_name}:arm",
+        "--tar",
+        str(tar),
     )
     pushed(proc)
     assert "--all-platforms" in proc.stderr.decode()

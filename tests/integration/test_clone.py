@@ -39,8 +39,11 @@ def test_clone_mounts_layers_and_labels(
 
     line = pushed(
         run_cli(
-            "clone", "--base", f"{proxy.host}/{repo_name}/a:v1",
-            "--dest", f"{proxy.host}/{repo_name}/b:v1",
+            "clone",
+            "--base",
+            f"{proxy.host}/{repo_name}/a:v1",
+            "--dest",
+            f"{proxy.host}/{repo_name}/b:v1",
         )
     )
 
@@ -80,16 +83,29 @@ def test_clone_across_registries_copies(
     docker_config(basic_registry)
     push(f"{registry.host}/{repo_name}:v1", layers=cog_image(weights_files())[0])
     proc = run_cli(
-        "clone", "--base", f"{registry.host}/{repo_name}:v1",
-        "--dest", f"{basic_registry.host}/{repo_name}:v1",
+        "clone",
+        "--base",
+        f"{registry.host}/{repo_name}:v1",
+        "--dest",
+        f"{basic_registry.host}/{repo_name}:v1",
     )
     pushed(proc)
     assert "3 copied" in proc.stderr.decode()
     creds = f"{basic_registry.username}:{basic_registry.password}"
     out = subprocess.run(
-        ["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", creds,
-         f"docker://{basic_registry.host}/{repo_name}:v1"],
-        capture_output=True, text=True, check=True, timeout=60,
+        [
+            "skopeo",
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            creds,
+            f"docker://{basic_registry.host}/{repo_name}:v1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     copied = json.loads(out.stdout)["layers"]
     assert copied == inspect_raw(f"{registry.host}/{repo_name}:v1")["layers"]
@@ -107,8 +123,18 @@ def test_clone_mounts_across_repositories_with_tokens(
     pushed(proc)
     assert "2 mounted" in proc.stderr.decode()
     out = subprocess.run(
-        ["skopeo", "inspect", "--config", "--tls-verify=false", "--creds", creds,
-         f"docker://{token_registry.host}/{repo_name}/b:v1"],
-        capture_output=True, text=True, check=True, timeout=60,
+        [
+            "skopeo",
+            "inspect",
+            "--config",
+            "--tls-verify=false",
+            "--creds",
+            creds,
+            f"docker://{token_registry.host}/{repo_name}/b:v1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     assert json.loads(out.stdout)["config"]["Labels"] == {"cloned": "true"}

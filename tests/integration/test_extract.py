@@ -162,7 +162,9 @@ def _toc_image(registry: RegistryServer, repo: str) -> tuple[str, dict[str, byte
     dest = f"{registry.host}/{repo}:z"
     proc = cli("zstd", src, dest)
     assert proc.returncode == 0, proc.stderr
-    raw = json.loads(cli_out("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{dest}"))
+    raw = json.loads(
+        cli_out("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{dest}")
+    )
     layer = raw["layers"][1]
     assert "io.github.containers.zstd-chunked.manifest-checksum" in layer["annotations"]
     return dest, weights, layer["digest"]

@@ -46,14 +46,20 @@ def test_remix_mounts_weights_onto_base(
     flags = ["--replace-weights"] if replace else []
     pushed(
         run_cli(
-            "remix", "--base", f"{proxy.host}/{repo_name}/base:v1",
-            "--weights", f"{proxy.host}/{repo_name}/weights:v1",
-            "--dest", f"{proxy.host}/{repo_name}/out:v1", *flags,
+            "remix",
+            "--base",
+            f"{proxy.host}/{repo_name}/base:v1",
+            "--weights",
+            f"{proxy.host}/{repo_name}/weights:v1",
+            "--dest",
+            f"{proxy.host}/{repo_name}/out:v1",
+            *flags,
         )
     )
 
     assert proxy.blob_downloads().keys() <= {
-        base_raw["config"]["digest"], weights_raw["config"]["digest"]
+        base_raw["config"]["digest"],
+        weights_raw["config"]["digest"],
     }
     assert proxy.uploaded + proxy.downloaded <= 100 * KiB
     out = f"{registry.host}/{repo_name}/out:v1"
@@ -82,9 +88,13 @@ def test_copy_src_fallback(registry: RegistryServer, repo_name: str, tmp_path: P
         layers=[(tar_of(src_with_weights), "COPY . /src", None)],
     )
     proc = run_cli(
-        "remix", "--base", f"{registry.host}/{repo_name}/base:v1",
-        "--weights", f"{registry.host}/{repo_name}/old:v1",
-        "--dest", f"{registry.host}/{repo_name}/out:v1",
+        "remix",
+        "--base",
+        f"{registry.host}/{repo_name}/base:v1",
+        "--weights",
+        f"{registry.host}/{repo_name}/old:v1",
+        "--dest",
+        f"{registry.host}/{repo_name}/out:v1",
     )
     pushed(proc)
     assert "COPY . /src" in proc.stderr.decode()
@@ -96,9 +106,13 @@ def test_no_weights_pushes_nothing(registry: RegistryServer, repo_name: str) -> 
     push(f"{registry.host}/{repo_name}/base:v1", layers=cog_image(None)[0])
     push(f"{registry.host}/{repo_name}/plain:v1", layers=[(tar_of(OS_FILES), "ADD os /", None)])
     proc = run_cli(
-        "remix", "--base", f"{registry.host}/{repo_name}/base:v1",
-        "--weights", f"{registry.host}/{repo_name}/plain:v1",
-        "--dest", f"{registry.host}/{repo_name}/out:v1",
+        "remix",
+        "--base",
+        f"{registry.host}/{repo_name}/base:v1",
+        "--weights",
+        f"{registry.host}/{repo_name}/plain:v1",
+        "--dest",
+        f"{registry.host}/{repo_name}/out:v1",
     )
     assert proc.returncode == 1
     assert "no weights layer" in proc.stderr.decode()

@@ -164,9 +164,7 @@ def test_all_platforms_index(registry: RegistryServer, repo_name: str, tmp_path:
         layers=layers,
         config=mutate.new_config(architecture="arm64"),
     )
-    trio.run(
-        lambda: push_index(base, {"linux/amd64": amd, "linux/arm64": arm}, mt.DOCKER_INDEX)
-    )
+    trio.run(lambda: push_index(base, {"linux/amd64": amd, "linux/arm64": arm}, mt.DOCKER_INDEX))
 
     proc = run_cli("zstd", "--all-platforms", base, f"{registry.host}/{repo_name}:z")
     pushed(proc)

@@ -74,8 +74,13 @@ class Case:
     """One command against the proxies: ``run()`` it, then ``check`` its success."""
 
     def __init__(
-        self, image: Image, proxy: FaultProxy, other_proxy: FaultProxy, dest_repo: str,
-        tmp_path: Path, weights_tar: Path,
+        self,
+        image: Image,
+        proxy: FaultProxy,
+        other_proxy: FaultProxy,
+        dest_repo: str,
+        tmp_path: Path,
+        weights_tar: Path,
     ) -> None:
         self.image, self.proxy, self.other_proxy = image, proxy, other_proxy
         self.dest_repo, self.tmp, self.tar = dest_repo, tmp_path, weights_tar
@@ -116,7 +121,11 @@ class Case:
 
 @pytest.fixture
 def case(
-    image: Image, proxy: FaultProxy, other_proxy: FaultProxy, repo_name: str, tmp_path: Path,
+    image: Image,
+    proxy: FaultProxy,
+    other_proxy: FaultProxy,
+    repo_name: str,
+    tmp_path: Path,
     weights_tar: Path,
 ) -> Case:
     return Case(image, proxy, other_proxy, repo_name, tmp_path, weights_tar)
@@ -224,7 +233,10 @@ def test_extract_to_stdout_poisons_a_failed_tar(case: Case) -> None:
     out = case.tmp / "x"
     out.mkdir()
     untar = subprocess.run(
-        ["tar", "-x", "-C", str(out)], input=proc.stdout, capture_output=True, timeout=60,
+        ["tar", "-x", "-C", str(out)],
+        input=proc.stdout,
+        capture_output=True,
+        timeout=60,
         check=False,
     )
     assert untar.returncode != 0, "tar accepted the output of a failed extract"

@@ -92,11 +92,13 @@ def _random_reads(rng: random.Random, size: int, n: int) -> list[tuple[int, int]
 def test_reads_ride_out_drops_503s_and_delays(
     mimage: MountImage, proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    proxy.set_faults([
-        DropBody(after=300 * 1024, every=3),
-        Status(code=503, retry_after="0", match=BLOB_PATH, every=5),
-        Delay(seconds=0.2, match=BLOB_PATH, every=7),
-    ])
+    proxy.set_faults(
+        [
+            DropBody(after=300 * 1024, every=3),
+            Status(code=503, retry_after="0", match=BLOB_PATH, every=5),
+            Delay(seconds=0.2, match=BLOB_PATH, every=7),
+        ]
+    )
     with mounted(mimage.ref(proxy.host), tmp_path) as m:
         rng = random.Random(5)
         for name, body in mimage.bodies.items():
@@ -118,21 +120,26 @@ def test_corrupt_refetch_after_eviction_is_eio_never_wrong_bytes(
     would not fit the cache.
     """
     cache = tmp_path / "cache"
-    with mounted(mimage.ref(proxy.host), tmp_path, "--no-decoded-copies", name="first",
-                 cache_dir=cache) as m:
+    with mounted(
+        mimage.ref(proxy.host), tmp_path, "--no-decoded-copies", name="first", cache_dir=cache
+    ) as m:
         for name, body in mimage.bodies.items():  # whole files: every blob completes, verifies
             assert read_checked(_path(m.rootfs, name), body) == "ok"
     assert len(list(cache.glob("blobs/sha256/*.blocks"))) >= 3
-    proxy.set_faults([
-        Corrupt(offset=5 * MiB + 17, match=mimage.digests["plain.bin"]),
-        Corrupt(offset=MiB, length=64, match=mimage.digests["gz.bin"]),
-        Corrupt(offset=100, length=1000, match=mimage.digests["zs.bin"]),
-    ])
+    proxy.set_faults(
+        [
+            Corrupt(offset=5 * MiB + 17, match=mimage.digests["plain.bin"]),
+            Corrupt(offset=MiB, length=64, match=mimage.digests["gz.bin"]),
+            Corrupt(offset=100, length=1000, match=mimage.digests["zs.bin"]),
+        ]
+    )
     # --cache-size 1M: opening the cache evicts every blob's data, keeping block tables
-    with mounted(mimage.ref(proxy.host), tmp_path, "--cache-size", "1M", name="second",
-                 cache_dir=cache) as m:
-        outcomes = {name: read_checked(_path(m.rootfs, name), body)
-                    for name, body in mimage.bodies.items()}
+    with mounted(
+        mimage.ref(proxy.host), tmp_path, "--cache-size", "1M", name="second", cache_dir=cache
+    ) as m:
+        outcomes = {
+            name: read_checked(_path(m.rootfs, name), body) for name, body in mimage.bodies.items()
+        }
         assert outcomes == {name: errno.EIO for name in mimage.bodies}, outcomes
         assert "unlike the copy verified before" in m.log_text()
         proxy.set_faults([])  # the registry heals: the same reads now succeed
@@ -152,8 +159,17 @@ def test_an_evicted_decoded_copy_is_rebuilt_and_a_corrupt_refetch_fails_the_moun
     mountpoint = tmp_path / "second"
     mountpoint.mkdir()
     # --cache-size 1M: opening the cache evicts the decoded copies too
-    proc = run("mount", mimage.ref(proxy.host), str(mountpoint), "--cache-dir", str(cache),
-               "--cache-size", "1M", "--log", str(tmp_path / "log"))
+    proc = run(
+        "mount",
+        mimage.ref(proxy.host),
+        str(mountpoint),
+        "--cache-dir",
+        str(cache),
+        "--cache-size",
+        "1M",
+        "--log",
+        str(tmp_path / "log"),
+    )
     one_line_error(proc, contains="hashes to")
     assert not is_mounted(mountpoint)
     assert not list(cache.glob("decoded/sha256/*.tar"))
@@ -168,8 +184,15 @@ def test_a_fresh_mount_of_a_corrupted_gzip_layer_fails_cleanly(
     proxy.set_faults([Corrupt(offset=2 * MiB, match=mimage.digests["gz.bin"])])
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    proc = run("mount", mimage.ref(proxy.host), str(mountpoint), "--cache-dir",
-               str(tmp_path / "cache"), "--log", str(tmp_path / "log"))
+    proc = run(
+        "mount",
+        mimage.ref(proxy.host),
+        str(mountpoint),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--log",
+        str(tmp_path / "log"),
+    )
     one_line_error(proc, contains="layer")
     assert not is_mounted(mountpoint)
 

@@ -174,14 +174,27 @@ def test_parse_fault(spec: str, fault: object) -> None:
 
 def test_runs_by_hand(registry: RegistryServer) -> None:
     helped = subprocess.run(
-        [sys.executable, "tools/faultproxy.py", "--help"], cwd=REPO, capture_output=True,
-        text=True, timeout=30, check=True,
+        [sys.executable, "tools/faultproxy.py", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     assert "drop-body@N" in helped.stdout
     proc = subprocess.Popen(
-        [sys.executable, "tools/faultproxy.py", "--upstream", registry.host, "-q", "--fault",
-         "status@503,times=1"],
-        cwd=REPO, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "tools/faultproxy.py",
+            "--upstream",
+            registry.host,
+            "-q",
+            "--fault",
+            "status@503,times=1",
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stderr is not None

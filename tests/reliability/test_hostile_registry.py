@@ -51,16 +51,34 @@ BAD_MANIFESTS: dict[str, tuple[bytes, str, str]] = {
     "not-json": (b"{not json", mt.OCI_MANIFEST, "not valid JSON"),
     "json-array": (b"[]", mt.OCI_MANIFEST, "not a JSON object"),
     "unknown-type": (b'{"schemaVersion": 2, "mediaType": "application/x-odd"}', "x", "unsupported"),
-    "schema1": (b'{"schemaVersion": 1}', "application/vnd.docker.distribution.manifest.v1+json",
-                "unsupported"),
+    "schema1": (
+        b'{"schemaVersion": 1}',
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "unsupported",
+    ),
     "layers-null": (_manifest(layers=None), mt.OCI_MANIFEST, "malformed"),
-    "negative-size": (_manifest(config={"digest": f"sha256:{H64}", "size": -5}), mt.OCI_MANIFEST,
-                      "invalid size"),
+    "negative-size": (
+        _manifest(config={"digest": f"sha256:{H64}", "size": -5}),
+        mt.OCI_MANIFEST,
+        "invalid size",
+    ),
     "digest-escapes-path": (
-        json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [
-            {"mediaType": mt.OCI_MANIFEST, "digest": "../../../v2/other/manifests/x", "size": 1,
-             "platform": {"os": "linux", "architecture": "amd64"}}]}).encode(),
-        mt.OCI_INDEX, "invalid digest",
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": mt.OCI_INDEX,
+                "manifests": [
+                    {
+                        "mediaType": mt.OCI_MANIFEST,
+                        "digest": "../../../v2/other/manifests/x",
+                        "size": 1,
+                        "platform": {"os": "linux", "architecture": "amd64"},
+                    }
+                ],
+            }
+        ).encode(),
+        mt.OCI_INDEX,
+        "invalid digest",
     ),
 }
 
@@ -87,8 +105,9 @@ def mnt(tmp: Path) -> Path:
 def test_bad_manifests_stop_every_command(
     image: Image, proxy: FaultProxy, repo_name: str, tmp_path: Path, command: str
 ) -> None:
-    proxy.set_faults([ReplaceBody(body=BAD_MANIFESTS["digest-escapes-path"][0],
-                                  content_type=mt.OCI_INDEX)])
+    proxy.set_faults(
+        [ReplaceBody(body=BAD_MANIFESTS["digest-escapes-path"][0], content_type=mt.OCI_INDEX)]
+    )
     src = image.ref(proxy.host)
     args = {
         "extract": ["extract", src, "-o", str(tmp_path / "w.tar")],
@@ -171,7 +190,9 @@ CHALLENGES = {
 
 @pytest.mark.parametrize("kind", sorted(CHALLENGES))
 def test_malformed_www_authenticate(
-    token_registry: RegistryServer, token_proxy: FaultProxy, capsys: pytest.CaptureFixture[str],
+    token_registry: RegistryServer,
+    token_proxy: FaultProxy,
+    capsys: pytest.CaptureFixture[str],
     kind: str,
 ) -> None:
     value, words = CHALLENGES[kind]
@@ -186,10 +207,12 @@ def test_a_challenge_when_no_credentials_exist(
     registry: RegistryServer, proxy: FaultProxy, image: Image
 ) -> None:
     """401 from a registry we have no credentials for: the hint says how to give them."""
-    proxy.set_faults([
-        Status(code=401, match="/manifests/"),
-        SetHeader(header="WWW-Authenticate", value='Basic realm="x"'),
-    ])
+    proxy.set_faults(
+        [
+            Status(code=401, match="/manifests/"),
+            SetHeader(header="WWW-Authenticate", value='Basic realm="x"'),
+        ]
+    )
     one_line_error(run("layers", image.ref(proxy.host), timeout=QUICK), contains="docker login")
 
 
@@ -223,8 +246,9 @@ def test_invalid_destination_reference(
     assert proc.returncode == 2
 
 
-def test_a_garbled_docker_config_is_one_line(image: Image, registry: RegistryServer,
-                                             tmp_path: Path) -> None:
+def test_a_garbled_docker_config_is_one_line(
+    image: Image, registry: RegistryServer, tmp_path: Path
+) -> None:
     (tmp_path / "config.json").write_text("{garbled")
     env = clean_env(DOCKER_CONFIG=str(tmp_path))
     one_line_error(run("layers", image.ref(registry.host), env=env), contains="not valid JSON")

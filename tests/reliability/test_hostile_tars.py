@@ -69,14 +69,19 @@ def pax_record(key: str, value: str) -> bytes:
 
 
 def escaping(outside: Path) -> bytes:
-    return build([
-        ({"name": f"src/weights/../../../..{outside}/dotdot"}, b"x"),
-        ({"name": f"{outside}/absolute"}, b"x"),
-        ({"name": "src/weights/link", "type": tarfile.SYMTYPE, "linkname": str(outside)}, None),
-        ({"name": "src/weights/link/through-symlink"}, b"x"),
-        ({"name": "src/weights/hard", "type": tarfile.LNKTYPE, "linkname": "/etc/passwd"}, None),
-        ({"name": "src/weights/ok.bin"}, b"fine"),
-    ])
+    return build(
+        [
+            ({"name": f"src/weights/../../../..{outside}/dotdot"}, b"x"),
+            ({"name": f"{outside}/absolute"}, b"x"),
+            ({"name": "src/weights/link", "type": tarfile.SYMTYPE, "linkname": str(outside)}, None),
+            ({"name": "src/weights/link/through-symlink"}, b"x"),
+            (
+                {"name": "src/weights/hard", "type": tarfile.LNKTYPE, "linkname": "/etc/passwd"},
+                None,
+            ),
+            ({"name": "src/weights/ok.bin"}, b"fine"),
+        ]
+    )
 
 
 def redos_pax() -> bytes:
@@ -86,8 +91,9 @@ def redos_pax() -> bytes:
 
 
 def huge_pax() -> bytes:
-    return build([({"name": "src/weights/a.bin", "pax_headers": {"comment": "x" * (2 << 20)}},
-                   b"abc")])
+    return build(
+        [({"name": "src/weights/a.bin", "pax_headers": {"comment": "x" * (2 << 20)}}, b"abc")]
+    )
 
 
 def negative_size() -> bytes:
@@ -228,8 +234,10 @@ def test_hostile_headers_in_an_affix_tar_are_refused_quickly(
     tar = tmp_path / "w.tar"
     tar.write_bytes(HOSTILE_HEADERS[kind]())
     dest = f"{proxy.host}/{repo_name}:out"
-    one_line_error(run("affix", "--base", image_ref, "--dest", dest, "--tar", str(tar),
-                       timeout=QUICK), contains="tar")
+    one_line_error(
+        run("affix", "--base", image_ref, "--dest", dest, "--tar", str(tar), timeout=QUICK),
+        contains="tar",
+    )
     assert not tag_is_whole(proxy.upstream, repo_name, "out")
 
 
@@ -237,8 +245,9 @@ def test_hostile_headers_in_an_affix_tar_are_refused_quickly(
 
 TAR = tar_of({"src/weights/w.bin": os.urandom(200_000)})
 _GZ = gzip.compress(TAR)
-_ZS = b"".join(zstandard.ZstdCompressor().compress(TAR[i : i + 65536])
-               for i in range(0, len(TAR), 65536))
+_ZS = b"".join(
+    zstandard.ZstdCompressor().compress(TAR[i : i + 65536]) for i in range(0, len(TAR), 65536)
+)
 
 BROKEN: dict[str, RawLayer] = {
     "random-as-gzip": RawLayer(os.urandom(4096), mt.OCI_LAYER_GZIP, sha256(TAR)),
@@ -263,8 +272,9 @@ def test_broken_compressed_layers_fail_extract(
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("kind", ["truncated-gzip", "random-as-zstd", "truncated-zstd",
-                                  "gzip-of-non-tar"])
+@pytest.mark.parametrize(
+    "kind", ["truncated-gzip", "random-as-zstd", "truncated-zstd", "gzip-of-non-tar"]
+)
 @pytest.mark.fuse
 def test_broken_compressed_layers_fail_a_mount(
     registry: RegistryServer, repo_name: str, tmp_path: Path, kind: str
@@ -302,8 +312,13 @@ def test_broken_compressed_layers_fail_zstd_and_push_nothing(
     ids=["random", "gzip", "empty", "truncated"],
 )
 def test_affix_refuses_input_that_is_not_a_tar(
-    image_ref: str, proxy: FaultProxy, repo_name: str, tmp_path: Path, content: bytes,
-    words: str, capsys: pytest.CaptureFixture[str],
+    image_ref: str,
+    proxy: FaultProxy,
+    repo_name: str,
+    tmp_path: Path,
+    content: bytes,
+    words: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     tar = tmp_path / "in.tar"
     tar.write_bytes(content)

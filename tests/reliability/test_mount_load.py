@@ -144,8 +144,10 @@ def test_sixteen_readers_random_ranges(
             time.sleep(0.05)
         assert not Path(f"/proc/{pid}").exists() or _zombie(pid), "the daemon outlived its mount"
         total = sum(r.bytes for r in readers)
-        print(f"\n{sum(r.reads for r in readers)} reads, {total // MiB} MiB verified, "
-              f"peak RSS {peak // 1024} MiB, {sum(1 for x in proxy.requests if x.faults)} drops")
+        print(
+            f"\n{sum(r.reads for r in readers)} reads, {total // MiB} MiB verified, "
+            f"peak RSS {peak // 1024} MiB, {sum(1 for x in proxy.requests if x.faults)} drops"
+        )
 
 
 def _zombie(pid: int) -> bool:

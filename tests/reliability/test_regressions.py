@@ -51,8 +51,14 @@ def _names(data: bytes) -> list[str]:
 
 @pytest.mark.parametrize(
     "records",
-    [b"1" * 300_000, b"300016 comment=" + b"1" * 300_000 + b"\n", b"5 a=b\n", b"0 x=y\n",
-     b"3 =\n", b"12 nokey\n\n\n\n"],
+    [
+        b"1" * 300_000,
+        b"300016 comment=" + b"1" * 300_000 + b"\n",
+        b"5 a=b\n",
+        b"0 x=y\n",
+        b"3 =\n",
+        b"12 nokey\n\n\n\n",
+    ],
     ids=["digits", "digit-value", "short-length", "zero-length", "empty-key", "no-equals"],
 )
 def test_pax_headers_the_stdlib_would_choke_on_are_refused_at_once(records: bytes) -> None:
@@ -112,8 +118,10 @@ def test_a_zstd_stream_cut_inside_a_frame_is_corrupt() -> None:
     ],
 )
 def test_descriptors_with_impossible_digests_or_sizes(layer: str) -> None:
-    raw = ('{"mediaType": "application/vnd.oci.image.manifest.v1+json", "config": '
-           f'{{"digest": "sha256:{"b" * 64}", "size": 2}}, "layers": [{layer}]}}').encode()
+    raw = (
+        '{"mediaType": "application/vnd.oci.image.manifest.v1+json", "config": '
+        f'{{"digest": "sha256:{"b" * 64}", "size": 2}}, "layers": [{layer}]}}'
+    ).encode()
     with pytest.raises(UnsupportedMediaType, match="malformed"):
         parse(raw)
 

@@ -84,8 +84,11 @@ CASES = [(how, "-vvv") for how in WAYS] + [("cog-flag", "-v"), ("token-config", 
 
 @pytest.mark.parametrize(("how", "verbose"), CASES)
 def test_no_output_line_holds_a_secret(
-    request: pytest.FixtureRequest, docker_config: Callable[..., Path], tmp_path: Path,
-    how: str, verbose: str,
+    request: pytest.FixtureRequest,
+    docker_config: Callable[..., Path],
+    tmp_path: Path,
+    how: str,
+    verbose: str,
 ) -> None:
     env = clean_env()
     extra: list[str] = []
@@ -163,4 +166,3 @@ def test_mount_and_extract_write_no_secret_to_disk(
         data = path.read_bytes()
         for secret in secrets:
             assert secret.encode() not in data, f"{secret[:6]}... written to {path}"
-

@@ -49,12 +49,20 @@ def run(
     Output goes to temporary files (no pipe to fill).
     """
     command = ["/bin/sh", "-c", argv] if isinstance(argv, str) else list(argv)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            tempfile.NamedTemporaryFile(prefix="bench-rss-") as rss:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile(prefix="bench-rss-") as rss,
+    ):
         start = time.perf_counter()
         proc = subprocess.run(
             ["/usr/bin/time", "-q", "-f", "%M", "-o", rss.name, *command],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd, check=False,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=cwd,
+            check=False,
         )
         secs = time.perf_counter() - start
         out.seek(0)
@@ -130,5 +138,8 @@ def load_average() -> str:
 
 def note(message: str) -> None:
     """Progress for whoever runs the benchmark (stderr, flushed)."""
-    print(f"[bench {time.strftime('%H:%M:%S')} load {load_average()}] {message}",
-          file=sys.stderr, flush=True)
+    print(
+        f"[bench {time.strftime('%H:%M:%S')} load {load_average()}] {message}",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -36,8 +36,16 @@ class Bench:
     def _skopeo_tar_once(self) -> tuple[Run, Run]:
         note("peer: skopeo copy + tar x")
         layout, out = self.scratch("peer-dir"), self.scratch("peer-out")
-        copy = run(["skopeo", "copy", "-q", "--src-tls-verify=false",
-                    f"docker://{self.image.ref}", f"dir:{layout}"])
+        copy = run(
+            [
+                "skopeo",
+                "copy",
+                "-q",
+                "--src-tls-verify=false",
+                f"docker://{self.image.ref}",
+                f"dir:{layout}",
+            ]
+        )
         blob = layout / self.image.weights.digest.split(":", 1)[1]
         untar = run(["tar", "-xzf", str(blob), "-C", str(out)])
         size = (out / "src/weights/model.bin").stat().st_size
@@ -51,8 +59,9 @@ class Bench:
         """``curl -o /dev/null`` of the weights blob, N times."""
         while len(self._curl) < self.repeat:
             note("peer: curl of the weights blob")
-            self._curl.append(run(["curl", "-sSf", "-o", "/dev/null",
-                                   self.image.blob_url(self.image.weights)]))
+            self._curl.append(
+                run(["curl", "-sSf", "-o", "/dev/null", self.image.blob_url(self.image.weights)])
+            )
         return self._curl
 
 

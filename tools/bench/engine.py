@@ -31,8 +31,9 @@ INDEX_SHARE = 0.02
 
 
 def load(layer: LayerFile, cache: Path, ra: FileReadAt, keep: bool = False) -> LayerIndex:
-    return load_or_build(cache, layer.digest, layer.descriptor.media_type, ra, layer.size,
-                         keep_decoded=keep)
+    return load_or_build(
+        cache, layer.digest, layer.descriptor.media_type, ra, layer.size, keep_decoded=keep
+    )
 
 
 def random_read_ms(layer: LayerFile, cache: Path, seed: int, keep: bool = False) -> list[float]:
@@ -94,22 +95,41 @@ def measure(b: Bench) -> Section:
         "median row is the median over repeats of each repeat's median (p90 likewise).",
     )
     section.rows += [
-        Row("random 64 KiB read, median", f"≤ {LATENCY_MS:g} ms", med.fmt("ms", 1),
-            f"{med.median / LATENCY_MS:.2f}× the limit", med.median <= LATENCY_MS),
+        Row(
+            "random 64 KiB read, median",
+            f"≤ {LATENCY_MS:g} ms",
+            med.fmt("ms", 1),
+            f"{med.median / LATENCY_MS:.2f}× the limit",
+            med.median <= LATENCY_MS,
+        ),
         Row("random 64 KiB read, p90", "", stat(p90s).fmt("ms", 1)),
-        Row("index size (SQLite file)", f"≤ {INDEX_SHARE:.0%} of the uncompressed layer",
-            f"{index_bytes:,} B", f"{index_bytes / w.usize:.2%}",
-            index_bytes <= INDEX_SHARE * w.usize),
-        Row("indexing pass of the weights layer (build + store)", "",
-            f"{build.fmt()}; {w.usize / MiB / build.median:,.0f} MiB/s of tar"),
-        Row("with a decoded copy: indexing pass (build + copy + store)", "",
-            f"{stat(kept).fmt()}; {w.usize / MiB / stat(kept).median:,.0f} MiB/s of tar"),
-        Row("with a decoded copy: random 64 KiB read, median", "",
-            stat(kept_medians).fmt("ms", 2)),
-        Row("with a decoded copy: its size on disk (a cache, not the index)", "",
-            f"{copy_bytes:,} B", f"{copy_bytes / w.usize:.0%} of the layer"),
+        Row(
+            "index size (SQLite file)",
+            f"≤ {INDEX_SHARE:.0%} of the uncompressed layer",
+            f"{index_bytes:,} B",
+            f"{index_bytes / w.usize:.2%}",
+            index_bytes <= INDEX_SHARE * w.usize,
+        ),
+        Row(
+            "indexing pass of the weights layer (build + store)",
+            "",
+            f"{build.fmt()}; {w.usize / MiB / build.median:,.0f} MiB/s of tar",
+        ),
+        Row(
+            "with a decoded copy: indexing pass (build + copy + store)",
+            "",
+            f"{stat(kept).fmt()}; {w.usize / MiB / stat(kept).median:,.0f} MiB/s of tar",
+        ),
+        Row("with a decoded copy: random 64 KiB read, median", "", stat(kept_medians).fmt("ms", 2)),
+        Row(
+            "with a decoded copy: its size on disk (a cache, not the index)",
+            "",
+            f"{copy_bytes:,} B",
+            f"{copy_bytes / w.usize:.0%} of the layer",
+        ),
         Row(f"index of the base layer ({base.files:,} files): first build", "", base_build.fmt()),
-        Row("index of the base layer: load from the SQLite cache", "",
-            base_load.fmt("ms", 0, 1000)),
+        Row(
+            "index of the base layer: load from the SQLite cache", "", base_load.fmt("ms", 0, 1000)
+        ),
     ]
     return section

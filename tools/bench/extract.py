@@ -44,17 +44,26 @@ def measure(b: Bench) -> Section:
     for mode, label in (("tar", "-o weights.tar"), ("dir", "--dir DIR")):
         secs = stat([r.secs for r in runs[mode]])
         speedup = peer_total.median / secs.median
-        section.rows.append(Row(
-            f"`extract {label}` wall time", f"≥ {SPEEDUP:g}× faster than the peer",
-            f"{secs.fmt()}; {rate(b.image.weights_bytes, secs.median)} of weights",
-            f"{speedup:.2f}×", speedup >= SPEEDUP,
-        ))
+        section.rows.append(
+            Row(
+                f"`extract {label}` wall time",
+                f"≥ {SPEEDUP:g}× faster than the peer",
+                f"{secs.fmt()}; {rate(b.image.weights_bytes, secs.median)} of weights",
+                f"{speedup:.2f}×",
+                speedup >= SPEEDUP,
+            )
+        )
     for mode, label in (("tar", "-o weights.tar"), ("dir", "--dir DIR")):
         rss = max(r.maxrss for r in runs[mode])
-        section.rows.append(Row(
-            f"`extract {label}` peak RSS (max of runs)", "≤ 250 MB",
-            f"{rss / 1e6:.0f} MB", f"{rss / RSS_LIMIT:.2f}× the limit", rss <= RSS_LIMIT,
-        ))
+        section.rows.append(
+            Row(
+                f"`extract {label}` peak RSS (max of runs)",
+                "≤ 250 MB",
+                f"{rss / 1e6:.0f} MB",
+                f"{rss / RSS_LIMIT:.2f}× the limit",
+                rss <= RSS_LIMIT,
+            )
+        )
     section.rows += fetched_rows(b)
     section.rows += ceiling_rows(b)
     return section
@@ -90,13 +99,17 @@ def fetched_rows(b: Bench) -> list[Row]:
     w = b.image.weights
     base_bytes = blobs.get(b.image.base.digest, 0)
     return [
-        Row("bytes fetched (all responses)", f"≤ {FETCH_RATIO}× the weights layer",
-            f"{total:,} B (weights layer {w.size:,} B)", f"{total / w.size:.4f}×",
-            total <= FETCH_RATIO * w.size),
-        Row("bytes of the base layer fetched", "0", f"{base_bytes:,} B", "",
-            base_bytes == 0),
-        Row("  other than the weights blob", "",
-            f"{(total - blobs.get(w.digest, 0)) / KiB:.1f} KiB (manifest, config)"),
+        Row(
+            "bytes fetched (all responses)",
+            f"≤ {FETCH_RATIO}× the weights layer",
+            f"{total:,} B (weights layer {w.size:,} B)",
+            f"{total / w.size:.4f}×",
+            total <= FETCH_RATIO * w.size,
+        ),
+        Row("bytes of the base layer fetched", "0", f"{base_bytes:,} B", "", base_bytes == 0),
+        Row(
+            "  other than the weights blob",
+            "",
+            f"{(total - blobs.get(w.digest, 0)) / KiB:.1f} KiB (manifest, config)",
+        ),
     ]
-
-

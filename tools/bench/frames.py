@@ -121,15 +121,19 @@ def frame_table(data: bytes, repeat: int, keep: dict[int, bytes]) -> list[str]:
             per_read, times = random_reads(blob, units, seed=r)
             old = reads.get(mib)
             reads[mib] = (per_read, times if old is None else old[1] + times)
-    rows = ["| frame | ratio | compress s | fetched per random 64 KiB read | decode of it, "
-            "median ms | p90 ms | decode all, 1 thread MiB/s | 2 threads MiB/s |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| frame | ratio | compress s | fetched per random 64 KiB read | decode of it, "
+        "median ms | p90 ms | decode all, 1 thread MiB/s | 2 threads MiB/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for mib, (blob, units, csecs) in made.items():
         n = units.uncompressed_size / MiB
         per_read, times = reads[mib]
-        rows.append(f"| {mib} MiB | {len(blob) / len(data):.2%} | {csecs:.1f} | "
-                    f"{per_read / MiB:.2f} MiB | {statistics.median(times):.1f} | "
-                    f"{p90(times):.1f} | {n / best[mib, 1]:,.0f} | {n / best[mib, 2]:,.0f} |")
+        rows.append(
+            f"| {mib} MiB | {len(blob) / len(data):.2%} | {csecs:.1f} | "
+            f"{per_read / MiB:.2f} MiB | {statistics.median(times):.1f} | "
+            f"{p90(times):.1f} | {n / best[mib, 1]:,.0f} | {n / best[mib, 2]:,.0f} |"
+        )
     keep[4] = made[4][0]
     return rows
 
@@ -194,29 +198,31 @@ def floors(work: Path, blob: bytes, repeat: int) -> list[str]:
         curl = [run(["curl", "-sSf", "-o", "/dev/null", url]).secs for _ in range(repeat)]
         note("floors: UnitReader over ranged GETs")
         whole = [trio.run(lazy_read, registry.host, digest, units, 0) for _ in range(repeat)]
-        fuse = [trio.run(lazy_read, registry.host, digest, units, 128 * KiB)
-                for _ in range(repeat)]
-        gets = [trio.run(lazy_read, registry.host, digest, units, 0, False)
-                for _ in range(repeat)]
+        fuse = [trio.run(lazy_read, registry.host, digest, units, 128 * KiB) for _ in range(repeat)]
+        gets = [trio.run(lazy_read, registry.host, digest, units, 0, False) for _ in range(repeat)]
     finally:
         registry.stop()
     decode2 = [parallel_decode(blob, units, 2) for _ in range(repeat)]
     zstd = [run(f"zstd -dc {path} > /dev/null").secs for _ in range(repeat)]
     zstd1 = [run(f"zstd -dc -T1 {path} > /dev/null").secs for _ in range(repeat)]
     size = len(blob) / MiB
-    return ["| floor (1 GiB of weights, 4 MiB frames) | median s (min–max) | MiB/s of blob |",
-            "|---|---|---|",
-            *(f"| {label} | {statistics.median(v):.2f} ({min(v):.2f}–{max(v):.2f}) | "
-              f"{size / statistics.median(v):,.0f} |"
-              for label, v in (
-                  ("curl -o /dev/null from the local registry", curl),
-                  ("zstd -dc > /dev/null (page cache)", zstd),
-                  ("zstd -dc -T1 > /dev/null", zstd1),
-                  ("decode every frame from memory, 2 threads (units.decode_zstd)", decode2),
-                  ("UnitReader.iter_range, no decode: the ranged GETs alone", gets),
-                  ("UnitReader.iter_range over ranged GETs (4 in flight, 16 MiB ranges)", whole),
-                  ("UnitReader, ReadStream reads of 128 KiB (FUSE's shape, no kernel)", fuse),
-              ))]
+    return [
+        "| floor (1 GiB of weights, 4 MiB frames) | median s (min–max) | MiB/s of blob |",
+        "|---|---|---|",
+        *(
+            f"| {label} | {statistics.median(v):.2f} ({min(v):.2f}–{max(v):.2f}) | "
+            f"{size / statistics.median(v):,.0f} |"
+            for label, v in (
+                ("curl -o /dev/null from the local registry", curl),
+                ("zstd -dc > /dev/null (page cache)", zstd),
+                ("zstd -dc -T1 > /dev/null", zstd1),
+                ("decode every frame from memory, 2 threads (units.decode_zstd)", decode2),
+                ("UnitReader.iter_range, no decode: the ranged GETs alone", gets),
+                ("UnitReader.iter_range over ranged GETs (4 in flight, 16 MiB ranges)", whole),
+                ("UnitReader, ReadStream reads of 128 KiB (FUSE's shape, no kernel)", fuse),
+            )
+        ),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,14 +123,19 @@ class GzipLayerWriter:
             self._out.write(data)
             self.size += len(data)
 
-    def finish(
-        self, created_by: str, comment: str | None, files: int, dirs: int = 0
-    ) -> LayerFile:
+    def finish(self, created_by: str, comment: str | None, files: int, dirs: int = 0) -> LayerFile:
         self._put(self._zlib.flush())
         self._out.close()
         return LayerFile(
-            self.path, "sha256:" + self._blob_hash.hexdigest(), self.size,
-            "sha256:" + self._tar_hash.hexdigest(), self.usize, created_by, comment, files, dirs,
+            self.path,
+            "sha256:" + self._blob_hash.hexdigest(),
+            self.size,
+            "sha256:" + self._tar_hash.hexdigest(),
+            self.usize,
+            created_by,
+            comment,
+            files,
+            dirs,
         )
 
 
@@ -167,8 +172,9 @@ def write_base(path: Path, tar_bytes: int, files: int = BASE_FILES, seed: int = 
                     tf.addfile(_info(d, kind=tarfile.DIRTYPE))
             start = rng.randrange(0, len(pool) - size)
             tf.addfile(_info(name, size), io.BytesIO(pool[start : start + size]))
-    return writer.finish("/bin/sh -c #(nop) ADD file:bench-rootfs in / ", None, files,
-                         len(seen_dirs))
+    return writer.finish(
+        "/bin/sh -c #(nop) ADD file:bench-rootfs in / ", None, files, len(seen_dirs)
+    )
 
 
 def _base_name(i: int) -> str:

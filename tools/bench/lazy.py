@@ -74,8 +74,10 @@ SCATTER_LIMIT = 6 * MiB
 SCATTER_READS = 8
 SCATTER_SIZE = 64 * KiB
 CHECKPOINT_TODAY = 94 * MiB  # MiB/s, docs/benchmarks.md at 5baf37e
-_ACCEPT = ("application/vnd.oci.image.manifest.v1+json,"
-           "application/vnd.docker.distribution.manifest.v2+json")
+_ACCEPT = (
+    "application/vnd.oci.image.manifest.v1+json,"
+    "application/vnd.docker.distribution.manifest.v2+json"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +137,15 @@ def convert(b: Bench) -> list[Kind]:
     kinds = []
     for name, decode in (("zstd", "zstd -dc"), ("plain", "")):
         digest, size = weights_blob(host, name)
-        kinds.append(Kind(name, f"{host}/bench/model:{name}",
-                          f"http://{host}/v2/bench/model/blobs/{digest}", size, decode))
+        kinds.append(
+            Kind(
+                name,
+                f"{host}/bench/model:{name}",
+                f"http://{host}/v2/bench/model/blobs/{digest}",
+                size,
+                decode,
+            )
+        )
     return kinds
 
 
@@ -207,8 +216,10 @@ def checkpoints(b: Bench) -> MountRun:
 
 def measure(b: Bench, kinds: list[Kind]) -> dict[str, Any]:
     """Every measurement, interleaved per repeat; raw numbers keyed by kind and row."""
-    raw: dict[str, Any] = {k.name: {"pipeline": [], "curl": [], "mount": [], "extract": [],
-                                    "scatter": []} for k in kinds}
+    raw: dict[str, Any] = {
+        k.name: {"pipeline": [], "curl": [], "mount": [], "extract": [], "scatter": []}
+        for k in kinds
+    }
     raw["checkpoints"] = []
     for i in range(b.repeat):
         for k in kinds:
@@ -217,8 +228,9 @@ def measure(b: Bench, kinds: list[Kind]) -> dict[str, Any]:
             r["curl"].append(curl(k))
             r["pipeline"].append(pipeline(b, k))
             note(f"{k.name} {i + 1}/{b.repeat}: cold mount + cp + umount")
-            r["mount"].append(asdict(one_run(b, b.scratch("mount-cache"), ls=False, cp=True,
-                                             ref=k.ref)))
+            r["mount"].append(
+                asdict(one_run(b, b.scratch("mount-cache"), ls=False, cp=True, ref=k.ref))
+            )
             note(f"{k.name} {i + 1}/{b.repeat}: cold extract")
             r["extract"].append(extract(b, k.ref))
             note(f"{k.name} {i + 1}/{b.repeat}: scattered reads")
@@ -238,24 +250,49 @@ def rows_for(b: Bench, kind: str, r: dict[str, Any]) -> list[Row]:
     wb = b.image.weights_bytes
     m_ratio, e_ratio = total.median / pipe.median, ext.median / pipe.median
     return [
-        Row(f"{kind}: peer pipeline curl | {'zstd -dc | ' if kind == 'zstd' else ''}tar x",
-            "", f"{pipe.fmt()}; {rate(wb, pipe.median)}"),
+        Row(
+            f"{kind}: peer pipeline curl | {'zstd -dc | ' if kind == 'zstd' else ''}tar x",
+            "",
+            f"{pipe.fmt()}; {rate(wb, pipe.median)}",
+        ),
         Row(f"{kind}: curl -o /dev/null of the weights blob", "", curl_s.fmt()),
-        Row(f"{kind}: cold mount + cp -r + umount", f"≤ {MOUNT_RATIO}× the pipeline",
-            total.fmt(), f"{m_ratio:.2f}×", m_ratio <= MOUNT_RATIO),
+        Row(
+            f"{kind}: cold mount + cp -r + umount",
+            f"≤ {MOUNT_RATIO}× the pipeline",
+            total.fmt(),
+            f"{m_ratio:.2f}×",
+            m_ratio <= MOUNT_RATIO,
+        ),
         Row("  of which mount", "", stat([m.mount for m in mounts]).fmt()),
         Row("  of which cp -r", "", f"{cp.fmt()}; {rate(wb, cp.median)}"),
-        Row("  daemon RSS during cp (max)", "≤ 300 MB",
-            f"{max(m.rss_during_cp for m in mounts) / 1e6:.0f} MB", "",
-            max(m.rss_during_cp for m in mounts) <= 300e6),
-        Row(f"{kind}: cold extract -o", f"≤ {EXTRACT_RATIO}× the pipeline",
-            ext.fmt(), f"{e_ratio:.2f}×", e_ratio <= EXTRACT_RATIO),
-        Row("  extract peak RSS (max)", "≤ 250 MB",
-            f"{max(m for _, m in r['extract']) / 1e6:.0f} MB", "",
-            max(m for _, m in r["extract"]) <= 250e6),
-        Row(f"{kind}: scattered 64 KiB reads, cold mount: fetched per read",
-            f"≤ {SCATTER_LIMIT // MiB} MiB", per_read.fmt("MiB", 1, 1 / MiB), "",
-            per_read.median <= SCATTER_LIMIT),
+        Row(
+            "  daemon RSS during cp (max)",
+            "≤ 300 MB",
+            f"{max(m.rss_during_cp for m in mounts) / 1e6:.0f} MB",
+            "",
+            max(m.rss_during_cp for m in mounts) <= 300e6,
+        ),
+        Row(
+            f"{kind}: cold extract -o",
+            f"≤ {EXTRACT_RATIO}× the pipeline",
+            ext.fmt(),
+            f"{e_ratio:.2f}×",
+            e_ratio <= EXTRACT_RATIO,
+        ),
+        Row(
+            "  extract peak RSS (max)",
+            "≤ 250 MB",
+            f"{max(m for _, m in r['extract']) / 1e6:.0f} MB",
+            "",
+            max(m for _, m in r["extract"]) <= 250e6,
+        ),
+        Row(
+            f"{kind}: scattered 64 KiB reads, cold mount: fetched per read",
+            f"≤ {SCATTER_LIMIT // MiB} MiB",
+            per_read.fmt("MiB", 1, 1 / MiB),
+            "",
+            per_read.median <= SCATTER_LIMIT,
+        ),
         Row("  time per read", "", read_ms.fmt("ms", 1)),
     ]
 
@@ -266,13 +303,20 @@ def checkpoint_rows(b: Bench, raw: list[dict[str, Any]]) -> list[Row]:
     speed = b.image.weights_bytes / cp.median
     target = 2 * CHECKPOINT_TODAY
     return [
-        Row("gzip, --no-decoded-copies, index cached, blob not: cp -r",
+        Row(
+            "gzip, --no-decoded-copies, index cached, blob not: cp -r",
             f"≥ {target / MiB:.0f} MiB/s (2× 94)",
             f"{cp.fmt()}; {rate(b.image.weights_bytes, cp.median)}",
-            f"{speed / target:.2f}× the target", speed >= target),
-        Row("  daemon RSS during cp (max)", "≤ 300 MB",
-            f"{max(m.rss_during_cp for m in mounts) / 1e6:.0f} MB", "",
-            max(m.rss_during_cp for m in mounts) <= 300e6),
+            f"{speed / target:.2f}× the target",
+            speed >= target,
+        ),
+        Row(
+            "  daemon RSS during cp (max)",
+            "≤ 300 MB",
+            f"{max(m.rss_during_cp for m in mounts) / 1e6:.0f} MB",
+            "",
+            max(m.rss_during_cp for m in mounts) <= 300e6,
+        ),
     ]
 
 
@@ -307,20 +351,23 @@ def main(argv: list[str] | None = None) -> int:
     section = Section(
         "Issue 12: lazy reads",
         f"{args.repeat} runs each, interleaved; weights {img.weights_bytes / MiB:,.0f} MiB "
-        "of float16-like bytes. See tools/bench/lazy.py for what each row does.")
+        "of float16-like bytes. See tools/bench/lazy.py for what each row does.",
+    )
     for kind in kinds:
         section.rows += rows_for(b, kind.name, raw[kind.name])
     section.rows += checkpoint_rows(b, raw["checkpoints"])
     shutil.rmtree(work, ignore_errors=True)
-    header = "\n".join([
-        "# Issue 12 benchmark: lazy reads",
-        "",
-        f"Written by `tools/bench/lazy.py --repeat {args.repeat}"
-        + (f" --size-scale {args.size_scale:g}" if args.size_scale != 1 else "")
-        + "`; every number comes from that one run (what each row does: the script's "
-        "docstring). Targets are issue 12's. The machine is shared: read the load "
-        "averages below before comparing runs.",
-    ])
+    header = "\n".join(
+        [
+            "# Issue 12 benchmark: lazy reads",
+            "",
+            f"Written by `tools/bench/lazy.py --repeat {args.repeat}"
+            + (f" --size-scale {args.size_scale:g}" if args.size_scale != 1 else "")
+            + "`; every number comes from that one run (what each row does: the script's "
+            "docstring). Targets are issue 12's. The machine is shared: read the load "
+            "averages below before comparing runs.",
+        ]
+    )
     text = report.render(machine, [section], header, [])
     print(text)
     if args.out:

@@ -67,16 +67,23 @@ Reader = Callable[[Node, int, int], Awaitable[bytes]]
 CLIENT: list[RegistryClient] = []  # the client of the run in progress (for ``direct``)
 
 
-async def with_files(ref: str, cache_dir: Path, body: Callable[[ImageFiles, BlobCache, Node],
-                                                             Awaitable[float]]) -> float:
+async def with_files(
+    ref: str, cache_dir: Path, body: Callable[[ImageFiles, BlobCache, Node], Awaitable[float]]
+) -> float:
     async with RegistryClient() as client:
         CLIENT[:] = [client]
         reference = parse(ref)
         image = await client.resolve(reference)
         async with BlobCache(cache_dir) as cache:
-            files = await ImageFiles.open(client, reference.repository, image.manifest,
-                                          image.config.raw, cache, cache_dir,
-                                          decoded_copies=False)
+            files = await ImageFiles.open(
+                client,
+                reference.repository,
+                image.manifest,
+                image.config.raw,
+                cache,
+                cache_dir,
+                decoded_copies=False,
+            )
             try:
                 node = files.rootfs.lookup("src/weights/model.bin")
                 assert node is not None
@@ -88,8 +95,9 @@ async def with_files(ref: str, cache_dir: Path, body: Callable[[ImageFiles, Blob
 def unit_reader(files: ImageFiles, node: Node, nursery: trio.Nursery, new: str) -> UnitReader:
     layer = files.layers[node.layer]
     assert isinstance(layer.reader, ZstdLayerReader)
-    made = units_for_layer("zstd", layer.reader.frames.to_bytes(), layer.blob.size,
-                           layer.reader.size)
+    made = units_for_layer(
+        "zstd", layer.reader.frames.to_bytes(), layer.blob.size, layer.reader.size
+    )
     assert made is not None
     blob = layer.blob
 
@@ -167,18 +175,23 @@ def main(argv: list[str] | None = None) -> int:
                 note(f"{name} {r + 1}/{args.repeat}")
                 for kind, fn in (("seq", sequential), ("scatter", scattered)):
                     cache = b.scratch("cache")
-                    got = trio.run(with_files, ref, cache,
-                                   lambda f, c, n, fn=fn, new=new: fn(f, c, n, new))
+                    got = trio.run(
+                        with_files, ref, cache, lambda f, c, n, fn=fn, new=new: fn(f, c, n, new)
+                    )
                     results.setdefault(f"{name} {kind}", []).append(got)
         print(f"load average after: {load_average()}")
         mb = img.model_bytes / MiB
-        print("| path | sequential 128 KiB reads, cold: s (min–max) | MiB/s | "
-              "fetched per scattered 64 KiB read |\n|---|---|---|---|")
+        print(
+            "| path | sequential 128 KiB reads, cold: s (min–max) | MiB/s | "
+            "fetched per scattered 64 KiB read |\n|---|---|---|---|"
+        )
         for name in ("today", "unitreader", "direct", "behind"):
             seq, sc = results[f"{name} seq"], results[f"{name} scatter"]
             med = statistics.median(seq)
-            print(f"| {name} | {med:.2f} ({min(seq):.2f}–{max(seq):.2f}) | {mb / med:,.0f} | "
-                  f"{statistics.median(sc) / MiB:.1f} MiB |")
+            print(
+                f"| {name} | {med:.2f} ({min(seq):.2f}–{max(seq):.2f}) | {mb / med:,.0f} | "
+                f"{statistics.median(sc) / MiB:.1f} MiB |"
+            )
     finally:
         registry.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -130,8 +130,14 @@ def one_run(
     if cp and (dest / "model.bin").stat().st_size != b.image.model_bytes:
         raise RuntimeError("cp from the mount gave a model.bin of the wrong size")
     shutil.rmtree(dest, ignore_errors=True)
-    return MountRun(m.secs, ls_run.secs if ls_run else None, cp_run.secs if cp_run else None,
-                    um.secs, sampler.peak, hwm)
+    return MountRun(
+        m.secs,
+        ls_run.secs if ls_run else None,
+        cp_run.secs if cp_run else None,
+        um.secs,
+        sampler.peak,
+        hwm,
+    )
 
 
 def measure(b: Bench) -> Section:
@@ -160,21 +166,43 @@ def measure(b: Bench) -> Section:
         zstd_cold.append(one_run(b, b.scratch("mount-cache"), ls=False, cp=True, ref=zstd_ref))
     plain_ref = f"{b.image.host}/bench/model:skopeo-zstd"
     note("mount: recompressing the image with skopeo --dest-compress-format zstd (not timed)")
-    run(["skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
-         "--dest-compress-format", "zstd", "--format", "oci",
-         f"docker://{b.image.ref}", f"docker://{plain_ref}"])
+    run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--dest-compress-format",
+            "zstd",
+            "--format",
+            "oci",
+            f"docker://{b.image.ref}",
+            f"docker://{plain_ref}",
+        ]
+    )
     plain_cold = []
     for i in range(b.repeat):
         note(f"mount: cold, skopeo's zstd image {i + 1}/{b.repeat}")
         plain_cold.append(one_run(b, b.scratch("mount-cache"), ls=False, cp=True, ref=plain_ref))
     shutil.rmtree(b.work / "mount-cache", ignore_errors=True)
     s = report(b, peers, curls, cold, index_only, warm, reads)
-    s.rows += zstd_rows(b, peers, curls, zstd_cold,
-                        "zstd image (after `r8imfs zstd`, seekable)",
-                        "downloads as it copies")
-    s.rows += zstd_rows(b, peers, curls, plain_cold,
-                        "zstd image (after `skopeo copy --dest-compress-format zstd`, no "
-                        "seek table)", "decoded copy made by indexing")
+    s.rows += zstd_rows(
+        b,
+        peers,
+        curls,
+        zstd_cold,
+        "zstd image (after `r8imfs zstd`, seekable)",
+        "downloads as it copies",
+    )
+    s.rows += zstd_rows(
+        b,
+        peers,
+        curls,
+        plain_cold,
+        "zstd image (after `skopeo copy --dest-compress-format zstd`, no seek table)",
+        "decoded copy made by indexing",
+    )
     return s
 
 
@@ -193,12 +221,19 @@ def zstd_rows(
     cp_rate = b.image.weights_bytes / cp.median
     rss = max(r.rss_during_cp for r in runs)
     return [
-        Row(f"{label}: cold mount + cp -r + umount", "(comparison)",
-            total.fmt(), f"{peer.median / total.median:.2f}× vs the peer"),
+        Row(
+            f"{label}: cold mount + cp -r + umount",
+            "(comparison)",
+            total.fmt(),
+            f"{peer.median / total.median:.2f}× vs the peer",
+        ),
         Row("  of which mount", "", stat([r.mount for r in runs]).fmt()),
-        Row(f"  of which cp -r ({cp_note})", "",
+        Row(
+            f"  of which cp -r ({cp_note})",
+            "",
             f"{cp.fmt()}; {rate(b.image.weights_bytes, cp.median)}",
-            f"{cp_rate / curl_rate:.0%} of curl"),
+            f"{cp_rate / curl_rate:.0%} of curl",
+        ),
         Row("  daemon RSS during cp (max of runs)", "", f"{rss / 1e6:.0f} MB"),
     ]
 
@@ -232,21 +267,37 @@ def report(
     total = stat([r.total for r in cold])
     speedup = peer.median / total.median
     s.rows += [
-        Row("cold: mount + cp -r + umount, empty cache", f"≥ {SPEEDUP:g}× faster than the peer",
-            total.fmt(), f"{speedup:.2f}×", speedup >= SPEEDUP),
-        Row("  of which mount (indexes every layer, keeps decoded copies)", "",
-            stat([r.mount for r in cold]).fmt()),
+        Row(
+            "cold: mount + cp -r + umount, empty cache",
+            f"≥ {SPEEDUP:g}× faster than the peer",
+            total.fmt(),
+            f"{speedup:.2f}×",
+            speedup >= SPEEDUP,
+        ),
+        Row(
+            "  of which mount (indexes every layer, keeps decoded copies)",
+            "",
+            stat([r.mount for r in cold]).fmt(),
+        ),
         Row("  of which cp -r", "", stat([r.cp or 0 for r in cold]).fmt()),
         Row("peer: skopeo copy + tar -xzf", "", peer.fmt()),
-        Row("peer: curl of the weights blob", "",
-            f"{curl.fmt()}; {rate(img.weights.size, curl.median)}"),
+        Row(
+            "peer: curl of the weights blob",
+            "",
+            f"{curl.fmt()}; {rate(img.weights.size, curl.median)}",
+        ),
     ]
     s.rows += cp_rows(b, runs, img.weights.size / curl.median)
     cat = stat([r.cp or 0 for r in reads])
     cat_rate = img.model_bytes / cat.median
-    s.rows.append(Row("for scale: `cat model.bin > /dev/null` through a warm mount", "",
-                      f"{cat.fmt()}; {rate(img.model_bytes, cat.median)}",
-                      f"{cat_rate / (img.weights.size / curl.median):.0%} of curl"))
+    s.rows.append(
+        Row(
+            "for scale: `cat model.bin > /dev/null` through a warm mount",
+            "",
+            f"{cat.fmt()}; {rate(img.model_bytes, cat.median)}",
+            f"{cat_rate / (img.weights.size / curl.median):.0%} of curl",
+        )
+    )
     s.rows += fast_rows(b, index_only, warm)
     s.rows += rss_rows(runs)
     s.rows.append(Row("umount", "", stat([r.umount for r in cold + index_only + warm]).fmt()))
@@ -260,11 +311,15 @@ def cp_rows(b: Bench, runs: dict[str, list[MountRun]], curl_rate: float) -> list
         cp = stat([r.cp or 0 for r in runs[key]])
         cp_rate = b.image.weights_bytes / cp.median
         graded = key != "index_only"
-        rows.append(Row(f"cp -r alone, {label}",
-                        f"≥ {CURL_SHARE:.0%} of curl's speed" if graded else "(comparison)",
-                        f"{cp.fmt()}; {rate(b.image.weights_bytes, cp.median)}",
-                        f"{cp_rate / curl_rate:.0%} of curl",
-                        cp_rate >= CURL_SHARE * curl_rate if graded else None))
+        rows.append(
+            Row(
+                f"cp -r alone, {label}",
+                f"≥ {CURL_SHARE:.0%} of curl's speed" if graded else "(comparison)",
+                f"{cp.fmt()}; {rate(b.image.weights_bytes, cp.median)}",
+                f"{cp_rate / curl_rate:.0%} of curl",
+                cp_rate >= CURL_SHARE * curl_rate if graded else None,
+            )
+        )
     return rows
 
 
@@ -275,13 +330,26 @@ def fast_rows(b: Bench, index_only: list[MountRun], warm: list[MountRun]) -> lis
     rows = []
     for label, runs in (("warm", warm), ("--no-decoded-copies, blob not cached", index_only)):
         ls = stat([r.ls or 0 for r in runs])
-        rows.append(Row(f"ls -R rootfs ({files:,} files, ~{dirs:,} dirs), {label}",
-                        f"≤ {LS_SECS:g} s", ls.fmt(), f"{ls.median / LS_SECS:.2f}× the limit",
-                        ls.median <= LS_SECS))
+        rows.append(
+            Row(
+                f"ls -R rootfs ({files:,} files, ~{dirs:,} dirs), {label}",
+                f"≤ {LS_SECS:g} s",
+                ls.fmt(),
+                f"{ls.median / LS_SECS:.2f}× the limit",
+                ls.median <= LS_SECS,
+            )
+        )
     for label, runs in (("warm", warm), ("--no-decoded-copies, blob not cached", index_only)):
         m = stat([r.mount for r in runs])
-        rows.append(Row(f"mount ready, {label}", f"≤ {MOUNT_SECS:g} s", m.fmt(),
-                        f"{m.median / MOUNT_SECS:.2f}× the limit", m.median <= MOUNT_SECS))
+        rows.append(
+            Row(
+                f"mount ready, {label}",
+                f"≤ {MOUNT_SECS:g} s",
+                m.fmt(),
+                f"{m.median / MOUNT_SECS:.2f}× the limit",
+                m.median <= MOUNT_SECS,
+            )
+        )
     return rows
 
 
@@ -289,10 +357,17 @@ def rss_rows(runs: dict[str, list[MountRun]]) -> list[Row]:
     rows = []
     for label, key in CP_CASES:
         peak = max(r.rss_during_cp for r in runs[key])
-        rows.append(Row(f"daemon RSS during cp, {label.split(' (')[0]} (max of runs)", "≤ 300 MB",
-                        f"{peak / 1e6:.0f} MB", f"{peak / RSS_LIMIT:.2f}× the limit",
-                        peak <= RSS_LIMIT))
+        rows.append(
+            Row(
+                f"daemon RSS during cp, {label.split(' (')[0]} (max of runs)",
+                "≤ 300 MB",
+                f"{peak / 1e6:.0f} MB",
+                f"{peak / RSS_LIMIT:.2f}× the limit",
+                peak <= RSS_LIMIT,
+            )
+        )
     hwm = max(r.hwm for r in runs["cold"])
-    rows.append(Row("daemon VmHWM over its life, cold (indexing included)", "",
-                    f"{hwm / 1e6:.0f} MB"))
+    rows.append(
+        Row("daemon VmHWM over its life, cold (indexing included)", "", f"{hwm / 1e6:.0f} MB")
+    )
     return rows

@@ -27,8 +27,10 @@ UP_RATIO = 1.01
 REMIX_LIMIT = 100 * KiB
 ZSTD_SHARE = 0.7
 RSS_LIMIT = 300 * 1000 * 1000
-_ACCEPT = ("application/vnd.docker.distribution.manifest.v2+json,"
-           "application/vnd.oci.image.manifest.v1+json")
+_ACCEPT = (
+    "application/vnd.docker.distribution.manifest.v2+json,"
+    "application/vnd.oci.image.manifest.v1+json"
+)
 
 
 def write_affix_tar(path: Path, size: int) -> None:
@@ -76,10 +78,20 @@ def measure(b: Bench, scale: float) -> Section:
             note(f"remix {i + 1}/{b.repeat}")
             proxy.reset()
             h = proxy.host
-            done = run([*R8IMFS, "remix", "--replace-weights",
-                        "--base", b.image.ref.replace(b.image.host, h, 1),
-                        "--weights", f"{h}/bench/affixed-0:v1",
-                        "--dest", f"{h}/bench/remixed-{i}:v1"], env=b.env)
+            done = run(
+                [
+                    *R8IMFS,
+                    "remix",
+                    "--replace-weights",
+                    "--base",
+                    b.image.ref.replace(b.image.host, h, 1),
+                    "--weights",
+                    f"{h}/bench/affixed-0:v1",
+                    "--dest",
+                    f"{h}/bench/remixed-{i}:v1",
+                ],
+                env=b.env,
+            )
             remixes.append((done, proxy.downloaded + proxy.uploaded))
     finally:
         proxy.stop()
@@ -105,21 +117,37 @@ def affix_rows(affixes: list[tuple[Run, int, int, int]]) -> list[Row]:
     up, layer = max((a[2], a[3]) for a in affixes)
     allowed = UP_RATIO * layer + 64 * KiB
     return [
-        Row("affix: bytes downloaded (max of runs)", "≤ 64 KiB", f"{down / KiB:.1f} KiB",
-            f"{down / DOWN_LIMIT:.2f}× the limit", down <= DOWN_LIMIT),
-        Row("affix: bytes uploaded (max of runs)", "≤ 1.01× new layer + 64 KiB",
-            f"{up:,} B (new layer {layer:,} B)", f"{up / layer:.4f}× the layer", up <= allowed),
+        Row(
+            "affix: bytes downloaded (max of runs)",
+            "≤ 64 KiB",
+            f"{down / KiB:.1f} KiB",
+            f"{down / DOWN_LIMIT:.2f}× the limit",
+            down <= DOWN_LIMIT,
+        ),
+        Row(
+            "affix: bytes uploaded (max of runs)",
+            "≤ 1.01× new layer + 64 KiB",
+            f"{up:,} B (new layer {layer:,} B)",
+            f"{up / layer:.4f}× the layer",
+            up <= allowed,
+        ),
         Row("affix: wall time", "", stat([a[0].secs for a in affixes]).fmt()),
-        Row("affix: peak RSS (max of runs)", "",
-            f"{max(a[0].maxrss for a in affixes) / 1e6:.0f} MB"),
+        Row(
+            "affix: peak RSS (max of runs)", "", f"{max(a[0].maxrss for a in affixes) / 1e6:.0f} MB"
+        ),
     ]
 
 
 def remix_rows(remixes: list[tuple[Run, int]]) -> list[Row]:
     moved = max(m for _, m in remixes)
     return [
-        Row("remix, one registry: bytes moved (max of runs)", "≤ 100 KiB", f"{moved / KiB:.1f} KiB",
-            f"{moved / REMIX_LIMIT:.2f}× the limit", moved <= REMIX_LIMIT),
+        Row(
+            "remix, one registry: bytes moved (max of runs)",
+            "≤ 100 KiB",
+            f"{moved / KiB:.1f} KiB",
+            f"{moved / REMIX_LIMIT:.2f}× the limit",
+            moved <= REMIX_LIMIT,
+        ),
         Row("remix: wall time", "", stat([r.secs for r, _ in remixes]).fmt()),
     ]
 
@@ -132,17 +160,33 @@ def zstd_rows(b: Bench) -> list[Row]:
         note(f"zstd: local pipeline {i + 1}/{b.repeat}")
         peers.append(run(f"gzip -dc {w.path} | zstd -T2 -3 -q > {out}/out.zst"))
         note(f"zstd: r8imfs zstd {i + 1}/{b.repeat}")
-        ours.append(run([*R8IMFS, "zstd", b.image.weights_ref, f"{b.image.host}/bench/zstd-{i}:v1"],
-                        env=b.env))
+        ours.append(
+            run(
+                [*R8IMFS, "zstd", b.image.weights_ref, f"{b.image.host}/bench/zstd-{i}:v1"],
+                env=b.env,
+            )
+        )
     peer, mine = stat([p.secs for p in peers]), stat([o.secs for o in ours])
     share = peer.median / mine.median
     rss = max(o.maxrss for o in ours)
     return [
-        Row("zstd of the weights layer", f"≥ {ZSTD_SHARE:g}× the pipeline's throughput",
-            f"{mine.fmt()}; {rate(w.usize, mine.median)} of tar", f"{share:.2f}×",
-            share >= ZSTD_SHARE),
-        Row("  local pipeline gzip -dc | zstd -T2 -3", "",
-            f"{peer.fmt()}; {rate(w.usize, peer.median)}"),
-        Row("zstd: peak RSS (max of runs)", "≤ 300 MB", f"{rss / 1e6:.0f} MB",
-            f"{rss / RSS_LIMIT:.2f}× the limit", rss <= RSS_LIMIT),
+        Row(
+            "zstd of the weights layer",
+            f"≥ {ZSTD_SHARE:g}× the pipeline's throughput",
+            f"{mine.fmt()}; {rate(w.usize, mine.median)} of tar",
+            f"{share:.2f}×",
+            share >= ZSTD_SHARE,
+        ),
+        Row(
+            "  local pipeline gzip -dc | zstd -T2 -3",
+            "",
+            f"{peer.fmt()}; {rate(w.usize, peer.median)}",
+        ),
+        Row(
+            "zstd: peak RSS (max of runs)",
+            "≤ 300 MB",
+            f"{rss / 1e6:.0f} MB",
+            f"{rss / RSS_LIMIT:.2f}× the limit",
+            rss <= RSS_LIMIT,
+        ),
     ]

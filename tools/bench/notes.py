@@ -14,8 +14,11 @@ def failures(sections: list[Section]) -> list[str]:
     out = []
     for s in sections:
         issue = s.title.split(":")[0]
-        out += [f"- {issue}: {r.what}: {r.measured} (target {r.target})"
-                for r in s.rows if r.ok is False]
+        out += [
+            f"- {issue}: {r.what}: {r.measured} (target {r.target})"
+            for r in s.rows
+            if r.ok is False
+        ]
     return out
 
 

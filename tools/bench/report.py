@@ -46,8 +46,12 @@ def mem_total() -> str:
 
 def busiest(n: int = 6) -> str:
     """The processes using the most CPU right now, ours excepted: what else was running."""
-    out = subprocess.run(["ps", "-eo", "pid,pcpu,etime,args", "--sort=-pcpu"],
-                         capture_output=True, text=True, check=False).stdout.splitlines()
+    out = subprocess.run(
+        ["ps", "-eo", "pid,pcpu,etime,args", "--sort=-pcpu"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.splitlines()
     rows = []
     for line in out[1:]:
         pid, cpu, etime, args = (line.split(None, 3) + ["", "", "", ""])[:4]
@@ -60,9 +64,15 @@ def busiest(n: int = 6) -> str:
 
 def code_state() -> str:
     """HEAD and the files under r8imfs/ that differ from it: what was measured."""
+
     def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, check=False,
-                             cwd=Path(__file__).resolve().parents[2])
+        out = subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         return out.stdout.rstrip()
 
     dirty = [line[3:] for line in git("status", "--short", "--", "r8imfs").splitlines()]
@@ -98,8 +108,10 @@ class Machine:
             ("code at start", self.code_start),
             ("code at end", self.code_end),
             ("load average (1, 5, 15 min) at start / end", f"{self.load_start} / {self.load_end}"),
-            ("load average as each area started",
-             "; ".join(f"{area}: {load}" for area, load in self.loads)),
+            (
+                "load average as each area started",
+                "; ".join(f"{area}: {load}" for area, load in self.loads),
+            ),
         ]
 
 
@@ -107,14 +119,20 @@ def render(machine: Machine, sections: list[Section], header: str, notes: list[s
     out = [header, "", "## Machine and peers", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in machine.facts()]
     out += [f"| {name} | {version} |" for name, version in machine.versions.items()]
-    out += ["", f"Busiest processes at the start: {machine.busy_start}.",
-            f"At the end: {machine.busy_end}.", ""]
+    out += [
+        "",
+        f"Busiest processes at the start: {machine.busy_start}.",
+        f"At the end: {machine.busy_end}.",
+        "",
+    ]
     for section in sections:
         out += [f"## {section.title}", ""]
         if section.intro:
             out += [section.intro, ""]
-        out += ["| measurement | target | measured: median of runs (min–max) | ratio | result |",
-                "|---|---|---|---|---|"]
+        out += [
+            "| measurement | target | measured: median of runs (min–max) | ratio | result |",
+            "|---|---|---|---|---|",
+        ]
         out += [_row(r) for r in section.rows]
         out.append("")
         out += [f"- {n}" for n in section.notes]

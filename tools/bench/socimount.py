@@ -127,16 +127,28 @@ def ready_rows(b: Bench, ready: list[tuple[float, int, int, int]]) -> list[Row]:
     bodies = max(r[2] for r in ready)
     small = max(r[3] for r in ready)
     return [
-        Row("cold mount ready (`mount` returns)", f"≤ {READY_SECS:g} s", secs.fmt(),
-            f"{secs.median / READY_SECS:.2f}× the limit", secs.median <= READY_SECS),
-        Row("bytes moved before serving (manifests, SOCI index, zTOCs; max of runs)",
+        Row(
+            "cold mount ready (`mount` returns)",
+            f"≤ {READY_SECS:g} s",
+            secs.fmt(),
+            f"{secs.median / READY_SECS:.2f}× the limit",
+            secs.median <= READY_SECS,
+        ),
+        Row(
+            "bytes moved before serving (manifests, SOCI index, zTOCs; max of runs)",
             f"≤ {READY_SHARE:.0%} of the layer bytes",
-            f"{mib(moved)} of {mib(layer_bytes)}", f"{moved / layer_bytes:.2%}",
-            moved <= READY_SHARE * layer_bytes),
+            f"{mib(moved)} of {mib(layer_bytes)}",
+            f"{moved / layer_bytes:.2%}",
+            moved <= READY_SHARE * layer_bytes,
+        ),
         Row("  of which layer bodies", "0", f"{bodies:,} B", "", bodies == 0),
-        Row("two small files of the base layer: base bytes moved (max of runs)",
-            f"≤ {mib(SMALL_BYTES)}", mib(small), f"{small / SMALL_BYTES:.2f}× the limit",
-            small <= SMALL_BYTES),
+        Row(
+            "two small files of the base layer: base bytes moved (max of runs)",
+            f"≤ {mib(SMALL_BYTES)}",
+            mib(small),
+            f"{small / SMALL_BYTES:.2f}× the limit",
+            small <= SMALL_BYTES,
+        ),
     ]
 
 
@@ -151,18 +163,35 @@ def out_rows(
     total = stat([sum(r) for r in cps])
     rows = [
         Row("peer: skopeo copy + tar -xzf", "", peer.fmt()),
-        Row("cold mount + cp -r + umount", f"≥ {SPEEDUP:g}× faster than the peer", total.fmt(),
-            f"{peer.median / total.median:.2f}×", peer.median / total.median >= SPEEDUP),
-        Row("  of which cp -r", "", f"{stat([r[1] for r in cps]).fmt()}; "
-            f"{rate(b.image.weights_bytes, stat([r[1] for r in cps]).median)}"),
+        Row(
+            "cold mount + cp -r + umount",
+            f"≥ {SPEEDUP:g}× faster than the peer",
+            total.fmt(),
+            f"{peer.median / total.median:.2f}×",
+            peer.median / total.median >= SPEEDUP,
+        ),
+        Row(
+            "  of which cp -r",
+            "",
+            f"{stat([r[1] for r in cps]).fmt()}; "
+            f"{rate(b.image.weights_bytes, stat([r[1] for r in cps]).median)}",
+        ),
     ]
-    for label, runs, graded in (("extract --dir (SOCI spans, all cores)", soci_x, True),
-                                ("extract --dir --no-soci (one core)", plain_x, False)):
+    for label, runs, graded in (
+        ("extract --dir (SOCI spans, all cores)", soci_x, True),
+        ("extract --dir --no-soci (one core)", plain_x, False),
+    ):
         secs = stat([r.secs for r in runs])
         speedup = peer.median / secs.median
-        rows.append(Row(label, f"≥ {SPEEDUP:g}× faster than the peer" if graded else
-                        "(comparison)", f"{secs.fmt()}; {rate(b.image.weights_bytes, secs.median)}",
-                        f"{speedup:.2f}×", speedup >= SPEEDUP if graded else None))
+        rows.append(
+            Row(
+                label,
+                f"≥ {SPEEDUP:g}× faster than the peer" if graded else "(comparison)",
+                f"{secs.fmt()}; {rate(b.image.weights_bytes, secs.median)}",
+                f"{speedup:.2f}×",
+                speedup >= SPEEDUP if graded else None,
+            )
+        )
     rss = max(r.maxrss for r in soci_x)
     rows.append(Row("  extract through SOCI, peak RSS (max of runs)", "", f"{rss / 1e6:.0f} MB"))
     return rows
@@ -178,20 +207,34 @@ def floor_rows(b: Bench, ref: str) -> list[Row]:
         for workers in (1, 2):
             note(f"soci floor: SpanInflater, {lib}, {workers} worker(s)")
             secs = stat([span_pass(b, w.path, ztoc_path, workers, lib) for _ in range(b.repeat)])
-            rows.append(Row(
-                f"floor: span sha256 + inflate ({lib}, ctypes) over the local blob, "
-                f"{workers} worker(s)", "",
-                f"{secs.fmt()}; {rate(w.usize, secs.median)} of tar; "
-                f"{secs.median / (w.usize / GiB):.2f} s/GiB"))
+            rows.append(
+                Row(
+                    f"floor: span sha256 + inflate ({lib}, ctypes) over the local blob, "
+                    f"{workers} worker(s)",
+                    "",
+                    f"{secs.fmt()}; {rate(w.usize, secs.median)} of tar; "
+                    f"{secs.median / (w.usize / GiB):.2f} s/GiB",
+                )
+            )
     note("soci floor: gzip -dc")
     secs = stat([run(f"gzip -dc {w.path} > /dev/null").secs for _ in range(b.repeat)])
-    rows.append(Row("for scale: gzip -dc of the blob (one core)", "",
-                    f"{secs.fmt()}; {rate(w.usize, secs.median)}"))
+    rows.append(
+        Row(
+            "for scale: gzip -dc of the blob (one core)",
+            "",
+            f"{secs.fmt()}; {rate(w.usize, secs.median)}",
+        )
+    )
     note("soci floor: zlib-ng, one stream")
     secs = stat([zlib_ng_pass(w.path) for _ in range(b.repeat)])
-    rows.append(Row("for scale: zlib-ng, one stream (one core)", "",
-                    f"{secs.fmt()}; {rate(w.usize, secs.median)}; "
-                    f"{secs.median / (w.usize / GiB):.2f} s/GiB"))
+    rows.append(
+        Row(
+            "for scale: zlib-ng, one stream (one core)",
+            "",
+            f"{secs.fmt()}; {rate(w.usize, secs.median)}; "
+            f"{secs.median / (w.usize / GiB):.2f} s/GiB",
+        )
+    )
     return rows
 
 
@@ -217,8 +260,11 @@ def fetch_weights_ztoc(b: Bench, ref: str) -> bytes:
 
 def span_pass(b: Bench, blob: Path, ztoc_path: Path, workers: int, lib: str) -> float:
     env = {**b.env, "R8IMFS_ZRAN": lib}
-    done = run([sys.executable, "-m", "tools.bench.spanfloor", str(blob), str(ztoc_path),
-                str(workers)], env=env, cwd=REPO)
+    done = run(
+        [sys.executable, "-m", "tools.bench.spanfloor", str(blob), str(ztoc_path), str(workers)],
+        env=env,
+        cwd=REPO,
+    )
     secs, name = done.stdout.decode().split(" ", 1)
     if not name.startswith(lib):
         raise RuntimeError(f"asked for {lib}, got {name.strip()}")
@@ -234,4 +280,3 @@ def zlib_ng_pass(path: Path) -> float:
         while chunk := raw.read(4 * MiB):
             d.decompress(chunk)
     return time.perf_counter() - start
-

@@ -137,8 +137,11 @@ def _recompress(
 ) -> tuple[bytes, str]:
     out = io.BytesIO()
     done = recompress_file(
-        io.BytesIO(blob), compression, lambda b: None if out.write(b) else None,
-        frame_size=frame, threads=2,
+        io.BytesIO(blob),
+        compression,
+        lambda b: None if out.write(b) else None,
+        frame_size=frame,
+        threads=2,
     )
     assert done.source_digest == "sha256:" + hashlib.sha256(blob).hexdigest()
     return out.getvalue(), done.diff_id
