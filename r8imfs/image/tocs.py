@@ -19,11 +19,13 @@ and storing the windows twice.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import trio
 
 from r8imfs.engine.codecs.layerformat import SOCI_ZTOC, Toc
-from r8imfs.errors import R8imfsError
+from r8imfs.engine.codecs.toc import toc_kind
+from r8imfs.errors import BadToc, R8imfsError
 from r8imfs.oci.digest import short
 from r8imfs.oci.manifest import Manifest
 from r8imfs.oci.reference import Repository
@@ -86,14 +88,16 @@ async def find_tocs(client: RegistryClient, repo: Repository, manifest: Manifest
 def listed_tocs(manifest: Manifest, found: FoundIndex | None) -> dict[str, dict[str, object]]:
     """What ``r8imfs layers`` shows: the TOC each layer has, by layer digest.
 
-    Only what the SOCI index lists (the zTOCs themselves are not fetched);
-    TOCs announced by a layer's own annotations (eStargz, zstd:chunked) are
-    one more source here when they are read.
+    What the SOCI index lists (the zTOCs themselves are not fetched), else
+    the TOC a layer's own annotations announce (zstd:chunked, eStargz; not
+    read here either: the mount checks it against its digest).
     """
+    announced = {d.digest: _announced(d.annotations) for d in manifest.layers}
+    tocs = {k: v for k, v in announced.items() if v is not None}
     if found is None:
-        return {}
+        return tocs
     refs = found.ztocs
-    return {
+    return tocs | {
         d.digest: {
             "kind": SOCI_ZTOC,
             "format": "zTOC",
@@ -107,3 +111,14 @@ def listed_tocs(manifest: Manifest, found: FoundIndex | None) -> dict[str, dict[
         for d in manifest.layers
         if d.digest in refs
     }
+
+
+def _announced(annotations: Mapping[str, str] | None) -> dict[str, object] | None:
+    """A layer's own TOC, as its descriptor's annotations announce it."""
+    try:
+        kind = toc_kind(annotations)
+    except BadToc:
+        return {"kind": "conflicting", "format": "TOC", "index": "refused: two kinds"}
+    if kind is None:
+        return None
+    return {"kind": kind, "format": kind, "index": "layer annotations"}

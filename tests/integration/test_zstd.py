@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,10 @@ def test_zstd_recompresses_every_layer(
     frames = _check_zstd_layers(out, tmp_path, config["rootfs"]["diff_ids"])
     assert frames[-1] >= 4  # 200 KiB of weights in 64 KiB frames
     assert unpack(out, tmp_path / "u", regzip=True) == expected(*files)
+    # `layers` names each layer's TOC, from its annotations alone
+    shown = json.loads(run_cli("layers", "--json", out).stdout)["layers"]
+    assert [x["toc"]["kind"] for x in shown] == ["zstd:chunked"] * len(shown)
+    assert "zstd:chunked (layer annotations)" in run_cli("layers", out).stdout.decode()
 
 
 def test_default_destination_and_digest_only_source(
