@@ -27,13 +27,13 @@ import trio
 from r8imfs.engine.codecs import socireader, ztoc
 from r8imfs.oci import mediatypes as mt
 from r8imfs.oci import soci
-from r8imfs.oci.manifest import Descriptor, Manifest, dumps
+from r8imfs.oci.manifest import Manifest
 from r8imfs.oci.reference import parse
 from r8imfs.registry.client import RegistryClient
 from r8imfs.registry.referrers import FoundIndex, find_soci_index
 from r8imfs.registry.upload import upload_bytes
 from tests.helpers.counting_proxy import CountingProxy
-from tests.helpers.images import push, push_index
+from tests.helpers.images import publish_soci_v1, push, push_index
 from tests.helpers.readback import (
     cog_image,
     expected,
@@ -243,39 +243,6 @@ async def _find(ref: str) -> FoundIndex | None:
         return await find_soci_index(client, parsed.repository, manifest)
 
 
-async def _publish_v1(source: str, ztocs: list[dict[str, Any]]) -> str:
-    """A v1 SOCI index for ``source`` plus the referrers fallback tag listing it."""
-    parsed = parse(source)
-    async with RegistryClient() as client:
-        manifest = await client.get_manifest(parsed)
-        assert isinstance(manifest, Manifest)
-        subject = Descriptor(manifest.media_type, manifest.digest, len(manifest.raw))
-        raw = soci.soci_index(ztocs, "test", subject=subject)
-        repo = parsed.repository
-        await upload_bytes(client, repo, soci.EMPTY_JSON)
-        digest = await client.put_manifest(repo, _sha(raw), raw, mt.OCI_MANIFEST)
-        listing = dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": mt.OCI_INDEX,
-                "manifests": [
-                    {
-                        "mediaType": mt.OCI_MANIFEST,
-                        "artifactType": soci.SOCI_INDEX_V1,
-                        "digest": digest,
-                        "size": len(raw),
-                    }
-                ],
-            }
-        )
-        await client.put_manifest(repo, soci.fallback_tag(manifest.digest), listing, mt.OCI_INDEX)
-        return digest
-
-
-def _sha(raw: bytes) -> str:
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
 def test_discovery_v2_v1_and_reading_spans(registry: RegistryServer, repo_name: str) -> None:
     layers, files = cog_image(_weights(600 * KiB))
     base = f"{registry.host}/{repo_name}"
@@ -288,7 +255,7 @@ def test_discovery_v2_v1_and_reading_spans(registry: RegistryServer, repo_name: 
     assert found is not None and (found.version, found.how) == (2, "annotation")
     assert found.index.digest == top["manifests"][1]["digest"]
 
-    v1_digest = trio.run(_publish_v1, f"{base}:v1", found.index.data["layers"])
+    v1_digest = trio.run(publish_soci_v1, f"{base}:v1", found.index.data["layers"])
     found_v1 = trio.run(_find, f"{base}:v1")
     assert found_v1 is not None and (found_v1.version, found_v1.how) == (1, "referrers-tag")
     assert found_v1.index.digest == v1_digest
@@ -374,7 +341,7 @@ def test_a_hostile_published_ztoc_is_refused_and_rebuilt(
             soci.SPAN_SIZE: str(SPAN),
         },
     }
-    trio.run(_publish_v1, source, [zdesc])
+    trio.run(publish_soci_v1, source, [zdesc])
     found = trio.run(_find, source)
     assert found is not None and found.version == 1  # discovered, then judged
 
@@ -441,7 +408,7 @@ def test_layers_shows_which_layers_have_a_ztoc(registry: RegistryServer, repo_na
     assert "zTOC (SOCI v2)" in table[-2]  # the weights row, above the total
     assert "zTOC" not in table[3]
 
-    trio.run(_publish_v1, source, index["layers"])
+    trio.run(publish_soci_v1, source, index["layers"])
     v1 = json.loads(run_cli("layers", "--json", source).stdout)
     assert v1["layers"][2]["toc"]["index"] == "SOCI v1"
     assert v1["layers"][2]["toc"]["foundBy"] == "referrers-tag"
