@@ -12,6 +12,7 @@ from r8imfs.oci import reference
 from r8imfs.oci.manifest import Platform
 from r8imfs.oci.reference import Reference
 from r8imfs.ops.common import Context, Pushed, choose_destination
+from r8imfs.ops.layerstream import DEFAULT_LEVEL
 from r8imfs.registry.client import ClientOptions, RegistryClient
 
 
@@ -85,3 +86,15 @@ def parse_size(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError("a size must be positive")
     return value
+
+
+def add_level(p: argparse.ArgumentParser) -> None:
+    """``--level``: the gzip level of a layer the command writes (affix, commit)."""
+    p.add_argument(
+        "--level",
+        type=int,
+        choices=range(1, 10),
+        default=DEFAULT_LEVEL,
+        metavar="1-9",
+        help=f"gzip level of the new layer (default: {DEFAULT_LEVEL})",
+    )

@@ -11,7 +11,7 @@ from r8imfs.cli import _common
 from r8imfs.engine.tarcheck import DEFAULT_PREFIX
 from r8imfs.errors import UsageError
 from r8imfs.ops.affix import DEFAULT_COMMENT, DEFAULT_CREATED_BY, AffixOptions, affix
-from r8imfs.ops.layerstream import DEFAULT_LEVEL, spool
+from r8imfs.ops.layerstream import spool
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -59,14 +59,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="with a multi-platform base, add the layer to every platform and push an index",
     )
-    p.add_argument(
-        "--level",
-        type=int,
-        choices=range(1, 10),
-        default=DEFAULT_LEVEL,
-        metavar="1-9",
-        help=f"gzip level of the new layer (default: {DEFAULT_LEVEL})",
-    )
+    _common.add_level(p)
     p.set_defaults(run=run)
     return p
 

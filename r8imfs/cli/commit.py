@@ -12,7 +12,6 @@ from r8imfs.errors import UsageError
 from r8imfs.fs import daemon, mountstate
 from r8imfs.oci.reference import Reference
 from r8imfs.ops.commit import CommitOptions, commit
-from r8imfs.ops.layerstream import DEFAULT_LEVEL
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -41,14 +40,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="allow changes outside the weights prefix (they replace or delete image files)",
     )
-    p.add_argument(
-        "--level",
-        type=int,
-        choices=range(1, 10),
-        default=DEFAULT_LEVEL,
-        metavar="1-9",
-        help=f"gzip level of the new layer (default: {DEFAULT_LEVEL})",
-    )
+    _common.add_level(p)
     p.set_defaults(run=run)
     return p
 
