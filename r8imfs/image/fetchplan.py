@@ -73,6 +73,10 @@ DEFAULT_BUDGET = 128 * MiB
 #: A read this close to where the stream's last read ended still counts as
 #: sequential (the kernel's readahead and concurrent FUSE requests reorder).
 SEQUENTIAL_SLACK = 1 * MiB
+#: Units this close in the blob still share a GET (a TOC layer's chunks of
+#: neighbouring files have a tar header's frame between them): the gap's bytes
+#: cost less than a round trip.
+COALESCE_GAP = 16 * 1024
 
 #: ``await fetch(start, end)``: exactly the blob's bytes ``[start, end)``.
 Fetcher = Callable[[int, int], Awaitable[bytes | bytearray]]
@@ -406,7 +410,8 @@ class UnitReader:
         i = head.unit.index + 1
         while i in self._queued:
             unit = self._slots[i].unit
-            if unit.cstart > slots[-1].unit.cend or unit.cend - head.unit.cstart > self.max_range:
+            gap = unit.cstart - slots[-1].unit.cend  # -1: gzip spans share a byte
+            if not -1 <= gap <= COALESCE_GAP or unit.cend - head.unit.cstart > self.max_range:
                 break
             slots.append(self._slots[i])
             i += 1

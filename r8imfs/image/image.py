@@ -36,7 +36,8 @@ from r8imfs import _threads
 from r8imfs.cache.blobcache import BlobCache, BlobReader, BlobSource
 from r8imfs.engine.codecs.layerformat import LayerFormat, Toc, TocLayer, choose
 from r8imfs.engine.codecs.table import codec_for
-from r8imfs.engine.codecs.units import units_for_layer, zran_inflate
+from r8imfs.engine.codecs.tocread import chunk_units
+from r8imfs.engine.codecs.units import Decoder, UnitTable, units_for_layer, zran_inflate
 from r8imfs.engine.decodedcopy import DecodedReader, Pending, worth_keeping
 from r8imfs.engine.entry import Entry
 from r8imfs.engine.indexdb import (
@@ -91,6 +92,8 @@ class LayerFiles:
     #: fetches and decodes units in parallel when the index has a unit table
     units: UnitReader | None = None
     toc: Toc | None = None  # the TOC it is served from, if any
+    #: units a TOC gives it (chunks, spans), each checked by its decoder
+    toc_units: tuple[UnitTable, Decoder | None] | None = None
 
     @property
     def name(self) -> str:
@@ -350,7 +353,8 @@ class _LayerOpener:
         log.info(
             "layer %d (%s): served from its %s (%s)", i, short(desc.digest), toc.kind, toc.source
         )
-        return LayerFiles(i, desc, entries, tree, reader, blob, toc=toc)
+        units = toc_layer.units(name=name)
+        return LayerFiles(i, desc, entries, tree, reader, blob, toc=toc, toc_units=units)
 
 
 async def _open_layer(
@@ -380,8 +384,10 @@ async def _open_layer(
             record=record_path(index_path(cache_dir, desc.digest)),
         )
         index: LayerIndex | None = None
+        units: tuple[UnitTable, Decoder | None] | None = None
         if toc is not None:  # verified chunk by chunk; no index stored (image/toclayer.py)
             entries, reader, streamed = toc.entries, toc.reader, toc.toc_bytes
+            units = chunk_units(toc.reader.index)
         else:
             index, reader, streamed = await _index_layer(
                 client, repo, desc, readat, cache_dir, keep, report, cache.background()
@@ -393,7 +399,7 @@ async def _open_layer(
         if isinstance(exc, R8imfsError):  # say which layer: the mount fails on one line
             exc.message = f"layer {i} ({desc.digest}): {exc.message}"
         raise
-    return LayerFiles(i, desc, tuple(entries), tree, reader, blob, streamed, index)
+    return LayerFiles(i, desc, tuple(entries), tree, reader, blob, streamed, index, toc_units=units)
 
 
 def _toc_readat(client: BlobSource, repo: Repository, desc: Descriptor, blob: BlobReader) -> ReadAt:
@@ -521,19 +527,22 @@ async def _close_all(layers: list[LayerFiles | None]) -> None:
 
 
 def _attach_units(layers: list[LayerFiles], nursery: trio.Nursery, cache: DecodedCache) -> None:
-    """A ``UnitReader`` for each layer whose index has units and that is read from
-    its blob (not from a decoded copy): parallel ranged GETs and decodes."""
+    """A ``UnitReader`` for each layer that has units and is read from its blob (not
+    from a decoded copy): a TOC's chunks or spans, or its index's frames and
+    checkpoint spans. Parallel ranged GETs and decodes."""
     for layer in layers:
         index = layer.layer_index
-        if index is None or layer.streamed or index.decoded is not None:
-            continue
-        found = units_for_layer(
-            index.compression,
-            index.checkpoints,
-            layer.descriptor.size,
-            index.uncompressed_size,
-            span_inflater=zran_inflate,
-        )
+        found = layer.toc_units
+        if found is None:
+            if index is None or layer.streamed or index.decoded is not None:
+                continue
+            found = units_for_layer(
+                index.compression,
+                index.checkpoints,
+                layer.descriptor.size,
+                index.uncompressed_size,
+                span_inflater=zran_inflate,
+            )
         if found is not None:
             table, decode = found
             fetch = layer.blob.fetch_range

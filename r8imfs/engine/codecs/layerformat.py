@@ -37,9 +37,10 @@ from typing import Protocol
 
 from r8imfs.engine.codecs import socireader, ztoc
 from r8imfs.engine.codecs.table import Codec, codec_for
+from r8imfs.engine.codecs.units import Decoder, Unit, UnitTable
 from r8imfs.engine.entry import Entry
 from r8imfs.engine.readat import LayerReader, ReadAt
-from r8imfs.errors import UnsafeLayer
+from r8imfs.errors import CorruptLayer, UnsafeLayer
 
 SOCI_ZTOC = "soci-ztoc"
 
@@ -68,6 +69,11 @@ class TocLayer(Protocol):
     @property
     def block_size(self) -> int:
         """The fetch size that suits its reads (the blob cache's block for it)."""
+        ...
+
+    def units(self, *, name: str) -> tuple[UnitTable, Decoder] | None:
+        """Its independently fetchable pieces (spans, chunks), each with a check, for
+        ``image.fetchplan.UnitReader``; None if it has none (``open_reader`` serves)."""
         ...
 
     def open_reader(self, blob: ReadAt, *, name: str, pool: Executor | None) -> LayerReader:
@@ -117,6 +123,28 @@ class ZtocLayer:
         mean = self.z.compressed_archive_size // max(1, len(self.spans))
         block = 1 << max(0, (mean // 4).bit_length() - 1)
         return max(MIN_BLOCK, min(MAX_BLOCK, block))
+
+    def units(self, *, name: str) -> tuple[UnitTable, Decoder] | None:
+        """One unit per span; decoding checks the span's sha256 before inflating it."""
+        s, usize = self.spans, self.uncompressed_size
+        # spans starting past the tar's end (checkpoints in its trailing zeros) are
+        # never read; the last one read is cut at the tar's end
+        found = [
+            Unit(i, s.cstart[i], s.cend[i], s.ustart[i], min(s.uend[i], usize) - s.ustart[i])
+            for i in range(len(s))
+            if s.ustart[i] < usize or i == 0
+        ]
+        try:
+            table = UnitTable(found, usize)
+        except CorruptLayer:
+            return None  # spans that do not tile the tar: the span reader copes
+        z = self.z
+
+        def decode(unit: Unit, data: bytes | memoryview) -> bytes:
+            out = socireader.verify_and_inflate(z, s, unit.index, data, name)
+            return out if len(out) == unit.usize else out[: unit.usize]
+
+        return table, decode
 
     def open_reader(self, blob: ReadAt, *, name: str, pool: Executor | None) -> LayerReader:
         return socireader.SociLayer(self.z, blob, span_size=self.span_size, name=name, pool=pool)

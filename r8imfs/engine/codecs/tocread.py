@@ -16,8 +16,10 @@ cache, so sequential small reads decode each chunk once.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import io
+import itertools
 import threading
 import zlib
 from collections import OrderedDict
@@ -28,6 +30,7 @@ from typing import Self
 import zstandard
 
 from r8imfs.engine.codecs.toc import Chunk, TocFile, TocIndex, load_toc
+from r8imfs.engine.codecs.units import Decoder, Unit, UnitTable, thread_dctx
 from r8imfs.engine.readat import ReadAt
 from r8imfs.errors import CorruptLayer, DigestMismatch
 
@@ -218,3 +221,76 @@ def open_toc_reader(
     the layer as a plain stream instead."""
     index = load_toc(readat, annotations)
     return None if index is None else TocReader(readat, index, threads=threads)
+
+
+# -- chunks as units, for the parallel fetch scheduler ----------------------------
+
+
+def chunk_units(index: TocIndex) -> tuple[UnitTable, Decoder] | None:
+    """The layer's chunks as ``units.Unit``s over its virtual stream, and a decoder
+    that checks each chunk's sha256 before returning a byte of it.
+
+    ``image.fetchplan.UnitReader`` then fetches chunks with ranged GETs (adjacent
+    ones coalesced), decodes and verifies them on worker threads in parallel, and
+    reads ahead of sequential readers. Chunks that share one compressed member
+    (eStargz ``innerOffset``) become one unit whose output is their pieces in
+    order. None when the chunks do not lie in the blob in TOC order (a producer
+    that reorders them): ``TocReader`` serves such a layer.
+    """
+    groups: list[tuple[TocFile, list[Chunk]]] = []
+    for f in index.files:
+        for c in f.chunks:
+            last = groups[-1] if groups else None
+            if last is not None and c.inner and c.cstart == last[1][0].cstart:
+                last[1].append(c)  # c.inner > 0: a later piece of the same member
+            else:
+                groups.append((f, [c]))
+    units, pieces, pos = [], [], 0
+    for i, (f, chunks) in enumerate(groups):
+        size = sum(c.size for c in chunks)
+        cend = max(c.cend for c in chunks)
+        units.append(Unit(i, chunks[0].cstart, cend, pos, size))
+        pieces.append((f.path, tuple(chunks)))
+        pos += size
+    try:
+        table = UnitTable(units, index.size)
+    except CorruptLayer:
+        return None
+    if any(u.cstart < p.cend for p, u in itertools.pairwise(table)):
+        return None  # overlapping compressed ranges: not independently fetchable
+    return table, functools.partial(_decode_unit, index.codec, tuple(pieces))
+
+
+def _decode_unit(
+    codec: str,
+    pieces: tuple[tuple[str, tuple[Chunk, ...]], ...],
+    unit: Unit,
+    raw: bytes | memoryview,
+) -> bytes:
+    path, chunks = pieces[unit.index]
+    if len(raw) != unit.csize:
+        raise CorruptLayer(f"TOC layer: {path!r}: got {len(raw)} of {unit.csize} bytes")
+    want = max(c.inner + c.size for c in chunks)
+    data = _decode_fast(raw, codec, want)
+    out = []
+    for c in chunks:
+        where = f"{path!r} bytes {c.offset}..{c.offset + c.size}"
+        piece = data[c.inner : c.inner + c.size] if c.inner or len(data) != c.size else data
+        if len(piece) != c.size:
+            raise CorruptLayer(f"TOC layer: {where} decode to {len(piece)} bytes, not {c.size}")
+        got = "sha256:" + hashlib.sha256(piece).hexdigest()
+        if got != c.digest:
+            raise ChunkMismatch(f"TOC layer: {where} hash to {got}, the TOC says {c.digest}")
+        out.append(piece)
+    return out[0] if len(out) == 1 else b"".join(out)
+
+
+def _decode_fast(raw: bytes | memoryview, codec: str, want: int) -> bytes:
+    """``decode``, with one call for the common case: a zstd frame that says its size."""
+    if codec == "zstd" and want > 0:
+        try:
+            if zstandard.frame_content_size(raw) == want:
+                return thread_dctx().decompress(raw, max_output_size=want)
+        except zstandard.ZstdError as exc:
+            raise CorruptLayer(f"TOC layer chunk does not decompress: {exc}") from exc
+    return decode(bytes(raw), codec, want)

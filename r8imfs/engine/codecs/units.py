@@ -157,7 +157,7 @@ def seekable_data_end(readat: ReadAt, size: int | None = None) -> int:
 _local = threading.local()
 
 
-def _dctx() -> zstandard.ZstdDecompressor:
+def thread_dctx() -> zstandard.ZstdDecompressor:
     """One decompression context per thread: zstandard's are not thread-safe."""
     dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
     if dctx is None:
@@ -172,7 +172,7 @@ def decode_zstd(unit: Unit, data: bytes | memoryview) -> bytes:
     """
     if len(data) != unit.csize:
         raise CorruptLayer(f"zstd unit {unit.index}: got {len(data)} of {unit.csize} bytes")
-    dctx = _dctx()
+    dctx = thread_dctx()
     try:
         if zstandard.frame_content_size(data) == unit.usize and unit.usize > 0:
             out = dctx.decompress(data, max_output_size=unit.usize)
