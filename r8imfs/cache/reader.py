@@ -151,7 +151,7 @@ class BlobReader:
         self._check_usable()
         return data
 
-    async def fetch_range(self, start: int, end: int) -> bytes | bytearray:
+    async def fetch_range(self, start: int, end: int, *, keep: bool = True) -> bytes | bytearray:
         """Exactly ``[start, end)`` of the blob, answered from the GET's own bytes.
 
         For ``image.fetchplan.UnitReader``, which asks for whole units
@@ -163,6 +163,11 @@ class BlobReader:
         before (fetched blocks must then match their recorded hashes, so
         whole blocks are fetched and checked first, as ``read`` does), or
         when the registry ignores ``Range`` (the whole blob is streamed in).
+
+        ``keep=False``: what is fetched is not stored (nor recorded, nor hashed):
+        for a bulk sequential read of units that carry their own digests (TOC
+        chunks, SOCI spans), where a copy of the blob would cost a disk write
+        and two hashes per byte for bytes the reader is taking away anyway.
         """
         end = min(end, self.size)
         self._check_usable()
@@ -178,6 +183,8 @@ class BlobReader:
                 return await self._read_present(start, end)
             data = await self._collect(stream, end - start)
         self._check_usable()
+        if not keep:
+            return data
         assert self._nursery is not None
         if self._storing > STORE_BEHIND:  # the disk lags the network: wait for it
             await self._store_behind(start, data)

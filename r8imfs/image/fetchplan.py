@@ -210,6 +210,7 @@ class UnitReader:
         max_window: int = DEFAULT_MAX_WINDOW,
         slack: int = SEQUENTIAL_SLACK,
         on_fetched: Callable[[int, memoryview], None] | None = None,
+        prefetch_fetch: Fetcher | None = None,
     ) -> None:
         if parallel < 2:
             raise ValueError("parallel must be at least 2 (one GET is kept for demand reads)")
@@ -224,6 +225,8 @@ class UnitReader:
         self.max_window = max_window
         self.slack = slack
         self._on_fetched = on_fetched  # e.g. OrderedHash.add: verify a single pass
+        # read-ahead GETs, if they go another way (e.g. past the blob cache)
+        self._prefetch_fetch = prefetch_fetch or fetch
         self._slots: dict[int, _Slot] = {}  # unit index -> slot, until decoded
         self._queued: set[int] = set()
         self._groups: set[_Group] = set()
@@ -423,7 +426,8 @@ class UnitReader:
         try:
             with group.scope:
                 self.requests += 1
-                data = await self._fetch(group.start, group.end)
+                fetch = self._prefetch_fetch if group.prefetch else self._fetch
+                data = await fetch(group.start, group.end)
                 self.bytes_fetched += len(data)
                 if len(data) != group.end - group.start:
                     raise trio.BrokenResourceError(

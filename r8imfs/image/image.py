@@ -545,16 +545,22 @@ def _attach_units(layers: list[LayerFiles], nursery: trio.Nursery, cache: Decode
             )
         if found is not None:
             table, decode = found
-            fetch = layer.blob.fetch_range
+            # A TOC's units are checked one by one: what a sequential reader's
+            # read-ahead fetches goes straight to it, with no copy in the blob
+            # cache (a disk write and two hashes per byte saved); what is read
+            # at random is kept.
+            blob = layer.blob
+            uncached = functools.partial(blob.fetch_range, keep=False)
             layer.units = UnitReader(
                 table,
-                fetch,
+                blob.fetch_range,
                 decode,
                 nursery,
                 cache=cache,
                 key=layer.index,
                 max_window=UNITS_WINDOW,
                 max_range=UNITS_RANGE,
+                prefetch_fetch=uncached if layer.toc_units is not None else None,
             )
 
 

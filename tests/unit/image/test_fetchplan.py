@@ -372,3 +372,37 @@ async def test_stored_units_of_a_plain_tar_are_served_as_fetched() -> None:
         assert await reader.read(5 * U + 3, 4 * U) == BLOB[5 * U + 3 : 9 * U + 3]
         assert await reader.read(len(BLOB) - 20, 100) == BLOB[-20:-7]
         reader.close()
+
+
+async def test_read_ahead_goes_through_the_prefetch_fetcher_demand_does_not() -> None:
+    demand, ahead = Fetcher(), Fetcher()
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(
+            table(), demand, decode, nursery, max_window=4 * U, max_range=U, prefetch_fetch=ahead
+        )
+        stream = reader.stream()
+        for pos in range(0, 3 * U, 500):  # sequential: the window opens
+            assert await stream.read(pos, 500) == PLAIN[pos : pos + 500]
+        await settle()
+        assert demand.calls and ahead.calls
+        assert {start // U for start, _ in demand.calls} <= {0, 1, 2}
+        assert {start // U for start, _ in ahead.calls} >= {3, 4, 5}
+        assert not set(demand.calls) & set(ahead.calls)
+        stream.close()
+        reader.close()
+
+
+async def test_units_a_few_bytes_apart_share_a_get() -> None:
+    """A TOC layer's chunks of two files have a tar header's frame between them."""
+    units = [Unit(0, 0, 900, 0, U), Unit(1, 1000, 1900, U, U), Unit(2, 30_000, 30_900, 2 * U, U)]
+    fetch = Fetcher()
+
+    def ungapped(unit: Unit, data: bytes | memoryview) -> bytes:
+        assert bytes(data) == BLOB[unit.cstart : unit.cend]
+        return bytes(U)
+
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(UnitTable(units, 3 * U), fetch, ungapped, nursery, max_range=10**6)
+        assert await reader.read(0, 3 * U) == bytes(3 * U)
+        assert sorted(fetch.calls) == [(0, 1900), (30_000, 30_900)]
+        reader.close()
