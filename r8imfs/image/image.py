@@ -387,7 +387,7 @@ async def _open_layer(
         units: tuple[UnitTable, Decoder | None] | None = None
         if toc is not None:  # verified chunk by chunk; no index stored (image/toclayer.py)
             entries, reader, streamed = toc.entries, toc.reader, toc.toc_bytes
-            units = chunk_units(toc.reader.index)
+            units = await _threads.run_sync(chunk_units, toc.reader.index)
         else:
             index, reader, streamed = await _index_layer(
                 client, repo, desc, readat, cache_dir, keep, report, cache.background()

@@ -61,7 +61,19 @@ from r8imfs.registry.upload import upload_stream  # noqa: E402
 from tests.helpers.counting_proxy import start_counting_proxy  # noqa: E402
 from tests.helpers.registry import start_registry  # noqa: E402
 from tools.bench import report  # noqa: E402
-from tools.bench.common import R8IMFS, KiB, MiB, Row, Section, load_average, note, rate, run, stat  # noqa: E402
+from tools.bench.common import (  # noqa: E402
+    R8IMFS,
+    KiB,
+    MiB,
+    Row,
+    Section,
+    compile_package,
+    load_average,
+    note,
+    rate,
+    run,
+    stat,
+)
 from tools.bench.context import Bench, child_env  # noqa: E402
 from tools.bench.image import MANIFEST_TYPE  # noqa: E402
 from tools.bench.image import REPO as IMAGE_REPO  # noqa: E402
@@ -331,6 +343,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    compile_package()
     args = parse_args(argv)
     machine = report.Machine()
     work = Path(tempfile.mkdtemp(prefix="r8imfs-lazy-", dir=args.workdir))

@@ -41,7 +41,7 @@ from tools.bench import (  # noqa: E402
     socimount,
     tables,
 )
-from tools.bench.common import GiB, MiB, Row, Section, load_average, note  # noqa: E402
+from tools.bench.common import GiB, MiB, Row, Section, compile_package, load_average, note  # noqa: E402
 from tools.bench.context import Bench, child_env  # noqa: E402
 
 AREAS = ("extract", "engine", "mount", "mutate", "soci")
@@ -185,6 +185,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    compile_package()
     args = parse_args(argv)
     if args.render_from:
         results = json.loads(args.render_from.read_text())

@@ -43,7 +43,7 @@ from tests.helpers.counting_proxy import CountingProxy, start_counting_proxy  # 
 from tests.helpers.registry import start_registry  # noqa: E402
 from tests.helpers.tocproducers import containerd, ctr_remote_convert, write_layout  # noqa: E402
 from tools.bench import image  # noqa: E402
-from tools.bench.common import MiB, load_average  # noqa: E402
+from tools.bench.common import MiB, compile_package, load_average  # noqa: E402
 
 PY = [sys.executable, "-m", "r8imfs", "-q"]
 
@@ -163,6 +163,7 @@ def old_tree(work: Path, rev: str) -> Path:
 
 
 def main() -> None:
+    compile_package()
     p = argparse.ArgumentParser()
     p.add_argument("--files", type=int, default=8000)
     p.add_argument("--tar-mb", type=int, default=140)
