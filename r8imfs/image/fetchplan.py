@@ -53,6 +53,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import traceback
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -425,6 +426,9 @@ class UnitReader:
                         f"fetch gave {len(data)} of {group.end - group.start} bytes"
                     )
         except Exception as exc:  # a fetch error fails its units' reads, nothing more
+            # it outlives this frame (its slots keep it for their readers): the
+            # frames it went through let go of their locals, a failed GET's buffer too
+            traceback.clear_frames(exc.__traceback__)
             error, data = exc, None
         finally:
             self._groups.discard(group)

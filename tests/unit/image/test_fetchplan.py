@@ -418,3 +418,24 @@ async def test_what_reads_are_done_with_goes_without_the_cyclic_gc(decoder: Deco
         assert [r for r in buffers if r() is not None] == []
         assert [o for o in gc.get_objects() if isinstance(o, _Slot)] == []
         reader.close()
+
+
+@pytest.mark.usefixtures("no_cyclic_gc")
+async def test_a_failed_get_lets_go_of_its_buffer() -> None:
+    """The error a failed GET leaves its readers does not keep the buffer the
+    GET was filling (its traceback's frames are cleared)."""
+    buffers: list[weakref.ref[Watched]] = []
+
+    async def fetch(start: int, end: int) -> bytes:
+        buf = Watched(end - start)
+        buffers.append(weakref.ref(buf))
+        await trio.lowlevel.checkpoint()
+        raise TransportError(f"connection reset after {len(buf) // 2} bytes")
+
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery)
+        with pytest.raises(TransportError):
+            await reader.read(0, 2 * U)
+        await settle()
+        assert len(buffers) == 1 and buffers[0]() is None
+        reader.close()
