@@ -53,6 +53,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import traceback
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -434,9 +435,17 @@ class UnitReader:
                         f"fetch gave {len(data)} of {group.end - group.start} bytes"
                     )
         except Exception as exc:  # a fetch error fails its units' reads, nothing more
+            # it outlives this frame (its slots keep it for their readers): the
+            # frames it went through let go of their locals, a failed GET's buffer too
+            traceback.clear_frames(exc.__traceback__)
             error, data = exc, None
         finally:
             self._groups.discard(group)
+            for slot in group.slots:
+                # slot.group <-> group.slots is a reference cycle: left in place, a
+                # finished slot and its decoded unit live until the cyclic GC's next
+                # full pass, far past the cache's budget (issue 12: +100-370 MB RSS)
+                slot.group = None
             if data is None:  # failed, cancelled, or the nursery is going away
                 for slot in group.slots:
                     self._finish(slot, error)
