@@ -298,3 +298,35 @@ def test_extract_refuses_a_corrupted_span(tmp_path: Path) -> None:
         assert not list(tmp_path.glob(".w.tar.*"))
     finally:
         server.stop()
+
+
+def test_a_pinned_ztoc_stands_for_the_blob_digest_a_v1_one_does_not(tmp_path: Path) -> None:
+    """SOCI v2 pins the zTOC by the manifest: its verified spans (and checkpoints,
+    checked against the data) are the layer, so the blob digest is not computed.
+    Changed bytes no span covers (the gzip header's MTIME) then change nothing;
+    through a v1 index, or without SOCI, the blob digest catches them."""
+    server = start_registry(tmp_path / "registry", "open")
+    try:
+        ref, expected = _soci_image(server, "soci/pinned")
+        layers = _soci_index_layers(ref)
+        trio.run(publish_soci_v1, ref, layers)  # the same zTOCs, for the plain manifest
+        layer = layers[-1]["annotations"]["com.amazon.soci.image-layer-digest"]
+        hexd = str(layer).split(":", 1)[1]
+        blob = server.workdir / "storage/docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+        data = bytearray(blob.read_bytes())
+        data[4:8] = b"\x01\x02\x03\x04"  # gzip MTIME
+        blob.write_bytes(bytes(data))
+
+        proc = cli("extract", "-v", f"{ref}-soci", "--dir", str(tmp_path / "v2"))
+        assert proc.returncode == 0, proc.stderr
+        assert "inflated in parallel" in proc.stderr
+        assert _files_under(tmp_path / "v2") == expected
+
+        for args, where in (([ref], "v1"), (["--no-soci", f"{ref}-soci"], "plain")):
+            proc = cli("extract", "-v", *args, "--dir", str(tmp_path / where))
+            assert proc.returncode == 1, (where, proc.stderr)
+            assert f"blob {layer} is corrupt" in proc.stderr, (where, proc.stderr)
+            assert ("SOCI v1 index" in proc.stderr) == (where == "v1"), proc.stderr
+            assert not _files_under(tmp_path / where)
+    finally:
+        server.stop()
