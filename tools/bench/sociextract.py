@@ -103,11 +103,11 @@ def main() -> int:
         print(f"\nweights layer {img.weights.size / 2**20:.0f} MiB gzip, {mib:.0f} MiB tar; "
               f"{os.cpu_count()} cores")  # fmt: skip
         for label, runs in results.items():
-            wall, cpu = stat([r[0] for r in runs]), stat([r[1] for r in runs])
+            walls, cpus = stat([r[0] for r in runs]), stat([r[1] for r in runs])
             loads = ", ".join(r[2].split()[0] for r in runs)
             print(
-                f"{label:30s} wall {wall.fmt()}  cpu {cpu.fmt()}  "
-                f"{peer_wall / wall.median:.2f}x the peer  (load at start: {loads})"
+                f"{label:30s} wall {walls.fmt()}  cpu {cpus.fmt()}  "
+                f"{peer_wall / walls.median:.2f}x the peer  (load at start: {loads})"
             )
         if args.hold:
             print(f"\nholding: {ref} (blob {img.weights.path}); Ctrl-C ends", flush=True)

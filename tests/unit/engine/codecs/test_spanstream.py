@@ -105,7 +105,9 @@ def test_decoded_hands_on_whole_spans_and_every_byte_is_seen(
     with ThreadPoolExecutor(2) as pool:
         f = SpanInflater(io.BytesIO(blob), z, spans, pool=pool, on_bytes=seen.update)
         pieces = list(f.decoded())
-    assert [len(p) for p in pieces] == [e - s for s, e in zip(spans.ustart, spans.uend)]
+    assert [len(p) for p in pieces] == [
+        e - s for s, e in zip(spans.ustart, spans.uend, strict=True)
+    ]
     assert b"".join(pieces) == tar[: z.uncompressed_archive_size]
     assert seen.hexdigest() == hashlib.sha256(blob).hexdigest()
 
