@@ -95,7 +95,7 @@ class SpanInflater(io.RawIOBase):
         self._gzip = z.compression != ztoc.UNCOMPRESSED
         self._next = 0  # next span to submit
         self._pending: deque[Future[bytearray | bytes]] = deque()
-        self._prev: bytearray | bytes = b""  # the span submitted last, compressed
+        self._prev = b""  # the span submitted last, compressed
         self._tail = bytes(zran.WINDOW)  # the last WINDOW bytes handed on, zero-padded
         self._handed = 0  # decoded spans handed on
         self._out: memoryview = memoryview(b"")  # the decoded span being read, from _pos
@@ -183,17 +183,15 @@ class SpanInflater(io.RawIOBase):
             i = self._next
             start, end = spans.cstart[i], spans.cend[i]
             if i == 0 and self._gzip:
-                header = self._source.read_into(bytearray(start), 0)
+                header = self._source.take(start)
                 if zran.gzip_header_end(header) != start or spans.checkpoints[0].bits:
                     raise ZtocMismatch(
                         f"{self._name}: the gzip header does not end where the zTOC's "
                         f"first checkpoint is (byte {start})"
                     )
-            buf = bytearray(end - start)
             overlap = self._source.pos - start  # the partial byte shared with span i-1
-            if overlap:
-                buf[:overlap] = memoryview(self._prev)[len(self._prev) - overlap :]
-            self._source.read_into(buf, overlap)
+            head = memoryview(self._prev)[len(self._prev) - overlap :] if overlap else None
+            buf = self._source.take(end - start - overlap, head)
             following = spans.checkpoints[i + 1] if self._gzip and i + 1 < len(spans) else None
             task = self._pool.submit(
                 _verify_and_inflate, self._z, spans, i, buf, following, self._name
@@ -226,20 +224,21 @@ class _Source:
             self._on_bytes(self._view)
         return True
 
-    def read_into(self, buf: bytearray, at: int) -> bytearray:
-        """Fill ``buf[at:]`` from the stream; ``buf``."""
-        dest = memoryview(buf)
-        while at < len(buf):
+    def take(self, n: int, head: memoryview | None = None) -> bytes:
+        """The next ``n`` bytes of the stream (after ``head``, if given) as one
+        buffer: the chunks' pieces joined, one copy, no zero-filling first."""
+        parts = [head] if head is not None else []
+        while n:
             if not self._view and not self._chunk():
                 raise BlobSizeMismatch(
                     f"{self._name}: the blob ends at {self.pos} bytes, its zTOC says {self._size}"
                 )
-            n = min(len(self._view), len(buf) - at)
-            dest[at : at + n] = self._view[:n]
-            self._view = self._view[n:]
-            at += n
-            self.pos += n
-        return buf
+            piece = self._view[:n]
+            self._view = self._view[len(piece) :]
+            parts.append(piece)
+            n -= len(piece)
+            self.pos += len(piece)
+        return b"".join(parts)
 
     def drain(self, *, check: bool = True) -> None:
         """Read to the end: the blob must be exactly as long as the zTOC says
@@ -260,7 +259,7 @@ def _verify_and_inflate(
     z: ztoc.Ztoc,
     spans: ztoc.Spans,
     i: int,
-    data: bytearray,
+    data: bytes,
     following: zran.Checkpoint | None,
     name: str,
 ) -> bytearray | bytes:
