@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -330,3 +331,43 @@ def test_a_pinned_ztoc_stands_for_the_blob_digest_a_v1_one_does_not(tmp_path: Pa
             assert not _files_under(tmp_path / where)
     finally:
         server.stop()
+
+
+async def _upload_lying_ztoc(ref: str, good: dict[str, Any]) -> dict[str, Any]:
+    """The weights layer's zTOC with one checkpoint window reversed (span digests
+    intact), uploaded; its descriptor, annotations as ``good``'s."""
+    from r8imfs.engine.codecs import ztoc
+    from r8imfs.oci.reference import parse
+    from r8imfs.registry.client import RegistryClient
+    from r8imfs.registry.upload import upload_bytes
+
+    repo = parse(ref).repository
+    async with RegistryClient() as client:
+        async with client.open_blob(repo, good["digest"]) as blob:
+            data = b"".join([chunk async for chunk in blob.chunks()])
+        z = ztoc.decode(data)
+        span_size, cps = ztoc.decode_gzip_zinfo(z.checkpoints)
+        cps[2] = dataclasses.replace(cps[2], window=bytes(reversed(cps[2].window)))
+        lying = ztoc.encode(
+            dataclasses.replace(z, checkpoints=ztoc.encode_gzip_zinfo(span_size, cps))
+        )
+        digest = (await upload_bytes(client, repo, lying)).digest
+    return {**good, "digest": digest, "size": len(lying)}
+
+
+def test_a_ztoc_that_does_not_fit_its_layer_is_caught_and_the_layer_streamed(
+    registry: RegistryServer, repo_name: str, tmp_path: Path
+) -> None:
+    """A v1 zTOC whose span digests are right but whose checkpoint window lies:
+    the window check catches it (never wrong bytes), the layer is extracted
+    the plain way, what the span path wrote taken back."""
+    ref, expected = _soci_image(registry, repo_name)
+    good = _soci_index_layers(ref)
+    lying = trio.run(_upload_lying_ztoc, ref, good[-1])
+    trio.run(publish_soci_v1, ref, [*good[:-1], lying])
+    proc = cli("extract", "-v", ref, "--dir", str(tmp_path / "d"))
+    assert proc.returncode == 0, proc.stderr
+    assert "SOCI v1 index" in proc.stderr and "inflated in parallel" in proc.stderr
+    assert "its zTOC does not fit the layer" in proc.stderr
+    assert "checkpoint 2's window is not the 32 KiB decoded before it" in proc.stderr
+    assert _files_under(tmp_path / "d") == expected
