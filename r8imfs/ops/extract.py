@@ -81,7 +81,7 @@ from r8imfs.oci.reference import Repository
 from r8imfs.ops.extractunits import UnitsFailed, extract_by_units
 from r8imfs.ops.tocextract import extract_via_toc
 from r8imfs.registry.client import Image, RegistryClient
-from r8imfs.registry.referrers import fetch_ztoc
+from r8imfs.registry.referrers import FoundIndex, fetch_ztoc
 
 log = logging.getLogger("r8imfs.ops")
 
@@ -505,12 +505,14 @@ async def extract(
     layers = pair_layers(image.manifest, image.config)
     first, fallback = weights_candidates(layers)
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="soci-span")
+    repo = image.reference.repository
     try:
-        ztocs = await _ztocs(client, image, [*first, *fallback], pool) if soci else {}
+        found = await soci_index(client, repo, image.manifest) if soci else None
         for group in (first, fallback):
+            # a group's zTOCs only when it is reached (the fallback rarely is), at once
+            ztocs = await _ztocs(client, image, found, group, pool) if found else {}
             names: list[str] = []
             for layer in group:
-                repo = image.reference.repository
                 toc = await extract_via_toc(client, repo, layer, sink, weights_name, on_file)
                 if toc is not None:  # only the weights' chunks, each verified (ops/tocextract)
                     names += toc
@@ -610,40 +612,49 @@ async def _extract_layer(
 
 
 async def _ztocs(
-    client: RegistryClient, image: Image, layers: list[Layer], pool: Executor
+    client: RegistryClient, image: Image, found: FoundIndex, layers: list[Layer], pool: Executor
 ) -> dict[str, _Spans]:
-    """Validated zTOCs of the layers that may hold weights, by layer digest."""
+    """Validated zTOCs of ``layers``, by layer digest, fetched all at once."""
     repo = image.reference.repository
-    found = await soci_index(client, repo, image.manifest)
-    if found is None:
-        return {}
     # v2 only when found through the manifest's own annotation: pinned by its digest
     pinned = found.version == 2 and found.how == "annotation"
     refs = found.ztocs
-    out: dict[str, _Spans] = {}
-    for layer in layers:
-        desc = layer.descriptor
-        ref = refs.get(desc.digest)
-        if ref is None or desc.digest in out:
-            continue
+    wanted = {x.descriptor.digest: x for x in layers if x.descriptor.digest in refs}
+    got: dict[str, tuple[ztoc.Ztoc, ztoc.Spans] | R8imfsError] = {}
+
+    def check(data: bytes, size: int, span_size: int | None) -> tuple[ztoc.Ztoc, ztoc.Spans]:
+        z = ztoc.decode(data)
+        return z, ztoc.validate(z, size, span_size)
+
+    async def one(layer: Layer) -> None:
+        desc, ref = layer.descriptor, refs[layer.descriptor.digest]
         try:
             data = await fetch_ztoc(client, repo, ref)
-            z = await run_sync(ztoc.decode, data)
-            spans = await run_sync(ztoc.validate, z, desc.size, ref.span_size)
+            got[desc.digest] = await run_sync(check, data, desc.size, ref.span_size)
         except R8imfsError as exc:
+            got[desc.digest] = exc
+
+    async with trio.open_nursery() as nursery:
+        for layer in wanted.values():
+            nursery.start_soon(one, layer)
+    out: dict[str, _Spans] = {}
+    for digest, layer in wanted.items():  # in layer order, for the log
+        ref, result = refs[digest], got[digest]
+        if isinstance(result, R8imfsError):
             log.warning(
                 "layer %d (%s): zTOC %s is not usable: %s; inflating the layer on one core",
                 layer.index,
-                short(desc.digest),
+                short(digest),
                 short(ref.digest),
-                exc.message,
+                result.message,
             )
             continue
-        out[desc.digest] = _Spans(z, spans, pool, pinned)
+        z, spans = result
+        out[digest] = _Spans(z, spans, pool, pinned)
         log.info(
             "layer %d (%s): %d spans, inflated in parallel through zTOC %s",
             layer.index,
-            short(desc.digest),
+            short(digest),
             len(spans),
             short(ref.digest),
         )
