@@ -150,3 +150,22 @@ def test_a_blob_longer_than_its_ztoc_is_an_error(
         next(iter(g.decoded()))
         with pytest.raises(BlobSizeMismatch):
             g.finish()  # stopping early still reads (and measures) the rest
+
+
+@pytest.mark.parametrize("span", [8 * 1024, 64 * 1024])
+def test_members_and_spans_shorter_than_a_window_pass_the_checks(span: int) -> None:
+    """Checkpoints across gzip member boundaries (pigz-like), and spans shorter
+    than 32 KiB (each window then reaches over several spans)."""
+    tar = big_tar(1 * MiB, seed=9)
+    cuts = [0, 200_000, 200_001, 650_000, len(tar)]
+    blob = b"".join(
+        gzip.compress(tar[a:b], compresslevel=level, mtime=0)
+        for a, b, level in zip(cuts[:-1], cuts[1:], (6, 1, 0, 9), strict=True)
+    )
+    z = ztocbuild.build_gzip(io.BytesIO(blob), span_size=span)
+    spans = ztoc.validate(z, len(blob))
+    assert len(spans) > 10
+    with ThreadPoolExecutor(2) as pool:
+        f = SpanInflater(io.BytesIO(blob), z, spans, pool=pool)
+        out = b"".join(f.decoded())
+    assert out == tar[: len(out)] and len(out) >= z.uncompressed_archive_size
