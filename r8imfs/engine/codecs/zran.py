@@ -25,7 +25,11 @@ skips the 8-byte trailer and switches to gzip mode for the members after.
 Speed: output goes into one large buffer that slides (its last 32 KiB are
 moved to the front when full), so a checkpoint's window is a slice, and each
 libz call gets megabytes. ctypes drops the GIL around every foreign call, so
-several threads inflate at once.
+several threads inflate at once. Resuming (``inflate_into``) reads the
+compressed bytes where they are and writes straight into the caller's
+buffer (``_Pinned``: the buffer protocol, no ``bytes()`` copies), and can
+check that a span ends exactly at the next checkpoint (``end``), which is
+what lets ``spanstream`` verify a whole zTOC against its data.
 """
 
 from __future__ import annotations
