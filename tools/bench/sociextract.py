@@ -12,7 +12,8 @@ each: ``r8imfs extract REF-soci --dir`` (spans in parallel),
 the weights blob). Each row gives wall time (median, min–max) and the CPU
 time of the command and its children (user + system, from ``wait4``), with
 the load average before each run. ``--hold`` keeps the registry up after
-the runs and prints the references, for profiling by hand (Ctrl-C ends it).
+the runs and prints the references, for profiling by hand (Ctrl-C or
+SIGTERM ends it, and stops the registry).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,6 +57,9 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--hold", action="store_true")
     args = ap.parse_args()
+    # started in the background, SIGINT may be ignored: make both signals end us cleanly
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     work = Path(tempfile.mkdtemp(prefix="r8imfs-socix-", dir=args.workdir))
     registry = start_registry(work / "registry", "open")
     try:
