@@ -103,7 +103,13 @@ def main() -> int:
                 note(f"{label} {i + 1}/{args.repeat}")
                 wall, cpu = fn()
                 results[label].append((wall, cpu, load))
-        peer_wall = stat([r[0] for r in results["peer: skopeo copy + tar -xzf"]]).median
+        if args.repeat < 1:
+            results.clear()  # nothing measured: --hold only
+        peer_wall = (
+            1.0
+            if not results
+            else stat([r[0] for r in results["peer: skopeo copy + tar -xzf"]]).median
+        )
         mib = img.weights.usize / 2**20
         print(f"\nweights layer {img.weights.size / 2**20:.0f} MiB gzip, {mib:.0f} MiB tar; "
               f"{os.cpu_count()} cores")  # fmt: skip
