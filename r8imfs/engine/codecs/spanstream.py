@@ -24,7 +24,9 @@ costs, and nothing more (these passes are most of ``extract``'s CPU):
 inflated to its end and one step more: the stream must stand exactly at the
 next checkpoint (a block boundary, its compressed offset and bit count), and
 that checkpoint's 32 KiB window must equal the last 32 KiB actually decoded
-before it; the first checkpoint must be where the gzip header ends. By
+before it; the first checkpoint must be where the gzip header ends; the last
+span is inflated to the stream's end, which must hold only zeros (the tar's
+padding) after the size the zTOC gives. By
 induction the tar handed on is then the gzip stream's own decoding of the
 bytes the span digests cover, whatever else the zTOC claims: a lying
 window, offset or size is a ``CorruptLayer``, never wrong bytes. Only the
@@ -276,7 +278,8 @@ def _verify_and_inflate(
         return data
     out = bytearray(spans.uend[i] - spans.ustart[i])
     try:
-        made = zran.inflate_into(spans.checkpoints[i], data, out, end=following)
+        last = i + 1 == len(spans)
+        made = zran.inflate_into(spans.checkpoints[i], data, out, end=following, to_end=last)
     except CorruptLayer as exc:
         raise ZtocMismatch(f"{name}: span {i}: {exc.message}") from exc
     if made != len(out):

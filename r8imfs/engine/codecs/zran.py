@@ -396,6 +396,7 @@ def inflate_into(
     out: bytearray,
     *,
     end: Checkpoint | None = None,
+    to_end: bool = False,
 ) -> int:
     """Inflate from ``cp`` straight into ``out`` until it is full or the stream
     ends; the bytes made. ``data`` (the compressed stream from ``cp.start`` on)
@@ -408,6 +409,11 @@ def inflate_into(
     that inflates every span of a stream, checks each span against the next
     checkpoint and each window against the output before it
     (``spanstream``) then gets the stream's own bytes whatever the zTOC says.
+
+    With ``to_end`` (the last span), also check that what the stream holds
+    after ``out`` is zeros (a tar's padding) up to its end, and that it ends
+    with ``data`` (zero bytes after the last member are tolerated, as gunzip
+    does): a zTOC cannot cut the tar short.
     """
     z = _Inflater(_RAW)
     try:
@@ -420,9 +426,12 @@ def inflate_into(
                 offset = 1
             z.set_dictionary(cp.window)
             with _Pinned(out, writable=True) as (out_base, out_len):
-                got, raw = _run(z, base, length, offset, out_base, out_len, end is not None)
+                exact = end is not None
+                got, raw, ended = _run(z, base, length, offset, out_base, out_len, exact)
                 if end is not None:
                     _check_end(z, base, length, raw, cp, end, got == out_len)
+                if to_end and not ended:
+                    _check_rest(z, base, length, raw)
                 return got
     finally:
         z.close()
@@ -489,9 +498,9 @@ _release_buffer.restype = None
 
 def _run(
     z: _Inflater, base: int, length: int, offset: int, out_base: int, out_len: int, exact: bool
-) -> tuple[int, bool]:
+) -> tuple[int, bool, bool]:
     """Inflate ``length`` bytes at ``base`` (from ``offset``) into ``out_len`` bytes
-    at ``out_base`` until full or the stream ends: (bytes made, still raw).
+    at ``out_base`` until full or the stream ends: (bytes made, still raw, ended).
 
     ``exact``: leave the stream where the output ends. ``Z_NO_FLUSH`` with the
     buffer full at a block's end goes on to decode the next block's header
@@ -505,6 +514,7 @@ def _run(
     z.strm.avail_out = out_len - held
     flush = Z_NO_FLUSH
     raw = True
+    ended = False
     while True:
         if not z.strm.avail_out:
             if not held:
@@ -517,6 +527,7 @@ def _run(
                 consumed += _TRAILER
                 raw = False
             if consumed >= length:
+                ended = True
                 break  # the end of the (last) member
             z.reset(_GZIP_AUTO)
             z.strm.next_in = base + consumed
@@ -525,7 +536,32 @@ def _run(
             if flush == Z_BLOCK and ret != Z_BUF_ERROR and z.strm.data_type & 128:
                 continue  # stopped at a block boundary, with input left to read
             raise CorruptLayer("compressed span ends before the data it should hold")
-    return out_len - held - int(z.strm.avail_out), raw
+    return out_len - held - int(z.strm.avail_out), raw, ended
+
+
+def _check_rest(z: _Inflater, base: int, length: int, raw: bool) -> None:
+    """Inflate what is left of ``data``: zeros only, then the stream's end."""
+    scratch = bytearray(1 << 16)
+    with _Pinned(scratch, writable=True) as (out_base, out_len):
+        while True:
+            z.strm.next_out, z.strm.avail_out = out_base, out_len
+            before = z.strm.avail_in
+            ret = z.inflate(Z_NO_FLUSH)
+            made = out_len - int(z.strm.avail_out)
+            if scratch[:made].strip(b"\0"):
+                raise CorruptLayer("the stream goes on with data after the tar's end")
+            if ret == Z_STREAM_END:
+                consumed = length - int(z.strm.avail_in) + (_TRAILER if raw else 0)
+                raw = False
+                if consumed >= length or not ctypes.string_at(
+                    base + consumed, length - consumed
+                ).strip(b"\0"):
+                    return  # the end of the last member (and zero padding after it)
+                z.reset(_GZIP_AUTO)
+                z.strm.next_in = base + consumed
+                z.strm.avail_in = length - consumed
+            elif not made and z.strm.avail_in == before:
+                raise CorruptLayer("the stream is cut short after the tar's end")
 
 
 def _check_end(

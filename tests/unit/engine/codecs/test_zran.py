@@ -178,3 +178,20 @@ def test_gzip_header_end() -> None:
     with_name = blob[:3] + bytes([blob[3] | 8]) + blob[4:10] + b"model.tar\0" + blob[10:]
     assert zran.gzip_header_end(with_name) == 20
     assert zran.gzip_header_end(blob[:7]) is None
+
+
+def test_the_last_span_must_hold_only_zeros_after_the_tar_up_to_the_stream_end() -> None:
+    raw = big_tar(1 * MiB, seed=8)
+    assert raw.endswith(bytes(1024))
+    blob = _gzip(raw) + bytes(7)  # zeros after the member, as some producers leave
+    b, _ = _build(_gzip(raw), span=128 * 1024)
+    cp = b.checkpoints[-1]
+    tail = blob[cp.start :]
+    tar_end = len(raw) - 1024  # where the end-of-archive blocks begin
+    out = bytearray(tar_end - cp.out)
+    assert zran.inflate_into(cp, tail, out, to_end=True) == len(out)
+    assert out == raw[cp.out : tar_end]
+    with pytest.raises(CorruptLayer, match="goes on with data after the tar's end"):
+        zran.inflate_into(cp, tail, bytearray(tar_end - 5000 - cp.out), to_end=True)
+    with pytest.raises(CorruptLayer):
+        zran.inflate_into(cp, tail[:-20], out, to_end=True)  # the trailer cut off
