@@ -16,9 +16,17 @@ here: each byte moved once.
 When the image has a SOCI index (``image.tocs``), a gzip layer with a usable
 zTOC is still streamed once, but inflated span by span on every core
 (``engine.codecs.spanstream``: each span's digest checked before it is
-inflated, the files written in tar order, the whole blob's digest checked
-as before). A zTOC that cannot be fetched or does not fit its layer is one
-warning, and that layer is inflated the plain way.
+inflated, every checkpoint checked against the data, the files written in
+tar order). Each byte is hashed once: a zTOC named by a SOCI **v2** index is
+pinned by the image manifest (manifest annotation → index → zTOC, each by
+digest), so its span digests are as good as the layer's and the verified
+spans are the blob; the blob's own digest is then not computed. A **v1**
+index is only tied to the image through referrers, which anyone who can
+push may add: its span digests prove nothing, so the whole blob is hashed
+as on the plain path (docs/soci.md, "Trust"). A zTOC that cannot be fetched
+or does not fit its layer is one warning, and that layer is inflated the
+plain way; so is a layer whose zTOC turns out not to describe its verified
+bytes (``ZtocMismatch``), after taking back what it wrote.
 
 A layer that fails to decompress or untar is hashed to its end to tell a
 corrupt blob (its bytes do not hash to its digest: a bad proxy or CDN node,
@@ -36,7 +44,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +56,18 @@ from r8imfs._threads import run_io, run_sync
 from r8imfs.engine.codecs import ztoc
 from r8imfs.engine.codecs.decompress import (
     DECOMPRESSION_ERRORS,
+    BackgroundHash,
     HashingReader,
     chunks_of,
     corrupt,
 )
-from r8imfs.engine.codecs.spanstream import SpanInflater
+from r8imfs.engine.codecs.socireader import SpanDigestMismatch
+from r8imfs.engine.codecs.spanstream import (
+    BlobSizeMismatch,
+    OnBytes,
+    SpanInflater,
+    ZtocMismatch,
+)
 from r8imfs.engine.codecs.table import codec_for
 from r8imfs.engine.safetar import GuardedTarInfo
 from r8imfs.engine.tarindex import ForwardFile
@@ -66,7 +81,7 @@ from r8imfs.oci.reference import Repository
 from r8imfs.ops.extractunits import UnitsFailed, extract_by_units
 from r8imfs.ops.tocextract import extract_via_toc
 from r8imfs.registry.client import Image, RegistryClient
-from r8imfs.registry.referrers import fetch_ztoc
+from r8imfs.registry.referrers import FoundIndex, fetch_ztoc
 
 log = logging.getLogger("r8imfs.ops")
 
@@ -296,13 +311,27 @@ def _body(tf: tarfile.TarFile, tar: ForwardFile, member: tarfile.TarInfo) -> IO[
     return body
 
 
-def _untar_members(stream: IO[bytes], sink: Sink, on_file: OnFile | None) -> list[str]:
-    """The weights files of a decoded tar stream into the sink; their names."""
+class _BytesForwardFile(ForwardFile):
+    """A ``ForwardFile`` whose ``read`` gives ``bytes`` even over ``bytearray``
+    chunks (decoded spans, handed on uncopied): tarfile's header parsing wants
+    bytes. Only headers and skipped bodies go through ``read``; extracted bodies
+    are views (``read_view``)."""
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        return data if type(data) is bytes else bytes(data)
+
+
+def _untar_members(
+    stream: IO[bytes] | Iterator[bytes], sink: Sink, on_file: OnFile | None
+) -> list[str]:
+    """The weights files of a decoded tar (a stream, or its chunks) into the sink;
+    their names."""
     names: list[str] = []
     # tarfile over a forward-only file rather than in stream mode ("r|"),
     # for the headers only: bodies are views of the inflater's own output
     # (``_Body``), not copies through the stream mode's 10 KiB record loop.
-    tar = ForwardFile(chunks_of(stream))
+    tar = _BytesForwardFile(stream if isinstance(stream, Iterator) else chunks_of(stream))
     with tarfile.TarFile(
         fileobj=cast(IO[bytes], tar), mode="r", encoding="utf-8", tarinfo=GuardedTarInfo
     ) as tf:
@@ -333,14 +362,76 @@ def _untar_decoded(tar: IO[bytes], sink: Sink, on_file: OnFile | None) -> list[s
 
 @dataclass(frozen=True, slots=True)
 class _Spans:
-    """A layer's validated zTOC, and the pool its spans inflate on."""
+    """A layer's validated zTOC, the pool its spans inflate on, and whether the
+    image manifest pins it (SOCI v2: its span digests are then trusted)."""
 
     z: ztoc.Ztoc
     spans: ztoc.Spans
     pool: Executor
+    pinned: bool
 
-    def inflate(self, raw: IO[bytes], name: str) -> IO[bytes]:
-        return cast(IO[bytes], SpanInflater(raw, self.z, self.spans, pool=self.pool, name=name))
+
+class ZtocUnusable(R8imfsError):
+    """A zTOC does not describe its layer's (intact) bytes: inflate it the plain way."""
+
+
+def _untar_spans(
+    raw: IO[bytes], layer: Layer, sink: Sink, on_file: OnFile | None, sp: _Spans
+) -> list[str]:
+    """Worker thread: the layer through its zTOC, spans inflated on the pool.
+
+    Pinned (v2): every byte the tar comes from is in a span whose digest the
+    manifest pins, and every checkpoint is checked against the data
+    (``spanstream``), so the blob's digest is not computed: a span that fails
+    its digest is a corrupt blob, as a wrong blob digest is on the plain path.
+    Not pinned (v1): the blob is hashed as well; a zTOC whose spans or
+    checkpoints do not fit an intact blob is ``ZtocUnusable``.
+    """
+    desc = layer.descriptor
+    what = f"layer {layer.index} ({desc.digest})"
+    blob_hash = None if sp.pinned else BackgroundHash()
+    # views of immutable chunks: safe to queue for the hash thread
+    on_bytes = None if blob_hash is None else cast(OnBytes, blob_hash.update)
+    inflater = SpanInflater(raw, sp.z, sp.spans, pool=sp.pool, name=what, on_bytes=on_bytes)
+    try:
+        names = _untar_members(cast(Iterator[bytes], inflater.decoded()), sink, on_file)
+        inflater.finish()
+    except BaseException as exc:
+        sink.abort()
+        inflater.close()
+        if isinstance(exc, (CorruptLayer, tarfile.TarError, SpanDigestMismatch)):
+            raise _bad_spans(layer, inflater, blob_hash, exc) from exc
+        raise
+    if blob_hash is not None:
+        digest = "sha256:" + blob_hash.hexdigest()
+        if digest != desc.digest:
+            sink.abort()
+            raise BlobCorrupt(f"{what}: blob {desc.digest} is corrupt (its bytes hash to {digest})")
+    sink.commit()
+    return names
+
+
+def _bad_spans(
+    layer: Layer, inflater: SpanInflater, blob_hash: BackgroundHash | None, exc: BaseException
+) -> R8imfsError:
+    """What a failure on the span path means: a corrupt blob (retried), a zTOC
+    that does not fit the blob (inflated the plain way) or a bad layer."""
+    digest = layer.descriptor.digest
+    if blob_hash is not None:  # v1: only the blob's own digest tells
+        try:
+            inflater.finish(check=False)  # the rest, hashed on the way
+            intact = "sha256:" + blob_hash.hexdigest() == digest
+        except (OSError, R8imfsError):
+            intact = False
+    else:  # pinned: a span that fails its digest, or a blob of the wrong length, is corrupt
+        intact = not isinstance(exc, (SpanDigestMismatch, BlobSizeMismatch))
+    detail = exc.message if isinstance(exc, R8imfsError) else f"is not a valid tar: {exc}"
+    if not intact:
+        return BlobCorrupt(f"layer {layer.index}: blob {digest} is corrupt ({detail})")
+    if isinstance(exc, (ZtocMismatch, SpanDigestMismatch)):
+        return ZtocUnusable(detail)
+    sep = " " if detail.startswith(("is ", "does ")) else ": "
+    return CorruptLayer(f"layer {layer.index} ({digest}){sep}{detail}")
 
 
 def _untar_weights(
@@ -351,14 +442,12 @@ def _untar_weights(
     spans: _Spans | None = None,
 ) -> list[str]:
     """Worker thread: hash, decompress and untar one layer into the sink."""
+    if spans is not None:
+        return _untar_spans(raw, layer, sink, on_file, spans)
     desc = layer.descriptor
     hashed = HashingReader(raw)
     try:
-        if spans is not None:
-            what = f"layer {layer.index} ({desc.digest})"
-            stream = spans.inflate(cast(IO[bytes], hashed), what)
-        else:
-            stream = codec_for(desc.media_type).inflate(cast(IO[bytes], hashed))
+        stream = codec_for(desc.media_type).inflate(cast(IO[bytes], hashed))
         names = _untar_members(stream, sink, on_file)
         hashed.drain()
     except DECOMPRESSION_ERRORS as exc:
@@ -416,12 +505,14 @@ async def extract(
     layers = pair_layers(image.manifest, image.config)
     first, fallback = weights_candidates(layers)
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="soci-span")
+    repo = image.reference.repository
     try:
-        ztocs = await _ztocs(client, image, [*first, *fallback], pool) if soci else {}
+        found = await soci_index(client, repo, image.manifest) if soci else None
         for group in (first, fallback):
+            # a group's zTOCs only when it is reached (the fallback rarely is), at once
+            ztocs = await _ztocs(client, image, found, group, pool) if found else {}
             names: list[str] = []
             for layer in group:
-                repo = image.reference.repository
                 toc = await extract_via_toc(client, repo, layer, sink, weights_name, on_file)
                 if toc is not None:  # only the weights' chunks, each verified (ops/tocextract)
                     names += toc
@@ -491,6 +582,23 @@ async def _extract_layer(
     try:
         async with client.open_blob(repo, layer.descriptor.digest) as blob:
             return await consume_stream(blob.chunks(), untar)
+    except ZtocUnusable as exc:
+        if not await run_io(sink.rewind):
+            raise CorruptLayer(f"layer {layer.index}: {exc.message}") from exc
+        log.warning(
+            "layer %d (%s): its zTOC does not fit the layer: %s; inflating it on one core",
+            layer.index,
+            short(layer.descriptor.digest),
+            exc.message,
+        )
+        untar = functools.partial(_untar_weights, layer=layer, sink=sink, on_file=on_file)
+        try:
+            async with client.open_blob(repo, layer.descriptor.digest) as blob:
+                return await consume_stream(blob.chunks(), untar)
+        except BlobCorrupt as again:
+            if not await run_io(sink.rewind):
+                raise
+            log.info("%s; fetching it again", again)
     except BlobCorrupt as exc:
         if not await run_io(sink.rewind):
             raise
@@ -504,38 +612,49 @@ async def _extract_layer(
 
 
 async def _ztocs(
-    client: RegistryClient, image: Image, layers: list[Layer], pool: Executor
+    client: RegistryClient, image: Image, found: FoundIndex, layers: list[Layer], pool: Executor
 ) -> dict[str, _Spans]:
-    """Validated zTOCs of the layers that may hold weights, by layer digest."""
+    """Validated zTOCs of ``layers``, by layer digest, fetched all at once."""
     repo = image.reference.repository
-    found = await soci_index(client, repo, image.manifest)
-    if found is None:
-        return {}
+    # v2 only when found through the manifest's own annotation: pinned by its digest
+    pinned = found.version == 2 and found.how == "annotation"
     refs = found.ztocs
-    out: dict[str, _Spans] = {}
-    for layer in layers:
-        desc = layer.descriptor
-        ref = refs.get(desc.digest)
-        if ref is None or desc.digest in out:
-            continue
+    wanted = {x.descriptor.digest: x for x in layers if x.descriptor.digest in refs}
+    got: dict[str, tuple[ztoc.Ztoc, ztoc.Spans] | R8imfsError] = {}
+
+    def check(data: bytes, size: int, span_size: int | None) -> tuple[ztoc.Ztoc, ztoc.Spans]:
+        z = ztoc.decode(data)
+        return z, ztoc.validate(z, size, span_size)
+
+    async def one(layer: Layer) -> None:
+        desc, ref = layer.descriptor, refs[layer.descriptor.digest]
         try:
             data = await fetch_ztoc(client, repo, ref)
-            z = await run_sync(ztoc.decode, data)
-            spans = await run_sync(ztoc.validate, z, desc.size, ref.span_size)
+            got[desc.digest] = await run_sync(check, data, desc.size, ref.span_size)
         except R8imfsError as exc:
+            got[desc.digest] = exc
+
+    async with trio.open_nursery() as nursery:
+        for layer in wanted.values():
+            nursery.start_soon(one, layer)
+    out: dict[str, _Spans] = {}
+    for digest, layer in wanted.items():  # in layer order, for the log
+        ref, result = refs[digest], got[digest]
+        if isinstance(result, R8imfsError):
             log.warning(
                 "layer %d (%s): zTOC %s is not usable: %s; inflating the layer on one core",
                 layer.index,
-                short(desc.digest),
+                short(digest),
                 short(ref.digest),
-                exc.message,
+                result.message,
             )
             continue
-        out[desc.digest] = _Spans(z, spans, pool)
+        z, spans = result
+        out[digest] = _Spans(z, spans, pool, pinned)
         log.info(
             "layer %d (%s): %d spans, inflated in parallel through zTOC %s",
             layer.index,
-            short(desc.digest),
+            short(digest),
             len(spans),
             short(ref.digest),
         )

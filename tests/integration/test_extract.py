@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -298,3 +299,75 @@ def test_extract_refuses_a_corrupted_span(tmp_path: Path) -> None:
         assert not list(tmp_path.glob(".w.tar.*"))
     finally:
         server.stop()
+
+
+def test_a_pinned_ztoc_stands_for_the_blob_digest_a_v1_one_does_not(tmp_path: Path) -> None:
+    """SOCI v2 pins the zTOC by the manifest: its verified spans (and checkpoints,
+    checked against the data) are the layer, so the blob digest is not computed.
+    Changed bytes no span covers (the gzip header's MTIME) then change nothing;
+    through a v1 index, or without SOCI, the blob digest catches them."""
+    server = start_registry(tmp_path / "registry", "open")
+    try:
+        ref, expected = _soci_image(server, "soci/pinned")
+        layers = _soci_index_layers(ref)
+        trio.run(publish_soci_v1, ref, layers)  # the same zTOCs, for the plain manifest
+        layer = layers[-1]["annotations"]["com.amazon.soci.image-layer-digest"]
+        hexd = str(layer).split(":", 1)[1]
+        blob = server.workdir / "storage/docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+        data = bytearray(blob.read_bytes())
+        data[4:8] = b"\x01\x02\x03\x04"  # gzip MTIME
+        blob.write_bytes(bytes(data))
+
+        proc = cli("extract", "-v", f"{ref}-soci", "--dir", str(tmp_path / "v2"))
+        assert proc.returncode == 0, proc.stderr
+        assert "inflated in parallel" in proc.stderr
+        assert _files_under(tmp_path / "v2") == expected
+
+        for args, where in (([ref], "v1"), (["--no-soci", f"{ref}-soci"], "plain")):
+            proc = cli("extract", "-v", *args, "--dir", str(tmp_path / where))
+            assert proc.returncode == 1, (where, proc.stderr)
+            assert f"blob {layer} is corrupt" in proc.stderr, (where, proc.stderr)
+            assert ("SOCI v1 index" in proc.stderr) == (where == "v1"), proc.stderr
+            assert not _files_under(tmp_path / where)
+    finally:
+        server.stop()
+
+
+async def _upload_lying_ztoc(ref: str, good: dict[str, Any]) -> dict[str, Any]:
+    """The weights layer's zTOC with one checkpoint window reversed (span digests
+    intact), uploaded; its descriptor, annotations as ``good``'s."""
+    from r8imfs.engine.codecs import ztoc
+    from r8imfs.oci.reference import parse
+    from r8imfs.registry.client import RegistryClient
+    from r8imfs.registry.upload import upload_bytes
+
+    repo = parse(ref).repository
+    async with RegistryClient() as client:
+        async with client.open_blob(repo, good["digest"]) as blob:
+            data = b"".join([chunk async for chunk in blob.chunks()])
+        z = ztoc.decode(data)
+        span_size, cps = ztoc.decode_gzip_zinfo(z.checkpoints)
+        cps[2] = dataclasses.replace(cps[2], window=bytes(reversed(cps[2].window)))
+        lying = ztoc.encode(
+            dataclasses.replace(z, checkpoints=ztoc.encode_gzip_zinfo(span_size, cps))
+        )
+        digest = (await upload_bytes(client, repo, lying)).digest
+    return {**good, "digest": digest, "size": len(lying)}
+
+
+def test_a_ztoc_that_does_not_fit_its_layer_is_caught_and_the_layer_streamed(
+    registry: RegistryServer, repo_name: str, tmp_path: Path
+) -> None:
+    """A v1 zTOC whose span digests are right but whose checkpoint window lies:
+    the window check catches it (never wrong bytes), the layer is extracted
+    the plain way, what the span path wrote taken back."""
+    ref, expected = _soci_image(registry, repo_name)
+    good = _soci_index_layers(ref)
+    lying = trio.run(_upload_lying_ztoc, ref, good[-1])
+    trio.run(publish_soci_v1, ref, [*good[:-1], lying])
+    proc = cli("extract", "-v", ref, "--dir", str(tmp_path / "d"))
+    assert proc.returncode == 0, proc.stderr
+    assert "SOCI v1 index" in proc.stderr and "inflated in parallel" in proc.stderr
+    assert "its zTOC does not fit the layer" in proc.stderr
+    assert "checkpoint 2's window is not the 32 KiB decoded before it" in proc.stderr
+    assert _files_under(tmp_path / "d") == expected

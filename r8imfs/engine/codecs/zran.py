@@ -25,7 +25,11 @@ skips the 8-byte trailer and switches to gzip mode for the members after.
 Speed: output goes into one large buffer that slides (its last 32 KiB are
 moved to the front when full), so a checkpoint's window is a slice, and each
 libz call gets megabytes. ctypes drops the GIL around every foreign call, so
-several threads inflate at once.
+several threads inflate at once. Resuming (``inflate_into``) reads the
+compressed bytes where they are and writes straight into the caller's
+buffer (``_Pinned``: the buffer protocol, no ``bytes()`` copies), and can
+check that a span ends exactly at the next checkpoint (``end``), which is
+what lets ``spanstream`` verify a whole zTOC against its data.
 """
 
 from __future__ import annotations
@@ -370,7 +374,9 @@ class CheckpointBuilder:
         self._z.close()
 
 
-def inflate_from(cp: Checkpoint, data: bytes | memoryview, skip: int, size: int) -> bytes:
+def inflate_from(
+    cp: Checkpoint, data: bytes | bytearray | memoryview, skip: int, size: int
+) -> bytes:
     """``size`` uncompressed bytes starting ``skip`` bytes after ``cp.out``.
 
     ``data`` holds the compressed stream from ``cp.start`` on (at least up to
@@ -379,43 +385,234 @@ def inflate_from(cp: Checkpoint, data: bytes | memoryview, skip: int, size: int)
     """
     if size <= 0:
         return b""
+    out = bytearray(skip + size)
+    got = inflate_into(cp, data, out)
+    return bytes(memoryview(out)[skip:got]) if got > skip else b""
+
+
+def inflate_into(
+    cp: Checkpoint,
+    data: bytes | bytearray | memoryview,
+    out: bytearray,
+    *,
+    end: Checkpoint | None = None,
+    to_end: bool = False,
+) -> int:
+    """Inflate from ``cp`` straight into ``out`` until it is full or the stream
+    ends; the bytes made. ``data`` (the compressed stream from ``cp.start`` on)
+    is read in place, not copied (see ``_Pinned``).
+
+    With ``end``, the checkpoint that should follow, also check that the
+    output stops exactly there: at a deflate block boundary, at compressed
+    offset ``end.cin`` (relative to ``cp.start`` being ``data``'s first byte)
+    with ``end.bits`` left in the byte before, else ``CorruptLayer``. A reader
+    that inflates every span of a stream, checks each span against the next
+    checkpoint and each window against the output before it
+    (``spanstream``) then gets the stream's own bytes whatever the zTOC says.
+
+    With ``to_end`` (the last span), also check that what the stream holds
+    after ``out`` is zeros (a tar's padding) up to its end, and that it ends
+    with ``data`` (zero bytes after the last member are tolerated, as gunzip
+    does): a zTOC cannot cut the tar short.
+    """
     z = _Inflater(_RAW)
     try:
-        keep = bytes(data)
-        offset = 0
-        if cp.bits:
-            if not keep:
-                raise CorruptLayer("span is empty")
-            z.prime(cp.bits, keep[0] >> (8 - cp.bits))
-            offset = 1
-        z.set_dictionary(cp.window)
-        out = bytearray(skip + size)
-        got = _run(z, keep, offset, out)
-        return bytes(memoryview(out)[skip:got]) if got > skip else b""
+        with _Pinned(data) as (base, length):
+            offset = 0
+            if cp.bits:
+                if not length:
+                    raise CorruptLayer("span is empty")
+                z.prime(cp.bits, ctypes.c_ubyte.from_address(base).value >> (8 - cp.bits))
+                offset = 1
+            z.set_dictionary(cp.window)
+            with _Pinned(out, writable=True) as (out_base, out_len):
+                exact = end is not None
+                got, raw, ended = _run(z, base, length, offset, out_base, out_len, exact)
+                if end is not None:
+                    _check_end(z, base, length, raw, cp, end, got == out_len)
+                if to_end and not ended:
+                    _check_rest(z, base, length, raw)
+                return got
     finally:
         z.close()
 
 
-def _run(z: _Inflater, data: bytes, offset: int, out: bytearray) -> int:
-    """Inflate ``data[offset:]`` into ``out`` until it is full or the stream ends."""
-    base = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+class _Pinned:
+    """A buffer's address for libz, without copying it, for a ``with`` block.
+
+    ``bytes`` give theirs through ``c_char_p``; anything else (``bytearray``,
+    a ``memoryview`` slice, read-only or not) through the buffer protocol
+    (``PyObject_GetBuffer``, released on exit), so a span cut out of a bigger
+    buffer is not copied first (``bytes(data)`` was one more pass over every
+    compressed byte).
+    """
+
+    def __init__(self, data: bytes | bytearray | memoryview, *, writable: bool = False) -> None:
+        self._data = data
+        self._flags = _PyBUF_WRITABLE if writable else _PyBUF_SIMPLE
+        self._view: _PyBuffer | None = None
+
+    def __enter__(self) -> tuple[int, int]:
+        data = self._data
+        if isinstance(data, bytes):
+            return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0, len(data)
+        view = _PyBuffer()
+        if _get_buffer(ctypes.py_object(data), ctypes.byref(view), self._flags) != 0:
+            raise BufferError("a contiguous buffer is needed")  # Python raised it already
+        self._view = view
+        return view.buf or 0, view.len
+
+    def __exit__(self, *exc: object) -> None:
+        if self._view is not None:
+            _release_buffer(ctypes.byref(self._view))
+            self._view = None
+
+
+class _PyBuffer(ctypes.Structure):
+    """CPython's ``Py_buffer`` (stable layout since 3.3)."""
+
+    _fields_ = [  # noqa: RUF012 (ctypes wants a class attribute)
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_PyBUF_SIMPLE = 0
+_PyBUF_WRITABLE = 1
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+_release_buffer.restype = None
+
+
+def _run(
+    z: _Inflater, base: int, length: int, offset: int, out_base: int, out_len: int, exact: bool
+) -> tuple[int, bool, bool]:
+    """Inflate ``length`` bytes at ``base`` (from ``offset``) into ``out_len`` bytes
+    at ``out_base`` until full or the stream ends: (bytes made, still raw, ended).
+
+    ``exact``: leave the stream where the output ends. ``Z_NO_FLUSH`` with the
+    buffer full at a block's end goes on to decode the next block's header
+    (it needs no room), so the last byte is made with ``Z_BLOCK``, which stops
+    at the boundary; one call per span more, not one per block.
+    """
     z.strm.next_in = base + offset
-    z.strm.avail_in = len(data) - offset
-    z.strm.next_out = _address(out) if out else 0
-    z.strm.avail_out = len(out)
+    z.strm.avail_in = length - offset
+    z.strm.next_out = out_base
+    held = 1 if exact and out_len else 0
+    z.strm.avail_out = out_len - held
+    flush = Z_NO_FLUSH
     raw = True
-    while z.strm.avail_out:
-        ret = z.inflate(Z_NO_FLUSH)
+    ended = False
+    while True:
+        if not z.strm.avail_out:
+            if not held:
+                break
+            z.strm.avail_out, held, flush = held, 0, Z_BLOCK
+        ret = z.inflate(flush)
         if ret == Z_STREAM_END:
-            consumed = len(data) - z.strm.avail_in
+            consumed = length - z.strm.avail_in
             if raw:  # a raw inflater leaves the member's trailer unread
                 consumed += _TRAILER
                 raw = False
-            if consumed >= len(data):
+            if consumed >= length:
+                ended = True
                 break  # the end of the (last) member
             z.reset(_GZIP_AUTO)
             z.strm.next_in = base + consumed
-            z.strm.avail_in = len(data) - consumed
+            z.strm.avail_in = length - consumed
         elif z.strm.avail_out and (ret == Z_BUF_ERROR or z.strm.avail_in == 0):
+            if flush == Z_BLOCK and ret != Z_BUF_ERROR and z.strm.data_type & 128:
+                continue  # stopped at a block boundary, with input left to read
             raise CorruptLayer("compressed span ends before the data it should hold")
-    return len(out) - int(z.strm.avail_out)
+    return out_len - held - int(z.strm.avail_out), raw, ended
+
+
+def _check_rest(z: _Inflater, base: int, length: int, raw: bool) -> None:
+    """Inflate what is left of ``data``: zeros only, then the stream's end."""
+    scratch = bytearray(1 << 16)
+    with _Pinned(scratch, writable=True) as (out_base, out_len):
+        while True:
+            z.strm.next_out, z.strm.avail_out = out_base, out_len
+            before = z.strm.avail_in
+            ret = z.inflate(Z_NO_FLUSH)
+            made = out_len - int(z.strm.avail_out)
+            if scratch[:made].strip(b"\0"):
+                raise CorruptLayer("the stream goes on with data after the tar's end")
+            if ret == Z_STREAM_END:
+                consumed = length - int(z.strm.avail_in) + (_TRAILER if raw else 0)
+                raw = False
+                if consumed >= length or not ctypes.string_at(
+                    base + consumed, length - consumed
+                ).strip(b"\0"):
+                    return  # the end of the last member (and zero padding after it)
+                z.reset(_GZIP_AUTO)
+                z.strm.next_in = base + consumed
+                z.strm.avail_in = length - consumed
+            elif not made and z.strm.avail_in == before:
+                raise CorruptLayer("the stream is cut short after the tar's end")
+
+
+def _check_end(
+    z: _Inflater, base: int, length: int, raw: bool, cp: Checkpoint, end: Checkpoint, full: bool
+) -> None:
+    """After a span's output: the stream must be at ``end``'s block boundary.
+
+    ``inflate(Z_BLOCK)`` with no room for output decodes what needs none (the
+    block's end code, a member's trailer and the next member's header) and
+    stops where the next block starts; ``data_type`` then has bit 7 set and
+    the count of bits left in the last byte read.
+    """
+    where = f"span from compressed offset {cp.start} does not end at the next checkpoint"
+    if not full:
+        raise CorruptLayer(f"{where}: its stream ends first")
+    for _ in range(4):  # end code; or member end, trailer, header (then bit 7)
+        dt = z.strm.data_type
+        if dt & 128 and not dt & 64:
+            break
+        ret = z.inflate(Z_BLOCK)
+        if ret == Z_STREAM_END:
+            consumed = length - z.strm.avail_in + (_TRAILER if raw else 0)
+            raw = False
+            if consumed >= length:
+                raise CorruptLayer(f"{where}: its stream ends there")
+            z.reset(_GZIP_AUTO)
+            z.strm.next_in = base + consumed
+            z.strm.avail_in = length - consumed
+    dt = z.strm.data_type
+    at = cp.start + length - int(z.strm.avail_in)
+    if not dt & 128 or dt & 64 or at != end.cin or dt & 7 != end.bits:
+        raise CorruptLayer(
+            f"{where}: it stops at byte {at}, bit {dt & 7}"
+            f"{'' if dt & 128 else ' inside a block'}; the checkpoint says byte {end.cin}, "
+            f"bit {end.bits}"
+        )
+
+
+def gzip_header_end(data: bytes | bytearray | memoryview) -> int | None:
+    """Where the gzip header at the start of ``data`` ends (the first deflate byte);
+    None if ``data`` does not hold a whole header."""
+    z = _Inflater(_GZIP_AUTO)
+    try:
+        with _Pinned(data) as (base, length):
+            z.strm.next_in = base
+            z.strm.avail_in = length
+            z.strm.next_out = base  # never written: Z_BLOCK stops before any output
+            z.strm.avail_out = 0
+            z.inflate(Z_BLOCK)
+            if not z.strm.data_type & 128:
+                return None
+            return length - int(z.strm.avail_in)
+    finally:
+        z.close()

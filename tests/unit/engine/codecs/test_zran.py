@@ -139,3 +139,59 @@ def test_zlib_agrees_on_the_stream_end() -> None:
     blob = _gzip(raw)
     b, out = _build(blob)
     assert out == zlib.decompress(blob, 31)
+
+
+def test_inflate_into_checks_each_span_ends_at_the_next_checkpoint() -> None:
+    parts = [_mixed(21)[:700_000], big_tar(1 * MiB, seed=6), _mixed(22)[:500_000]]
+    blob = b"".join(_gzip(p, level) for p, level in zip(parts, (6, 0, 9), strict=True))
+    raw = b"".join(parts)
+    b, _ = _build(blob, span=64 * 1024)
+    cps = b.checkpoints
+    assert any(cp.bits for cp in cps)
+    view = memoryview(blob)  # read-only slices, read in place
+    for k, (cp, nxt) in enumerate(zip(cps, cps[1:], strict=False)):
+        out = bytearray(nxt.out - cp.out)
+        assert zran.inflate_into(cp, view[cp.start : nxt.cin], out, end=nxt) == len(out)
+        assert out == raw[cp.out : nxt.out], f"span {k}"
+
+
+@pytest.mark.parametrize("lie", ["bits", "cin", "out"])
+def test_inflate_into_refuses_a_checkpoint_that_is_not_where_the_data_stops(lie: str) -> None:
+    raw = big_tar(2 * MiB, seed=7)
+    blob = _gzip(raw)
+    b, _ = _build(blob, span=128 * 1024)
+    cp, nxt = b.checkpoints[2], b.checkpoints[3]
+    size = nxt.out - cp.out
+    if lie == "bits":
+        nxt = zran.Checkpoint(nxt.cin, nxt.out, (nxt.bits + 1) % 8, nxt.window)
+    elif lie == "cin":
+        nxt = zran.Checkpoint(nxt.cin - 1, nxt.out, nxt.bits, nxt.window)
+    else:
+        size -= 1000  # the span said to end 1000 bytes early: inside a block
+    with pytest.raises(CorruptLayer, match="does not end at the next checkpoint"):
+        zran.inflate_into(cp, blob[cp.start : b.checkpoints[3].cin], bytearray(size), end=nxt)
+
+
+def test_gzip_header_end() -> None:
+    blob = gzip.compress(b"x" * 1000, mtime=0)
+    assert zran.gzip_header_end(blob) == 10
+    with_name = blob[:3] + bytes([blob[3] | 8]) + blob[4:10] + b"model.tar\0" + blob[10:]
+    assert zran.gzip_header_end(with_name) == 20
+    assert zran.gzip_header_end(blob[:7]) is None
+
+
+def test_the_last_span_must_hold_only_zeros_after_the_tar_up_to_the_stream_end() -> None:
+    raw = big_tar(1 * MiB, seed=8)
+    assert raw.endswith(bytes(1024))
+    blob = _gzip(raw) + bytes(7)  # zeros after the member, as some producers leave
+    b, _ = _build(_gzip(raw), span=128 * 1024)
+    cp = b.checkpoints[-1]
+    tail = blob[cp.start :]
+    tar_end = len(raw) - 1024  # where the end-of-archive blocks begin
+    out = bytearray(tar_end - cp.out)
+    assert zran.inflate_into(cp, tail, out, to_end=True) == len(out)
+    assert out == raw[cp.out : tar_end]
+    with pytest.raises(CorruptLayer, match="goes on with data after the tar's end"):
+        zran.inflate_into(cp, tail, bytearray(tar_end - 5000 - cp.out), to_end=True)
+    with pytest.raises(CorruptLayer):
+        zran.inflate_into(cp, tail[:-20], out, to_end=True)  # the trailer cut off
