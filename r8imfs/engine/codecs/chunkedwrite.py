@@ -16,10 +16,20 @@ False): the rest of the stream passes through in plain ``frame_size`` slices
 and the writer leaves the TOC out, so the blob is plain seekable zstd. Never
 a wrong TOC.
 
-Hashing: a body that fits one chunk is hashed in the compression worker (its
-digest is both the file's and the chunk's); longer bodies are hashed here in
-order, and their chunks in the workers. The tar-split needs a CRC-64/ISO of
-every body (``fastcrc``: many GB/s, without the GIL).
+Chunk boundaries are free in zstd:chunked (each chunk has its own offset and
+digest in the TOC), so a ``*.safetensors`` body's first chunk ends right after
+its header (8 bytes of little-endian length N, then N bytes of JSON) when that
+is sane: listing a model's tensors through a mount (``safe_open``) then fetches
+one small chunk. GGUF headers are not cut out: their end is known only after
+parsing every metadata value and tensor record (a tokenizer's vocabulary can
+make that megabytes of variable-length records), which is not cheap here.
+
+Hashing, each byte as few times as the format needs: the tar (the diff_id)
+as ``_Buffered`` reads it, 1 MiB at a time; a body that fits one chunk in the
+compression worker (its digest is both the file's and the chunk's); a longer
+body here in order (the file's digest) and its chunks in the workers. The
+tar-split needs a CRC-64/ISO of every body (``fastcrc``: many GB/s, without
+the GIL).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import hashlib
 import io
 import json
 import json.encoder
+import struct
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,6 +64,7 @@ _TYPES = {
     tarfile.FIFOTYPE: "fifo",
 }
 _SCHILY = "SCHILY.xattr."
+SAFETENSORS_HEADER_MAX = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 _json_str = json.encoder.encode_basestring  # the C one
 
 
@@ -78,6 +90,15 @@ class FileRecord:
     def add_chunk(self, start: int, end: int, offset: int, length: int, digest: str) -> None:
         """Record a written chunk; the last one turns the record into JSON text
         (a layer of a million files keeps text, not dicts, until the TOC)."""
+        if not self.chunked:  # one chunk, most files: its JSON at once, no dict copy
+            self.json = b'%s,"digest":"%s","offset":%d,"endOffset":%d}' % (
+                _dump(self.meta)[:-1],
+                digest.encode(),
+                start,
+                end,
+            )
+            self.done, self.meta = length, {}
+            return
         self.chunks.append((start, end, offset, length, digest))
         self.done += length
         if self.done == self.size:
@@ -98,7 +119,8 @@ class TarCutter:
     """Iterate ``pieces()`` over a tar; then, if ``on``, ``tarsplit()`` and ``toc()``."""
 
     def __init__(self, src: IO[bytes], frame_size: int, level: int = 3) -> None:
-        self._src = _Buffered(src)
+        self.diff = hashlib.sha256()  # of every byte read: the tar's diff_id
+        self._src = _Buffered(src, self.diff)
         self._frame = frame_size
         self._pending = bytearray()  # raw bytes not yet cut into a frame
         self._segment = bytearray()  # raw bytes not yet in a tar-split segment
@@ -165,16 +187,30 @@ class TarCutter:
             self._split_file(name, 0, b"")
             return
         yield from self._flush(0)
-        yield from self._body(FileRecord(meta, size, chunked=size > self._frame))
+        cut = self._header_end(name, size)
+        chunked = size > self._frame or 0 < cut < size
+        yield from self._body(FileRecord(meta, size, chunked), cut)
         self._raw(self._src.read(-size % BLOCK))
 
-    def _body(self, rec: FileRecord) -> Iterator[Piece]:
+    def _header_end(self, name: str, size: int) -> int:
+        """Where a model file's header ends (the first chunk ends there), or 0."""
+        if not name.endswith(".safetensors") or size < 8:
+            return 0
+        head = self._src.peek(8)
+        if len(head) < 8:  # cut short: ``_body`` sees it
+            return 0
+        (n,) = struct.unpack("<Q", head)
+        return 8 + n if n <= SAFETENSORS_HEADER_MAX and 8 + n <= size else 0
+
+    def _body(self, rec: FileRecord, cut: int = 0) -> Iterator[Piece]:
         rec.hasher = hashlib.sha256() if rec.chunked else None
         crc: int | None = None
+        name = rec.meta["name"]  # the last chunk's write may clear ``meta`` (threads=1)
         self._records.append(rec)
         done = 0
         while done < rec.size:
-            data = self._src.read(min(self._frame, rec.size - done))
+            limit = cut if done < cut else rec.size
+            data = self._src.read(min(self._frame, limit - done))
             if not data:  # a tar cut short: no TOC, the bytes still pass through
                 self.on = False
                 return
@@ -183,7 +219,7 @@ class TarCutter:
                 rec.hasher.update(data)
             yield Piece(data, rec, done)
             done += len(data)
-        self._split_file(rec.meta["name"], rec.size, (crc or 0).to_bytes(8, "big"))
+        self._split_file(name, rec.size, (crc or 0).to_bytes(8, "big"))
 
     def _flush(self, keep: int) -> Iterator[Piece]:
         """Cut pending raw bytes into frames while more than ``keep`` wait."""
@@ -317,13 +353,20 @@ class _Buffered:
     """Reads of exactly ``size`` bytes (fewer only at the end), served from
     1 MiB refills: a tar of small files is mostly 512-byte reads, and each
     call into a file object may drop and retake the GIL while the compression
-    workers want it."""
+    workers want it. Every byte read goes through ``hasher`` once, a refill
+    at a time."""
 
-    def __init__(self, src: IO[bytes], refill: int = 1 << 20) -> None:
+    def __init__(self, src: IO[bytes], hasher: Any, refill: int = 1 << 20) -> None:
         self._src = src
+        self._hasher = hasher
         self._refill = refill
         self._buf = b""
         self._at = 0
+
+    def _fill(self, size: int) -> bytes:
+        data = read_full(self._src, size)
+        self._hasher.update(data)
+        return data
 
     def read(self, size: int) -> bytes:
         avail = len(self._buf) - self._at
@@ -334,12 +377,19 @@ class _Buffered:
         need = size - avail
         self._buf, self._at = b"", 0
         if need >= self._refill:
-            parts.append(read_full(self._src, need))
+            parts.append(self._fill(need))
         else:
-            self._buf = read_full(self._src, self._refill)
+            self._buf = self._fill(self._refill)
             self._at = min(need, len(self._buf))
             parts.append(self._buf[: self._at])
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def peek(self, size: int) -> bytes:
+        """The next ``size`` bytes (fewer at the end), left to be read."""
+        if len(self._buf) - self._at < size:
+            self._buf = self._buf[self._at :] + self._fill(max(size, self._refill))
+            self._at = 0
+        return self._buf[self._at : self._at + size]
 
 
 def read_full(src: IO[bytes], size: int) -> bytes:
