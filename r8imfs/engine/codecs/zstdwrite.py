@@ -128,7 +128,9 @@ def write_chunked(
         start = out.size
         out.write(batch.frames)
         table += batch.rows
-        for piece, (clen, ulen, _), digest in zip(batch.pieces, batch.rows, batch.digests):
+        for piece, (clen, ulen, _), digest in zip(
+            batch.pieces, batch.rows, batch.digests, strict=True
+        ):
             if piece.file is not None:
                 piece.file.add_chunk(start, start + clen, piece.offset, ulen, digest)
             start += clen
