@@ -305,7 +305,7 @@ def _parse(group: bytes) -> tarfile.TarInfo | None:
 # name mode uid gid size mtime chksum type linkname magic+version uname gname
 # devmajor devminor prefix
 _HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s")
-_GNU_TYPES = frozenset(tarfile.GNU_TYPES)  # type: ignore[attr-defined]
+_GNU_TYPES = frozenset(tarfile.GNU_TYPES)
 
 
 def _parse_plain(buf: bytes) -> tarfile.TarInfo | None:

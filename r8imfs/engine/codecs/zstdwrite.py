@@ -223,6 +223,10 @@ def _compress_batch(batch: list[Piece], cctx: zstandard.ZstdCompressor) -> _Batc
     return _Batch(batch, bytes(joined), rows, digests)
 
 
+def _compress_with(batch: list[Piece], cctx: Callable[[], zstandard.ZstdCompressor]) -> _Batch:
+    return _compress_batch(batch, cctx())  # the worker thread's own compressor
+
+
 def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -239,7 +243,7 @@ def _compress_batches(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque[Future[_Batch]] = deque()
         for batch in batches:
-            pending.append(pool.submit(lambda b=batch: _compress_batch(b, cctx())))
+            pending.append(pool.submit(_compress_with, batch, cctx))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
