@@ -209,6 +209,15 @@ class TarCutter:
         crc: int | None = None
         name = rec.meta["name"]  # the last chunk's write may clear ``meta`` (threads=1)
         self._records.append(rec)
+        if not rec.chunked:  # most files: one read, one piece
+            data = self._src.read(rec.size)
+            if data:
+                yield Piece(data, rec, 0)
+            if len(data) < rec.size:
+                self.on = False
+                return
+            self._split_file(name, rec.size, crc64(data).to_bytes(8, "big"))
+            return
         done = 0
         while done < rec.size:
             limit = cut if done < cut else rec.size
@@ -315,7 +324,8 @@ def _parse_plain(buf: bytes) -> tarfile.TarInfo | None:
     (name, mode, uid, gid, size, mtime, chksum, kind, link, _, uname, gname, major, minor,
      prefix) = _HEADER.unpack_from(buf)  # fmt: skip
     try:
-        if int(_nul(chksum) or b"0", 8) != 256 + sum(buf) - sum(buf[148:156]):
+        checksum = _oct(chksum)
+        if checksum != 256 + sum(buf) - sum(buf[148:156]):
             return None
         if kind == tarfile.GNUTYPE_SPARSE:
             return None
@@ -326,7 +336,7 @@ def _parse_plain(buf: bytes) -> tarfile.TarInfo | None:
     except ValueError:  # base-256 numbers, stray bytes
         return None
     text = _nul(name).decode("utf-8", "surrogateescape")
-    info.chksum = int(_nul(chksum) or b"0", 8)
+    info.chksum = checksum
     info.type = kind
     info.linkname = _nul(link).decode("utf-8", "surrogateescape")
     info.uname = _nul(uname).decode("utf-8", "surrogateescape")
@@ -348,11 +358,10 @@ def _nul(field: bytes) -> bytes:
 
 
 def _oct(field: bytes) -> int:
-    """An octal number field as ``tarfile.nti`` reads it; ValueError for a
-    base-256 one (left to ``tarfile``)."""
-    if field[0] in (0o200, 0o377):
-        raise ValueError("base-256")
-    return int(_nul(field).strip() or b"0", 8)
+    """An octal number field as ``tarfile.nti`` reads it, when it holds only
+    digits and spaces before trailing NULs and spaces; else ValueError (base-256 numbers,
+    bytes after a NUL: left to ``tarfile``)."""
+    return int(field.rstrip(b"\0 ") or b"0", 8)
 
 
 def file_entries(rec: FileRecord) -> Iterator[dict[str, Any]]:

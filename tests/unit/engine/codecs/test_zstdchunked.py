@@ -19,7 +19,7 @@ import pytest
 import zstandard
 
 from r8imfs.engine.codecs import tocformat as tf
-from r8imfs.engine.codecs.chunkedwrite import crc64
+from r8imfs.engine.codecs.chunkedwrite import _parse_plain, crc64
 from r8imfs.engine.codecs.toc import load_toc
 from r8imfs.engine.codecs.tocread import TocReader, open_toc_reader
 from r8imfs.engine.codecs.zstdindex import build_zstd_index, read_seek_table
@@ -272,3 +272,45 @@ def test_a_safetensors_length_that_does_not_fit_is_ignored(length: int) -> None:
     blob, result = chunked(tar)
     toc = check_blob(blob, result.annotations, result.diff_id)
     assert chunk_sizes(toc, "model.safetensors") == [FRAME, FRAME, FRAME, 8]
+
+
+def test_the_plain_header_parser_agrees_with_tarfile() -> None:
+    """``_parse_plain`` answers as ``TarInfo.frombuf`` does, or leaves it to it."""
+    attrs = ("name", "mode", "uid", "gid", "size", "mtime", "chksum", "type", "linkname")
+    attrs += ("uname", "gname", "devmajor", "devminor")
+    blocks = []
+    ustar = [M("d", "./etc/"), M("f", "p/" + "q" * 120 + "/r.txt", b"1")]  # a prefix field
+    for tar in (
+        make_tar(members(), tarfile.PAX_FORMAT),
+        make_tar(members(), tarfile.GNU_FORMAT),
+        make_tar(ustar, tarfile.USTAR_FORMAT),
+    ):
+        blocks += [tar[i : i + 512] for i in range(0, len(tar), 512)]
+    v7_dir = tarfile.TarInfo("olddir/")
+    v7_dir.type = tarfile.AREGTYPE
+    big_uid = tarfile.TarInfo("big")
+    big_uid.uid = 8**8  # base-256 in a GNU header
+    blocks += [v7_dir.tobuf(tarfile.USTAR_FORMAT), big_uid.tobuf(tarfile.GNU_FORMAT)]
+    rng = random.Random(1)
+    for _ in range(3000):  # damaged headers, most with a checksum that matches again
+        b = bytearray(blocks[0])
+        for _ in range(rng.randrange(1, 4)):
+            b[rng.randrange(512)] = rng.choice([0, 32, 48, 55, 56, 128, 255, rng.randrange(256)])
+        if rng.random() < 0.8:
+            b[148:156] = b" " * 8
+            b[148:156] = b"%06o\0 " % sum(b)
+        blocks.append(bytes(b))
+    fast = 0
+    for block in blocks:
+        if not block.strip(b"\0"):
+            continue
+        mine = _parse_plain(block)
+        try:
+            ref = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            assert mine is None
+            continue
+        if mine is not None:
+            fast += 1
+            assert [getattr(mine, a) for a in attrs] == [getattr(ref, a) for a in attrs]
+    assert fast > 2000
