@@ -21,7 +21,8 @@ Chunk boundaries are free in zstd:chunked (each chunk has its own offset and
 digest in the TOC), so a ``*.safetensors`` body's first chunk ends right after
 its header (8 bytes of little-endian length N, then N bytes of JSON) when that
 is sane: listing a model's tensors through a mount (``safe_open``) then fetches
-one small chunk. GGUF headers are not cut out: their end is known only after
+one small chunk. The next chunk ends where the first used to: chunks stay on
+the body's ``frame_size`` grid, as in any other file. GGUF headers are not cut out: their end is known only after
 parsing every metadata value and tensor record (a tokenizer's vocabulary can
 make that megabytes of variable-length records), which is not cheap here.
 
@@ -240,8 +241,10 @@ class TarCutter:
             return
         done = 0
         while done < rec.size:
-            limit = cut if done < cut else rec.size
-            data = self._src.read(min(self._frame, limit - done))
+            end = min(done - done % self._frame + self._frame, rec.size)  # the chunk grid
+            if done < cut < end:
+                end = cut
+            data = self._src.read(end - done)
             if not data:  # a tar cut short: no TOC, the bytes still pass through
                 self.on = False
                 return

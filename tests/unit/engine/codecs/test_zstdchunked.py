@@ -242,7 +242,7 @@ def chunk_sizes(toc: dict[str, Any], name: str) -> list[int]:
 @pytest.mark.parametrize(
     ("header", "data", "first"),
     [
-        (1000, 3 * FRAME, 1008),  # the first chunk is the header, then FRAME-sized ones
+        (1000, 3 * FRAME, 1008),  # the first chunk is the header, then the FRAME grid
         (100, 1000, 108),  # a file smaller than one chunk still gets two
         (FRAME + 500, FRAME, FRAME),  # a header longer than a chunk: cut at FRAME, then 8 + N
     ],
@@ -256,6 +256,8 @@ def test_a_safetensors_header_is_its_own_first_chunk(header: int, data: int, fir
     assert sizes[0] == first and sum(sizes) == len(body)
     assert 8 + header in itertools.accumulate(sizes)  # a boundary right after the header
     assert all(size <= FRAME for size in sizes)
+    ends = set(itertools.accumulate(sizes))
+    assert ends - {8 + header, len(body)} == set(range(FRAME, len(body), FRAME))  # the grid
     assert chunk_sizes(toc, "w/x.bin")[0] == min(FRAME, len(body))  # not by content: by name
     index = load_toc(BytesReadAt(blob), result.annotations)
     assert index is not None
