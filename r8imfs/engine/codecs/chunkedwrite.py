@@ -22,9 +22,10 @@ digest in the TOC), so a ``*.safetensors`` body's first chunk ends right after
 its header (8 bytes of little-endian length N, then N bytes of JSON) when that
 is sane: listing a model's tensors through a mount (``safe_open``) then fetches
 one small chunk. The next chunk ends where the first used to: chunks stay on
-the body's ``frame_size`` grid, as in any other file. GGUF headers are not cut out: their end is known only after
-parsing every metadata value and tensor record (a tokenizer's vocabulary can
-make that megabytes of variable-length records), which is not cheap here.
+the body's ``frame_size`` grid, as in any other file. GGUF headers are not
+cut out: their end is known only after parsing every metadata value and
+tensor record (a tokenizer's vocabulary can make that megabytes of
+variable-length records), which is not cheap here.
 
 Hashing, each byte as few times as the format needs: the tar (the diff_id)
 as ``_Buffered`` reads it, 1 MiB at a time; a body that fits one chunk in the
@@ -317,8 +318,11 @@ class TarCutter:
         return head + b",".join(parts) + b'],"tarSplitDigest":' + _dump(tarsplit_digest) + b"}"
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # made once, not per call
+
+
 def _dump(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def _parse(group: bytes) -> tarfile.TarInfo | None:
@@ -416,22 +420,32 @@ def toc_metadata(info: tarfile.TarInfo, kind: str, name: str) -> dict[str, Any]:
     trailing slash; the TOC and the tar-split keep it)."""
     pax = info.pax_headers
     meta: dict[str, Any] = {"type": kind, "name": name}
-    _put(meta, "linkName", info.linkname)
-    _put(meta, "mode", info.mode)
-    _put(meta, "size", info.size if kind == "reg" else 0)
-    _put(meta, "uid", info.uid)
-    _put(meta, "gid", info.gid)
-    _put(meta, "modtime", _rfc3339(info.mtime))
-    _put(meta, "accesstime", _rfc3339(float(pax["atime"])) if "atime" in pax else None)
-    _put(meta, "changetime", _rfc3339(float(pax["ctime"])) if "ctime" in pax else None)
-    _put(meta, "devMajor", info.devmajor)
-    _put(meta, "devMinor", info.devminor)
-    xattrs = {
-        key[len(_SCHILY) :]: base64.b64encode(value.encode("utf-8", "surrogateescape")).decode()
-        for key, value in pax.items()
-        if key.startswith(_SCHILY)
-    }
-    _put(meta, "xattrs", xattrs)
+    if info.linkname:
+        meta["linkName"] = info.linkname
+    if info.mode:
+        meta["mode"] = info.mode
+    if kind == "reg" and info.size:
+        meta["size"] = info.size
+    if info.uid:
+        meta["uid"] = info.uid
+    if info.gid:
+        meta["gid"] = info.gid
+    if info.mtime:
+        _put(meta, "modtime", _rfc3339(info.mtime))
+    if pax:  # most members have no PAX records
+        _put(meta, "accesstime", _rfc3339(float(pax["atime"])) if "atime" in pax else None)
+        _put(meta, "changetime", _rfc3339(float(pax["ctime"])) if "ctime" in pax else None)
+    if info.devmajor:
+        meta["devMajor"] = info.devmajor
+    if info.devminor:
+        meta["devMinor"] = info.devminor
+    if pax:
+        xattrs = {
+            key[len(_SCHILY) :]: base64.b64encode(value.encode("utf-8", "surrogateescape")).decode()
+            for key, value in pax.items()
+            if key.startswith(_SCHILY)
+        }
+        _put(meta, "xattrs", xattrs)
     return meta
 
 
