@@ -208,8 +208,9 @@ class _Batch:
 def _compress_batch(batch: list[Piece], cctx: zstandard.ZstdCompressor) -> _Batch:
     """One frame per piece. Many pieces go through one ``multi_compress_to_buffer``
     call (the same frames as ``compress``, with the GIL released once for all)."""
-    if len(batch) == 1:
-        frame_list: list[Any] = [cctx.compress(batch[0].data)]
+    frame_list: list[Any]
+    if len(batch) == 1 or zstandard.backend != "cext":  # the CFFI backend lacks the call
+        frame_list = [cctx.compress(p.data) for p in batch]
     else:
         frames = cctx.multi_compress_to_buffer([p.data for p in batch], threads=1)
         frame_list = [frames[i] for i in range(len(batch))]
