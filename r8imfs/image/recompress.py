@@ -7,18 +7,20 @@ neither ever whole in memory:
     match the layer digest) ─▶ worker thread:
         ``GzipInflater`` (gzip members, zero padding; plain tars pass as they are)
         ─▶ zstdwrite.write_chunked: one zstd frame per run of tar headers and
-           per body chunk (at most ``frame_size``), compressed on ``threads``
+           per body chunk (at most ``frame_size``; a safetensors header is a
+           chunk of its own), compressed a batch at a time on ``threads``
            pool threads, in order; then the zstd:chunked TOC, tar-split and
            footer in skippable frames, and the seek table of the zstd seekable
            format last; hashes the tar (the diff_id, which must not change);
            the upload hashes the output
-        ─▶ ``write`` callback: each frame crosses back to trio into a
-           bounded channel that the upload drains
+        ─▶ ``write`` callback: each batch of frames (one body chunk, or up to
+           1 MiB of small files' frames) crosses back to trio into a bounded
+           channel that the upload drains
 
 The seek table sits in a skippable frame that every zstd decoder skips, so
 the blob stays an ordinary ``tar+zstd`` layer (image-spec layer.md) while
 the lazy reader (``zstdindex``) seeks by frame. Memory per layer is about
-``2 × threads`` frames plus the channels.
+``2 × threads`` batches plus the channels.
 
 Verification happens after the last byte went into the channel, and only a
 verified pass may let the upload commit: ``recompress_stream`` returns (and

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import zstandard
 
@@ -84,7 +84,8 @@ def write_seekable(
 _U32 = struct.Struct("<I")
 
 #: Pieces (tar headers, body chunks) handed to a compression worker at once,
-#: up to this many bytes: a layer of small files is thousands of tiny frames.
+#: up to this many bytes: a layer of small files is thousands of tiny frames,
+#: and a batch crosses the GIL twice, not twice per frame.
 BATCH_BYTES = 1 * MiB
 BATCH_PIECES = 256
 
@@ -110,34 +111,36 @@ def write_chunked(
     the last frame; any zstd decoder skips the skippable frames and yields
     exactly ``src``. An input the cutter cannot describe (not a tar, sparse
     members) comes out as plain seekable zstd without annotations.
+
+    Work per batch of pieces (``_compress_batch``, on ``threads`` workers):
+    one ``multi_compress_to_buffer`` call for all its frames, the chunk
+    digests, the seek-table rows; this thread cuts the tar, hashes what must
+    be hashed in order (the tar, a long file) and writes each batch at once.
     """
     if not 0 < frame_size <= MAX_FRAME_SIZE:
         raise ValueError(f"frame_size must be in 1..{MAX_FRAME_SIZE}")
     workers = threads or min(4, os.cpu_count() or 1)
     out = _HashingWriter(dst, digest_output)
-    diff = hashlib.sha256()
     table: list[tuple[int, int, int]] = []
     cutter = TarCutter(src, frame_size, level)
     cctx = _compressor(level)
-    small: list[bytes] = []  # hashed together: hashlib drops the GIL per call
-    for piece, frame, digest in _compress_pieces(_at_least_one(cutter.pieces()), cctx, workers):
+    for batch in _compress_batches(_at_least_one(cutter.pieces()), cctx, workers):
         start = out.size
-        small.append(piece.data)
-        if len(small) >= BATCH_PIECES or len(piece.data) >= BATCH_BYTES // 4:
-            diff.update(b"".join(small))
-            small.clear()
-        out.write(frame)
-        table.append((len(frame), len(piece.data), _U32.unpack_from(frame, len(frame) - 4)[0]))
-        if piece.file is not None:
-            piece.file.add_chunk(start, out.size, piece.offset, len(piece.data), digest)
-    diff.update(b"".join(small))
+        out.write(batch.frames)
+        table += batch.rows
+        for piece, (clen, ulen, _), digest in zip(
+            batch.pieces, batch.rows, batch.digests, strict=True
+        ):
+            if piece.file is not None:
+                piece.file.add_chunk(start, start + clen, piece.offset, ulen, digest)
+            start += clen
     annotations = _write_toc(out, table, cutter, cctx()) if cutter.on else {}
     out.write(seek_table_frame(table))
     return SeekableResult(
         compressed_size=out.size,
         compressed_digest="sha256:" + out.hash.hexdigest() if digest_output else None,
         uncompressed_size=sum(u for _, u, _ in table),
-        diff_id="sha256:" + diff.hexdigest(),
+        diff_id="sha256:" + cutter.diff.hexdigest(),
         frames=len(table),
         annotations=annotations,
     )
@@ -192,35 +195,60 @@ def _compressor(level: int) -> Callable[[], zstandard.ZstdCompressor]:
     return get
 
 
-def _compress_pieces(
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Compressed pieces, in order, as one write."""
+
+    pieces: list[Piece]
+    frames: bytes  # every piece's frame, concatenated
+    rows: list[tuple[int, int, int]]  # seek-table rows: compressed, raw size, checksum
+    digests: list[str]  # "sha256:…" of a body chunk, "" for header bytes
+
+
+def _compress_batch(batch: list[Piece], cctx: zstandard.ZstdCompressor) -> _Batch:
+    """One frame per piece. Many pieces go through one ``multi_compress_to_buffer``
+    call (the same frames as ``compress``, with the GIL released once for all)."""
+    frame_list: list[Any]
+    if len(batch) == 1 or zstandard.backend != "cext":  # the CFFI backend lacks the call
+        frame_list = [cctx.compress(p.data) for p in batch]
+    else:
+        frames = cctx.multi_compress_to_buffer([p.data for p in batch], threads=1)
+        frame_list = [frames[i] for i in range(len(batch))]
+    joined = frame_list[0] if len(frame_list) == 1 else b"".join(frame_list)
+    rows = []
+    end = 0
+    for piece, frame in zip(batch, frame_list, strict=True):
+        end += len(frame)
+        rows.append((len(frame), len(piece.data), _U32.unpack_from(joined, end - 4)[0]))
+    digests = [_sha256(p.data) if p.file is not None else "" for p in batch]
+    return _Batch(batch, bytes(joined), rows, digests)
+
+
+def _compress_with(batch: list[Piece], cctx: Callable[[], zstandard.ZstdCompressor]) -> _Batch:
+    return _compress_batch(batch, cctx())  # the worker thread's own compressor
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _compress_batches(
     pieces: Iterator[Piece], cctx: Callable[[], zstandard.ZstdCompressor], workers: int
-) -> Iterator[tuple[Piece, bytes, str]]:
-    """(piece, frame, "sha256:…" of a body chunk or "") in order, batched on a pool."""
-
-    def compress(batch: list[Piece]) -> list[tuple[Piece, bytes, str]]:
-        c = cctx()
-        return [
-            (
-                p,
-                c.compress(p.data),
-                "sha256:" + hashlib.sha256(p.data).hexdigest() if p.file else "",
-            )
-            for p in batch
-        ]
-
+) -> Iterator[_Batch]:
+    """Batches of pieces compressed on a pool of ``workers`` threads, in order."""
     batches = _batches(pieces)
     if workers <= 1:
         for batch in batches:
-            yield from compress(batch)
+            yield _compress_batch(batch, cctx())
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[Future[list[tuple[Piece, bytes, str]]]] = deque()
+        pending: deque[Future[_Batch]] = deque()
         for batch in batches:
-            pending.append(pool.submit(compress, batch))
+            pending.append(pool.submit(_compress_with, batch, cctx))
             if len(pending) >= 2 * workers:
-                yield from pending.popleft().result()
+                yield pending.popleft().result()
         while pending:
-            yield from pending.popleft().result()
+            yield pending.popleft().result()
 
 
 def _batches(pieces: Iterator[Piece]) -> Iterator[list[Piece]]:

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import random
 import shutil
+import struct
 import subprocess
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
 
 from r8imfs.engine.codecs import tocformat as tf
-from r8imfs.engine.codecs.chunkedwrite import crc64
+from r8imfs.engine.codecs.chunkedwrite import _parse_plain, crc64
 from r8imfs.engine.codecs.toc import load_toc
 from r8imfs.engine.codecs.tocread import TocReader, open_toc_reader
 from r8imfs.engine.codecs.zstdindex import build_zstd_index, read_seek_table
@@ -224,3 +227,93 @@ def test_concurrent_reads_agree_with_the_tar() -> None:
         list(pool.map(work, range(8)))
     assert errors == []
     assert open_toc_reader(BytesReadAt(blob), {}) is None  # no TOC announced
+
+
+def safetensors(header_len: int, data_len: int, seed: int = 4) -> bytes:
+    """A ``.safetensors``-shaped body: u64 LE header length, JSON padded to it, data."""
+    text = b'{"w":{"dtype":"F16","shape":[%d],"data_offsets":[0,%d]}}' % (data_len // 2, data_len)
+    return struct.pack("<Q", header_len) + text.ljust(header_len) + payload(data_len, seed=seed)
+
+
+def chunk_sizes(toc: dict[str, Any], name: str) -> list[int]:
+    return [e.get("chunkSize", e.get("size", 0)) for e in toc["entries"] if e["name"] == name]
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "first"),
+    [
+        (1000, 3 * FRAME, 1008),  # the first chunk is the header, then the FRAME grid
+        (100, 1000, 108),  # a file smaller than one chunk still gets two
+        (FRAME + 500, FRAME, FRAME),  # a header longer than a chunk: cut at FRAME, then 8 + N
+    ],
+)
+def test_a_safetensors_header_is_its_own_first_chunk(header: int, data: int, first: int) -> None:
+    body = safetensors(header, data)
+    tar = make_tar([M("f", "w/model.safetensors", body), M("f", "w/x.bin", body)])
+    blob, result = chunked(tar)
+    toc = check_blob(blob, result.annotations, result.diff_id)  # c/storage's own checks
+    sizes = chunk_sizes(toc, "w/model.safetensors")
+    assert sizes[0] == first and sum(sizes) == len(body)
+    assert 8 + header in itertools.accumulate(sizes)  # a boundary right after the header
+    assert all(size <= FRAME for size in sizes)
+    ends = set(itertools.accumulate(sizes))
+    assert ends - {8 + header, len(body)} == set(range(FRAME, len(body), FRAME))  # the grid
+    assert chunk_sizes(toc, "w/x.bin")[0] == min(FRAME, len(body))  # not by content: by name
+    index = load_toc(BytesReadAt(blob), result.annotations)
+    assert index is not None
+    with TocReader(BytesReadAt(blob), index) as reader:
+        model = next(f for f in index.files if f.path == "w/model.safetensors")
+        assert reader.read_file(model, 0, 8 + header) == body[: 8 + header]
+        assert reader.chunks_verified == (1 if first == 8 + header else 2)
+
+
+@pytest.mark.parametrize("length", [10**9, 2**64 - 1, 101 * 1024 * 1024])
+def test_a_safetensors_length_that_does_not_fit_is_ignored(length: int) -> None:
+    body = struct.pack("<Q", length) + payload(3 * FRAME, seed=6)
+    tar = make_tar([M("f", "model.safetensors", body)])
+    blob, result = chunked(tar)
+    toc = check_blob(blob, result.annotations, result.diff_id)
+    assert chunk_sizes(toc, "model.safetensors") == [FRAME, FRAME, FRAME, 8]
+
+
+def test_the_plain_header_parser_agrees_with_tarfile() -> None:
+    """``_parse_plain`` answers as ``TarInfo.frombuf`` does, or leaves it to it."""
+    attrs = "name mode uid gid size mtime chksum type linkname uname gname devmajor devminor"
+    blocks = []
+    ustar = [M("d", "./etc/"), M("f", "p/" + "q" * 120 + "/r.txt", b"1")]  # a prefix field
+    for tar in (
+        make_tar(members(), tarfile.PAX_FORMAT),
+        make_tar(members(), tarfile.GNU_FORMAT),
+        make_tar(ustar, tarfile.USTAR_FORMAT),
+    ):
+        blocks += [tar[i : i + 512] for i in range(0, len(tar), 512)]
+    v7_dir = tarfile.TarInfo("olddir/")
+    v7_dir.type = tarfile.AREGTYPE
+    big_uid = tarfile.TarInfo("big")
+    big_uid.uid = 8**8  # base-256 in a GNU header
+    blocks += [v7_dir.tobuf(tarfile.USTAR_FORMAT), big_uid.tobuf(tarfile.GNU_FORMAT)]
+    rng = random.Random(1)
+    for _ in range(3000):  # damaged headers, most with a checksum that matches again
+        b = bytearray(blocks[0])
+        for _ in range(rng.randrange(1, 4)):
+            b[rng.randrange(512)] = rng.choice([0, 32, 48, 55, 56, 128, 255, rng.randrange(256)])
+        if rng.random() < 0.8:
+            b[148:156] = b" " * 8
+            b[148:156] = b"%06o\0 " % sum(b)
+        blocks.append(bytes(b))
+    fast = 0
+    for block in blocks:
+        if not block.strip(b"\0"):
+            continue
+        mine = _parse_plain(block)
+        try:
+            ref = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            assert mine is None
+            continue
+        if mine is not None:
+            fast += 1
+            assert [getattr(mine, a) for a in attrs.split()] == [
+                getattr(ref, a) for a in attrs.split()
+            ]
+    assert fast > 2000
