@@ -21,8 +21,10 @@ Chunk boundaries are free in zstd:chunked (each chunk has its own offset and
 digest in the TOC), so a ``*.safetensors`` body's first chunk ends right after
 its header (8 bytes of little-endian length N, then N bytes of JSON) when that
 is sane: listing a model's tensors through a mount (``safe_open``) then fetches
-one small chunk. The next chunk ends where the first used to: chunks stay on
-the body's ``frame_size`` grid, as in any other file. GGUF headers are not
+one small chunk. The rest of the file's first MiB is cut in 256 KiB chunks
+(``HEAD_CHUNK``), so the kernel's read-around of that first touch (the mount's
+512 KiB readahead) costs about that much, not a 2 MiB chunk; from there on
+chunks stay on the body's ``frame_size`` grid, as in any other file. GGUF headers are not
 cut out: their end is known only after parsing every metadata value and
 tensor record (a tokenizer's vocabulary can make that megabytes of
 variable-length records), which is not cheap here.
@@ -89,6 +91,12 @@ _TYPES = {
 _SCHILY = "SCHILY.xattr."
 SPLIT_BATCH = 256 * 1024  # tar-split text compressed at a time
 SAFETENSORS_HEADER_MAX = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+#: The first HEAD_FINE bytes of a model file are cut in HEAD_CHUNK chunks (on
+#: their own grid, inside the body's first ``frame_size`` chunk): a reader that
+#: maps the file and touches its header makes the kernel read ahead up to the
+#: mount's readahead (512 KiB), and each chunk it covers is fetched whole.
+HEAD_CHUNK = 256 * 1024
+HEAD_FINE = 1024 * 1024
 _json_str = json.encoder.encode_basestring  # the C one
 
 
@@ -244,6 +252,8 @@ class TarCutter:
         done = 0
         while done < rec.size:
             end = min(done - done % self._frame + self._frame, rec.size)  # the chunk grid
+            if cut and done < HEAD_FINE:  # a model file's head: finer chunks
+                end = min(end, done - done % HEAD_CHUNK + HEAD_CHUNK)
             if done < cut < end:
                 end = cut
             data = self._src.read(end - done)

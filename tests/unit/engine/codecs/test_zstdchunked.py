@@ -317,3 +317,14 @@ def test_the_plain_header_parser_agrees_with_tarfile() -> None:
                 getattr(ref, a) for a in attrs.split()
             ]
     assert fast > 2000
+
+
+def test_a_model_files_first_mib_is_cut_finer_then_the_grid_resumes() -> None:
+    """With 2 MiB chunks, the head of a .safetensors body is cut every 256 KiB up
+    to 1 MiB: a first touch that reads 512 KiB around the header fetches that."""
+    frame, head = 2 * 1024 * 1024, 256 * 1024
+    body = safetensors(1000, 5 * 1024 * 1024)
+    blob, result = chunked(make_tar([M("f", "m.safetensors", body)]), frame)
+    toc = check_blob(blob, result.annotations, result.diff_id)
+    ends = list(itertools.accumulate(chunk_sizes(toc, "m.safetensors")))
+    assert ends == [1008, head, 2 * head, 3 * head, 4 * head, frame, 2 * frame, len(body)]
