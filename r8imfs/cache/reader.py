@@ -606,6 +606,13 @@ class SyncBlobFile:
     def read_at(self, offset: int, size: int) -> bytes:
         return from_thread(self._reader.read, offset, size)
 
+    def fetch_at(self, offset: int, size: int) -> bytes | bytearray:
+        """Exactly ``[offset, offset + size)``: missing, one GET of just that range
+        (``BlobReader.fetch_range``: no block rounding, no readahead). For sparse
+        readers, such as the header walk of an uncompressed layer
+        (``engine.codecs.plain.ExactReadAt``)."""
+        return from_thread(self._reader.fetch_range, offset, offset + size)
+
 
 async def _wait(fetch: _Fetch) -> None:
     await fetch.done.wait()

@@ -85,8 +85,13 @@ def _mountinfo(mountpoint: str | os.PathLike[str]) -> tuple[str, str] | None:
 #: sequential reader's page-cache misses 128 KiB FUSE requests; at 1 MiB a
 #: copy out of a decoded copy ran 4x faster (1 GiB: 1.5 s -> 0.4 s;
 #: docs/benchmarks.md), the per-request cost of the FUSE round trip being
-#: what bounds it. Random readers (mmap) fetch in 4 MiB blocks anyway.
-READ_AHEAD_KB = 1024
+#: what bounds it. But it is also the mmap fault read-around: a page fault
+#: asks for this much around it, so ``safe_open`` listing a model's keys
+#: read (and fetched) 1 MiB of the file. At 512 KiB that is half, and on
+#: kernel 6.18 ``cp``/``cat`` of a 512 MiB file (decoded copy or blob cache)
+#: ran no slower than at 1024 (readahead follows the reader's own request
+#: size, 128-256 KiB for those tools, either way).
+READ_AHEAD_KB = 512
 
 
 async def _widen_readahead_once_serving(mountpoint: str) -> None:
