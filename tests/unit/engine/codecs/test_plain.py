@@ -87,6 +87,16 @@ def test_dense_headers_grow_the_reads_then_go_through_blocks() -> None:
     assert rec.moved() <= len(data) + BLOCK_READ
 
 
+def test_middling_files_are_read_through_not_hopped_one_get_each() -> None:
+    # 300 KB bodies: skipping each costs a round trip per header, reading them
+    # through a block carries a dozen headers per GET
+    data = make_tar([M("f", f"m/{i}", bytes([i]) * 300_000) for i in range(120)])
+    rec = Recording(data)
+    assert len(build_plain_index(rec)) == 120
+    assert len(rec.calls) <= 20
+    assert rec.calls[-1][0] == "block"
+
+
 def test_a_long_hop_starts_small_again() -> None:
     members = [
         *_small_files(1500, seed=2, prefix="a"),  # dense: grows into block reads
