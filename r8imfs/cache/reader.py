@@ -155,8 +155,9 @@ class BlobReader:
         """Exactly ``[start, end)`` of the blob, answered from the GET's own bytes.
 
         For ``image.fetchplan.UnitReader``, which asks for whole units
-        (frames, chunks) and reads ahead itself: no block alignment and no
-        sequential readahead here. Missing bytes cost one GET of exactly the
+        (frames, chunks) and reads ahead itself, and for the sparse hops of a
+        plain layer's header walk (``SyncBlobFile.fetch_at``): no block
+        alignment and no sequential readahead here. Missing bytes cost one GET of exactly the
         range; they are returned at once, and stored, recorded and hashed
         (the hash frontier) behind the caller (``_store_behind``). Served
         from the data file instead when present, when the blob was verified
@@ -612,6 +613,13 @@ class SyncBlobFile:
 
     def read_at(self, offset: int, size: int) -> bytes:
         return from_thread(self._reader.read, offset, size)
+
+    def fetch_at(self, offset: int, size: int) -> bytes | bytearray:
+        """Exactly ``[offset, offset + size)``: missing, one GET of just that range
+        (``BlobReader.fetch_range``: no block rounding, no readahead). For sparse
+        readers, such as the header walk of an uncompressed layer
+        (``engine.codecs.plain.ExactReadAt``)."""
+        return from_thread(self._reader.fetch_range, offset, offset + size)
 
 
 async def _wait(fetch: _Fetch) -> None:

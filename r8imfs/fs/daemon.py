@@ -85,8 +85,14 @@ def _mountinfo(mountpoint: str | os.PathLike[str]) -> tuple[str, str] | None:
 #: sequential reader's page-cache misses 128 KiB FUSE requests; at 1 MiB a
 #: copy out of a decoded copy ran 4x faster (1 GiB: 1.5 s -> 0.4 s;
 #: docs/benchmarks.md), the per-request cost of the FUSE round trip being
-#: what bounds it. Random readers (mmap) fetch in 4 MiB blocks anyway.
-READ_AHEAD_KB = 1024
+#: what bounds it. But it is also the mmap fault read-around: a page fault
+#: asks for this much around it, so ``safe_open`` listing a model's keys
+#: read (and fetched) 1 MiB of the file. At 512 KiB that is half, and on
+#: kernel 6.18 a 512 MiB file copied no slower than at 1024 (A/B, load 5-9:
+#: ``cat`` of a decoded copy 0.49-0.88 s at 1024, 0.55-1.02 s at 512,
+#: 0.41-0.70 s at 128; ``cp`` of a plain layer, cold, 5.1-6.6 s before and
+#: 5.2-5.8 s after this change with 256 KiB plain units).
+READ_AHEAD_KB = 512
 
 
 async def _widen_readahead_once_serving(mountpoint: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from r8imfs.fs.daemon import READ_AHEAD_KB
 from r8imfs.oci import mediatypes as mt
 from tests.helpers.counting_proxy import CountingProxy, start_counting_proxy
 from tests.helpers.fuse import (
@@ -170,9 +171,9 @@ def test_the_kernel_readahead_is_widened_once_serving(
         dev = _device(m.path)
         setting = Path(f"/sys/class/bdi/{dev}/read_ahead_kb")
         deadline = time.monotonic() + 10
-        while setting.read_text().strip() != "1024" and time.monotonic() < deadline:
+        while setting.read_text().strip() != str(READ_AHEAD_KB) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert setting.read_text().strip() == "1024"
+        assert setting.read_text().strip() == str(READ_AHEAD_KB)
         assert (m.rootfs / "app/blob.bin").read_bytes() == BODY
 
 

@@ -306,8 +306,13 @@ def span_decoder(inflate: SpanInflater) -> Decoder:
 
 # -- a layer's units from its index ---------------------------------------------
 
-#: Stored bytes per unit of a plain tar.
-PLAIN_CHUNK = 1024 * 1024  # no decode cost: small, so a random read fetches little
+#: Stored bytes per unit of a plain tar. No decode cost, so small: a random
+#: read fetches the few units it covers (the kernel's mmap read-around,
+#: ``fs.daemon.READ_AHEAD_KB``, spans at most three), while sequential reads
+#: still go out as GETs of up to ``max_range``, the units coalesced. 256 KiB
+#: cost about 13% more daemon CPU than 1 MiB copying a 512 MiB file from a warm
+#: blob cache (0.9 s vs 0.79 s) and nothing visible on a cold copy.
+PLAIN_CHUNK = 256 * 1024
 
 
 def units_for_layer(

@@ -414,6 +414,22 @@ async def test_sync_file_from_a_worker_thread(tmp_path: Path) -> None:
         assert got == data[BLOCK - 3 : 2 * BLOCK - 3] + data[-2:]
 
 
+async def test_sync_file_fetch_at_gets_just_the_range(tmp_path: Path) -> None:
+    data = blob(4 * BLOCK)
+    client = FakeClient(data)
+    async with cache_at(tmp_path, readahead=4) as cache, await open_reader(cache, client) as reader:
+        sync = reader.sync_file()
+
+        def in_thread() -> bytes:
+            return bytes(sync.fetch_at(100, 600)) + bytes(sync.fetch_at(3 * BLOCK, 2 * BLOCK))
+
+        got = await _threads.run_sync(in_thread)
+        assert got == data[100:700] + data[3 * BLOCK :]
+        # one GET each, of the range alone (clipped at the end): no block, no readahead
+        assert client.calls == [(100, 700), (3 * BLOCK, 4 * BLOCK)]
+        assert reader.bytes_fetched == 600 + BLOCK
+
+
 async def test_thread_bridge_refuses_deadlocking_uses() -> None:
     async def nested() -> int:
         return await _threads.run_sync(int, "3")
