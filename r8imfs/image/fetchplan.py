@@ -132,7 +132,7 @@ class _Slot:
     error: BaseException | None = None
     demand: int = 0  # readers waiting on it
     owners: set[int] = field(default_factory=set)  # streams that prefetched it
-    group: _Group | None = None  # set once its GET started
+    group: _Group | None = None  # while its GET is in flight
 
 
 @dataclass(eq=False, slots=True)
