@@ -157,9 +157,10 @@ class BlobReader:
         For ``image.fetchplan.UnitReader``, which asks for whole units
         (frames, chunks) and reads ahead itself, and for the sparse hops of a
         plain layer's header walk (``SyncBlobFile.fetch_at``): no block
-        alignment and no sequential readahead here. Missing bytes cost one GET of exactly the
-        range; they are returned at once, and stored, recorded and hashed
-        (the hash frontier) behind the caller (``_store_behind``). Served
+        alignment and no sequential readahead here. Missing bytes cost one
+        GET of exactly the range; they are returned at once, and stored,
+        recorded and hashed (the hash frontier) behind the caller
+        (``_store_behind``). Served
         from the data file instead when present, when the blob was verified
         before (fetched blocks must then match their recorded hashes, so
         whole blocks are fetched and checked first, as ``read`` does), or
