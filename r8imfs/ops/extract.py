@@ -331,7 +331,9 @@ def _untar_members(
     # tarfile over a forward-only file rather than in stream mode ("r|"),
     # for the headers only: bodies are views of the inflater's own output
     # (``_Body``), not copies through the stream mode's 10 KiB record loop.
-    tar = _BytesForwardFile(stream if isinstance(stream, Iterator) else chunks_of(stream))
+    # a file object is an Iterator too (of *lines*): tell them apart by ``read``
+    chunks = chunks_of(cast(IO[bytes], stream)) if hasattr(stream, "read") else iter(stream)
+    tar = _BytesForwardFile(chunks)
     with tarfile.TarFile(
         fileobj=cast(IO[bytes], tar), mode="r", encoding="utf-8", tarinfo=GuardedTarInfo
     ) as tf:
