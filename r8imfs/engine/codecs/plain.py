@@ -25,11 +25,10 @@ by the bytes a block would carry past the header.
 
 from __future__ import annotations
 
-import io
 from typing import Protocol, runtime_checkable
 
 from r8imfs.engine.entry import Entry
-from r8imfs.engine.readat import ReadAt, ScanProgress
+from r8imfs.engine.readat import BlobFile, ReadAt, ScanProgress
 from r8imfs.engine.tarindex import index_seekable
 
 KiB = 1024
@@ -54,71 +53,35 @@ class ExactReadAt(ReadAt, Protocol):
     def fetch_at(self, offset: int, size: int) -> bytes | bytearray: ...
 
 
-class HeaderWalk(io.RawIOBase):
+class HeaderWalk(BlobFile):
     """A seekable file over a ``ReadAt`` for ``tarfile``'s header walk (module docstring).
 
-    One instance has a cursor: it belongs to one thread. Counters: ``reads``
-    (underlying reads), ``exact_reads`` (of them, through ``fetch_at``).
+    ``BlobFile`` with another buffering rule: how much each underlying read
+    takes depends on how dense the walk is. One instance has a cursor: it
+    belongs to one thread. Counters: ``reads`` (underlying reads),
+    ``exact_reads`` (of them, through ``fetch_at``).
     """
 
     def __init__(
         self, readat: ReadAt, *, size: int | None = None, progress: ScanProgress | None = None
     ) -> None:
-        super().__init__()
-        self._readat = readat
+        super().__init__(readat, size=size, progress=progress)
         self._exact = readat if isinstance(readat, ExactReadAt) else None
-        self._size = readat.size if size is None else size
-        self._progress = progress
-        self._done = 0
-        self._pos = 0
-        self._buf: bytes | bytearray | memoryview = b""
-        self._buf_start = 0
+        self._view: bytes | bytearray | memoryview = b""
         self._last_end = -DENSE_GAP - 1  # where the last underlying read ended
         self._run = HOP_READ
         self.reads = 0
         self.exact_reads = 0
 
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_CUR:
-            offset += self._pos
-        elif whence == io.SEEK_END:
-            offset += self._size
-        elif whence != io.SEEK_SET:
-            raise ValueError(f"invalid whence {whence}")
-        if offset < 0:
-            raise ValueError(f"negative seek position {offset}")
-        self._pos = offset
-        return offset
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            size = self._size - self._pos
+    def _read(self, size: int) -> bytes:
         size = min(size, self._size - self._pos)
         if size <= 0:
             return b""
         start = self._pos - self._buf_start
-        if start < 0 or start + size > len(self._buf):
+        if start < 0 or start + size > len(self._view):
             self._fill(size)
             start = 0
-        data = bytes(self._buf[start : start + size])
+        data = bytes(self._view[start : start + size])
         self._pos += len(data)
         return data
 
@@ -137,7 +100,7 @@ class HeaderWalk(io.RawIOBase):
             data: bytes | bytearray = self._exact.fetch_at(pos, want)
         else:
             data = self._readat.read_at(pos, want)
-        self._buf, self._buf_start = memoryview(data), pos
+        self._view, self._buf_start = memoryview(data), pos
         self._last_end = pos + len(data)
         if self._progress is not None and self._last_end > self._done:
             self._done = self._last_end
