@@ -28,6 +28,14 @@ stream's queued and in-flight prefetch, as ``close`` does when the reader
 goes away. In-flight prefetch is cancelled only when no demand and no other
 stream wants any unit of its GET.
 
+*Read-around.* A layer of small files (a TOC layer: one unit per file body)
+read file by file would cost one GET per file, each a round trip. With
+``read_around`` set, a demand miss on small units also queues the small units
+that follow it in the blob, up to ``read_around`` compressed bytes, owned by
+the reading stream; ``_coalesce`` puts them in the demand's own GET, and the
+next files are cache hits. It stops at the first unit that is not small, so a
+random read into a big file still costs only the units it covers.
+
 *Decode.* Fetched bytes are cut into units and each unit is decoded by
 ``decode`` in a ``run_cpu`` thread (one per core; zstandard and zlib-ng
 release the GIL), so independent units decode in parallel and the loop
@@ -78,9 +86,16 @@ SEQUENTIAL_SLACK = 1 * MiB
 #: neighbouring files have a tar header's frame between them): the gap's bytes
 #: cost less than a round trip.
 COALESCE_GAP = 16 * 1024
+#: A unit this small (compressed and decoded) is a small file's, or a piece of
+#: one: what ``read_around`` may add to a GET.
+SMALL_UNIT = 64 * 1024
 
 #: ``await fetch(start, end)``: exactly the blob's bytes ``[start, end)``.
 Fetcher = Callable[[int, int], Awaitable[bytes | bytearray]]
+
+
+def _small(unit: Unit) -> bool:
+    return unit.csize <= SMALL_UNIT and unit.usize <= SMALL_UNIT
 
 
 class DecodedCache:
@@ -212,6 +227,7 @@ class UnitReader:
         slack: int = SEQUENTIAL_SLACK,
         on_fetched: Callable[[int, memoryview], None] | None = None,
         prefetch_fetch: Fetcher | None = None,
+        read_around: int = 0,
     ) -> None:
         if parallel < 2:
             raise ValueError("parallel must be at least 2 (one GET is kept for demand reads)")
@@ -228,6 +244,7 @@ class UnitReader:
         self._on_fetched = on_fetched  # e.g. OrderedHash.add: verify a single pass
         # read-ahead GETs, if they go another way (e.g. past the blob cache)
         self._prefetch_fetch = prefetch_fetch or fetch
+        self.read_around = read_around  # compressed bytes; 0: off
         self._slots: dict[int, _Slot] = {}  # unit index -> slot, until decoded
         self._queued: set[int] = set()
         self._groups: set[_Group] = set()
@@ -261,6 +278,8 @@ class UnitReader:
         slots = [self._want(i) for i in wanted]
         if stream is not None and stream.window:
             self._prefetch(stream, end, end + stream.window)
+        elif self.read_around and any(i in self._queued for i in wanted):
+            self._read_around(wanted, stream)  # a miss no GET covers yet
         self._pump()
         parts = []
         for i, slot in zip(wanted, slots, strict=True):
@@ -362,6 +381,17 @@ class UnitReader:
         for i in range(max(wanted.start, stream.queued_to), wanted.stop):
             self._queue_prefetch(i, stream.ident)
         stream.queued_to = max(stream.queued_to, wanted.stop)
+
+    def _read_around(self, wanted: range, stream: ReadStream | None) -> None:
+        """Queue the small units after a small demand miss (see *Read-around*)."""
+        table, first = self.table, self.table[wanted.start]
+        if any(not _small(table[i]) for i in wanted):
+            return
+        owner = stream.ident if stream is not None else -1
+        i = wanted.stop
+        while i < len(table) and _small(table[i]) and table[i].cend - first.cstart <= self.read_around:
+            self._queue_prefetch(i, owner)
+            i += 1
 
     def _queue_prefetch(self, index: int, ident: int) -> None:
         self._check_open()

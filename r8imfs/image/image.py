@@ -72,6 +72,9 @@ UNITS_BUDGET = 48 * 1024 * 1024
 UNITS_WINDOW = 16 * 1024 * 1024
 #: bytes per ranged GET (four in flight): what the daemon holds compressed
 UNITS_RANGE = 8 * 1024 * 1024
+#: a TOC layer's small files around one read, fetched with it (compressed bytes):
+#: ``cp -r`` of a directory of small files costs a GET per this much, not per file
+TOC_READ_AROUND = 512 * 1024
 BlockLoader = Callable[[Node, int], Awaitable[bytes]]
 #: (layer, entry ordinal, block number)
 BlockKey = tuple[int, int, int]
@@ -561,6 +564,7 @@ def _attach_units(layers: list[LayerFiles], nursery: trio.Nursery, cache: Decode
                 max_window=UNITS_WINDOW,
                 max_range=UNITS_RANGE,
                 prefetch_fetch=uncached if layer.toc_units is not None else None,
+                read_around=TOC_READ_AROUND if layer.toc_units is not None else 0,
             )
 
 

@@ -66,6 +66,10 @@ class CountingProxy:
                 out[m.group(1)] = out.get(m.group(1), 0) + e.response_bytes
         return out
 
+    def blob_gets(self) -> int:
+        """How many blob GETs there were (ranged or not)."""
+        return sum(1 for e in self.exchanges if e.method == "GET" and _BLOB_GET.match(e.path))
+
     def writes(self) -> list[Exchange]:
         """Every request that could change the registry."""
         return [e for e in self.exchanges if e.method in ("POST", "PUT", "PATCH", "DELETE")]

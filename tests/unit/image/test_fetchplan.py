@@ -472,3 +472,64 @@ async def test_a_failed_get_lets_go_of_its_buffer() -> None:
         await settle()
         assert len(buffers) == 1 and buffers[0]() is None
         reader.close()
+
+
+def small_files(sizes: list[int]) -> UnitTable:
+    """Units of the given compressed sizes (decoded: the same size), 100-byte gaps
+    between them (a TOC layer's tar-header frames)."""
+    units, c, u = [], 0, 0
+    for i, size in enumerate(sizes):
+        units.append(Unit(i, c, c + size, u, size))
+        c, u = c + size + 100, u + size
+    return UnitTable(units, u)
+
+
+def stored(unit: Unit, data: bytes | memoryview) -> bytes:
+    return bytes(data)
+
+
+WIDE = bytes(i % 251 for i in range(200_000))
+
+
+class WideFetcher(Fetcher):
+    async def __call__(self, start: int, end: int) -> bytes:
+        await super().__call__(start, end)
+        return WIDE[start:end]
+
+
+async def test_a_small_miss_reads_around_its_small_neighbours_in_one_get() -> None:
+    fetch = WideFetcher()
+    units = small_files([U] * 30)
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(units, fetch, stored, nursery, read_around=10 * U)
+        for i in range(20):  # file by file, a new open file each time
+            stream = reader.stream()
+            assert await stream.read(units[i].ustart, U) == WIDE[units[i].cstart : units[i].cend]
+            stream.close()
+        await settle()
+        # the budget is measured from the miss: 9 units (9,800 bytes) per GET
+        runs = [(0, 8), (9, 17), (18, 26)]
+        assert fetch.calls == [(units[a].cstart, units[b].cend) for a, b in runs]
+        reader.close()
+
+
+async def test_read_around_stops_at_a_big_unit_and_is_off_by_default() -> None:
+    fetch = WideFetcher()
+    units = small_files([U, U, 70_000, U, U])
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(units, fetch, stored, nursery, read_around=10**6)
+        await reader.read(0, 10)
+        await settle()
+        assert fetch.calls == [(0, units[1].cend)]  # not the 70 kB unit, nor past it
+        fetch.calls.clear()
+        await reader.read(units[2].ustart, 10)  # a big unit: just itself
+        await settle()
+        assert fetch.calls == [(units[2].cstart, units[2].cend)]
+        reader.close()
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(small_files([U] * 5), fetch, stored, nursery)
+        await reader.read(0, 10)
+        await settle()
+        assert fetch.calls == [(0, U)]
+        reader.close()
