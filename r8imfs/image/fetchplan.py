@@ -389,7 +389,9 @@ class UnitReader:
             return
         owner = stream.ident if stream is not None else -1
         i = wanted.stop
-        while i < len(table) and _small(table[i]) and table[i].cend - first.cstart <= self.read_around:
+        while (
+            i < len(table) and _small(table[i]) and table[i].cend - first.cstart <= self.read_around
+        ):
             self._queue_prefetch(i, owner)
             i += 1
 

@@ -526,7 +526,7 @@ async def test_read_around_stops_at_a_big_unit_and_is_off_by_default() -> None:
         await settle()
         assert fetch.calls == [(units[2].cstart, units[2].cend)]
         reader.close()
-    fetch = Fetcher()
+    fetch = WideFetcher()
     async with trio.open_nursery() as nursery:
         reader = UnitReader(small_files([U] * 5), fetch, stored, nursery)
         await reader.read(0, 10)
