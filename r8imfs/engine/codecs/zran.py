@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from r8imfs.engine.codecs import isal
 from r8imfs.errors import CorruptLayer
 
 WINDOW = 32768
@@ -414,7 +415,19 @@ def inflate_into(
     after ``out`` is zeros (a tar's padding) up to its end, and that it ends
     with ``data`` (zero bytes after the last member are tolerated, as gunzip
     does): a zTOC cannot cut the tar short.
+
+    Without either check, ISA-L (``isal``) inflates the span when it is there,
+    about a quarter faster than zlib-ng; a span it cannot finish is done again
+    here, so errors and gzip member ends are libz's.
     """
+    if end is None and not to_end and isal.available:  # the fast path, when it suffices
+        with _Pinned(data) as (base, length), _Pinned(out, writable=True) as (obase, olen):
+            first = ctypes.c_ubyte.from_address(base).value if cp.bits and length else 0
+            skip = 1 if cp.bits else 0
+            if length > skip and isal.inflate(
+                cp.bits, first, cp.window, base + skip, length - skip, obase, olen
+            ):
+                return olen
     z = _Inflater(_RAW)
     try:
         with _Pinned(data) as (base, length):
