@@ -29,7 +29,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("mountpoint", help="a mount made with `r8imfs mount --writable`")
     p.add_argument("--dest", required=True, help="destination reference, e.g. r8.im/user/model")
     p.add_argument("-m", "--message", help="history comment of the new layer")
-    p.add_argument("--zstd", action="store_true", help="a zstd layer (default: gzip)")
+    p.add_argument(
+        "--zstd",
+        action="store_true",
+        help="a zstd:chunked layer, lazily readable with its TOC (default: gzip)",
+    )
     p.add_argument(
         "--weights-prefix",
         default=DEFAULT_PREFIX,

@@ -10,7 +10,7 @@ markers. A commit, in an order that leaves no tag behind on failure:
    directories outside ``--weights-prefix`` is refused unless
    ``--allow-overwrite``; whiteouts of code count as changes to code;
 3. upload it: gzip through affix's one-pass path (``upload_tar_as_gzip``),
-   or seekable zstd (a Docker manifest then becomes OCI, which zstd needs);
+   or zstd:chunked (a Docker manifest then becomes OCI, which zstd needs);
 4. the base's layers are placed in the destination by HEAD or
    cross-repository mount from the mounted image's repository (never
    downloaded); then the config with one history entry, the manifest last.
@@ -35,7 +35,7 @@ from pathlib import Path
 from r8imfs._threads import run_io, run_sync
 from r8imfs._units import human_size
 from r8imfs.engine import tarcheck
-from r8imfs.engine.codecs.zstdwrite import write_seekable
+from r8imfs.engine.codecs.zstdwrite import SeekableResult, write_chunked
 from r8imfs.engine.upper import UpperDir
 from r8imfs.engine.uppertar import TarStats, write_layer_tar
 from r8imfs.errors import R8imfsError, UnsupportedMediaType
@@ -154,20 +154,22 @@ async def _upload(
 async def _upload_zstd(
     client: RegistryClient, dest: Reference, tar: Path, progress: Callable[[int], None]
 ) -> UploadedLayer:
-    """Seekable zstd (readable lazily by r8imfs) to a file beside the tar, then uploaded."""
+    """zstd:chunked, as ``r8imfs zstd`` writes it (its TOC lets any mount, ours or
+    containers/storage's, read the layer lazily and verified), to a file beside
+    the tar, then uploaded; the TOC's annotations go on the layer descriptor."""
     out = tar.with_suffix(".tar.zst")
 
-    def compress() -> tuple[str, int]:
+    def compress() -> SeekableResult:
         with tar.open("rb") as src, out.open("wb") as dst:
-            done = write_seekable(src, dst, digest_output=False)
-        return done.diff_id, done.uncompressed_size
+            return write_chunked(src, dst, digest_output=False)
 
     try:
-        diff_id, tar_size = await run_sync(compress)
+        done = await run_sync(compress)
         up = await upload_stream(client, dest.repository, _file_body(out), progress=progress)
     finally:
         await run_io(out.unlink, True)
-    return UploadedLayer(Descriptor("", up.digest, up.size), diff_id, tar_size)
+    blob = Descriptor("", up.digest, up.size, None, done.annotations or None)
+    return UploadedLayer(blob, done.diff_id, done.uncompressed_size)
 
 
 def _file_body(path: Path) -> Body:
@@ -195,7 +197,8 @@ def _new_image(child: Child, layer: UploadedLayer, kind: str, options: CommitOpt
     if kind == "zstd" and mtype != mutate.to_oci(mtype):  # zstd has no Docker media type
         mtype = mutate.to_oci(mtype)
         base_layers = [_retyped(d, mtype) for d in base_layers]
-    blob = Descriptor(mutate.layer_type_for(mtype, kind), layer.blob.digest, layer.blob.size)
+    kind_type = mutate.layer_type_for(mtype, kind)
+    blob = Descriptor(kind_type, layer.blob.digest, layer.blob.size, None, layer.blob.annotations)
     created_by = CREATED_BY + (f" -m {options.message}" if options.message else "")
     new = mutate.NewLayer(blob, layer.diff_id, created_by, options.message or None)
     config = mutate.append_layers(child.config.data, [new])

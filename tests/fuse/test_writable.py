@@ -182,8 +182,16 @@ def test_zstd_commit_reads_back(
         _pushed(_commit(m, dest, "--zstd"))
     raw = inspect_raw(dest)
     assert raw["mediaType"] == mt.OCI_MANIFEST  # zstd has no Docker media type
-    assert raw["layers"][-1]["mediaType"] == mt.OCI_LAYER_ZSTD
+    layer = raw["layers"][-1]
+    assert layer["mediaType"] == mt.OCI_LAYER_ZSTD
+    # zstd:chunked, as `r8imfs zstd` writes it: its TOC located by the annotations
+    assert "io.github.containers.zstd-chunked.manifest-checksum" in layer["annotations"]
     assert unpack(dest, tmp_path / "umoci", regzip=True) == want
+    with mounted(dest, name="back") as back:  # served through the TOC, not indexed
+        assert "TOC refused" not in back.mount_stderr + back.log_text()
+        for rel, body in want.items():
+            if isinstance(body, bytes):
+                assert (back.rootfs / rel).read_bytes() == body, rel
 
 
 def test_guard_refuses_a_code_change_and_tags_nothing(
