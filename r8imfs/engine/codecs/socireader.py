@@ -61,12 +61,20 @@ class SociLayer:
         cache_spans: int = CACHE_SPANS,
         name: str = "layer",
         pool: Executor | None = None,
+        spans: ztoc.Spans | None = None,
     ) -> None:
-        """Validate ``z`` against ``blob`` (``InvalidZtoc``); spans verify and
-        inflate on ``pool`` if given (shared by layers, not shut down here), else
-        on a pool of ``workers`` threads of the reader's own."""
+        """Validate ``z`` against ``blob`` (``InvalidZtoc``), unless ``spans`` says
+        it was: what ``ztoc.validate(z, blob.size, span_size)`` returned. Spans
+        verify and inflate on ``pool`` if given (shared by layers, not shut down
+        here), else on a pool of ``workers`` threads of the reader's own."""
         self.ztoc = z
-        self.spans = ztoc.validate(z, blob.size, span_size)
+        if spans is None:
+            spans = ztoc.validate(z, blob.size, span_size)
+        elif z.compressed_archive_size != blob.size:
+            raise ztoc.InvalidZtoc(
+                f"zTOC is for a blob of {z.compressed_archive_size} bytes, not {blob.size}"
+            )
+        self.spans = spans
         self._blob = blob
         self._name = name
         self._own_pool = pool is None
