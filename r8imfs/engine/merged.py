@@ -88,6 +88,8 @@ class _Builder:
     def __init__(self, root_layer: int) -> None:
         self.nodes: dict[str, _Rec] = {"": (_implicit_dir(""), root_layer, True)}
         self.children: dict[str, dict[str, None]] = {"": {}}
+        #: an entry was put under a name not its own (a hardlink): names may share it
+        self.linked = False
 
     def is_dir(self, path: str) -> bool:
         return path in self.children
@@ -129,14 +131,24 @@ class _Builder:
             if entry.kind is Kind.DIR:
                 self.nodes[""] = (entry, layer, False)
             return
-        self.ensure_dir(parent_of(path), dir_layer)
+        if entry.path != path:
+            self.linked = True
+        parent, _, name = path.rpartition("/")
+        siblings = self.children.get(parent)
+        if siblings is None:
+            self.ensure_dir(parent, dir_layer)
+            siblings = self.children[parent]
         old = self.nodes.get(path)
         if old is not None:
             if old[0].kind is Kind.DIR and entry.kind is Kind.DIR:
                 self.nodes[path] = (entry, layer, False)
                 return
             self.remove(path)
-        self._add(path, (entry, layer, False))
+        # _add, inline: a layer of 100,000 files comes through here
+        self.nodes[path] = (entry, layer, False)
+        siblings[name] = None
+        if entry.kind is Kind.DIR:
+            self.children[path] = {}
 
     def _add(self, path: str, rec: _Rec) -> None:
         self.nodes[path] = rec
@@ -171,22 +183,52 @@ def _resolve_link(
 
 
 class _Tree:
-    """Read-only lookups shared by MergedTree and LayerTree."""
+    """Read-only lookups shared by MergedTree and LayerTree.
 
-    __slots__ = ("_nodes", "_listing")
+    A ``Node`` is made on first sight of its name (lookup, listing, iteration)
+    and kept: a mount looks at a few names of a tree of 100,000. Two threads
+    may both make one; they are equal, and either is kept.
+    """
+
+    __slots__ = ("_recs", "_nodes", "_listing", "_links")
 
     def __init__(self, builder: _Builder) -> None:
-        self._nodes, self._listing = _finalise(builder)
+        self._recs = builder.nodes
+        self._listing = {d: tuple(sorted(names)) for d, names in builder.children.items()}
+        self._nodes: dict[str, Node] = {}
+        #: names per (layer, ordinal) when some entry has several (hardlinks)
+        self._links: Counter[tuple[int, int]] | None = None
+        if builder.linked:
+            self._links = Counter(
+                (layer, e.ordinal) for e, layer, _ in self._recs.values() if e.kind is not Kind.DIR
+            )
+
+    def _node(self, path: str) -> Node | None:
+        node = self._nodes.get(path)
+        if node is None:
+            rec = self._recs.get(path)
+            if rec is None:
+                return None
+            e, layer, implicit = rec
+            node = self._nodes[path] = Node(path, e, layer, self._nlink(path, e, layer), implicit)
+        return node
+
+    def _nlink(self, path: str, e: Entry, layer: int) -> int:
+        if e.kind is Kind.DIR:  # "." and each subdirectory's ".."
+            recs = self._recs
+            return 2 + sum(
+                1 for name in self._listing[path] if recs[join(path, name)][0].kind is Kind.DIR
+            )
+        return 1 if self._links is None else self._links[(layer, e.ordinal)]
 
     def lookup(self, path: str) -> Node | None:
         """The node at ``path`` ("/a/b", "a/b/" and "./a/b" all work), or None."""
-        node = self._nodes.get(path)
-        if node is None:
-            try:
-                node = self._nodes.get(normalise_path(path))
-            except UnsafeLayer:
-                return None
-        return node
+        if path in self._recs:
+            return self._node(path)
+        try:
+            return self._node(normalise_path(path))
+        except UnsafeLayer:
+            return None
 
     def node(self, path: str) -> Node:
         node = self.lookup(path)
@@ -205,36 +247,18 @@ class _Tree:
         return isinstance(path, str) and self.lookup(path) is not None
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        return len(self._recs)
 
     def __iter__(self) -> Iterator[Node]:
         """Every node, depth first, parents before children, names sorted."""
         stack = [""]
         while stack:
             path = stack.pop()
-            node = self._nodes[path]
+            node = self._node(path)
+            assert node is not None
             yield node
             if node.is_dir:
                 stack.extend(join(path, n) for n in reversed(self._listing[path]))
-
-
-def _finalise(b: _Builder) -> tuple[dict[str, Node], dict[str, tuple[str, ...]]]:
-    links = Counter(
-        (layer, e.ordinal) for e, layer, _ in b.nodes.values() if e.kind is not Kind.DIR
-    )
-    subdirs = Counter(parent_of(p) for p in b.children if p)
-    nodes = {
-        path: Node(
-            path,
-            e,
-            layer,
-            2 + subdirs[path] if e.kind is Kind.DIR else links[(layer, e.ordinal)],
-            implicit,
-        )
-        for path, (e, layer, implicit) in b.nodes.items()
-    }
-    listing = {d: tuple(sorted(names)) for d, names in b.children.items()}
-    return nodes, listing
 
 
 class MergedTree(_Tree):

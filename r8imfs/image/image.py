@@ -345,7 +345,7 @@ class _LayerOpener:
             opener = functools.partial(
                 toc_layer.open_reader, blob.sync_file(), name=name, pool=self.pool
             )
-            reader = await _threads.run_sync(opener)  # it validates the TOC's spans again
+            reader = await _threads.run_sync(opener)
             entries = tuple(toc_layer.entries)
             tree = await _threads.run_sync(LayerTree.build, list(entries), i)
         except BaseException:

@@ -1,11 +1,12 @@
 """``mount``: an image's layers indexed, then served by whoever mounts them.
 
-Resolves the image, looks for TOCs published for its layers (a SOCI index's
-zTOCs, ``image.tocs``: a layer with a usable one is served from it at once,
-reading none of its body), opens the blob cache and the ``ImageFiles`` over it
-(indexing each other layer, or loading its cached index), and hands them to
-``serve`` for as long as it runs. The FUSE side (``fs.daemon.serve``) is
-the caller's: ``ops`` sits beside ``fs``, not above it.
+Resolves the image's manifest, then fetches its config while it looks for
+TOCs published for its layers (a SOCI index's zTOCs, ``image.tocs``: a layer
+with a usable one is served from it at once, reading none of its body), opens
+the blob cache and the ``ImageFiles`` over it (indexing each other layer, or
+loading its cached index), and hands them to ``serve`` for as long as it runs.
+The FUSE side (``fs.daemon.serve``) is the caller's: ``ops`` sits beside
+``fs``, not above it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import trio
+
 from r8imfs.cache.blobcache import DEFAULT_MAX_BYTES, BlobCache, default_cache_dir
+from r8imfs.engine.codecs.layerformat import Toc
 from r8imfs.image.image import ImageFiles, IndexProgress
 from r8imfs.image.tocs import find_tocs
 from r8imfs.oci.manifest import Platform
 from r8imfs.oci.reference import Reference
+from r8imfs.ops._tasks import collapse_groups
 from r8imfs.registry.client import Image, RegistryClient
 
 #: Given the resolved image, the index progress callback to use (or None).
@@ -43,9 +48,19 @@ async def mount(
 ) -> None:
     """Index ``ref``'s layers and ``await serve(files)``; close everything after."""
     cache_dir = options.cache_dir or default_cache_dir()
-    image = await client.resolve(ref, options.platform)
+    found = await client.find_manifest(ref, options.platform)
+    tocs: dict[str, Toc] = {}
+
+    async def look_for_tocs() -> None:  # never fails: no TOCs, the layers are indexed here
+        tocs.update(await find_tocs(client, ref.repository, found.manifest))
+
+    # the config and the SOCI index + zTOCs both hang off the manifest: one round trip less
+    with collapse_groups():
+        async with trio.open_nursery() as nursery:
+            if options.soci:
+                nursery.start_soon(look_for_tocs)
+            image = await client.with_config(found)
     progress = on_resolved(image) if on_resolved is not None else None
-    tocs = await find_tocs(client, ref.repository, image.manifest) if options.soci else {}
     async with BlobCache(cache_dir, options.max_bytes) as cache:
         files = await ImageFiles.open(
             client,

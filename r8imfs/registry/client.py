@@ -64,6 +64,16 @@ class ClientOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class Found:
+    """One platform's manifest, found (through an index if need be); no config yet."""
+
+    reference: Reference  # pinned to the manifest's digest
+    manifest: Manifest
+    index: Index | None = None
+    platform: Platform | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Image:
     """A resolved single-platform image: what most commands work on."""
 
@@ -290,6 +300,11 @@ class RegistryClient:
 
     async def resolve(self, ref: Reference, platform: Platform | None = None) -> Image:
         """Manifest (through an index if need be) and config of one platform."""
+        return await self.with_config(await self.find_manifest(ref, platform))
+
+    async def find_manifest(self, ref: Reference, platform: Platform | None = None) -> Found:
+        """``resolve`` up to the manifest: what needs only the manifest (its SOCI
+        index, its layers) can start while ``with_config`` fetches the config."""
         top = await self.get_manifest(ref)
         index = None
         if isinstance(top, Index):
@@ -300,16 +315,20 @@ class RegistryClient:
                 raise RegistryError(f"{ref}: index entry {chosen.digest} is not an image manifest")
             top = child
             platform = chosen.platform
-        config = ImageConfig.parse(
-            await self.get_blob(ref.repository, top.config.digest, MAX_CONFIG)
-        )
+        return Found(ref.with_digest(top.digest), top, index, platform)
+
+    async def with_config(self, found: Found) -> Image:
+        """The image ``found`` is, with its config fetched."""
+        repo, digest = found.reference.repository, found.manifest.config.digest
+        config = ImageConfig.parse(await self.get_blob(repo, digest, MAX_CONFIG))
+        platform = found.platform
         if platform is None and config.data.get("os"):
             platform = Platform(
                 config.data.get("os", ""),
                 config.data.get("architecture", ""),
                 config.data.get("variant") or None,
             )
-        return Image(ref.with_digest(top.digest), top, config, index, platform)
+        return Image(found.reference, found.manifest, config, found.index, platform)
 
     # -- blobs --------------------------------------------------------------
     async def head_blob(self, repo: Repository, digest: str) -> int | None:

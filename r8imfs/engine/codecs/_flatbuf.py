@@ -15,14 +15,16 @@ they are stored, always forward. A string is a u32 length, the bytes and a NUL;
 a vector a u32 count and its elements (references for strings and tables).
 
 The writer lays the buffer out front to back (a table, then what it refers to),
-which keeps every reference forward without the usual back-to-front builder.
+which keeps every reference forward without the usual back-to-front builder
+(a shared vtable sits before the first table using it: the table's soffset is
+positive either way).
 Scalars equal to their default are left out, as the Go builder does.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -67,10 +69,15 @@ Field = Union[Scalar, Str, Bytes, Table, Vector]  # noqa: UP007 (a runtime alias
 
 
 class Writer:
-    """Serialises a ``Table`` tree into one buffer."""
+    """Serialises a ``Table`` tree into one buffer.
 
-    def __init__(self) -> None:
+    Tables of the same shape share one vtable, as Go's builder writes them
+    (``share_vtables=False``: one per table, for tests of readers).
+    """
+
+    def __init__(self, *, share_vtables: bool = True) -> None:
         self.buf = bytearray(4)
+        self._vtables: dict[bytes, int] | None = {} if share_vtables else None
 
     def finish(self, root: Table) -> bytes:
         pos = self._table(root)
@@ -85,12 +92,17 @@ class Writer:
         present = [(i, f) for i, f in enumerate(table.fields) if _present(f)]
         layout, size = _layout(present)
         nfields = present[-1][0] + 1 if present else 0
-        self._align(2)
-        vt = len(self.buf)
         slots = [0] * nfields
         for i, _ in present:
             slots[i] = layout[i]
-        self.buf += struct.pack(f"<HH{nfields}H", 4 + 2 * nfields, size, *slots)
+        vtable = struct.pack(f"<HH{nfields}H", 4 + 2 * nfields, size, *slots)
+        vt = self._vtables.get(vtable) if self._vtables is not None else None
+        if vt is None:
+            self._align(2)
+            vt = len(self.buf)
+            self.buf += vtable
+            if self._vtables is not None:
+                self._vtables[vtable] = vt
         self._align(8)
         start = len(self.buf)
         self.buf += bytes(size)
@@ -155,17 +167,18 @@ _STRUCTS: dict[str, struct.Struct] = {}
 class Reader:
     """Bounds-checked access to a FlatBuffer; positions are absolute.
 
-    A vtable is checked once and its field offsets kept (FlatBuffers writers
-    share one vtable among tables of the same shape, so a zTOC of 100,000
-    entries has a handful): decoding a big TOC costs one dict lookup per
-    field, not a vtable parse.
+    ``field``, ``scalar``, ``ref``, ``string``: one field at a time (a vtable
+    is checked once per position and kept). ``fields``: a whole table at once,
+    for the big vectors of tables (a zTOC's entries).
     """
 
     def __init__(self, data: bytes) -> None:
-        self.data = data
+        self.data = data if type(data) is bytes else bytes(data)  # slices are bytes
         self.size = len(data)
         #: vtable position -> (table size, field offsets)
         self._vtables: dict[int, tuple[int, tuple[int, ...]]] = {}
+        #: (vtable bytes, field kinds) -> how ``fields`` reads such tables
+        self._plans: dict[tuple[bytes, str], _Plan] = {}
 
     def _unpack(self, fmt: str, pos: int) -> int:
         s = _STRUCTS.get(fmt) or _STRUCTS.setdefault(fmt, struct.Struct(fmt))
@@ -218,10 +231,28 @@ class Reader:
         return None if at is None else self._deref(at)
 
     def string_at(self, pos: int) -> bytes:
-        n = self._unpack("<I", pos)
-        if pos + 4 + n > self.size:
+        if pos < 0 or pos + 4 > self.size:
+            raise FlatbufError(f"string at {pos} is outside the buffer")
+        end = pos + 4 + _U32.unpack_from(self.data, pos)[0]
+        if end > self.size:
             raise FlatbufError(f"string at {pos} runs past the buffer")
-        return bytes(self.data[pos + 4 : pos + 4 + n])
+        return self.data[pos + 4 : end]
+
+    def texts(self, positions: Sequence[int | None]) -> list[str]:
+        """The strings at ``positions`` (None: absent, "") as text; bytes that are not
+        UTF-8 kept as surrogates, as Go's strings keep them."""
+        data, size, out = self.data, self.size, []
+        for pos in positions:  # string_at, inline: a big TOC has a million strings
+            if pos is None:
+                out.append("")
+                continue
+            if pos < 0 or pos + 4 > size:
+                raise FlatbufError(f"string at {pos} is outside the buffer")
+            end = pos + 4 + _U32.unpack_from(data, pos)[0]
+            if end > size:
+                raise FlatbufError(f"string at {pos} runs past the buffer")
+            out.append(data[pos + 4 : end].decode("utf-8", "surrogateescape"))
+        return out
 
     def string(self, table: int, fid: int) -> bytes:
         pos = self.ref(table, fid)
@@ -230,8 +261,10 @@ class Reader:
     def vector(self, table: int, fid: int, width: int) -> tuple[int, int]:
         """(position of the first element, count); (0, 0) when absent."""
         pos = self.ref(table, fid)
-        if pos is None:
-            return 0, 0
+        return (0, 0) if pos is None else self.vector_at(pos, width)
+
+    def vector_at(self, pos: int, width: int) -> tuple[int, int]:
+        """(position of the first element, count) of the vector at ``pos``."""
         n = self._unpack("<I", pos)
         if pos + 4 + n * width > self.size:
             raise FlatbufError(f"vector of {n} at {pos} runs past the buffer")
@@ -244,3 +277,106 @@ class Reader:
     def element(self, start: int, k: int) -> int:
         """The target of reference ``k`` of a vector of strings or tables."""
         return self._deref(start + 4 * k)
+
+    def elements(self, start: int, n: int) -> list[int]:
+        """The targets of the ``n`` references of a vector (as ``vector`` gave it)."""
+        if start < 0 or start + 4 * n > self.size:
+            raise FlatbufError(f"vector of {n} at {start} runs past the buffer")
+        rels = struct.unpack_from(f"<{n}I", self.data, start)
+        targets = [start + 4 * k + rel for k, rel in enumerate(rels)]
+        if targets and max(targets) >= self.size:
+            k = next(k for k, t in enumerate(targets) if t >= self.size)
+            raise FlatbufError(f"reference at {start + 4 * k} points outside the buffer")
+        return targets
+
+    def fields(self, table: int, kinds: str) -> list[int | None]:
+        """Every field of a table in one read: ``kinds[i]`` is field ``i``'s struct
+        code (``"q"``, ``"I"``, ``"b"``...) or ``"r"`` for a reference. A scalar
+        comes back as its value, a reference as its target (as ``ref``), an
+        absent field as None; the checks are those of ``field`` and ``ref``.
+
+        The layout (``_Plan``) is worked out once per distinct vtable *content*,
+        so the thousands of entry tables of a big TOC cost one struct unpack
+        each, whether their writer shared one vtable among them (Go's builder
+        does) or wrote one per table (``Writer`` does).
+        """
+        data, size = self.data, self.size
+        if table < 0 or table + 4 > size:
+            raise FlatbufError(f"table at {table} is outside the buffer")
+        vt = table - _I32.unpack_from(data, table)[0]
+        if vt < 0 or vt + 2 > size:
+            raise FlatbufError(f"vtable of the table at {table} is outside the buffer")
+        vt_end = vt + _U16.unpack_from(data, vt)[0]
+        if vt_end > size:
+            raise FlatbufError(f"malformed vtable at {vt}")
+        key = (data[vt:vt_end], kinds)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _plan(key[0], kinds, vt)
+        if table + plan.t_size > size:
+            raise FlatbufError(f"table at {table} runs past the buffer")
+        if plan.unpack is None:  # fields that overlap: no single layout; one by one
+            return [self._one(table, fid, kind) for fid, kind in enumerate(kinds)]
+        if table + plan.span > size:
+            raise FlatbufError(f"fields of the table at {table} run past the buffer")
+        values = plan.unpack(data, table)
+        out: list[int | None] = [None] * len(kinds)
+        for fid, value in zip(plan.order, values, strict=True):
+            out[fid] = value
+        for k, fid, off in plan.refs:
+            target = table + off + values[k]
+            if target >= size:
+                raise FlatbufError(f"reference at {table + off} points outside the buffer")
+            out[fid] = target
+        return out
+
+    def _one(self, table: int, fid: int, kind: str) -> int | None:
+        at = self.field(table, fid)
+        if at is None:
+            return None
+        return self._deref(at) if kind == "r" else self._unpack("<" + kind, at)
+
+
+_U16 = struct.Struct("<H")
+_I32 = struct.Struct("<i")
+_U32 = struct.Struct("<I")
+
+
+def _plan(vtable: bytes, kinds: str, vt: int) -> _Plan:
+    """How ``Reader.fields`` reads the tables with this vtable (found at ``vt``)."""
+    if len(vtable) < 4 or len(vtable) % 2:
+        raise FlatbufError(f"malformed vtable at {vt}")
+    _, t_size, *offsets = struct.unpack(f"<{len(vtable) // 2}H", vtable)
+    if t_size < 4:
+        raise FlatbufError(f"malformed vtable at {vt}")
+    present = sorted((offsets[fid], fid) for fid in range(min(len(kinds), len(offsets))))
+    fmt, at = "<", 0
+    order: list[int] = []
+    refs: list[tuple[int, int, int]] = []
+    for off, fid in present:
+        if off == 0:
+            continue
+        if off < 4 or off >= t_size:
+            raise FlatbufError(f"field {fid} of a table with the vtable at {vt} is outside it")
+        if off < at:
+            return _Plan(t_size, None, 0, (), ())
+        code = "I" if kinds[fid] == "r" else kinds[fid]
+        fmt += f"{off - at}x{code}" if off > at else code
+        at = off + struct.calcsize("<" + code)
+        if kinds[fid] == "r":
+            refs.append((len(order), fid, off))
+        order.append(fid)
+    return _Plan(t_size, struct.Struct(fmt).unpack_from, at, tuple(order), tuple(refs))
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How to read the fields of tables sharing one vtable: one unpack at the table
+    (None if fields overlap), how many bytes it reads, which field each value is,
+    and the (value index, field, offset in the table) of the references."""
+
+    t_size: int
+    unpack: Callable[[bytes, int], tuple[int, ...]] | None
+    span: int
+    order: tuple[int, ...]
+    refs: tuple[tuple[int, int, int], ...]

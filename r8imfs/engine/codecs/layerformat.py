@@ -147,7 +147,10 @@ class ZtocLayer:
         return table, decode
 
     def open_reader(self, blob: ReadAt, *, name: str, pool: Executor | None) -> LayerReader:
-        return socireader.SociLayer(self.z, blob, span_size=self.span_size, name=name, pool=pool)
+        # validated by ``ZtocFormat.load`` against this layer's size: not again
+        return socireader.SociLayer(
+            self.z, blob, span_size=self.span_size, name=name, pool=pool, spans=self.spans
+        )
 
 
 class ZtocFormat:

@@ -61,12 +61,20 @@ class SociLayer:
         cache_spans: int = CACHE_SPANS,
         name: str = "layer",
         pool: Executor | None = None,
+        spans: ztoc.Spans | None = None,
     ) -> None:
-        """Validate ``z`` against ``blob`` (``InvalidZtoc``); spans verify and
-        inflate on ``pool`` if given (shared by layers, not shut down here), else
-        on a pool of ``workers`` threads of the reader's own."""
+        """Validate ``z`` against ``blob`` (``InvalidZtoc``), unless ``spans`` says
+        it was: what ``ztoc.validate(z, blob.size, span_size)`` returned. Spans
+        verify and inflate on ``pool`` if given (shared by layers, not shut down
+        here), else on a pool of ``workers`` threads of the reader's own."""
         self.ztoc = z
-        self.spans = ztoc.validate(z, blob.size, span_size)
+        if spans is None:
+            spans = ztoc.validate(z, blob.size, span_size)
+        elif z.compressed_archive_size != blob.size:
+            raise ztoc.InvalidZtoc(
+                f"zTOC is for a blob of {z.compressed_archive_size} bytes, not {blob.size}"
+            )
+        self.spans = spans
         self._blob = blob
         self._name = name
         self._own_pool = pool is None
@@ -257,35 +265,44 @@ def entries(z: ztoc.Ztoc) -> list[Entry]:
     """The layer's members as ``Entry`` records, in tar order; later duplicates win."""
     found: dict[str, Entry] = {}
     ordered = sorted(z.files, key=lambda f: f.uncompressed_offset)
+    mtimes: dict[str, float] = {}  # a layer's files mostly share a few times
     for ordinal, f in enumerate(ordered):
-        entry = to_entry(f, ordinal)
+        mtime = mtimes.get(f.mod_time)
+        if mtime is None:
+            mtime = mtimes[f.mod_time] = parse_mod_time(f.mod_time)
+        entry = to_entry(f, ordinal, mtime)
         found.pop(entry.path, None)
         found[entry.path] = entry
     return list(found.values())
 
 
-def to_entry(f: ztoc.FileMetadata, ordinal: int) -> Entry:
+def to_entry(f: ztoc.FileMetadata, ordinal: int, mtime: float | None = None) -> Entry:
+    """``f`` as an ``Entry``; ``mtime``: ``parse_mod_time(f.mod_time)`` if known."""
     kind = _KINDS[f.type]
-    hardlink = kind is Kind.HARDLINK
     return Entry(
-        path=normalise_path(f.name),
-        kind=kind,
-        mode=f.mode & 0o7777,
-        uid=f.uid,
-        gid=f.gid,
-        mtime=parse_mod_time(f.mod_time),
-        size=f.uncompressed_size if kind is Kind.FILE else 0,
-        linkname=normalise_path(f.linkname) if hardlink else f.linkname,
-        devmajor=f.devmajor,
-        devminor=f.devminor,
-        xattrs={
-            k[len(_SCHILY) :]: v.encode("utf-8", "surrogateescape")
-            for k, v in f.xattrs
-            if k.startswith(_SCHILY)
-        },
-        data_offset=f.uncompressed_offset,
-        ordinal=ordinal,
+        normalise_path(f.name),
+        kind,
+        f.mode & 0o7777,
+        f.uid,
+        f.gid,
+        parse_mod_time(f.mod_time) if mtime is None else mtime,
+        f.uncompressed_size if kind is Kind.FILE else 0,
+        normalise_path(f.linkname) if kind is Kind.HARDLINK else f.linkname,
+        f.devmajor,
+        f.devminor,
+        _xattrs(f.xattrs) if f.xattrs else {},
+        f.uncompressed_offset,
+        ordinal,
     )
+
+
+def _xattrs(records: tuple[tuple[str, str], ...]) -> dict[str, bytes]:
+    """Extended attributes from the PAX records (``SCHILY.xattr.<name>``)."""
+    return {
+        k[len(_SCHILY) :]: v.encode("utf-8", "surrogateescape")
+        for k, v in records
+        if k.startswith(_SCHILY)
+    }
 
 
 def parse_mod_time(text: str) -> float:

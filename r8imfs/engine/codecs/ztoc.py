@@ -230,33 +230,47 @@ def _files(r: fb.Reader, toc: int) -> tuple[FileMetadata, ...]:
     start, n = r.vector(toc, 0, 4)
     if n > MAX_FILES:
         raise InvalidZtoc(f"zTOC lists {n} files (the limit is {MAX_FILES})")
-    return tuple(_file(r, r.element(start, k)) for k in range(n))
+    return tuple(_file(r, t) for t in r.elements(start, n))
+
+
+#: ``ztoc.FileMetadata``'s fields in schema order (``Reader.fields`` kinds):
+#: name, type, uncompressed_offset, uncompressed_size, linkname, mode, uid,
+#: gid, uname, gname, mod_time, devmajor, devminor, xattrs.
+_FILE_FIELDS = "rrqqrqIIrrrqqr"
+_XATTR_FIELDS = "rr"  # key, value
 
 
 def _file(r: fb.Reader, t: int) -> FileMetadata:
-    start, n = r.vector(t, 13, 4)
+    name, kind, off, size, link, mode, uid, gid, uname, gname, mtime, major, minor, xattrs = (
+        r.fields(t, _FILE_FIELDS)
+    )
+    name_, kind_, link_, uname_, gname_, mtime_ = r.texts((name, kind, link, uname, gname, mtime))
+    return FileMetadata(
+        name_,
+        kind_,
+        off or 0,
+        size or 0,
+        link_,
+        mode or 0,
+        uid or 0,
+        gid or 0,
+        uname_,
+        gname_,
+        mtime_,
+        major or 0,
+        minor or 0,
+        () if xattrs is None else _xattrs(r, xattrs),
+    )
+
+
+def _xattrs(r: fb.Reader, vector: int) -> tuple[tuple[str, str], ...]:
+    start, n = r.vector_at(vector, 4)
     if n > MAX_XATTRS:
         raise InvalidZtoc(f"a zTOC entry has {n} PAX records (the limit is {MAX_XATTRS})")
-    xattrs = []
-    for k in range(n):
-        x = r.element(start, k)
-        xattrs.append((_s(r.string(x, 0)), _s(r.string(x, 1))))
-    return FileMetadata(
-        name=_s(r.string(t, 0)),
-        type=_s(r.string(t, 1)),
-        uncompressed_offset=r.scalar(t, 2, "i64"),
-        uncompressed_size=r.scalar(t, 3, "i64"),
-        linkname=_s(r.string(t, 4)),
-        mode=r.scalar(t, 5, "i64"),
-        uid=r.scalar(t, 6, "u32"),
-        gid=r.scalar(t, 7, "u32"),
-        uname=_s(r.string(t, 8)),
-        gname=_s(r.string(t, 9)),
-        mod_time=_s(r.string(t, 10)),
-        devmajor=r.scalar(t, 11, "i64"),
-        devminor=r.scalar(t, 12, "i64"),
-        xattrs=tuple(xattrs),
-    )
+    if n == 0:
+        return ()
+    pairs = (r.texts(r.fields(x, _XATTR_FIELDS)) for x in r.elements(start, n))
+    return tuple((key, value) for key, value in pairs)
 
 
 def decode_gzip_zinfo(blob: bytes) -> tuple[int, list[Checkpoint]]:

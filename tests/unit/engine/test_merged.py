@@ -344,3 +344,9 @@ def test_matches_reference_extraction(tmp_path: Path, seed: int) -> None:
         os.umask(old_umask)
     tree = MergedTree.build([index_seekable(BlobFile(BytesReadAt(t)), len(t)) for t in tars])
     assert sorted(_walk_tree(tree)) == sorted(_walk_reference(tmp_path))
+    # a directory's links: "." and its name, and each subdirectory's ".."
+    for path, _, _ in os.walk(tmp_path):
+        rel = os.path.relpath(path, tmp_path)
+        node = tree.node("" if rel == "." else rel)
+        subdirs = sum(1 for x in Path(path).iterdir() if x.is_dir() and not x.is_symlink())
+        assert node.nlink == 2 + subdirs, rel

@@ -55,6 +55,18 @@ def test_a_ztoc_layer_lists_and_reads_without_the_body(
         reader.close()
 
 
+def test_a_loaded_ztoc_opens_readers_only_on_its_own_layer(
+    layer: tuple[bytes, bytes, bytes],
+) -> None:
+    """The reader takes the spans ``load`` validated, and still refuses another blob."""
+    _, blob, data = layer
+    loaded = TOC_FORMATS[SOCI_ZTOC].load(_toc(data), len(blob))
+    reader = loaded.open_reader(BytesReadAt(blob), name="layer 0", pool=None)
+    reader.close()
+    with pytest.raises(ztoc.InvalidZtoc, match="blob of"):
+        loaded.open_reader(BytesReadAt(blob[:-1]), name="layer 0", pool=None)
+
+
 @pytest.mark.parametrize(
     ("mangle", "message"),
     [
