@@ -280,19 +280,19 @@ def to_entry(f: ztoc.FileMetadata, ordinal: int, mtime: float | None = None) -> 
     """``f`` as an ``Entry``; ``mtime``: ``parse_mod_time(f.mod_time)`` if known."""
     kind = _KINDS[f.type]
     return Entry(
-        normalise_path(f.name),
-        kind,
-        f.mode & 0o7777,
-        f.uid,
-        f.gid,
-        parse_mod_time(f.mod_time) if mtime is None else mtime,
-        f.uncompressed_size if kind is Kind.FILE else 0,
-        normalise_path(f.linkname) if kind is Kind.HARDLINK else f.linkname,
-        f.devmajor,
-        f.devminor,
-        _xattrs(f.xattrs) if f.xattrs else {},
-        f.uncompressed_offset,
-        ordinal,
+        path=normalise_path(f.name),
+        kind=kind,
+        mode=f.mode & 0o7777,
+        uid=f.uid,
+        gid=f.gid,
+        mtime=parse_mod_time(f.mod_time) if mtime is None else mtime,
+        size=f.uncompressed_size if kind is Kind.FILE else 0,
+        linkname=normalise_path(f.linkname) if kind is Kind.HARDLINK else f.linkname,
+        devmajor=f.devmajor,
+        devminor=f.devminor,
+        xattrs=_xattrs(f.xattrs) if f.xattrs else {},
+        data_offset=f.uncompressed_offset,
+        ordinal=ordinal,
     )
 
 
