@@ -224,13 +224,10 @@ class SociLayer:
         return verify_and_inflate(self.ztoc, self.spans, i, data, self._name)
 
 
-def verify_and_inflate(
+def check_span(
     z: ztoc.Ztoc, spans: ztoc.Spans, i: int, data: bytes | memoryview, name: str
-) -> bytes:
-    """Span ``i`` decoded from its compressed bytes, once they hash to its digest.
-
-    Leaf work (hashing, libz): safe on any thread, never calls back into trio.
-    """
+) -> None:
+    """``SpanDigestMismatch`` unless span ``i``'s compressed bytes hash to its digest."""
     want = z.span_digests[i]
     got = "sha256:" + hashlib.sha256(data).hexdigest()
     if got != want:
@@ -238,6 +235,16 @@ def verify_and_inflate(
             f"{name}: span {i} (compressed bytes {spans.cstart[i]}-{spans.cend[i]}) hashes "
             f"to {got}, its zTOC says {want}"
         )
+
+
+def verify_and_inflate(
+    z: ztoc.Ztoc, spans: ztoc.Spans, i: int, data: bytes | memoryview, name: str
+) -> bytes:
+    """Span ``i`` decoded from its compressed bytes, once they hash to its digest.
+
+    Leaf work (hashing, libz): safe on any thread, never calls back into trio.
+    """
+    check_span(z, spans, i, data, name)
     size = spans.uend[i] - spans.ustart[i]
     if z.compression == ztoc.UNCOMPRESSED:
         return bytes(data)

@@ -41,7 +41,6 @@ caller also hashes the whole blob, through ``on_bytes``).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from collections import deque
@@ -50,7 +49,7 @@ from concurrent.futures import Executor, Future
 from typing import IO
 
 from r8imfs.engine.codecs import zran, ztoc
-from r8imfs.engine.codecs.socireader import SpanDigestMismatch
+from r8imfs.engine.codecs.socireader import check_span
 from r8imfs.errors import CorruptLayer
 
 READ = 1024 * 1024
@@ -267,13 +266,7 @@ def _verify_and_inflate(
 ) -> bytearray | bytes:
     """Pool task: span ``i`` decoded from its compressed bytes, once they hash to
     its digest, checked to end at the ``following`` checkpoint (if any)."""
-    want = z.span_digests[i]
-    got = "sha256:" + hashlib.sha256(data).hexdigest()
-    if got != want:
-        raise SpanDigestMismatch(
-            f"{name}: span {i} (compressed bytes {spans.cstart[i]}-{spans.cend[i]}) hashes "
-            f"to {got}, its zTOC says {want}"
-        )
+    check_span(z, spans, i, data, name)
     if z.compression == ztoc.UNCOMPRESSED:
         return data
     out = bytearray(spans.uend[i] - spans.ustart[i])
