@@ -57,7 +57,7 @@ from r8imfs.engine.codecs import ztoc
 from r8imfs.engine.codecs.decompress import (
     DECOMPRESSION_ERRORS,
     BackgroundHash,
-    HashingReader,
+    HashedChunks,
     chunks_of,
     corrupt,
 )
@@ -71,7 +71,7 @@ from r8imfs.engine.codecs.spanstream import (
 from r8imfs.engine.codecs.table import codec_for
 from r8imfs.engine.safetar import GuardedTarInfo
 from r8imfs.engine.tarindex import ForwardFile
-from r8imfs.engine.writer import BackgroundWriter
+from r8imfs.engine.writer import BackgroundWriter, Chunk
 from r8imfs.errors import CorruptLayer, DigestMismatch, NoWeightsFound, R8imfsError, UnsafeLayer
 from r8imfs.image.pipe import consume_stream
 from r8imfs.image.tocs import soci_index
@@ -135,7 +135,7 @@ class _Cuttable:
     def __init__(self, out: IO[bytes]) -> None:
         self._out: IO[bytes] | None = out
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: Chunk) -> int:
         if self._out is not None:
             self._out.write(data)
         return len(data)
@@ -274,7 +274,7 @@ def _copy_body(body: IO[bytes], out: IO[bytes], size: int) -> None:
     if size < 4 * COPY_BUF:
         shutil.copyfileobj(body, out, COPY_BUF)
         return
-    writer = BackgroundWriter(out.write)
+    writer = BackgroundWriter[bytes](out.write)
     try:
         while piece := body.read(COPY_BUF):
             writer.write(piece)
@@ -323,7 +323,9 @@ class _BytesForwardFile(ForwardFile):
 
 
 def _untar_members(
-    stream: IO[bytes] | Iterator[bytes], sink: Sink, on_file: OnFile | None
+    stream: IO[bytes] | Iterator[bytes] | Iterator[bytes | memoryview],
+    sink: Sink,
+    on_file: OnFile | None,
 ) -> list[str]:
     """The weights files of a decoded tar (a stream, or its chunks) into the sink;
     their names."""
@@ -333,7 +335,7 @@ def _untar_members(
     # (``_Body``), not copies through the stream mode's 10 KiB record loop.
     # a file object is an Iterator too (of *lines*): tell them apart by ``read``
     chunks = chunks_of(cast(IO[bytes], stream)) if hasattr(stream, "read") else iter(stream)
-    tar = _BytesForwardFile(chunks)
+    tar = _BytesForwardFile(cast(Iterator[bytes], chunks))  # views: read() makes bytes
     with tarfile.TarFile(
         fileobj=cast(IO[bytes], tar), mode="r", encoding="utf-8", tarinfo=GuardedTarInfo
     ) as tf:
@@ -441,16 +443,27 @@ def _untar_weights(
     layer: Layer,
     sink: Sink,
     on_file: OnFile | None,
+    pool: Executor,
     spans: _Spans | None = None,
 ) -> list[str]:
-    """Worker thread: hash, decompress and untar one layer into the sink."""
+    """Worker thread: hash, decompress and untar one layer into the sink.
+
+    The blob's chunks are hashed as they pass, uncopied; the codec decodes
+    them (a zstd layer's frames on ``pool``, a plain layer's chunks are the
+    tar); what the untar leaves (padding, skippable frames) is hashed too.
+    """
     if spans is not None:
         return _untar_spans(raw, layer, sink, on_file, spans)
     desc = layer.descriptor
-    hashed = HashingReader(raw)
+    hashed = HashedChunks(raw)
     try:
-        stream = codec_for(desc.media_type).inflate(cast(IO[bytes], hashed))
-        names = _untar_members(stream, sink, on_file)
+        decoded = codec_for(desc.media_type).decode_chunks(hashed, pool)
+        try:
+            names = _untar_members(decoded, sink, on_file)
+        finally:
+            close = getattr(decoded, "close", None)
+            if close is not None:
+                close()  # frames in flight are dropped
         hashed.drain()
     except DECOMPRESSION_ERRORS as exc:
         sink.abort()
@@ -471,7 +484,7 @@ def _untar_weights(
     return names
 
 
-def _bad_layer(layer: Layer, hashed: HashingReader, exc: BaseException) -> R8imfsError:
+def _bad_layer(layer: Layer, hashed: HashedChunks, exc: BaseException) -> R8imfsError:
     """A corrupt blob (hash it to the end: not its digest) or a bad layer (it is)."""
     digest = layer.descriptor.digest
     what = f"layer {layer.index} ({digest})"
@@ -506,7 +519,8 @@ async def extract(
     """
     layers = pair_layers(image.manifest, image.config)
     first, fallback = weights_candidates(layers)
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="soci-span")
+    # zstd frames and SOCI spans decode here, on every core
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="r8imfs-decode")
     repo = image.reference.repository
     try:
         found = await soci_index(client, repo, image.manifest) if soci else None
@@ -519,9 +533,8 @@ async def extract(
                 if toc is not None:  # only the weights' chunks, each verified (ops/tocextract)
                     names += toc
                     continue
-                names += await _extract_layer(
-                    client, image, layer, sink, on_file, ztocs.get(layer.descriptor.digest)
-                )
+                spans = ztocs.get(layer.descriptor.digest)
+                names += await _extract_layer(client, image, layer, sink, on_file, pool, spans)
             if names:
                 return names
     finally:
@@ -572,6 +585,7 @@ async def _extract_layer(
     layer: Layer,
     sink: Sink,
     on_file: OnFile | None,
+    pool: Executor,
     spans: _Spans | None,
 ) -> list[str]:
     """One layer into the sink; a corrupt blob is fetched once more before failing."""
@@ -580,7 +594,9 @@ async def _extract_layer(
         by_units = await _extract_by_units(client, repo, layer, sink, on_file)
         if by_units is not None:
             return by_units
-    untar = functools.partial(_untar_weights, layer=layer, sink=sink, on_file=on_file, spans=spans)
+    untar = functools.partial(
+        _untar_weights, layer=layer, sink=sink, on_file=on_file, pool=pool, spans=spans
+    )
     try:
         async with client.open_blob(repo, layer.descriptor.digest) as blob:
             return await consume_stream(blob.chunks(), untar)
@@ -593,7 +609,9 @@ async def _extract_layer(
             short(layer.descriptor.digest),
             exc.message,
         )
-        untar = functools.partial(_untar_weights, layer=layer, sink=sink, on_file=on_file)
+        untar = functools.partial(
+            _untar_weights, layer=layer, sink=sink, on_file=on_file, pool=pool
+        )
         try:
             async with client.open_blob(repo, layer.descriptor.digest) as blob:
                 return await consume_stream(blob.chunks(), untar)
