@@ -8,6 +8,9 @@ stripped, whiteouts ignored.
 
 Each chosen layer is one streaming pass: download → decompress → untar, in
 a worker thread (``image.pipe``), hashing the compressed bytes on the way.
+A zstd layer made of many frames (``r8imfs zstd``'s zstd:chunked, the
+seekable format) has its frames decoded on every core as they arrive
+(``engine.codecs.zstdstream``); a plain layer's chunks are the tar.
 Every file is staged and only published once its layer's digest checks out,
 so a corrupt or truncated blob never yields a file (``DigestMismatch``).
 Weights are big and read whole, so a straight stream beats random access
