@@ -13,7 +13,8 @@ possibly behind a busy thread; for a 1 GiB layer the worker spent seconds
 waiting on those.) Back-pressure is a ``trio.Semaphore`` of ``buffer``
 slots, which the worker gives back without waiting (``run_sync_soon``).
 Chunks are batched to about ``PIECE`` bytes first, as lists, not joined:
-HTTP bodies arrive in pieces of 1 MiB or less, and a join is a copy.
+HTTP bodies arrive in pieces of 1 MiB or less, and a join is a copy; only
+runs of small pieces are joined (``SMALL``).
 
 Failure rules: a network error in the download wins over whatever the
 consumer said about the truncated stream it then saw (the root cause is
@@ -38,24 +39,47 @@ T = TypeVar("T")
 
 #: Chunks are batched to about this size before they cross to the worker thread.
 PIECE = 1024 * 1024
+#: Chunks under this size are joined with their neighbours: downstream, each
+#: chunk costs the worker, the hash and the write threads a few GIL hand-offs,
+#: and a body read from the socket as fast as it arrives comes in a fair share
+#: of pieces of a few KiB.
+SMALL = 256 * 1024
 #: The end of the stream, on the queue (the download stopped, for whatever reason).
 _END: list[bytes] = []
 
 
 async def batches(
-    source: AsyncIterable[bytes], size: int = PIECE
+    source: AsyncIterable[bytes], size: int = PIECE, small: int = SMALL
 ) -> AsyncGenerator[list[bytes], None]:
-    """Group small chunks so each thread crossing carries about ``size`` bytes."""
+    """Group chunks so each thread crossing carries about ``size`` bytes; runs of
+    chunks under ``small`` bytes are joined into one (a cheap copy)."""
     parts: list[bytes] = []
-    pending = 0
+    run: list[bytes] = []  # small chunks not yet joined
+    pending = ran = 0
     async for chunk in source:
+        if len(chunk) < small:
+            run.append(chunk)
+            ran += len(chunk)
+            if ran < small:
+                continue
+            chunk, run, ran = _joined(run), [], 0
+        elif run:
+            parts.append(_joined(run))
+            pending += ran
+            run, ran = [], 0
         parts.append(chunk)
         pending += len(chunk)
         if pending >= size:
             yield parts
             parts, pending = [], 0
+    if run:
+        parts.append(_joined(run))
     if parts:
         yield parts
+
+
+def _joined(parts: list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _update_all(hasher: Hasher, parts: list[bytes]) -> None:
