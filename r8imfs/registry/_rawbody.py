@@ -48,8 +48,10 @@ import trio
 #: Bytes asked of the connection per read (what ``_http.SOCKET_READ`` asks of h11).
 READ = 1024 * 1024
 #: Bodies with at least this much left after the first chunk are read directly;
-#: smaller ones go through h11, which can then reuse the connection.
-DIRECT_MIN = 4 * 1024 * 1024
+#: smaller ones go through h11, which can then reuse the connection: the
+#: mount's ranged GETs (a few MiB each) keep their connections, and a new
+#: connection (a TLS handshake) costs far less than h11 would on 32 MiB.
+DIRECT_MIN = 32 * 1024 * 1024
 
 
 class _NetworkStream(Protocol):
@@ -73,16 +75,20 @@ def _raw_stream(response: httpx.Response) -> tuple[_NetworkStream, int] | None:
     return stream, int(length)
 
 
-async def body_chunks(response: httpx.Response, stall: float | None) -> AsyncGenerator[bytes, None]:
+async def body_chunks(
+    response: httpx.Response, stall: float | None, direct_min: int | None = None
+) -> AsyncGenerator[bytes, None]:
     """The raw body of a streamed response, as ``response.aiter_raw()`` gives it;
-    ``stall``: seconds without a byte before a read fails (``httpx.ReadTimeout``)."""
+    ``stall``: seconds without a byte before a read fails (``httpx.ReadTimeout``);
+    ``direct_min``: ``DIRECT_MIN`` unless given."""
+    direct_min = DIRECT_MIN if direct_min is None else direct_min
     through_h11 = response.aiter_raw()
     raw = _raw_stream(response)
     left = raw[1] if raw is not None else 0
     async for chunk in through_h11:  # the first chunk: what h11 holds, or one read
         left -= len(chunk)
         yield chunk
-        if raw is not None and left >= DIRECT_MIN:
+        if raw is not None and left >= direct_min:
             break
     else:
         return  # all through h11: the connection may serve another request

@@ -11,13 +11,14 @@ import pytest
 
 from r8imfs.oci.digest import sha256
 from r8imfs.oci.reference import parse
-from r8imfs.registry import upload
-from r8imfs.registry._rawbody import DIRECT_MIN, body_chunks
+from r8imfs.registry import _rawbody, upload
+from r8imfs.registry._rawbody import body_chunks
 from r8imfs.registry.client import RegistryClient
 from tests.helpers.registry import RegistryServer
 from tools.faultproxy import DropBody, FaultProxy
 
 MiB = 1024 * 1024
+DIRECT_MIN = 4 * MiB  # the tests' threshold: their bodies stay small
 DATA = os.urandom(2 * DIRECT_MIN + 12345)
 
 
@@ -35,7 +36,7 @@ async def _get(http: httpx.AsyncClient, url: str, start: int, end: int | None) -
     headers = {"Range": f"bytes={start}-{'' if end is None else end - 1}"}
     response = await http.send(http.build_request("GET", url, headers=headers), stream=True)
     try:
-        got = b"".join([c async for c in body_chunks(response, 30)])
+        got = b"".join([c async for c in body_chunks(response, 30, DIRECT_MIN)])
         network = response.extensions["network_stream"]
         if len(got) >= DIRECT_MIN + MiB:  # past a first chunk of at most 1 MiB: read past h11
             # so the connection is closed, never reused
@@ -61,9 +62,10 @@ async def test_bodies_big_and_small_arrive_whole(
 
 @pytest.mark.parametrize("after", [100, DIRECT_MIN + MiB + 1])
 async def test_a_dropped_body_resumes_to_the_exact_bytes(
-    registry: RegistryServer, repo_name: str, after: int
+    registry: RegistryServer, repo_name: str, after: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Dropped in the first chunk (through h11) or in the direct reads."""
+    monkeypatch.setattr(_rawbody, "DIRECT_MIN", DIRECT_MIN)
     await _push(registry, repo_name)
     with FaultProxy(registry.host) as proxy:
         proxy.set_faults([DropBody(after=after, times=1)])

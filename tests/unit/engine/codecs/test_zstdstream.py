@@ -55,7 +55,7 @@ PARTS = [content(n, i) for i, n in enumerate([0, 1, 255, 256, 257, 65_536, 300_0
 
 @pytest.mark.parametrize("seed", range(4))
 def test_frames_and_skippable_frames_decode_to_the_stream_in_order(seed: int) -> None:
-    blob = skippable(b"toc" * 100)
+    blob = skippable(b"toc" * 100) + frame(b"")  # an empty frame of declared size 0
     for i, part in enumerate(PARTS):
         blob += frame(part, size=i % 3 != 0, checksum=i % 2 == 0)
         if i % 4 == 1:
