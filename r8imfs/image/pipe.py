@@ -10,8 +10,9 @@ a ``get``: the worker never waits on the loop for bytes that already
 arrived. (Asking the loop for each piece, ``from_thread``, cost a round trip
 through it: a wakeup, a task, a reply, and the GIL taken back twice, each
 possibly behind a busy thread; for a 1 GiB layer the worker spent seconds
-waiting on those.) Back-pressure is a ``trio.Semaphore`` of ``buffer``
-slots, which the worker gives back without waiting (``run_sync_soon``).
+waiting on those.) Back-pressure: at most ``buffer`` batches queued; a
+loop that finds the queue full waits for the worker's next ``get`` to wake
+it (``_Handoff``).
 Chunks are batched to about ``PIECE`` bytes first, as lists, not joined:
 HTTP bodies arrive in pieces of 1 MiB or less, and a join is a copy; only
 runs of small pieces are joined (``SMALL``).
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import threading
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator
 from typing import IO, TypeVar
 
@@ -88,16 +90,28 @@ def _update_all(hasher: Hasher, parts: list[bytes]) -> None:
 
 
 class _Handoff:
-    """Loop → worker: a queue of batches; ``buffer`` slots the worker gives back."""
+    """Loop → worker: a queue of at most ``buffer`` batches.
+
+    When the queue is full the loop waits on an event that the worker sets,
+    through the loop (``run_sync_soon``), after its next ``get``: only then,
+    so a worker keeping up costs the loop no wakeups.
+    """
 
     def __init__(self, buffer: int) -> None:
         self._queue: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
-        self._slots = trio.Semaphore(buffer)
+        self._buffer = buffer
+        self._lock = threading.Lock()  # held for a few instructions, by either side
+        self._room: trio.Event | None = None  # the loop waits for room
         self._token = trio.lowlevel.current_trio_token()
 
     async def put(self, batch: list[bytes]) -> None:
-        await self._slots.acquire()
-        self._queue.put(batch)
+        while True:
+            with self._lock:
+                if self._queue.qsize() < self._buffer:
+                    self._queue.put(batch)
+                    return
+                room = self._room = trio.Event()
+            await room.wait()
 
     def end(self) -> None:
         self._queue.put(_END)
@@ -105,7 +119,10 @@ class _Handoff:
     def chunks(self) -> Iterator[bytes]:
         """Worker thread: the chunks, in order, until the end."""
         while (batch := self._queue.get()) is not _END:
-            self._token.run_sync_soon(self._slots.release)
+            with self._lock:
+                room, self._room = self._room, None
+            if room is not None:
+                self._token.run_sync_soon(room.set)
             yield from batch
 
 
