@@ -13,7 +13,7 @@ import gzip
 import hashlib
 import zlib
 from collections.abc import Iterator
-from typing import IO, cast
+from typing import IO, Protocol, cast
 
 import pyzstd
 import zstandard
@@ -88,6 +88,10 @@ class HashingReader:
             pass
 
 
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class HashedChunks:
     """The chunks of a forward-only file, each hashed as it passes, uncopied.
 
@@ -96,7 +100,7 @@ class HashedChunks:
     thread reads them after they were handed on.
     """
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: Readable) -> None:
         self._read_view = getattr(raw, "read_view", None)
         self._raw = raw
         self.hash = BackgroundHash()
