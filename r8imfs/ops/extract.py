@@ -71,7 +71,7 @@ from r8imfs.engine.codecs.spanstream import (
     SpanInflater,
     ZtocMismatch,
 )
-from r8imfs.engine.codecs.table import codec_for
+from r8imfs.engine.codecs.table import Compression, codec_for
 from r8imfs.engine.safetar import GuardedTarInfo
 from r8imfs.engine.tarindex import ForwardFile
 from r8imfs.engine.writer import BackgroundWriter, Chunk
@@ -80,6 +80,7 @@ from r8imfs.image.pipe import consume_stream
 from r8imfs.image.tocs import soci_index
 from r8imfs.oci.config import WEIGHTS_DIR, Layer, pair_layers, weights_candidates
 from r8imfs.oci.digest import short
+from r8imfs.oci.mediatypes import layer_compression
 from r8imfs.oci.reference import Repository
 from r8imfs.ops.extractunits import UnitsFailed, extract_by_units
 from r8imfs.ops.tocextract import extract_via_toc
@@ -526,7 +527,9 @@ async def extract(
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="r8imfs-decode")
     repo = image.reference.repository
     try:
-        found = await soci_index(client, repo, image.manifest) if soci else None
+        # zTOCs are for gzip and plain layers: none of those, no lookup (round trips)
+        lookup = soci and not all(_is_zstd(layer) for layer in first + fallback)
+        found = await soci_index(client, repo, image.manifest) if lookup else None
         for group in (first, fallback):
             # a group's zTOCs only when it is reached (the fallback rarely is), at once
             ztocs = await _ztocs(client, image, found, group, pool) if found else {}
@@ -547,6 +550,10 @@ async def extract(
         hint="looked for files under src/weights/ in layers made by '... # weights' "
         "or 'COPY . /src'",
     )
+
+
+def _is_zstd(layer: Layer) -> bool:
+    return layer_compression(layer.descriptor.media_type) is Compression.ZSTD
 
 
 def parallel_extract() -> bool:
