@@ -48,7 +48,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def before_trio(args: argparse.Namespace) -> None:
     """Bound malloc as the mount does: frames and ranges of a few MiB churn
     through the decode threads (``ops.extractunits``)."""
-    process.bound_malloc()
+    process.bound_malloc(keep_free=64 * 1024 * 1024)
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sized
+from typing import Generic, TypeVar
+
+#: what a writer is given: the caller must not change it once written
+Chunk = bytes | bytearray | memoryview
+T = TypeVar("T", bound=Sized)
 
 
-class BackgroundWriter:
+class BackgroundWriter(Generic[T]):
     """``write`` calls made in order on a thread of their own.
 
     Filling fresh page-cache pages costs real system time (1-2 s per GiB on
@@ -19,10 +24,10 @@ class BackgroundWriter:
     """
 
     def __init__(
-        self, write: Callable[[bytes], object], *, depth: int = 8, name: str = "r8imfs-write"
+        self, write: Callable[[T], object], *, depth: int = 8, name: str = "r8imfs-write"
     ) -> None:
         self._write = write
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[T | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -36,7 +41,7 @@ class BackgroundWriter:
             except BaseException as exc:
                 self._error = exc
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: T) -> int:
         if self._error is not None:
             raise self._error
         self._queue.put(data)

@@ -1,23 +1,33 @@
 """Run sync stream consumers (tarfile, zlib, zstd) over an async byte stream.
 
 ``consume_stream(source, fn)`` feeds the chunks of an async iterator (a blob
-download) to ``fn(fileobj)`` running in a worker thread, through a small
-memory channel: the download and the decompression overlap, at most
-``buffer`` chunks sit in memory, and the trio loop never decompresses.
-Chunks are joined to about ``PIECE`` bytes first: every chunk costs the
-worker a round trip through the trio loop, and HTTP bodies arrive in pieces
-of 64 KiB or less (for a 1 GiB layer, 16,000 round trips cost about 3 s of
-the worker's time; see docs/benchmarks.md).
+download) to ``fn(fileobj)`` running in a worker thread: the download and
+the decompression overlap, at most ``buffer`` batches sit in memory, and the
+trio loop never decompresses.
+
+The hand-off costs the loop a ``put`` on a thread-safe queue and the worker
+a ``get``: the worker never waits on the loop for bytes that already
+arrived. (Asking the loop for each piece, ``from_thread``, cost a round trip
+through it: a wakeup, a task, a reply, and the GIL taken back twice, each
+possibly behind a busy thread; for a 1 GiB layer the worker spent seconds
+waiting on those.) Back-pressure: at most ``buffer`` batches queued; a
+loop that finds the queue full waits for the worker's next ``get`` to wake
+it (``_Handoff``).
+Chunks are batched to about ``PIECE`` bytes first, as lists, not joined:
+HTTP bodies arrive in pieces of 1 MiB or less, and a join is a copy; only
+runs of small pieces are joined (``SMALL``).
 
 Failure rules: a network error in the download wins over whatever the
 consumer said about the truncated stream it then saw (the root cause is
-reported); a consumer that stops early closes the channel, which stops the
-download. Errors come out bare, not in an ExceptionGroup.
+reported); a consumer that stops early stops the download. Errors come out
+bare, not in an ExceptionGroup.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator
 from typing import IO, TypeVar
 
@@ -29,37 +39,98 @@ from r8imfs.oci.digest import Hasher
 
 T = TypeVar("T")
 
-#: Chunks are joined to about this size before they cross to the worker thread.
+#: Chunks are batched to about this size before they cross to the worker thread.
 PIECE = 1024 * 1024
+#: Chunks under this size are joined with their neighbours: downstream, each
+#: chunk costs the worker, the hash and the write threads a few GIL hand-offs,
+#: and a body read from the socket as fast as it arrives comes in a fair share
+#: of pieces of a few KiB.
+SMALL = 256 * 1024
+#: The end of the stream, on the queue (the download stopped, for whatever reason).
+_END: list[bytes] = []
 
 
-async def coalesce(source: AsyncIterable[bytes], size: int = PIECE) -> AsyncGenerator[bytes, None]:
-    """Join small chunks so each thread crossing carries about ``size`` bytes."""
+async def batches(
+    source: AsyncIterable[bytes], size: int = PIECE, small: int = SMALL
+) -> AsyncGenerator[list[bytes], None]:
+    """Group chunks so each thread crossing carries about ``size`` bytes; runs of
+    chunks under ``small`` bytes are joined into one (a cheap copy)."""
     parts: list[bytes] = []
-    pending = 0
+    run: list[bytes] = []  # small chunks not yet joined
+    pending = ran = 0
     async for chunk in source:
+        if len(chunk) < small:
+            run.append(chunk)
+            ran += len(chunk)
+            if ran < small:
+                continue
+            chunk, run, ran = _joined(run), [], 0
+        elif run:
+            parts.append(_joined(run))
+            pending += ran
+            run, ran = [], 0
         parts.append(chunk)
         pending += len(chunk)
         if pending >= size:
-            yield b"".join(parts)
+            yield parts
             parts, pending = [], 0
+    if run:
+        parts.append(_joined(run))
     if parts:
-        yield b"".join(parts)
+        yield parts
 
 
-def _chunks(receive: trio.MemoryReceiveChannel[bytes]) -> Iterator[bytes]:
-    while True:
-        try:
-            yield _threads.from_thread(receive.receive)
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            return
+def _joined(parts: list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _update_all(hasher: Hasher, parts: list[bytes]) -> None:
+    for part in parts:
+        hasher.update(part)
+
+
+class _Handoff:
+    """Loop → worker: a queue of at most ``buffer`` batches.
+
+    When the queue is full the loop waits on an event that the worker sets,
+    through the loop (``run_sync_soon``), after its next ``get``: only then,
+    so a worker keeping up costs the loop no wakeups.
+    """
+
+    def __init__(self, buffer: int) -> None:
+        self._queue: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
+        self._buffer = buffer
+        self._lock = threading.Lock()  # held for a few instructions, by either side
+        self._room: trio.Event | None = None  # the loop waits for room
+        self._token = trio.lowlevel.current_trio_token()
+
+    async def put(self, batch: list[bytes]) -> None:
+        while True:
+            with self._lock:
+                if self._queue.qsize() < self._buffer:
+                    self._queue.put(batch)
+                    return
+                room = self._room = trio.Event()
+            await room.wait()
+
+    def end(self) -> None:
+        self._queue.put(_END)
+
+    def chunks(self) -> Iterator[bytes]:
+        """Worker thread: the chunks, in order, until the end."""
+        while (batch := self._queue.get()) is not _END:
+            with self._lock:
+                room, self._room = self._room, None
+            if room is not None:
+                self._token.run_sync_soon(room.set)
+            yield from batch
 
 
 async def consume_stream(
     source: AsyncIterable[bytes],
     fn: Callable[[IO[bytes]], T],
     *,
-    buffer: int = 4,
+    buffer: int = 8,
     hasher: Hasher | None = None,
 ) -> T:
     """``fn(fileobj)`` in a worker thread over the bytes of ``source``; its result.
@@ -69,30 +140,26 @@ async def consume_stream(
     critical path. It covers what was sent, so ``fn`` must read to the end
     for the digest to be the whole stream's.
     """
-    send, receive = trio.open_memory_channel[bytes](buffer)
+    handoff = _Handoff(buffer)
     pump_error: BaseException | None = None
     consumer_error: BaseException | None = None
     result: T | None = None
 
     async def pump() -> None:
         nonlocal pump_error
-        async with send:
-            try:
-                async with contextlib.aclosing(coalesce(source)) as pieces:
-                    async for chunk in pieces:
-                        if hasher is not None:
-                            await _threads.run_io(hasher.update, chunk)
-                        await send.send(chunk)
-            except trio.BrokenResourceError:
-                pass  # the consumer is done early
-            except Exception as exc:
-                pump_error = exc
+        try:
+            async with contextlib.aclosing(batches(source)) as pieces:
+                async for batch in pieces:
+                    if hasher is not None:
+                        await _threads.run_io(_update_all, hasher, batch)
+                    await handoff.put(batch)
+        except Exception as exc:
+            pump_error = exc
+        finally:
+            handoff.end()  # also when cancelled: the worker must not wait for ever
 
     def consume() -> T:
-        try:
-            return fn(ForwardFile(_chunks(receive)))  # type: ignore[arg-type]
-        finally:
-            trio.from_thread.run_sync(receive.close)
+        return fn(ForwardFile(handoff.chunks()))  # type: ignore[arg-type]
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump)
@@ -100,6 +167,7 @@ async def consume_stream(
             result = await _threads.run_sync(consume)
         except Exception as exc:
             consumer_error = exc
+        nursery.cancel_scope.cancel()  # the consumer is done: so is the download
     if pump_error is not None:
         raise pump_error
     if consumer_error is not None:

@@ -8,6 +8,9 @@ stripped, whiteouts ignored.
 
 Each chosen layer is one streaming pass: download → decompress → untar, in
 a worker thread (``image.pipe``), hashing the compressed bytes on the way.
+A zstd layer made of many frames (``r8imfs zstd``'s zstd:chunked, the
+seekable format) has its frames decoded on every core as they arrive
+(``engine.codecs.zstdstream``); a plain layer's chunks are the tar.
 Every file is staged and only published once its layer's digest checks out,
 so a corrupt or truncated blob never yields a file (``DigestMismatch``).
 Weights are big and read whole, so a straight stream beats random access
@@ -57,7 +60,7 @@ from r8imfs.engine.codecs import ztoc
 from r8imfs.engine.codecs.decompress import (
     DECOMPRESSION_ERRORS,
     BackgroundHash,
-    HashingReader,
+    HashedChunks,
     chunks_of,
     corrupt,
 )
@@ -68,15 +71,16 @@ from r8imfs.engine.codecs.spanstream import (
     SpanInflater,
     ZtocMismatch,
 )
-from r8imfs.engine.codecs.table import codec_for
+from r8imfs.engine.codecs.table import Compression, codec_for
 from r8imfs.engine.safetar import GuardedTarInfo
 from r8imfs.engine.tarindex import ForwardFile
-from r8imfs.engine.writer import BackgroundWriter
+from r8imfs.engine.writer import BackgroundWriter, Chunk
 from r8imfs.errors import CorruptLayer, DigestMismatch, NoWeightsFound, R8imfsError, UnsafeLayer
 from r8imfs.image.pipe import consume_stream
 from r8imfs.image.tocs import soci_index
 from r8imfs.oci.config import WEIGHTS_DIR, Layer, pair_layers, weights_candidates
 from r8imfs.oci.digest import short
+from r8imfs.oci.mediatypes import layer_compression
 from r8imfs.oci.reference import Repository
 from r8imfs.ops.extractunits import UnitsFailed, extract_by_units
 from r8imfs.ops.tocextract import extract_via_toc
@@ -135,7 +139,7 @@ class _Cuttable:
     def __init__(self, out: IO[bytes]) -> None:
         self._out: IO[bytes] | None = out
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: Chunk) -> int:
         if self._out is not None:
             self._out.write(data)
         return len(data)
@@ -274,7 +278,7 @@ def _copy_body(body: IO[bytes], out: IO[bytes], size: int) -> None:
     if size < 4 * COPY_BUF:
         shutil.copyfileobj(body, out, COPY_BUF)
         return
-    writer = BackgroundWriter(out.write)
+    writer = BackgroundWriter[bytes](out.write)
     try:
         while piece := body.read(COPY_BUF):
             writer.write(piece)
@@ -323,7 +327,9 @@ class _BytesForwardFile(ForwardFile):
 
 
 def _untar_members(
-    stream: IO[bytes] | Iterator[bytes], sink: Sink, on_file: OnFile | None
+    stream: IO[bytes] | Iterator[bytes] | Iterator[bytes | memoryview],
+    sink: Sink,
+    on_file: OnFile | None,
 ) -> list[str]:
     """The weights files of a decoded tar (a stream, or its chunks) into the sink;
     their names."""
@@ -333,7 +339,7 @@ def _untar_members(
     # (``_Body``), not copies through the stream mode's 10 KiB record loop.
     # a file object is an Iterator too (of *lines*): tell them apart by ``read``
     chunks = chunks_of(cast(IO[bytes], stream)) if hasattr(stream, "read") else iter(stream)
-    tar = _BytesForwardFile(chunks)
+    tar = _BytesForwardFile(cast(Iterator[bytes], chunks))  # views: read() makes bytes
     with tarfile.TarFile(
         fileobj=cast(IO[bytes], tar), mode="r", encoding="utf-8", tarinfo=GuardedTarInfo
     ) as tf:
@@ -441,16 +447,27 @@ def _untar_weights(
     layer: Layer,
     sink: Sink,
     on_file: OnFile | None,
+    pool: Executor,
     spans: _Spans | None = None,
 ) -> list[str]:
-    """Worker thread: hash, decompress and untar one layer into the sink."""
+    """Worker thread: hash, decompress and untar one layer into the sink.
+
+    The blob's chunks are hashed as they pass, uncopied; the codec decodes
+    them (a zstd layer's frames on ``pool``, a plain layer's chunks are the
+    tar); what the untar leaves (padding, skippable frames) is hashed too.
+    """
     if spans is not None:
         return _untar_spans(raw, layer, sink, on_file, spans)
     desc = layer.descriptor
-    hashed = HashingReader(raw)
+    hashed = HashedChunks(raw)
     try:
-        stream = codec_for(desc.media_type).inflate(cast(IO[bytes], hashed))
-        names = _untar_members(stream, sink, on_file)
+        decoded = codec_for(desc.media_type).decode_chunks(hashed, pool)
+        try:
+            names = _untar_members(decoded, sink, on_file)
+        finally:
+            close = getattr(decoded, "close", None)
+            if close is not None:
+                close()  # frames in flight are dropped
         hashed.drain()
     except DECOMPRESSION_ERRORS as exc:
         sink.abort()
@@ -471,7 +488,7 @@ def _untar_weights(
     return names
 
 
-def _bad_layer(layer: Layer, hashed: HashingReader, exc: BaseException) -> R8imfsError:
+def _bad_layer(layer: Layer, hashed: HashedChunks, exc: BaseException) -> R8imfsError:
     """A corrupt blob (hash it to the end: not its digest) or a bad layer (it is)."""
     digest = layer.descriptor.digest
     what = f"layer {layer.index} ({digest})"
@@ -506,10 +523,13 @@ async def extract(
     """
     layers = pair_layers(image.manifest, image.config)
     first, fallback = weights_candidates(layers)
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="soci-span")
+    # zstd frames and SOCI spans decode here, on every core
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="r8imfs-decode")
     repo = image.reference.repository
     try:
-        found = await soci_index(client, repo, image.manifest) if soci else None
+        # zTOCs are for gzip and plain layers: none of those, no lookup (round trips)
+        lookup = soci and not all(_is_zstd(layer) for layer in first + fallback)
+        found = await soci_index(client, repo, image.manifest) if lookup else None
         for group in (first, fallback):
             # a group's zTOCs only when it is reached (the fallback rarely is), at once
             ztocs = await _ztocs(client, image, found, group, pool) if found else {}
@@ -519,9 +539,8 @@ async def extract(
                 if toc is not None:  # only the weights' chunks, each verified (ops/tocextract)
                     names += toc
                     continue
-                names += await _extract_layer(
-                    client, image, layer, sink, on_file, ztocs.get(layer.descriptor.digest)
-                )
+                spans = ztocs.get(layer.descriptor.digest)
+                names += await _extract_layer(client, image, layer, sink, on_file, pool, spans)
             if names:
                 return names
     finally:
@@ -531,6 +550,10 @@ async def extract(
         hint="looked for files under src/weights/ in layers made by '... # weights' "
         "or 'COPY . /src'",
     )
+
+
+def _is_zstd(layer: Layer) -> bool:
+    return layer_compression(layer.descriptor.media_type) is Compression.ZSTD
 
 
 def parallel_extract() -> bool:
@@ -572,6 +595,7 @@ async def _extract_layer(
     layer: Layer,
     sink: Sink,
     on_file: OnFile | None,
+    pool: Executor,
     spans: _Spans | None,
 ) -> list[str]:
     """One layer into the sink; a corrupt blob is fetched once more before failing."""
@@ -580,7 +604,9 @@ async def _extract_layer(
         by_units = await _extract_by_units(client, repo, layer, sink, on_file)
         if by_units is not None:
             return by_units
-    untar = functools.partial(_untar_weights, layer=layer, sink=sink, on_file=on_file, spans=spans)
+    untar = functools.partial(
+        _untar_weights, layer=layer, sink=sink, on_file=on_file, pool=pool, spans=spans
+    )
     try:
         async with client.open_blob(repo, layer.descriptor.digest) as blob:
             return await consume_stream(blob.chunks(), untar)
@@ -593,7 +619,9 @@ async def _extract_layer(
             short(layer.descriptor.digest),
             exc.message,
         )
-        untar = functools.partial(_untar_weights, layer=layer, sink=sink, on_file=on_file)
+        untar = functools.partial(
+            _untar_weights, layer=layer, sink=sink, on_file=on_file, pool=pool
+        )
         try:
             async with client.open_blob(repo, layer.descriptor.digest) as blob:
                 return await consume_stream(blob.chunks(), untar)

@@ -12,6 +12,7 @@ named with ``--insecure``; TLS is verified everywhere else.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -43,6 +44,7 @@ from r8imfs.registry._http import (
     stall_timeout,
     translate,
 )
+from r8imfs.registry._rawbody import body_chunks
 from r8imfs.registry.auth import RegistryAuth
 
 MAX_MANIFEST = 4 * 1024 * 1024
@@ -433,15 +435,17 @@ class BlobStream:
         while True:
             assert self._response is not None
             try:
-                async for chunk in self._response.aiter_raw():
-                    if skip:
-                        # the registry restarted from byte 0: drop what we have
-                        cut = min(skip, len(chunk))
-                        chunk, skip = chunk[cut:], skip - cut
-                        if not chunk:
-                            continue
-                    self._pos += len(chunk)
-                    yield chunk
+                body = body_chunks(self._response, self._client.options.read_timeout)
+                async with contextlib.aclosing(body):
+                    async for chunk in body:
+                        if skip:
+                            # the registry restarted from byte 0: drop what we have
+                            cut = min(skip, len(chunk))
+                            chunk, skip = chunk[cut:], skip - cut
+                            if not chunk:
+                                continue
+                        self._pos += len(chunk)
+                        yield chunk
                 self._log_resumes()
                 return
             except httpx.TransportError as exc:

@@ -13,7 +13,7 @@ import gzip
 import hashlib
 import zlib
 from collections.abc import Iterator
-from typing import IO, cast
+from typing import IO, Protocol, cast
 
 import pyzstd
 import zstandard
@@ -43,9 +43,9 @@ class BackgroundHash:
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
-        self._feed: BackgroundWriter | None = None
+        self._feed: BackgroundWriter[bytes | memoryview] | None = None
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         if self._feed is None:
             if len(data) < self.THRESHOLD:
                 self._hash.update(data)
@@ -86,6 +86,59 @@ class HashingReader:
         """Hash what the decompressor left unread (padding after the last member)."""
         while self.read(READ):
             pass
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class HashedChunks:
+    """The chunks of a forward-only file, each hashed as it passes, uncopied.
+
+    An iterator of views of the file's own chunks (``read_view``, else
+    ``read`` of ``READ`` bytes): they must not change once read, as the hash
+    thread reads them after they were handed on.
+    """
+
+    def __init__(self, raw: Readable) -> None:
+        self._read_view = getattr(raw, "read_view", None)
+        self._raw = raw
+        self.hash = BackgroundHash()
+        self.size = 0
+
+    def __iter__(self) -> HashedChunks:
+        return self
+
+    def __next__(self) -> memoryview:
+        view: memoryview
+        if self._read_view is not None:
+            view = self._read_view(1 << 62)
+        else:
+            view = memoryview(self._raw.read(READ))
+        if not view:
+            raise StopIteration
+        self.hash.update(view)
+        self.size += len(view)
+        return view
+
+    def drain(self) -> None:
+        """Hash what the decoder left unread (padding, skippable frames)."""
+        for _ in self:
+            pass
+
+
+class ChunkReader:
+    """A read-only file over chunks for a decoder that takes what it gets:
+    each ``read`` is the next chunk, whatever size was asked."""
+
+    def __init__(self, chunks: Iterator[bytes | memoryview]) -> None:
+        self._chunks = chunks
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes | memoryview:
+        return next(self._chunks, b"")
 
 
 class GzipInflater:

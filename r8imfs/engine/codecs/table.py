@@ -24,14 +24,16 @@ decoded (``readat.LayerReader``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import IO, Protocol, cast
 
-from r8imfs.engine.codecs.decompress import GzipInflater, ZstdInflater
+from r8imfs.engine.codecs.decompress import ChunkReader, GzipInflater, ZstdInflater, chunks_of
 from r8imfs.engine.codecs.gzipindex import GzipLayerReader, build_gzip_index
 from r8imfs.engine.codecs.plain import PlainLayerReader, build_plain_index
 from r8imfs.engine.codecs.zstdindex import ZstdLayerReader, build_zstd_index, read_seek_table
+from r8imfs.engine.codecs.zstdstream import decode_frames
 from r8imfs.engine.entry import Entry
 from r8imfs.engine.readat import LayerReader, ReadAt, ScanProgress
 from r8imfs.errors import UnsupportedMediaType
@@ -84,6 +86,13 @@ class Codec(Protocol):
         """The tar stream of a blob read sequentially from ``raw``."""
         ...
 
+    def decode_chunks(
+        self, chunks: Iterator[memoryview], pool: Executor
+    ) -> Iterator[bytes | memoryview]:
+        """The tar stream of a blob given as its chunks in order, in pieces; decoded on
+        ``pool`` where the format allows (closing the iterator stops the work)."""
+        ...
+
 
 class GzipCodec:
     """gzip: zran checkpoints from one full pass (``gzipindex``)."""
@@ -108,6 +117,11 @@ class GzipCodec:
 
     def inflate(self, raw: IO[bytes]) -> IO[bytes]:
         return cast(IO[bytes], GzipInflater(raw))
+
+    def decode_chunks(
+        self, chunks: Iterator[memoryview], pool: Executor
+    ) -> Iterator[bytes | memoryview]:
+        return chunks_of(cast(IO[bytes], GzipInflater(cast(IO[bytes], ChunkReader(chunks)))))
 
 
 class ZstdCodec:
@@ -134,6 +148,11 @@ class ZstdCodec:
     def inflate(self, raw: IO[bytes]) -> IO[bytes]:
         return cast(IO[bytes], ZstdInflater(raw))
 
+    def decode_chunks(
+        self, chunks: Iterator[memoryview], pool: Executor
+    ) -> Iterator[bytes | memoryview]:
+        return decode_frames(chunks, pool)
+
 
 class PlainCodec:
     """An uncompressed tar: the blob is the tar, headers are hopped."""
@@ -157,6 +176,11 @@ class PlainCodec:
 
     def inflate(self, raw: IO[bytes]) -> IO[bytes]:
         return raw
+
+    def decode_chunks(
+        self, chunks: Iterator[memoryview], pool: Executor
+    ) -> Iterator[bytes | memoryview]:
+        return chunks
 
 
 #: The table: one entry per format.

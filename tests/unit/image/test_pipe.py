@@ -7,7 +7,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import IO
 
-from r8imfs.image.pipe import PIECE, consume_stream
+from r8imfs.image.pipe import PIECE, batches, consume_stream
 from r8imfs.oci.digest import Hasher
 
 
@@ -41,3 +41,25 @@ async def test_hasher_sees_every_byte() -> None:
     assert await consume_stream(_chunks(data, 65536), drain, hasher=hasher) == len(data)
     assert hasher.digest == "sha256:" + hashlib.sha256(data).hexdigest()
     assert hasher.size == len(data)
+
+
+async def _collect(sizes: list[int]) -> tuple[bytes, list[list[bytes]]]:
+    data = os.urandom(sum(sizes))
+
+    async def source() -> AsyncIterator[bytes]:
+        pos = 0
+        for n in sizes:
+            yield data[pos : pos + n]
+            pos += n
+
+    return data, [b async for b in batches(source(), size=1000, small=100)]
+
+
+async def test_batches_keep_order_and_join_only_runs_of_small_chunks() -> None:
+    sizes = [10, 20, 30, 500, 5, 5, 200, 60, 50, 1, 700, 99, 3000, 7, 8]
+    data, got = await _collect(sizes)
+    flat = [c for b in got for c in b]
+    assert b"".join(flat) == data
+    # big chunks pass as they are; small ones are joined into runs of at least 100 bytes
+    assert [len(c) for c in flat] == [60, 500, 10, 200, 110, 1, 700, 99, 3000, 15]
+    assert all(sum(map(len, b)) >= 1000 for b in got[:-1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import zstandard
@@ -63,6 +64,9 @@ def test_index_reader_and_inflate_agree(compression: Compression) -> None:
     finally:
         reader.close()
     assert codec.inflate(io.BytesIO(blob)).read() == TAR
+    chunks = (memoryview(blob)[i : i + 7_000] for i in range(0, len(blob), 7_000))
+    with ThreadPoolExecutor(2) as pool:
+        assert b"".join(codec.decode_chunks(chunks, pool)) == TAR
 
 
 @pytest.mark.parametrize(

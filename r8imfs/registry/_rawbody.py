@@ -1,0 +1,125 @@
+"""A blob body read from the connection itself, past h11: for big downloads.
+
+Through httpx, every body byte is copied three times on the trio loop before
+anyone sees it: into h11's receive buffer, out of it into an event, and into
+the ``bytes`` httpcore yields (h11 0.16, httpcore 1.0), with the GIL held
+all along. For a 1 GiB layer that was ~0.5 s of the loop's time and half of
+what held the GIL while ``extract`` ran (py-spy ``--gil``, perf: memmove
+called from h11 and httpcore): the decode, hash and write threads waited on
+it. Here the body of a ``Content-Length`` response is read straight from the
+connection's stream (``network_stream``, httpcore's extension: the socket, or
+the TLS stream over it), a copy the kernel or the TLS layer makes anyway.
+
+How, and why it is safe:
+
+* The request, its auth, redirects and headers all go through httpx as
+  ever; only the body of a response whose headers are already parsed is
+  read here, and only for HTTP/1.1 with a ``Content-Length`` (no chunked
+  framing to undo) and at least ``DIRECT_MIN`` bytes after the first chunk
+  (a small body goes through h11, and its connection is reused).
+* The first chunk still comes through httpx: h11 may hold body bytes that
+  arrived with the headers, and it hands out everything it holds (up to
+  the body's length) as one event, so after that first chunk the rest of
+  the body is on the connection, unread. Exactly the body's remaining
+  length is then read from it, never more.
+* h11 never sees those bytes, so the connection is closed afterwards, never
+  reused: ``_abandon`` closes it, then lets httpx's own read of the body,
+  pending since the first chunk, fail on it (``httpx.ReadError``, caught),
+  so that httpx's and httpcore's chain of generators ends there and then,
+  and httpcore drops the connection from its pool.
+* Errors are httpcore's (``ReadError``, ``ReadTimeout``); they are raised as
+  httpx's, as ``aiter_raw`` would have, so retries and resumes above are
+  unchanged. A body that ends early is a ``RemoteProtocolError``, as in h11.
+
+Anything else (HTTP/2, chunked bodies, no network stream) is read through
+``aiter_raw``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Protocol
+
+import httpcore
+import httpx
+import trio
+
+#: Bytes asked of the connection per read (what ``_http.SOCKET_READ`` asks of h11).
+READ = 1024 * 1024
+#: Bodies with at least this much left after the first chunk are read directly;
+#: smaller ones go through h11, which can then reuse the connection: the
+#: mount's ranged GETs (a few MiB each) keep their connections, and a new
+#: connection (a TLS handshake) costs far less than h11 would on 32 MiB.
+DIRECT_MIN = 32 * 1024 * 1024
+
+
+class _NetworkStream(Protocol):
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes: ...  # noqa: ASYNC109
+
+    async def aclose(self) -> None: ...
+
+
+def _raw_stream(response: httpx.Response) -> tuple[_NetworkStream, int] | None:
+    """The connection's stream and the body's length, when the body may be read from it."""
+    stream = response.extensions.get("network_stream")
+    length = response.headers.get("content-length", "")
+    if (
+        stream is None
+        or not hasattr(stream, "read")
+        or response.extensions.get("http_version") != b"HTTP/1.1"
+        or "transfer-encoding" in response.headers
+        or not length.isdigit()
+    ):
+        return None
+    return stream, int(length)
+
+
+async def body_chunks(
+    response: httpx.Response, stall: float | None, direct_min: int | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The raw body of a streamed response, as ``response.aiter_raw()`` gives it;
+    ``stall``: seconds without a byte before a read fails (``httpx.ReadTimeout``);
+    ``direct_min``: ``DIRECT_MIN`` unless given."""
+    direct_min = DIRECT_MIN if direct_min is None else direct_min
+    through_h11 = response.aiter_raw()
+    raw = _raw_stream(response)
+    left = raw[1] if raw is not None else 0
+    async for chunk in through_h11:  # the first chunk: what h11 holds, or one read
+        left -= len(chunk)
+        yield chunk
+        if raw is not None and left >= direct_min:
+            break
+    else:
+        return  # all through h11: the connection may serve another request
+    assert raw is not None
+    stream = raw[0]
+    try:
+        while left > 0:
+            chunk = await _read(stream, min(left, READ), stall)
+            left -= len(chunk)
+            yield chunk
+    finally:
+        with trio.CancelScope(shield=True):
+            await _abandon(stream, through_h11)
+
+
+async def _abandon(stream: _NetworkStream, through_h11: AsyncIterator[bytes]) -> None:
+    """Close the connection, then let httpx's own pending read of the body fail
+    on it: its chain of generators then ends, rather than lingering until
+    collected (trio warns of those), and httpcore drops the connection."""
+    await stream.aclose()
+    with contextlib.suppress(httpx.TransportError, StopAsyncIteration):
+        await anext(through_h11)
+
+
+async def _read(stream: _NetworkStream, size: int, stall: float | None) -> bytes:
+    try:
+        chunk = await stream.read(size, stall)
+    except httpcore.TimeoutException as exc:
+        raise httpx.ReadTimeout(str(exc) or "timed out reading the blob") from exc
+    except httpcore.NetworkError as exc:
+        raise httpx.ReadError(str(exc) or "connection lost reading the blob") from exc
+    if not chunk:
+        raise httpx.RemoteProtocolError("the connection closed before the body's end")
+    return chunk
