@@ -99,9 +99,19 @@ async def body_chunks(
             chunk = await _read(stream, min(left, READ), stall)
             left -= len(chunk)
             yield chunk
-    finally:
+    except GeneratorExit:
+        # Closed early, maybe by trio's finalizer of abandoned generators, which
+        # may also be closing us through our caller at the same time: no awaits
+        # here (a second ``aclose`` of a generator suspended in one fails with
+        # "already running"). The response's close then drops the connection:
+        # h11 has not seen the body's end.
+        raise
+    except BaseException:
         with trio.CancelScope(shield=True):
             await _abandon(stream, through_h11)
+        raise
+    with trio.CancelScope(shield=True):
+        await _abandon(stream, through_h11)
 
 
 async def _abandon(stream: _NetworkStream, through_h11: AsyncIterator[bytes]) -> None:
