@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import gzip
 import random
+import zlib
 
 import pytest
 
@@ -97,8 +98,8 @@ def test_zran_takes_the_fast_path_and_libz_agrees(monkeypatch: pytest.MonkeyPatc
     calls = []
     real = isal.inflate
 
-    def spy(*args: int | bytes) -> int | None:
-        got = real(*args)  # type: ignore[arg-type]
+    def spy(*args: int | bytes, **kwargs: int | None) -> int | None:
+        got = real(*args, **kwargs)  # type: ignore[arg-type]
         calls.append(got)
         return got
 
@@ -111,3 +112,166 @@ def test_zran_takes_the_fast_path_and_libz_agrees(monkeypatch: pytest.MonkeyPatc
     via_libz = [zran.inflate_from(cp, memoryview(d), 0, n) for cp, d, n in spans]
     assert not calls
     assert via_isal == via_libz == [raw[cp.out : cp.out + n] for cp, _, n in spans]
+
+
+# -- where a span ends: ISA-L's state against libz's Z_BLOCK stops ------------------
+
+
+def _boundaries(raw_stream: bytes) -> set[tuple[int, int, int]]:
+    """Every deflate block boundary of a raw stream, as libz stops at them:
+    (first full byte, bits left in the byte before, output so far)."""
+    z = zran._Inflater(zran._RAW)
+    src = ctypes.create_string_buffer(raw_stream, len(raw_stream))
+    out = ctypes.create_string_buffer(1 << 20)
+    z.strm.next_in, z.strm.avail_in = ctypes.addressof(src), len(raw_stream)
+    found: set[tuple[int, int, int]] = set()
+    made = 0
+    try:
+        while True:
+            z.strm.next_out, z.strm.avail_out = ctypes.addressof(out), len(out)
+            ret = z.inflate(zran.Z_BLOCK)
+            made += len(out) - z.strm.avail_out
+            dt = z.strm.data_type
+            if dt & 128 and not dt & 64:
+                found.add((len(raw_stream) - z.strm.avail_in, dt & 7, made))
+            if ret == 1:  # Z_STREAM_END
+                return found
+            assert ret == 0, ret
+    finally:
+        z.close()
+
+
+def _streams() -> list[tuple[str, bytes, bytes]]:
+    """Raw deflate streams with every kind of block and boundary: dynamic and
+    fixed Huffman blocks, stored blocks (random bytes), and the empty stored
+    blocks of sync and full flushes (two boundaries at the same output)."""
+    rng = random.Random(5)
+    out = []
+    for name, level, mem, strategy in (  # a small memLevel: small blocks, many boundaries
+        ("level 1", 1, 2, zlib.Z_DEFAULT_STRATEGY),
+        ("level 9", 9, 3, zlib.Z_DEFAULT_STRATEGY),
+        ("fixed", 6, 2, zlib.Z_FIXED),
+        ("huffman only", 6, 8, zlib.Z_HUFFMAN_ONLY),
+    ):
+        packer = zlib.compressobj(level, zlib.DEFLATED, -15, mem, strategy)
+        raw = bytearray()
+        parts = []
+        for k in range(12):
+            piece = (
+                rng.randbytes(rng.randrange(1, 40_000))
+                if k % 3 == 1
+                else payload(rng.randrange(1, 120_000), seed=k)
+            )
+            raw += piece
+            parts.append(packer.compress(piece))
+            if k % 4 == 3:
+                parts.append(packer.flush(zlib.Z_SYNC_FLUSH if k % 8 == 3 else zlib.Z_FULL_FLUSH))
+        parts.append(packer.flush())
+        out.append((name, bytes(raw), b"".join(parts)))
+    return out
+
+
+def _ends_at(cp: zran.Checkpoint, stream: bytes, cin: int, bits: int, size: int) -> bytes | None:
+    """ISA-L's span from ``cp`` given input up to ``cin`` and ``size`` bytes of room,
+    accepted as ending at a boundary with ``bits`` left; its output, or None."""
+    data = stream[cp.start : cin]
+    skip = 1 if cp.bits else 0
+    if size <= 0 or len(data) <= skip:
+        return None
+    src = ctypes.create_string_buffer(data, len(data))
+    out = ctypes.create_string_buffer(size)
+    got = isal.inflate(
+        cp.bits,
+        data[0],
+        cp.window,
+        ctypes.addressof(src) + skip,
+        len(data) - skip,
+        ctypes.addressof(out),
+        size,
+        end_bits=bits,
+    )
+    return out.raw if got == size else None
+
+
+def test_boundary_check_is_there() -> None:
+    assert isal.boundary_check, "ISA-L's state layout is not 2.30's: run make setup"
+
+
+@pytest.mark.parametrize(("name", "raw", "stream"), _streams(), ids=[s[0] for s in _streams()])
+def test_an_accepted_span_end_is_a_block_boundary_libz_finds(
+    name: str, raw: bytes, stream: bytes
+) -> None:
+    """Soundness: from every checkpoint, ISA-L accepts an end (input cut, bits
+    left, output size) only where libz stops at a block boundary with that
+    output, and then made the stream's own bytes. Completeness, the speed: it
+    accepts most true ends."""
+    truth = _boundaries(stream)
+    ordered = sorted(truth, key=lambda t: (t[0] * 8 - t[1], t[2]))
+    padded = bytes(zran.WINDOW) + raw
+    cps = [  # a checkpoint at every boundary, its window the output before it
+        zran.Checkpoint(cin, out, bits, padded[out : out + zran.WINDOW])
+        for cin, bits, out in [(0, 0, 0), *ordered[:-1]]
+    ]
+    assert len(cps) > 30
+    cps = cps[:: max(1, len(cps) // 40)]
+    refused_true = []
+    for cp in cps:
+        after = [t for t in ordered if t[0] * 8 - t[1] > cp.cin * 8 - cp.bits and t[2] > cp.out]
+        for cin, bits, out in after[:3]:
+            for dc in (-1, 0, 1):
+                for b_ in range(8):
+                    for dout in (-1, 0, 1):
+                        end = (cin + dc, b_, out + dout)
+                        got = _ends_at(cp, stream, end[0], end[1], end[2] - cp.out)
+                        if got is None:
+                            if end == (cin, bits, out):
+                                refused_true.append(end)
+                            continue
+                        assert end in truth, f"{name}: accepted {end}, not a boundary"
+                        assert got == raw[cp.out : end[2]]
+    # ISA-L reads the 3-bit header of a fixed-Huffman block as soon as it can
+    # (it needs nothing more), so its state no longer says where that block
+    # began: those ends are refused (libz does the span), and only those.
+    assert all(_block_type(stream, cin * 8 - bits) == 1 for cin, bits, _ in refused_true)
+
+
+def _block_type(stream: bytes, bit: int) -> int:
+    """BTYPE of the deflate block whose header starts at bit ``bit``."""
+    word = int.from_bytes(stream[bit // 8 : bit // 8 + 2], "little") >> (bit % 8)
+    return (word >> 1) & 3
+
+
+def test_spanstream_spans_take_the_checked_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``inflate_into`` with ``end`` (what extract through a zTOC does) is answered
+    by ISA-L, and a checkpoint a bit off is refused by both paths."""
+    raw = big_tar(1 * MiB, seed=11)
+    blob = gzip.compress(raw, mtime=0)
+    b = zran.CheckpointBuilder(128 * 1024)
+    b.feed(blob)
+    b.finish()
+    cps = b.checkpoints
+    calls: list[int | None] = []
+    real = isal.inflate
+
+    def spy(*args: int | bytes, **kwargs: int | None) -> int | None:
+        got = real(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(got)
+        return got
+
+    monkeypatch.setattr(isal, "inflate", spy)
+    for cp, nxt in zip(cps, cps[1:], strict=False):
+        out = bytearray(nxt.out - cp.out)
+        assert zran.inflate_into(cp, blob[cp.start : nxt.cin], out, end=nxt) == len(out)
+        assert out == raw[cp.out : nxt.out]
+    assert len(calls) == len(cps) - 1 and all(calls)
+    cp, nxt = cps[1], cps[2]
+    for wrong in (
+        zran.Checkpoint(nxt.cin, nxt.out, (nxt.bits + 1) % 8, nxt.window),
+        zran.Checkpoint(nxt.cin + 1, nxt.out, nxt.bits, nxt.window),
+    ):
+        calls.clear()
+        with pytest.raises(CorruptLayer):
+            zran.inflate_into(
+                cp, blob[cp.start : wrong.cin], bytearray(nxt.out - cp.out), end=wrong
+            )
+        assert calls == [None]
