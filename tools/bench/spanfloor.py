@@ -7,9 +7,11 @@ The pass ``extract`` makes through a SOCI zTOC, minus the network and the
 writes: the blob read in 1 MiB chunks, each span copied once, its sha256
 checked and inflated on a pool of WORKERS threads, every checkpoint checked
 against the data, the decoded spans taken whole (``decoded()``). A process
-of its own so that ``R8IMFS_ZRAN=libz`` can choose the library (``zran``
-picks it once, at import): the floor with the system's libz and with
-zlib-ng, side by side in ``socimount``.
+of its own so that ``R8IMFS_ZRAN=libz`` and ``R8IMFS_ISAL=0`` can choose the
+library (``zran`` and ``isal`` pick it once, at import): the floor with the
+system's libz, with zlib-ng and with ISA-L (all spans but the last, checked
+to end at the next checkpoint; the last one zlib-ng), side by side in
+``socimount``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, cast
 
-from r8imfs.engine.codecs import zran, ztoc
+from r8imfs.engine.codecs import isal, zran, ztoc
 from r8imfs.engine.codecs.spanstream import SpanInflater
 from r8imfs.engine.tarindex import ForwardFile
 
@@ -48,7 +50,8 @@ def main(blob: str, ztoc_path: str, workers: int) -> None:
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    print(f"{wall:.4f} {zran.LIBRARY} cpu {cpu:.2f}")
+    library = f"ISA-L + {zran.LIBRARY}" if isal.boundary_check else zran.LIBRARY
+    print(f"{wall:.4f} {library} cpu {cpu:.2f}")
 
 
 if __name__ == "__main__":
