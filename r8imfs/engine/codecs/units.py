@@ -344,18 +344,6 @@ def _digests_fit(units: Sequence[Unit], digests: Sequence[SpanDigest]) -> bool:
     )
 
 
-def span_digests(blob: bytes | memoryview, table: UnitTable) -> list[SpanDigest]:
-    """The ``SpanDigest`` of each unit of ``table`` over ``blob`` (all of it in memory;
-    for tests and small layers: the index builder hashes as it reads)."""
-    view = memoryview(blob)
-    return [
-        SpanDigest(
-            u.cstart, u.cend, "sha256:" + hashlib.sha256(view[u.cstart : u.cend]).hexdigest()
-        )
-        for u in table
-    ]
-
-
 def zran_inflate(data: bytes | memoryview, bits: int, window: bytes, usize: int) -> bytes:
     """A ``SpanInflater`` over ``zran.inflate_from`` (libz ``inflatePrime`` by ctypes).
 
