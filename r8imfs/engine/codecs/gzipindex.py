@@ -72,6 +72,8 @@ MAX_READAHEAD = 8 * MiB
 #: random 64 KiB read costs ~0.5 ms more (docs/benchmarks.md, issue 4).
 READ_BUF = 4 * MiB
 DEFAULT_POOL = 3
+#: compressed bytes per ``CheckpointBuilder.feed``: at most ~64 MiB of output at once
+FEED = 64 * 1024
 _HEADER = struct.Struct("<5sBBQQIII")  # zran export: id, version, flags, csize, usize, ...
 _POINT = struct.Struct("<QQBB")  # zran export v1: coffset, uoffset, bits, has a window
 log = logging.getLogger("r8imfs.engine")
@@ -119,7 +121,7 @@ def _build_hashed(
     def output() -> Iterator[bytes]:
         try:
             while chunk := blob.read(READ_BUF):
-                for piece in builder.feed(chunk):
+                for piece in _feed(builder, chunk):
                     tail[0] = (
                         piece if len(piece) >= WINDOW_SIZE else (tail[0] + piece)[-WINDOW_SIZE:]
                     )
@@ -142,6 +144,13 @@ def _build_hashed(
         raise CorruptLayer(f"gzip index: {len(table)} spans but {len(digests)} span digests")
     spans = tuple(SpanDigest(u.cstart, u.cend, d) for u, d in zip(table, digests, strict=True))
     return GzipIndex(entries, index_bytes, usize, spans)
+
+
+def _feed(builder: CheckpointBuilder, chunk: bytes) -> Iterator[bytes]:
+    """What ``chunk`` inflates to, fed ``FEED`` bytes at a time: ``feed`` returns all
+    of a piece's output at once, and deflate inflates up to ~1000x (zeros)."""
+    for at in range(0, len(chunk), FEED):
+        yield from builder.feed(chunk[at : at + FEED])
 
 
 def _export(points: list[Point], csize: int, usize: int, spacing: int) -> bytes:
