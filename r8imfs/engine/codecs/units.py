@@ -29,16 +29,19 @@ Per format:
   ``span_decoder``. An index built here also holds each span's sha256
   (``SpanDigest``, taken while the whole blob was read and verified): its
   units then carry them, and the decoder checks a span before inflating it.
+* plain tar: ``fixed_units(size, chunk)``, stored bytes cut in equal
+  chunks (no decoder): the scheduler's window, priority and coalescing
+  still apply.
 
 *Verified* tables (``UnitTable.verified``): every unit's decoder checks its
 bytes against a digest it was given (a TOC chunk's, a zTOC span's, a span
 digest of the local gzip index), so a wrong byte is an error, never output.
 Their bytes need no copy in the blob cache to be trusted: a sequential
 reader's read-ahead fetches them uncached (``image._attach_units``). Other
-tables rely on the blob cache's hashes.
-* plain tar: ``fixed_units(size, chunk)``, stored bytes cut in equal
-  chunks (no decoder): the scheduler's window, priority and coalescing
-  still apply.
+tables rely on the blob cache's hashes. A seekable zstd layer indexed here
+gets no digests: it is indexed from its seek table and tar headers without
+reading all its frames, and hashing them would be that whole read (its
+frames' XXH64 checksums catch damage, not a substitution).
 """
 
 from __future__ import annotations
