@@ -1,7 +1,8 @@
 """The per-layer index cache: build once, keep in SQLite, load in milliseconds.
 
-A layer's index (its tar entries plus gzip checkpoints or a zstd frame table)
-costs one full decompression to build, so it is cached by blob digest in
+A layer's index (its tar entries plus gzip checkpoints or a zstd frame table,
+and for gzip the sha256 of each span between checkpoints) costs one full
+decompression to build, so it is cached by blob digest in
 ``<cache_dir>/index/<algorithm>/<hex>.sqlite`` with the DDL in ``schema.sql``.
 Files are built under a temporary name and renamed into place, never changed
 afterwards, and opened read-only and ``immutable`` (no locking). Anything that
@@ -27,13 +28,14 @@ from typing import IO, Any, cast
 
 from r8imfs.engine.codecs.decompress import READ
 from r8imfs.engine.codecs.table import CODECS, Codec, Compression, codec_for
+from r8imfs.engine.codecs.units import SpanDigest
 from r8imfs.engine.decodedcopy import DecodedReader, Pending, build_decoded, decoded_path
 from r8imfs.engine.entry import Entry, Kind
 from r8imfs.engine.readat import BlobFile, LayerReader, ReadAt, ScanProgress
 from r8imfs.errors import CorruptLayer
 from r8imfs.oci.digest import validate
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _KINDS = {k.value: k for k in Kind}
 _COLUMNS = (
     "ordinal, path, kind, mode, uid, gid, mtime, size, linkname, "
@@ -56,6 +58,10 @@ class LayerIndex:
     checkpoints: bytes
     readat: ReadAt | None = field(default=None, compare=False, repr=False)
     decoded: Path | None = field(default=None, compare=False, repr=False)
+    #: sha256 of each unit the checkpoints cut (``units.span_units``), taken by the
+    #: indexing pass over the whole verified blob; () when it took none (zstd, plain,
+    #: a decoded copy, a gzip stream indexed_gzip had to index)
+    span_digests: tuple[SpanDigest, ...] = field(default=(), repr=False)
 
     @property
     def codec(self) -> Codec:
@@ -184,23 +190,14 @@ def build_index(
         tuple(built.entries),
         built.checkpoints,
         readat,
+        span_digests=tuple(built.span_digests),
     )
 
 
 def _with_readat(
     index: LayerIndex, readat: ReadAt, media_type: str, decoded: Path | None = None
 ) -> LayerIndex:
-    return LayerIndex(
-        index.digest,
-        media_type,
-        index.compression,
-        index.compressed_size,
-        index.uncompressed_size,
-        index.entries,
-        index.checkpoints,
-        readat,
-        decoded,
-    )
+    return dataclasses.replace(index, media_type=media_type, readat=readat, decoded=decoded)
 
 
 # --- reading ---------------------------------------------------------------
@@ -243,7 +240,15 @@ def _load(db: sqlite3.Connection, digest: str) -> LayerIndex | None:
         return None
     checkpoints = dict(db.execute("SELECT kind, data FROM checkpoints").fetchall())
     blob = checkpoints.get(compression, b"")  # none: read from its decoded copy
-    return LayerIndex(digest, media_type, compression, csize, usize, entries, bytes(blob))
+    spans = tuple(
+        SpanDigest(cstart, cend, digest)
+        for cstart, cend, digest in db.execute(
+            "SELECT cstart, cend, digest FROM span_digests ORDER BY ordinal"
+        )
+    )
+    return LayerIndex(
+        digest, media_type, compression, csize, usize, entries, bytes(blob), span_digests=spans
+    )
 
 
 def _load_entries(db: sqlite3.Connection) -> tuple[Entry, ...]:
@@ -321,6 +326,10 @@ def _fill(db: sqlite3.Connection, index: LayerIndex) -> None:
     )
     if index.checkpoints:
         db.execute("INSERT INTO checkpoints VALUES (?, ?)", (index.compression, index.checkpoints))
+        db.executemany(
+            "INSERT INTO span_digests VALUES (?, ?, ?, ?)",
+            ((i, d.cstart, d.cend, d.digest) for i, d in enumerate(index.span_digests)),
+        )
     db.commit()
 
 

@@ -51,3 +51,17 @@ CREATE TABLE checkpoints (
     kind TEXT PRIMARY KEY,
     data BLOB NOT NULL
 );
+
+-- The sha256 of each span's compressed bytes, one row per unit the checkpoints
+-- cut (units.span_units: from the byte holding a checkpoint's first bit to the
+-- byte holding the next one's, inclusive; the last to the blob's end), taken
+-- by the indexing pass, which reads the whole blob and has its digest checked.
+-- They let a span fetched later, alone, be checked before it is inflated.
+-- Only for a layer indexed with checkpoints by r8imfs's own pass (gzip); no
+-- rows otherwise. A unit whose range is not its row's makes no use of them.
+CREATE TABLE span_digests (
+    ordinal INTEGER PRIMARY KEY,  -- the unit's index
+    cstart  INTEGER NOT NULL,     -- compressed range [cstart, cend) of the blob
+    cend    INTEGER NOT NULL,
+    digest  TEXT    NOT NULL      -- "sha256:<hex>"
+);

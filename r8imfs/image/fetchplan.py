@@ -45,7 +45,8 @@ bounded in bytes, shared by all layers) and to the readers waiting on them.
 Errors: a failed fetch or decode fails the reads waiting on its units (the
 FUSE layer maps that to EIO); nothing is cached from it, and a later read
 asks again. Wrong bytes are the fetcher's and the decoder's business (block
-hashes in the blob cache, checksums in the frames); this module moves bytes.
+hashes in the blob cache, checksums in zstd frames, the digests a verified
+table's decoder checks: ``units.UnitTable.verified``); this module moves bytes.
 
 Wiring: ``image.ImageFiles`` keeps one ``UnitReader`` per layer that has
 units (``units.units_for_layer`` over its ``LayerIndex``), fetching through

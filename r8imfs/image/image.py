@@ -545,13 +545,17 @@ def _attach_units(layers: list[LayerFiles], nursery: trio.Nursery, cache: Decode
                 layer.descriptor.size,
                 index.uncompressed_size,
                 span_inflater=zran_inflate,
+                digests=index.span_digests,
             )
         if found is not None:
             table, decode = found
-            # A TOC's units are checked one by one: what a sequential reader's
-            # read-ahead fetches goes straight to it, with no copy in the blob
-            # cache (a disk write and two hashes per byte saved); what is read
-            # at random is kept.
+            # Units checked one by one (``UnitTable.verified``: TOC chunks, zTOC
+            # spans, gzip spans with digests in the index): what a sequential
+            # reader's read-ahead fetches goes straight to it, with no copy in
+            # the blob cache (a disk write and two hashes per byte saved); what
+            # is read at random is kept. Read-around rides that uncached path
+            # too, so it needs verified units; it only ever acts on small units
+            # (TOC chunks of small files: ``fetchplan._small``), never on spans.
             blob = layer.blob
             uncached = functools.partial(blob.fetch_range, keep=False)
             layer.units = UnitReader(
@@ -563,8 +567,8 @@ def _attach_units(layers: list[LayerFiles], nursery: trio.Nursery, cache: Decode
                 key=layer.index,
                 max_window=UNITS_WINDOW,
                 max_range=UNITS_RANGE,
-                prefetch_fetch=uncached if layer.toc_units is not None else None,
-                read_around=TOC_READ_AROUND if layer.toc_units is not None else 0,
+                prefetch_fetch=uncached if table.verified else None,
+                read_around=TOC_READ_AROUND if table.verified else 0,
             )
 
 

@@ -14,6 +14,7 @@ import gzip
 import io
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -145,6 +146,35 @@ def test_corrupt_refetch_after_eviction_is_eio_never_wrong_bytes(
         proxy.set_faults([])  # the registry heals: the same reads now succeed
         for name, body in mimage.bodies.items():
             assert read_checked(_path(m.rootfs, name), body) == "ok"
+
+
+def test_first_touch_of_a_gzip_layer_indexed_before_is_verified(
+    mimage: MountImage, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """The gzip counterpart of the plain-tar xfail above, and the fix for it.
+
+    A gzip layer indexed by an earlier mount, its blob since gone from the
+    cache (block tables too: nothing verified before), is read lazily
+    through its checkpoints: each span is checked against the sha256 the
+    indexing pass took over the verified blob, so a span the registry now
+    corrupts is EIO on its first touch, never wrong bytes, and the other
+    spans read right.
+    """
+    cache = tmp_path / "cache"
+    ref = mimage.ref(proxy.host)
+    with mounted(ref, tmp_path, "--no-decoded-copies", name="first", cache_dir=cache):
+        pass  # mounting indexes the gzip layer: one full pass, the blob verified
+    shutil.rmtree(cache / "blobs")
+    proxy.set_faults([Corrupt(offset=MiB, length=64, match=mimage.digests["gz.bin"])])
+    body = mimage.bodies["gz.bin"]
+    with mounted(ref, tmp_path, "--no-decoded-copies", name="second", cache_dir=cache) as m:
+        path = _path(m.rootfs, "gz.bin")
+        for _ in range(2):  # refused on every touch
+            assert pread_within(path, MiB - 2048, 4096, random_access=True) == errno.EIO
+        assert read_checked(path, body, 5 * MiB, MiB) == "ok"  # another span
+        assert read_checked(path, body) == errno.EIO
+        log = m.log_text()
+    assert "the layer's index says" in log, log
 
 
 def test_an_evicted_decoded_copy_is_rebuilt_and_a_corrupt_refetch_fails_the_mount(

@@ -9,11 +9,22 @@ point every ``spacing`` bytes of output: the compressed bit position plus that
 on average ``spacing / 2`` bytes of waste. The points are serialised with
 ``export_index`` and kept in the layer's index database (``indexdb``).
 
-One pass over the blob builds both indexes: ``IndexedGzipFile`` with
-``auto_build`` creates points as it is read, and the same uncompressed bytes
-feed ``tarindex.index_stream``. zran inflates each raw read from its last point,
-so reads go through a buffer of ``4 * spacing`` (the indexed_gzip #89 trap:
-with a buffer near the spacing, sequential reads crawl).
+One pass over the blob builds both indexes: ``zran.CheckpointBuilder`` (libz
+or zlib-ng through ctypes; zlib's zran rule, the same points indexed_gzip
+makes) takes a point at the first block boundary past every ``spacing``
+bytes of output and hashes each span's compressed bytes as they go by, and
+the uncompressed bytes feed ``tarindex.index_stream``. The points are
+written in indexed_gzip's export format (``_export``: what ``GzipLayerReader``
+imports and ``units.zran_checkpoints`` reads), with indexed_gzip's point at
+the stream's end; the digests, one per ``units.span_units`` unit over exactly
+its range, make the layer's units self-verifying (``units.SpanDigest``). The
+blob is read whole by this pass and its sha256 checked by whoever serves it
+(the blob cache), so the digests are of the layer's own bytes. A stream the
+builder refuses (bytes after the last member, say) is indexed again by
+``IndexedGzipFile`` with ``auto_build``, as before, without digests: zran
+inflates each raw read from its last point, so its reads go through a buffer
+of ``4 * spacing`` (the indexed_gzip #89 trap: with a buffer near the
+spacing, sequential reads crawl).
 
 Spacing: 4 MiB by measurement (docs/engine-measurements.md): the index is
 about 0.8% of the uncompressed layer and a random 64 KiB read costs 6-8 ms.
@@ -29,7 +40,9 @@ doubles up to ``MAX_READAHEAD``; random reads decode just what they ask for.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import logging
 import struct
 import threading
 from collections.abc import Iterator
@@ -41,6 +54,9 @@ import indexed_gzip
 from indexed_gzip.indexed_gzip import CrcError, NotCoveredError, ZranError
 
 from r8imfs._units import MiB
+from r8imfs.engine.codecs.units import SpanDigest, span_units, zran_checkpoints
+from r8imfs.engine.codecs.zran import Checkpoint as Point
+from r8imfs.engine.codecs.zran import CheckpointBuilder
 from r8imfs.engine.entry import Entry
 from r8imfs.engine.readat import BlobFile, ReadAt, ScanProgress
 from r8imfs.engine.tarindex import index_stream
@@ -56,7 +72,11 @@ MAX_READAHEAD = 8 * MiB
 #: random 64 KiB read costs ~0.5 ms more (docs/benchmarks.md, issue 4).
 READ_BUF = 4 * MiB
 DEFAULT_POOL = 3
+#: compressed bytes per ``CheckpointBuilder.feed``: at most ~64 MiB of output at once
+FEED = 64 * 1024
 _HEADER = struct.Struct("<5sBBQQIII")  # zran export: id, version, flags, csize, usize, ...
+_POINT = struct.Struct("<QQBB")  # zran export v1: coffset, uoffset, bits, has a window
+log = logging.getLogger("r8imfs.engine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +84,8 @@ class GzipIndex:
     entries: list[Entry]
     index_bytes: bytes
     uncompressed_size: int
+    #: one per unit of ``units.span_units`` over ``index_bytes``'s points; () if none
+    span_digests: tuple[SpanDigest, ...] = ()
 
 
 def build_gzip_index(
@@ -73,7 +95,81 @@ def build_gzip_index(
     size: int | None = None,
     progress: ScanProgress | None = None,
 ) -> GzipIndex:
-    """Inflate the layer once; return its tar entries and zran checkpoints."""
+    """Inflate the layer once; return its tar entries, zran checkpoints and span digests."""
+    refused: list[CorruptLayer] = []
+    try:
+        return _build_hashed(readat, spacing, size, progress, refused)
+    except CorruptLayer:
+        if not refused:
+            raise  # not the stream: the tar in it
+    log.info("gzip index: %s; indexing with indexed_gzip", refused[0].message)
+    return _build_zran(readat, spacing, size, progress)
+
+
+def _build_hashed(
+    readat: ReadAt,
+    spacing: int,
+    size: int | None,
+    progress: ScanProgress | None,
+    refused: list[CorruptLayer],
+) -> GzipIndex:
+    """``build_gzip_index`` by ``CheckpointBuilder``; a stream it refuses goes in ``refused``."""
+    blob = BlobFile(readat, size=size, progress=progress, buffer_size=MiB)
+    builder = CheckpointBuilder(spacing)
+    tail = [b""]  # the last output, for the window of the point at the end
+
+    def output() -> Iterator[bytes]:
+        try:
+            while chunk := blob.read(READ_BUF):
+                for piece in _feed(builder, chunk):
+                    tail[0] = (
+                        piece if len(piece) >= WINDOW_SIZE else (tail[0] + piece)[-WINDOW_SIZE:]
+                    )
+                    yield piece
+            builder.finish()
+        except CorruptLayer as exc:
+            refused.append(exc)
+            raise
+
+    try:
+        entries, usize = index_stream(output())
+    finally:
+        builder.close()
+    csize = builder.total_in
+    end = Point(csize, usize, 0, tail[0][-WINDOW_SIZE:].rjust(WINDOW_SIZE, b"\0"))
+    index_bytes = _export([*builder.checkpoints, end], csize, usize, spacing)
+    digests = [*builder.span_digests, "sha256:" + hashlib.sha256().hexdigest()]  # end: empty
+    table = span_units(zran_checkpoints(index_bytes), csize, usize)
+    if len(table) != len(digests):
+        raise CorruptLayer(f"gzip index: {len(table)} spans but {len(digests)} span digests")
+    spans = tuple(SpanDigest(u.cstart, u.cend, d) for u, d in zip(table, digests, strict=True))
+    return GzipIndex(entries, index_bytes, usize, spans)
+
+
+def _feed(builder: CheckpointBuilder, chunk: bytes) -> Iterator[bytes]:
+    """What ``chunk`` inflates to, fed ``FEED`` bytes at a time: ``feed`` returns all
+    of a piece's output at once, and deflate inflates up to ~1000x (zeros)."""
+    for at in range(0, len(chunk), FEED):
+        yield from builder.feed(chunk[at : at + FEED])
+
+
+def _export(points: list[Point], csize: int, usize: int, spacing: int) -> bytes:
+    """``points`` in indexed_gzip's ``zran_export_index`` format (version 1): the
+    header, each point's offsets, bits and whether a window follows (not for the
+    first point, at the stream's start), then the windows in order."""
+    head = _HEADER.pack(b"GZIDX", 1, 0, csize, usize, spacing, WINDOW_SIZE, len(points))
+    has_window = [p.out > 0 for p in points]
+    offsets = [
+        _POINT.pack(p.cin, p.out, p.bits, w) for p, w in zip(points, has_window, strict=True)
+    ]
+    windows = [p.window for p, w in zip(points, has_window, strict=True) if w]
+    return b"".join([head, *offsets, *windows])
+
+
+def _build_zran(
+    readat: ReadAt, spacing: int, size: int | None, progress: ScanProgress | None
+) -> GzipIndex:
+    """``build_gzip_index`` by indexed_gzip: checkpoints, no span digests."""
     blob = BlobFile(readat, size=size, progress=progress, buffer_size=MiB)
     with _zran_errors(), _open(blob, spacing, buffer_size=4 * spacing) as igz:
         chunks: Iterator[bytes] = iter(partial(igz.read, MiB), b"")

@@ -26,7 +26,6 @@ serve a layer's tree from the zTOC without reading any of the layer.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -35,17 +34,15 @@ from datetime import datetime
 from functools import partial
 
 from r8imfs.engine.codecs import ztoc
+from r8imfs.engine.codecs.units import SpanDigestMismatch as SpanDigestMismatch
+from r8imfs.engine.codecs.units import check_span as check_digest
 from r8imfs.engine.codecs.zran import inflate_from
 from r8imfs.engine.entry import Entry, Kind, normalise_path
 from r8imfs.engine.readat import ReadAt
-from r8imfs.errors import CorruptLayer, DigestMismatch
+from r8imfs.errors import CorruptLayer
 
 #: Decoded spans kept per layer (4 MiB each with SOCI's default span size).
 CACHE_SPANS = 8
-
-
-class SpanDigestMismatch(DigestMismatch):
-    """A span's compressed bytes do not hash to the zTOC's digest for it."""
 
 
 class SociLayer:
@@ -228,13 +225,8 @@ def check_span(
     z: ztoc.Ztoc, spans: ztoc.Spans, i: int, data: bytes | memoryview, name: str
 ) -> None:
     """``SpanDigestMismatch`` unless span ``i``'s compressed bytes hash to its digest."""
-    want = z.span_digests[i]
-    got = "sha256:" + hashlib.sha256(data).hexdigest()
-    if got != want:
-        raise SpanDigestMismatch(
-            f"{name}: span {i} (compressed bytes {spans.cstart[i]}-{spans.cend[i]}) hashes "
-            f"to {got}, its zTOC says {want}"
-        )
+    where = f"{name}: span {i} (compressed bytes {spans.cstart[i]}-{spans.cend[i]})"
+    check_digest(data, z.span_digests[i], where, "its zTOC")
 
 
 def verify_and_inflate(

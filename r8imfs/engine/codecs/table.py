@@ -32,6 +32,7 @@ from typing import IO, Protocol, cast
 from r8imfs.engine.codecs.decompress import ChunkReader, GzipInflater, ZstdInflater, chunks_of
 from r8imfs.engine.codecs.gzipindex import GzipLayerReader, build_gzip_index
 from r8imfs.engine.codecs.plain import PlainLayerReader, build_plain_index
+from r8imfs.engine.codecs.units import SpanDigest
 from r8imfs.engine.codecs.zstdindex import ZstdLayerReader, build_zstd_index, read_seek_table
 from r8imfs.engine.codecs.zstdstream import decode_frames
 from r8imfs.engine.entry import Entry
@@ -50,6 +51,9 @@ class BuiltIndex:
     #: opaque to everyone but the codec's ``open_reader``; b"" if it needs none
     checkpoints: bytes
     uncompressed_size: int
+    #: sha256 of each unit the checkpoints cut (``units.units_for_layer``), when the
+    #: pass that built them read the whole blob (gzip); () otherwise
+    span_digests: tuple[SpanDigest, ...] = ()
 
 
 class Codec(Protocol):
@@ -108,7 +112,7 @@ class GzipCodec:
         self, readat: ReadAt, size: int, *, progress: ScanProgress | None = None
     ) -> BuiltIndex:
         gz = build_gzip_index(readat, size=size, progress=progress)
-        return BuiltIndex(gz.entries, gz.index_bytes, gz.uncompressed_size)
+        return BuiltIndex(gz.entries, gz.index_bytes, gz.uncompressed_size, gz.span_digests)
 
     def open_reader(
         self, readat: ReadAt, checkpoints: bytes, compressed_size: int, uncompressed_size: int

@@ -253,7 +253,7 @@ def chunk_units(index: TocIndex) -> tuple[UnitTable, Decoder] | None:
         pieces.append((f.path, tuple(chunks)))
         pos += size
     try:
-        table = UnitTable(units, index.size)
+        table = UnitTable(units, index.size, verified=True)  # ``_decode_unit`` checks
     except CorruptLayer:
         return None
     if any(u.cstart < p.cend for p, u in itertools.pairwise(table)):

@@ -26,19 +26,32 @@ Per format:
   each unit carries its checkpoint (``Unit.state``: bit offset and 32 KiB
   window) and is decoded by a ``SpanInflater`` (the ``inflatePrime`` binding
   is ``zran.inflate_from``, adapted by ``zran_inflate``), wrapped by
-  ``span_decoder``.
+  ``span_decoder``. An index built here also holds each span's sha256
+  (``SpanDigest``, taken while the whole blob was read and verified): its
+  units then carry them, and the decoder checks a span before inflating it.
 * plain tar: ``fixed_units(size, chunk)``, stored bytes cut in equal
   chunks (no decoder): the scheduler's window, priority and coalescing
   still apply.
+
+*Verified* tables (``UnitTable.verified``): every unit's decoder checks its
+bytes against a digest it was given (a TOC chunk's, a zTOC span's, a span
+digest of the local gzip index), so a wrong byte is an error, never output.
+Their bytes need no copy in the blob cache to be trusted: a sequential
+reader's read-ahead fetches them uncached (``image._attach_units``). Other
+tables rely on the blob cache's hashes. A seekable zstd layer indexed here
+gets no digests: it is indexed from its seek table and tar headers without
+reading all its frames, and hashing them would be that whole read (its
+frames' XXH64 checksums catch damage, not a substitution).
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import zstandard
@@ -46,7 +59,7 @@ import zstandard
 from r8imfs.engine.codecs import zran
 from r8imfs.engine.codecs.zstdindex import FrameTable
 from r8imfs.engine.readat import ReadAt
-from r8imfs.errors import CorruptLayer
+from r8imfs.errors import CorruptLayer, DigestMismatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +80,8 @@ class Unit:
     ustart: int
     usize: int
     state: SpanState | None = None
+    #: "sha256:<hex>" of the compressed bytes, checked before decoding (gzip spans)
+    digest: str | None = None
 
     @property
     def csize(self) -> int:
@@ -82,12 +97,18 @@ Decoder = Callable[[Unit, bytes | memoryview], bytes]
 
 
 class UnitTable:
-    """A layer's units in order; ``locate`` maps an uncompressed offset to a unit."""
+    """A layer's units in order; ``locate`` maps an uncompressed offset to a unit.
 
-    def __init__(self, units: Sequence[Unit], uncompressed_size: int) -> None:
+    ``verified``: its decoder checks every unit against a digest (see above).
+    """
+
+    def __init__(
+        self, units: Sequence[Unit], uncompressed_size: int, *, verified: bool = False
+    ) -> None:
         self._units = tuple(units)
         self._ustarts = [u.ustart for u in self._units]
         self.uncompressed_size = uncompressed_size
+        self.verified = verified
         for i, u in enumerate(self._units):
             if u.index != i or u.cend < u.cstart or u.usize < 0:
                 raise CorruptLayer(f"unit table: unit {i} is malformed")
@@ -197,6 +218,36 @@ def _decode_frames(dctx: zstandard.ZstdDecompressor, data: bytes | memoryview) -
     return b"".join(parts)
 
 
+# -- span digests -----------------------------------------------------------------
+
+
+class SpanDigestMismatch(DigestMismatch):
+    """A span's compressed bytes do not hash to the digest its index gives it
+    (a zTOC's, or the local gzip index's)."""
+
+
+def check_span(data: bytes | memoryview, want: str, where: str, source: str) -> None:
+    """``SpanDigestMismatch`` unless ``data`` hashes to ``want`` ("sha256:<hex>").
+
+    The one span check: SOCI spans (``socireader``) and gzip spans of a
+    local index (``span_decoder``). ``where`` names the span, ``source``
+    who gave the digest, for the message.
+    """
+    got = "sha256:" + hashlib.sha256(data).hexdigest()
+    if got != want:
+        raise SpanDigestMismatch(f"{where} hashes to {got}, {source} says {want}")
+
+
+@dataclass(frozen=True, slots=True)
+class SpanDigest:
+    """sha256 of a blob's compressed bytes ``[cstart, cend)``: one unit's, as
+    ``span_units`` cuts them (the range is kept to check exactly that)."""
+
+    cstart: int
+    cend: int
+    digest: str
+
+
 # -- gzip spans -------------------------------------------------------------------
 
 
@@ -261,12 +312,20 @@ def zran_checkpoints(index_bytes: bytes) -> list[Checkpoint]:
     return points
 
 
-def span_units(points: Sequence[Checkpoint], blob_size: int, usize: int) -> UnitTable:
+def span_units(
+    points: Sequence[Checkpoint],
+    blob_size: int,
+    usize: int,
+    digests: Sequence[SpanDigest] = (),
+) -> UnitTable:
     """Units of a gzip layer: from each checkpoint to the next (the last to the end).
 
     A span's compressed range runs to the byte holding the next span's first
     bit (inclusive), so it holds every bit the span's deflate blocks use. The
     first span starts at the gzip header (``coffset`` 0 with no window).
+
+    ``digests``, one per span over exactly these ranges (else ignored: the
+    table is then not verified), go on the units for ``span_decoder``.
     """
     units = []
     for i, p in enumerate(points):
@@ -276,7 +335,16 @@ def span_units(points: Sequence[Checkpoint], blob_size: int, usize: int) -> Unit
         uend = nxt.uoffset if nxt is not None else usize
         state = SpanState(p.bits, p.window)
         units.append(Unit(i, cstart, cend, p.uoffset, uend - p.uoffset, state))
-    return UnitTable(units, usize)
+    if not _digests_fit(units, digests):
+        return UnitTable(units, usize)
+    signed = [replace(u, digest=d.digest) for u, d in zip(units, digests, strict=True)]
+    return UnitTable(signed, usize, verified=True)
+
+
+def _digests_fit(units: Sequence[Unit], digests: Sequence[SpanDigest]) -> bool:
+    return len(digests) == len(units) > 0 and all(
+        (u.cstart, u.cend) == (d.cstart, d.cend) for u, d in zip(units, digests, strict=True)
+    )
 
 
 def zran_inflate(data: bytes | memoryview, bits: int, window: bytes, usize: int) -> bytes:
@@ -296,6 +364,9 @@ def span_decoder(inflate: SpanInflater) -> Decoder:
     def decode(unit: Unit, data: bytes | memoryview) -> bytes:
         if unit.state is None:
             raise CorruptLayer(f"gzip unit {unit.index} has no checkpoint")
+        if unit.digest is not None:  # before a byte is inflated
+            where = f"gzip span {unit.index} (compressed bytes {unit.cstart}-{unit.cend})"
+            check_span(data, unit.digest, where, "the layer's index")
         out = inflate(data, unit.state.bits, unit.state.window, unit.usize)
         if len(out) != unit.usize:
             raise CorruptLayer(f"gzip span {unit.index} inflates to {len(out)}, not {unit.usize}")
@@ -323,6 +394,7 @@ def units_for_layer(
     uncompressed_size: int,
     *,
     span_inflater: SpanInflater | None = None,
+    digests: Sequence[SpanDigest] = (),
 ) -> tuple[UnitTable, Decoder | None] | None:
     """A layer's units and their decoder, from what its index holds; None if it has none.
 
@@ -330,7 +402,8 @@ def units_for_layer(
     frame table, a zran index, or nothing. zstd: the last unit runs to the
     blob's end, so a seekable blob's seek table rides along with the last
     frame (skipped by the decoder) and no footer read is needed. gzip needs
-    ``span_inflater`` (``zran_inflate``); without it, None. A layer read
+    ``span_inflater`` (``zran_inflate``); without it, None; its ``digests``
+    (``LayerIndex.span_digests``) make the table verified. A layer read
     from a decoded copy (no checkpoints) has no units.
     """
     if compression == "none":
@@ -343,6 +416,6 @@ def units_for_layer(
         points = zran_checkpoints(checkpoints)
         if not points or points[0].uoffset != 0:
             return None  # (no block boundary zran would stop at: stored blocks, a tiny layer)
-        units = span_units(points, compressed_size, uncompressed_size)
+        units = span_units(points, compressed_size, uncompressed_size, digests)
         return units, span_decoder(span_inflater)
     return None

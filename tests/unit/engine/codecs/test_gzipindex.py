@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import random
 import threading
 from pathlib import Path
 
+import indexed_gzip
 import pytest
 
 from r8imfs.engine import (
@@ -16,6 +19,7 @@ from r8imfs.engine import (
     load_or_build,
 )
 from r8imfs.engine.codecs.gzipindex import index_uncompressed_size
+from r8imfs.engine.codecs.units import span_units, zran_checkpoints
 from r8imfs.engine.readat import BlobFile, CountingReadAt
 from r8imfs.errors import CorruptLayer, TransportError
 from r8imfs.oci import mediatypes as mt
@@ -154,6 +158,7 @@ def test_round_trip_through_indexdb(layer: tuple[bytes, bytes], tmp_path: Path) 
         assert counting.bytes_read == 0  # from the database, not the blob
         assert again.entries == first.entries
         assert again.checkpoints == first.checkpoints
+        assert again.span_digests == first.span_digests and len(first.span_digests) >= 3
         assert again.uncompressed_size == len(tar)
         reader = again.open_reader()
         try:
@@ -161,3 +166,55 @@ def test_round_trip_through_indexdb(layer: tuple[bytes, bytes], tmp_path: Path) 
                 assert reader.pread(off, size) == tar[off : off + size]
         finally:
             reader.close()
+
+
+# -- span digests ----------------------------------------------------------------
+
+
+def _spans(gz: bytes, index_bytes: bytes, usize: int) -> list[tuple[int, int]]:
+    return [(u.cstart, u.cend) for u in span_units(zran_checkpoints(index_bytes), len(gz), usize)]
+
+
+def test_span_digests_are_the_units_ranges_hashed(layer: tuple[bytes, bytes]) -> None:
+    """One digest per unit the mount cuts, over exactly its range, recomputed here."""
+    tar, gz = layer
+    built = build_gzip_index(BytesReadAt(gz), spacing=SPACING)
+    spans = _spans(gz, built.index_bytes, len(tar))
+    assert len(spans) > 5
+    assert [(d.cstart, d.cend) for d in built.span_digests] == spans
+    for (start, end), d in zip(spans, built.span_digests, strict=True):
+        assert d.digest == "sha256:" + hashlib.sha256(gz[start:end]).hexdigest()
+
+
+def test_the_index_is_the_one_indexed_gzip_exports(layer: tuple[bytes, bytes]) -> None:
+    """Same points, same bytes: ``GzipLayerReader`` imports what it always did."""
+    tar, gz = layer
+    built = build_gzip_index(BytesReadAt(gz), spacing=SPACING)
+    with indexed_gzip.IndexedGzipFile(fileobj=io.BytesIO(gz), spacing=SPACING) as igz:
+        igz.build_full_index()
+        out = io.BytesIO()
+        igz.export_index(fileobj=out)
+    assert built.index_bytes == out.getvalue()
+
+
+def test_multi_member_spans_are_hashed_too(layer: tuple[bytes, bytes]) -> None:
+    tar, _ = layer
+    gz = gzip_members(tar[: 2 * MiB], tar[2 * MiB : 3 * MiB], tar[3 * MiB :])
+    built = build_gzip_index(BytesReadAt(gz), spacing=SPACING)
+    spans = _spans(gz, built.index_bytes, len(tar))
+    assert [(d.cstart, d.cend) for d in built.span_digests] == spans
+    for (start, end), d in zip(spans, built.span_digests, strict=True):
+        assert d.digest == "sha256:" + hashlib.sha256(gz[start:end]).hexdigest()
+
+
+@pytest.mark.parametrize("tail", [bytes(1000), b"not gzip"])
+def test_bytes_after_the_stream_index_without_digests(
+    layer: tuple[bytes, bytes], tail: bytes
+) -> None:
+    """What the one-pass builder refuses, indexed_gzip indexes as before: no digests."""
+    tar, gz = layer
+    built = build_gzip_index(BytesReadAt(gz + tail), spacing=SPACING)
+    assert built.span_digests == ()
+    assert built.uncompressed_size == len(tar)
+    with GzipLayerReader(BytesReadAt(gz + tail), built.index_bytes) as reader:
+        assert reader.pread(len(tar) - 5000, 5000) == tar[-5000:]

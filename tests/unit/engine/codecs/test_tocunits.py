@@ -43,7 +43,7 @@ def test_chunk_units_decode_to_the_verified_stream(toc_layer: tuple[bytes, TocRe
     found = chunk_units(reader.index)
     assert found is not None
     table, decode = found
-    assert table.uncompressed_size == reader.size
+    assert table.uncompressed_size == reader.size and table.verified
     assert len(table) > len(reader.index.files)  # the 6-chunk file gives 6 units
     assert _decode_all(table, decode, blob) == reader.pread(0, reader.size)
 
@@ -91,7 +91,7 @@ def _spans(layer: tuple[bytes, bytes, bytes]) -> tuple[UnitTable, Decoder]:
     toc = Toc(SOCI_ZTOC, data, "sha256:" + "0" * 64, "test", 256 * 1024)
     loaded = TOC_FORMATS[SOCI_ZTOC].load(toc, len(blob))
     found = loaded.units(name="layer 0")
-    assert found is not None
+    assert found is not None and found[0].verified  # each span checked against the zTOC
     return found
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import io
 import os
 import random
@@ -20,6 +21,8 @@ from r8imfs.engine.codecs.gzipindex import build_gzip_index
 from r8imfs.engine.codecs.units import (
     Checkpoint,
     Decoder,
+    SpanDigest,
+    SpanDigestMismatch,
     Unit,
     UnitTable,
     decode_zstd,
@@ -188,6 +191,48 @@ def test_span_units_carry_their_checkpoints() -> None:
         span_decoder(lambda d, b, w, n: bytes(n - 1))(units[0], b"")
 
 
+def _points() -> list[Checkpoint]:
+    return [Checkpoint(10, 0, 0, b""), Checkpoint(500, 4000, 3, b"w" * 32)]
+
+
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_span_digests_are_checked_before_inflating() -> None:
+    blob = bytes(range(256)) * 4
+    digests = [SpanDigest(10, 500, _sha(blob[10:500])), SpanDigest(499, 1000, _sha(blob[499:]))]
+    units = span_units(_points(), 1000, 9000, digests)
+    assert units.verified and [u.digest for u in units] == [d.digest for d in digests]
+    inflated = []
+
+    def inflate(data: bytes | memoryview, bits: int, window: bytes, usize: int) -> bytes:
+        inflated.append(bytes(data))
+        return bytes(usize)
+
+    decode = span_decoder(inflate)
+    assert decode(units[1], blob[499:]) == bytes(5000)
+    bad = bytearray(blob[499:])
+    bad[100] ^= 1
+    with pytest.raises(SpanDigestMismatch, match="gzip span 1 "):
+        decode(units[1], bytes(bad))
+    assert inflated == [blob[499:]]  # the damaged span never reached the inflater
+
+
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        [(10, 500), (500, 1000)],  # not the units' ranges (the partial byte left out)
+        [(10, 500)],  # one short
+        [],
+    ],
+)
+def test_digests_that_do_not_fit_the_units_are_not_used(ranges: list[tuple[int, int]]) -> None:
+    units = span_units(_points(), 1000, 9000, [SpanDigest(a, b, _sha(b"")) for a, b in ranges])
+    assert not units.verified
+    assert all(u.digest is None for u in units)
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="parallel decode needs 2 cores")
 def test_decode_zstd_from_two_threads_at_once() -> None:
     """decode_zstd is safe from two threads at once (a context per thread)."""
@@ -326,3 +371,13 @@ def test_layers_without_units() -> None:
         span_inflater=lambda d, b, w, n: bytes(n),
     )
     assert made is not None and len(made[0]) == len(zran_checkpoints(index.index_bytes))
+    assert not made[0].verified  # no digests given: the blob cache must check the bytes
+    signed = units_for_layer(
+        "gzip",
+        index.index_bytes,
+        len(blob),
+        index.uncompressed_size,
+        span_inflater=lambda d, b, w, n: bytes(n),
+        digests=index.span_digests,
+    )
+    assert signed is not None and signed[0].verified
