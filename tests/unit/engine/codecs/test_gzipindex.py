@@ -218,3 +218,20 @@ def test_bytes_after_the_stream_index_without_digests(
     assert built.uncompressed_size == len(tar)
     with GzipLayerReader(BytesReadAt(gz + tail), built.index_bytes) as reader:
         assert reader.pread(len(tar) - 5000, 5000) == tar[-5000:]
+
+
+def test_random_reads_of_a_multi_member_layer_through_the_exported_index(
+    layer: tuple[bytes, bytes],
+) -> None:
+    """indexed_gzip imports the points our own pass made, members and all: any
+    read, across member ends included, is the tar's bytes."""
+    tar, _ = layer
+    cuts = [0, 1 * MiB + 17, 2 * MiB + 4093, 3 * MiB, len(tar)]
+    gz = gzip_members(*(tar[a:b] for a, b in zip(cuts, cuts[1:], strict=False)))
+    built = build_gzip_index(BytesReadAt(gz), spacing=SPACING)
+    assert built.span_digests
+    rng = random.Random(7)
+    with GzipLayerReader(BytesReadAt(gz), built.index_bytes) as reader:
+        for at in [c - 10 for c in cuts[1:-1]] + [rng.randrange(len(tar)) for _ in range(40)]:
+            size = rng.randrange(1, 300_000)
+            assert reader.pread(at, size) == tar[at : at + size], at
