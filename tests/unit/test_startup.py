@@ -84,6 +84,13 @@ def test_help_of_a_command_loads_no_command(command: str) -> None:
     assert _loaded_after(code) == []
 
 
+def test_extract_loads_no_fuse_cache_or_random_access() -> None:
+    """``extract`` streams layers: no FUSE, no image cache or index database, and
+    no zran (indexed_gzip is imported where a gzip layer is read at random)."""
+    loaded = _loaded_after("import r8imfs.ops.extract")
+    assert set(loaded) <= {"r8imfs.ops.extract", "r8imfs.engine.codecs.table", "pyzstd"}
+
+
 def test_the_heavy_modules_exist() -> None:
     """A renamed module would make the checks above pass for nothing."""
     script = "import importlib.util as u, sys\n" + "".join(
