@@ -6,15 +6,16 @@ import argparse
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r8imfs._units import human_size, parse_size
 from r8imfs.cache.blobcache import DEFAULT_MAX_BYTES, default_cache_dir
 from r8imfs.cli import _common
 from r8imfs.cli.progress import TerminalTransfers
-from r8imfs.image.image import ImageFiles
-from r8imfs.ops.browse import CacheOptions, open_image
 from r8imfs.ops.progress import Transfers
+
+if TYPE_CHECKING:
+    from r8imfs.image.image import ImageFiles
 
 NO_FUSE = (
     "No FUSE is needed: the image is read with the same engine, cache and digest\n"
@@ -42,6 +43,8 @@ def board(args: argparse.Namespace) -> Transfers:
 async def opened(
     args: argparse.Namespace, image: str, bars: Transfers, *, sparse: bool = False
 ) -> AsyncIterator[ImageFiles]:
+    from r8imfs.ops.browse import CacheOptions, open_image
+
     cache = CacheOptions(
         Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
         parse_size(args.cache_size) if args.cache_size else DEFAULT_MAX_BYTES,

@@ -9,7 +9,6 @@ from typing import Any
 
 from r8imfs import _threads
 from r8imfs.cli import _image
-from r8imfs.ops.browse import chunks, readable, resolve
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -33,6 +32,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> None:
+    from r8imfs.ops.browse import chunks, readable, resolve
+
     out = sys.stdout.buffer
     async with _image.opened(args, args.image, _image.board(args)) as files:
         node = readable(resolve(files.rootfs, args.path, follow=True))

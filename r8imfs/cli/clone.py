@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from r8imfs.cli import _common
-from r8imfs.ops.clone import CloneOptions, clone
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -28,6 +27,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> None:
+    from r8imfs.ops.clone import CloneOptions, clone
+
     base = _common.ref(args, args.base)
     dest = _common.destination(args, base, args.dest, "cloned")
     ctx = _common.context(args)

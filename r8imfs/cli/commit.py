@@ -11,7 +11,6 @@ from r8imfs.engine.upper import UpperDir
 from r8imfs.errors import UsageError
 from r8imfs.fs import daemon, mountstate
 from r8imfs.oci.reference import Reference
-from r8imfs.ops.commit import CommitOptions, commit
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -66,6 +65,8 @@ def find_upper(mountpoint: str) -> tuple[UpperDir, str]:
 
 
 async def run(args: argparse.Namespace) -> None:
+    from r8imfs.ops.commit import CommitOptions, commit
+
     upper, _ = find_upper(args.mountpoint)
     dest = _common.dest_ref(args, args.dest)
     if dest.digest:

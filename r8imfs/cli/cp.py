@@ -10,8 +10,6 @@ from typing import Any
 from r8imfs._units import human_size
 from r8imfs.cli import _image
 from r8imfs.errors import UsageError
-from r8imfs.ops.browse import resolve
-from r8imfs.ops.copyout import copy_out
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -58,6 +56,9 @@ def split_source(text: str) -> tuple[str, str]:
 
 
 async def run(args: argparse.Namespace) -> None:
+    from r8imfs.ops.browse import resolve
+    from r8imfs.ops.copyout import copy_out
+
     image, path = split_source(args.source)
     bars = _image.board(args)
     async with _image.opened(args, image, bars) as files:

@@ -7,14 +7,17 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r8imfs._threads import run_io
 from r8imfs._units import human_size
 from r8imfs.cli import _common
 from r8imfs.errors import UsageError
 from r8imfs.fs import process
-from r8imfs.ops.extract import DirSink, TarSink, extract
+
+if TYPE_CHECKING:
+    from r8imfs.ops.extract import OnFile
+    from r8imfs.registry.client import Image, RegistryClient
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -52,6 +55,8 @@ def before_trio(args: argparse.Namespace) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
+    from r8imfs.ops.extract import DirSink, TarSink, extract
+
     ref = _common.ref(args, args.image)
 
     def on_file(name: str, size: int) -> None:
@@ -78,8 +83,12 @@ async def run(args: argparse.Namespace) -> None:
             await _to_file(client, image, Path(args.output), on_file, args.soci)
 
 
-async def _to_file(client: Any, image: Any, path: Path, on_file: Any, soci: bool) -> None:
+async def _to_file(
+    client: RegistryClient, image: Image, path: Path, on_file: OnFile, soci: bool
+) -> None:
     """Write to a temporary name beside ``path``; rename only on success."""
+    from r8imfs.ops.extract import TarSink, extract
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as out:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r8imfs.cli import _common
-from r8imfs.engine.codecs.zran import SPAN_SIZE
 from r8imfs.errors import UsageError
-from r8imfs.ops.index import IndexOptions, index_image
+
+if TYPE_CHECKING:
+    from r8imfs.ops.index import IndexOptions
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -30,7 +31,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--span-size",
         type=_common.parse_size,
-        default=SPAN_SIZE,
         help="uncompressed bytes between checkpoints (default 4M, SOCI's)",
     )
     p.add_argument(
@@ -50,17 +50,22 @@ def _platform_given(argv: list[str]) -> bool:
 
 
 def options(args: argparse.Namespace, argv: list[str]) -> IndexOptions:
+    from r8imfs.engine.codecs.zran import SPAN_SIZE
+    from r8imfs.ops.index import IndexOptions
+
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     return IndexOptions(
         platform=_common.platform(args) if _platform_given(argv) else None,
-        span_size=args.span_size,
+        span_size=args.span_size or SPAN_SIZE,
         min_layer_size=args.min_layer_size or 0,
         jobs=args.jobs,
     )
 
 
 async def run(args: argparse.Namespace) -> None:
+    from r8imfs.ops.index import index_image
+
     image = _common.ref(args, args.image)
     dest = _common.destination(args, image, args.dest, "soci")
     ctx = _common.context(args)

@@ -9,7 +9,6 @@ from typing import Any
 
 from r8imfs._units import human_size
 from r8imfs.cli import _common
-from r8imfs.image.tocs import listed_tocs, soci_index
 from r8imfs.oci.config import pair_layers
 from r8imfs.oci.digest import short
 from r8imfs.registry.client import Image
@@ -86,6 +85,8 @@ def table(image: Image, tocs: Tocs | None = None) -> str:
 
 
 async def run(args: argparse.Namespace) -> None:
+    from r8imfs.image.tocs import listed_tocs, soci_index
+
     ref = _common.ref(args, args.image)
     async with _common.client(args) as client:
         image = await client.resolve(ref, _common.platform(args))

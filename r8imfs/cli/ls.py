@@ -7,11 +7,13 @@ import json
 import stat
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r8imfs.cli import _image
 from r8imfs.engine.entry import Kind
-from r8imfs.ops.browse import Row, listing
+
+if TYPE_CHECKING:
+    from r8imfs.ops.browse import Row
 
 _TYPE_BITS = {
     Kind.FILE: stat.S_IFREG,
@@ -125,6 +127,8 @@ def as_json(row: Row) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> None:
+    from r8imfs.ops.browse import listing
+
     async with _image.opened(args, args.image, _image.board(args)) as files:
         found = listing(files.rootfs, args.path, recursive=args.recursive, long=args.long)
     rows, top = found.rows, found.top

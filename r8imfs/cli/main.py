@@ -36,6 +36,7 @@ from r8imfs.cli import (
     zstd,
 )
 from r8imfs.errors import R8imfsError
+from r8imfs.registry import _tls
 from r8imfs.registry._http import widen_socket_reads
 
 COMMANDS: tuple[ModuleType, ...] = (
@@ -159,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         before = getattr(args, "before_trio", None)
         if before is not None and (code := before(args)) is not None:
             return int(code)
+        _tls.start()  # after any fork (mount's before_trio); made while the command imports
         trio.run(run, args)
     except R8imfsError as exc:
         return _report(exc, args)

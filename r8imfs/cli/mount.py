@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r8imfs import _threads
 from r8imfs._units import human_size, parse_size
@@ -23,10 +23,11 @@ from r8imfs.cache.blobcache import DEFAULT_MAX_BYTES, default_cache_dir
 from r8imfs.cli import _common
 from r8imfs.engine.upper import Origin, UpperDir, default_location
 from r8imfs.fs import daemon, mountstate, process
-from r8imfs.image.image import ImageFiles
 from r8imfs.oci.digest import sha256
-from r8imfs.ops.mount import MountOptions, mount
 from r8imfs.registry.client import Image
+
+if TYPE_CHECKING:
+    from r8imfs.image.image import ImageFiles
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -148,6 +149,8 @@ def _detach(args: argparse.Namespace, cache_dir: Path) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
+    from r8imfs.ops.mount import MountOptions, mount
+
     ref = _common.ref(args, args.image)
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     options = MountOptions(

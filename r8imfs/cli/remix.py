@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from r8imfs.cli import _common
-from r8imfs.ops.remix import RemixOptions, remix
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -31,6 +30,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> None:
+    from r8imfs.ops.remix import RemixOptions, remix
+
     base = _common.ref(args, args.base)
     weights = _common.ref(args, args.weights)
     dest = _common.destination(args, base, args.dest, "remixed")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r8imfs._units import human_size
 from r8imfs.cli import _image
-from r8imfs.models.header import ModelHeader
-from r8imfs.ops.tensors import model_files, read_header
+
+if TYPE_CHECKING:
+    from r8imfs.models.header import ModelHeader
 
 #: metadata values longer than this are cut in the table (never in --json)
 SHOWN_VALUE = 100
@@ -72,6 +73,8 @@ def table(h: ModelHeader) -> str:
 
 
 async def run(args: argparse.Namespace) -> None:
+    from r8imfs.ops.tensors import model_files, read_header
+
     async with _image.opened(args, args.image, _image.board(args), sparse=True) as files:
         headers = [await read_header(files, node) for node in model_files(files, args.paths)]
     if args.json:

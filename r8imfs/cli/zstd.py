@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r8imfs.cli import _common
 from r8imfs.errors import UsageError
-from r8imfs.image.recompress import FRAME_SIZE
-from r8imfs.ops.zstd import ZstdOptions, recompress_image
+
+if TYPE_CHECKING:
+    from r8imfs.ops.zstd import ZstdOptions
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -36,14 +37,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--threads",
         type=int,
-        default=ZstdOptions().threads,
         help="compression threads per layer (default: CPUs, 2 to 4)",
     )
     p.add_argument("--jobs", type=int, default=2, help="layers in flight at once (default 2)")
     p.add_argument(
         "--frame-size",
         type=_common.parse_size,
-        default=FRAME_SIZE,
         help="uncompressed bytes per zstd frame, the unit a lazy reader seeks to (default 2M)",
     )
     p.set_defaults(run=run)
@@ -51,16 +50,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def options(args: argparse.Namespace) -> ZstdOptions:
+    from r8imfs.ops.zstd import ZstdOptions
+
+    default = ZstdOptions()  # --threads and --frame-size: the operation's defaults
+    threads = default.threads if args.threads is None else args.threads
     if not 1 <= args.level <= 22:
         raise UsageError(f"--level {args.level}: zstd levels are 1 to 22")
-    if args.threads < 1 or args.jobs < 1:
+    if threads < 1 or args.jobs < 1:
         raise UsageError("--threads and --jobs must be at least 1")
     return ZstdOptions(
         level=args.level,
         platform=_common.platform(args),
         all_platforms=args.all_platforms,
-        frame_size=args.frame_size,
-        threads=args.threads,
+        frame_size=args.frame_size or default.frame_size,
+        threads=threads,
         jobs=args.jobs,
     )
 
@@ -72,6 +75,8 @@ async def run(args: argparse.Namespace) -> None:
     dest = _common.destination(args, image, args.dest or args.dest_flag, "zstd")
     ctx = _common.context(args)
     opts = options(args)
+    from r8imfs.ops.zstd import recompress_image
+
     async with _common.client(args) as client:
         pushed = await recompress_image(client, image, dest, opts, ctx)
     _common.finish(ctx, pushed)

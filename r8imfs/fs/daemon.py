@@ -6,6 +6,10 @@ pyfuse3's main loop (many request tasks, so reads proceed in parallel) and
 returns when the mount goes away: ``r8imfs umount``/``fusermount3 -u`` ends
 the loop from outside; SIGINT/SIGTERM end it from inside and unmount. A pid
 file per mountpoint lets ``umount`` wait for the daemon to be gone.
+
+pyfuse3 and the request handlers are imported by ``serve`` only: ``umount``,
+``commit`` and the checks before a mount use the helpers here, and no
+command but ``mount`` should pay for loading them at start-up.
 """
 
 from __future__ import annotations
@@ -21,16 +25,16 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyfuse3
 import trio
 
 from r8imfs import _threads
-from r8imfs.engine.upper import UpperDir
 from r8imfs.errors import MountError, UsageError
-from r8imfs.fs.handlers import ImageOperations
-from r8imfs.fs.writable import WritableOperations
-from r8imfs.image.image import ImageFiles
+
+if TYPE_CHECKING:
+    from r8imfs.engine.upper import UpperDir
+    from r8imfs.image.image import ImageFiles
 
 FSNAME = "r8imfs"
 log = logging.getLogger("r8imfs.fs")
@@ -151,6 +155,11 @@ async def serve(
     ready: Callable[[], None] = lambda: None,
     upper: UpperDir | None = None,
 ) -> None:
+    import pyfuse3
+
+    from r8imfs.fs.handlers import ImageOperations
+    from r8imfs.fs.writable import WritableOperations
+
     # Resolve paths before mounting: once mounted, touching the mountpoint
     # would wait for this very process to answer, which it cannot yet.
     mountpoint = resolved(mountpoint)

@@ -2,7 +2,7 @@
 
 ``consume_stream(source, fn)`` feeds the chunks of an async iterator (a blob
 download) to ``fn(fileobj)`` running in a worker thread: the download and
-the decompression overlap, at most ``buffer`` batches sit in memory, and the
+the decompression overlap, about ``buffer`` batches sit in memory, and the
 trio loop never decompresses.
 
 The hand-off costs the loop a ``put`` on a thread-safe queue and the worker
@@ -10,7 +10,9 @@ a ``get``: the worker never waits on the loop for bytes that already
 arrived. (Asking the loop for each piece, ``from_thread``, cost a round trip
 through it: a wakeup, a task, a reply, and the GIL taken back twice, each
 possibly behind a busy thread; for a 1 GiB layer the worker spent seconds
-waiting on those.) Back-pressure: at most ``buffer`` batches queued; a
+waiting on those.) Back-pressure: at most ``buffer * PIECE`` bytes queued
+(counted in bytes, not batches: a chunk bigger than ``PIECE`` is a batch of
+its own, and the blob's chunks are 4 MiB, ``registry._rawbody.READ``); a
 loop that finds the queue full waits for the worker's next ``get`` to wake
 it (``_Handoff``).
 Chunks are batched to about ``PIECE`` bytes first, as lists, not joined:
@@ -90,36 +92,44 @@ def _update_all(hasher: Hasher, parts: list[bytes]) -> None:
 
 
 class _Handoff:
-    """Loop → worker: a queue of at most ``buffer`` batches.
+    """Loop → worker: a queue of batches, taking more while it holds less than
+    ``limit`` bytes.
 
     When the queue is full the loop waits on an event that the worker sets,
     through the loop (``run_sync_soon``), after its next ``get``: only then,
     so a worker keeping up costs the loop no wakeups.
     """
 
-    def __init__(self, buffer: int) -> None:
-        self._queue: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
-        self._buffer = buffer
+    def __init__(self, limit: int) -> None:
+        self._queue: queue.SimpleQueue[tuple[list[bytes], int]] = queue.SimpleQueue()
+        self._limit = limit
+        self._queued = 0  # bytes in the queue
         self._lock = threading.Lock()  # held for a few instructions, by either side
         self._room: trio.Event | None = None  # the loop waits for room
         self._token = trio.lowlevel.current_trio_token()
 
     async def put(self, batch: list[bytes]) -> None:
+        size = sum(map(len, batch))
         while True:
             with self._lock:
-                if self._queue.qsize() < self._buffer:
-                    self._queue.put(batch)
+                if self._queued < self._limit:
+                    self._queue.put((batch, size))
+                    self._queued += size
                     return
                 room = self._room = trio.Event()
             await room.wait()
 
     def end(self) -> None:
-        self._queue.put(_END)
+        self._queue.put((_END, 0))
 
     def chunks(self) -> Iterator[bytes]:
         """Worker thread: the chunks, in order, until the end."""
-        while (batch := self._queue.get()) is not _END:
+        while True:
+            batch, size = self._queue.get()
+            if batch is _END:
+                return
             with self._lock:
+                self._queued -= size
                 room, self._room = self._room, None
             if room is not None:
                 self._token.run_sync_soon(room.set)
@@ -140,7 +150,7 @@ async def consume_stream(
     critical path. It covers what was sent, so ``fn`` must read to the end
     for the digest to be the whole stream's.
     """
-    handoff = _Handoff(buffer)
+    handoff = _Handoff(buffer * PIECE)
     pump_error: BaseException | None = None
     consumer_error: BaseException | None = None
     result: T | None = None

@@ -71,7 +71,7 @@ from r8imfs.engine.codecs.spanstream import (
     SpanInflater,
     ZtocMismatch,
 )
-from r8imfs.engine.codecs.table import Compression, codec_for
+from r8imfs.engine.codecs.table import CODECS, codec_for
 from r8imfs.engine.safetar import GuardedTarInfo
 from r8imfs.engine.tarindex import ForwardFile
 from r8imfs.engine.writer import BackgroundWriter, Chunk
@@ -527,8 +527,8 @@ async def extract(
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="r8imfs-decode")
     repo = image.reference.repository
     try:
-        # zTOCs are for gzip and plain layers: none of those, no lookup (round trips)
-        lookup = soci and not all(_is_zstd(layer) for layer in first + fallback)
+        # no layer a zTOC could describe (zstd), no lookup: one or two round trips less
+        lookup = soci and any(_may_have_ztoc(layer) for layer in first + fallback)
         found = await soci_index(client, repo, image.manifest) if lookup else None
         for group in (first, fallback):
             # a group's zTOCs only when it is reached (the fallback rarely is), at once
@@ -552,8 +552,11 @@ async def extract(
     )
 
 
-def _is_zstd(layer: Layer) -> bool:
-    return layer_compression(layer.descriptor.media_type) is Compression.ZSTD
+def _may_have_ztoc(layer: Layer) -> bool:
+    """Whether the layer's codec says a zTOC can describe it (an unknown media
+    type: no; extracting that layer fails on its own)."""
+    compression = layer_compression(layer.descriptor.media_type)
+    return compression is not None and CODECS[compression].ztoc_possible
 
 
 def parallel_extract() -> bool:

@@ -30,6 +30,7 @@ from typing import Any
 
 from r8imfs._units import human_size
 from r8imfs.engine.codecs import ztoc, ztocbuild
+from r8imfs.engine.codecs.table import CODECS
 from r8imfs.engine.codecs.zran import SPAN_SIZE
 from r8imfs.errors import DigestMismatch, R8imfsError, UnsupportedMediaType
 from r8imfs.image.pipe import consume_stream
@@ -233,7 +234,7 @@ def _plan(children: list[_Child], options: IndexOptions) -> dict[str, Descriptor
                 raise UnsupportedMediaType(
                     f"layer {d.digest} has unknown media type {d.media_type}"
                 )
-            if compression in ("gzip", "none") and d.size >= options.min_layer_size:
+            if CODECS[compression].ztoc_possible and d.size >= options.min_layer_size:
                 todo.setdefault(d.digest, d)
     return todo
 

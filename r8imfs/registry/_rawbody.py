@@ -45,8 +45,14 @@ import httpcore
 import httpx
 import trio
 
-#: Bytes asked of the connection per read (what ``_http.SOCKET_READ`` asks of h11).
-READ = 1024 * 1024
+#: Bytes asked of the connection per read. Each read costs the trio loop some
+#: Python whatever its size (httpcore's read: a cancel scope and an exception
+#: map; trio's receive; the generators above; the hand-off to a worker), and a
+#: blob streamed at full speed fills the socket's buffer beyond 4 MiB: 4 MiB
+#: reads rather than 1 MiB cut extract's CPU per GiB by ~0.25 s (user and
+#: system; docs/benchmarks.md, "Issue 12"). Consumers bound what they queue
+#: in bytes (``image.pipe``, ``BackgroundHash``), not in chunks.
+READ = 4 * 1024 * 1024
 #: Bodies with at least this much left after the first chunk are read directly;
 #: smaller ones go through h11, which can then reuse the connection: the
 #: mount's ranged GETs (a few MiB each) keep their connections, and a new

@@ -33,7 +33,7 @@ from r8imfs.oci import mediatypes as mt
 from r8imfs.oci.config import ImageConfig
 from r8imfs.oci.manifest import DEFAULT_PLATFORM, Index, Manifest, Platform, parse
 from r8imfs.oci.reference import Reference, Repository, is_loopback
-from r8imfs.registry import credentials
+from r8imfs.registry import _tls, credentials
 from r8imfs.registry._http import (
     REDIRECTS,
     RETRY_STATUSES,
@@ -104,6 +104,7 @@ class RegistryClient:
         self._http = httpx.AsyncClient(
             timeout=timeout,
             follow_redirects=False,
+            verify=_tls.context(),  # httpx's default context, shared (registry._tls)
             transport=transport,
             headers={"User-Agent": self.options.user_agent},
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),

@@ -18,8 +18,9 @@ import statistics
 import time
 from pathlib import Path
 
-from r8imfs.engine import FileReadAt, LayerIndex, index_path, load_or_build
 from r8imfs.engine.decodedcopy import decoded_path
+from r8imfs.engine.indexdb import LayerIndex, index_path, load_or_build
+from r8imfs.engine.readat import FileReadAt
 from tools.bench.common import KiB, MiB, Row, Section, note, stat
 from tools.bench.context import Bench
 from tools.bench.image import LayerFile

@@ -22,18 +22,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from r8imfs.engine import (
-    Entry,
-    FileReadAt,
-    GzipLayerReader,
-    Kind,
-    MergedTree,
-    ZstdLayerReader,
-    build_gzip_index,
-    build_zstd_index,
-    load_or_build,
-    write_seekable,
-)
+from r8imfs.engine.codecs.gzipindex import GzipLayerReader, build_gzip_index
+from r8imfs.engine.codecs.zstdindex import ZstdLayerReader, build_zstd_index
+from r8imfs.engine.codecs.zstdwrite import write_seekable
+from r8imfs.engine.entry import Entry, Kind
+from r8imfs.engine.indexdb import load_or_build
+from r8imfs.engine.merged import MergedTree
+from r8imfs.engine.readat import FileReadAt
 from r8imfs.oci import mediatypes as mt
 from tools.bench.common import MiB, timed
 from tools.bench.data import Float16Weights, make_layer

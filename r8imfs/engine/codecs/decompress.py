@@ -36,10 +36,14 @@ class BackgroundHash:
     must be hashed *and* inflated then costs the slower of the two, not
     their sum. ``update`` queues (a bounded ``BackgroundWriter`` feeding the
     hash), ``hexdigest`` waits for the queue to drain. Small inputs are
-    hashed inline until a big one comes.
+    hashed inline until a big one comes. A big input is queued as views of at
+    most ``PIECE`` bytes, so the queue holds at most ``DEPTH * PIECE`` bytes
+    whatever size the caller's chunks are (a blob read 4 MiB at a time, say).
     """
 
     THRESHOLD = 256 * 1024
+    PIECE = 1024 * 1024
+    DEPTH = 16
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
@@ -50,8 +54,13 @@ class BackgroundHash:
             if len(data) < self.THRESHOLD:
                 self._hash.update(data)
                 return
-            self._feed = BackgroundWriter(self._hash.update, depth=16, name="r8imfs-hash")
-        self._feed.write(data)
+            self._feed = BackgroundWriter(self._hash.update, depth=self.DEPTH, name="r8imfs-hash")
+        if len(data) <= self.PIECE:
+            self._feed.write(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(view), self.PIECE):
+            self._feed.write(view[start : start + self.PIECE])
 
     def hexdigest(self) -> str:
         if self._feed is not None:

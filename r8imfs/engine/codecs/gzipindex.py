@@ -50,9 +50,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import indexed_gzip
-from indexed_gzip.indexed_gzip import CrcError, NotCoveredError, ZranError
-
 from r8imfs._units import MiB
 from r8imfs.engine.codecs.units import SpanDigest, span_units, zran_checkpoints
 from r8imfs.engine.codecs.zran import Checkpoint as Point
@@ -190,7 +187,15 @@ def index_uncompressed_size(index_bytes: bytes) -> int:
     return int(usize)
 
 
+# indexed_gzip is imported where it is used (here and in ``_zran_errors``), not
+# at the top: importing it costs ~20 ms (it loads importlib.metadata and
+# pickle), and the codec table imports this module for every command, most of
+# which never read a gzip layer at random (``extract`` streams it).
+
+
 def _open(blob: BlobFile, spacing: int, *, buffer_size: int) -> Any:
+    import indexed_gzip
+
     return indexed_gzip.IndexedGzipFile(
         fileobj=blob,
         spacing=spacing,
@@ -207,6 +212,8 @@ def _zran_errors() -> Iterator[None]:
     zran wraps an exception raised by our ``ReadAt`` (say a TransportError from
     the blob cache) as the cause of a ZranError: that original is re-raised.
     """
+    from indexed_gzip.indexed_gzip import CrcError, NotCoveredError, ZranError
+
     try:
         yield
     except (ZranError, CrcError, NotCoveredError) as exc:

@@ -4,8 +4,9 @@ Everything the engine does differently per layer format goes through one
 ``Codec``: how a layer's index is built (``build_index``), how its tar is
 read at random (``open_reader`` over the stored checkpoints), how it is
 inflated in one sequential pass (``inflate``, for ``extract``, recompression
-and decoded copies), and whether indexing it costs a pass over the whole
-blob (``needs_full_pass``). Callers ask ``codec_for(media_type)`` (or
+and decoded copies), whether indexing it costs a pass over the whole
+blob (``needs_full_pass``) and whether a SOCI zTOC can describe it
+(``ztoc_possible``). Callers ask ``codec_for(media_type)`` (or
 ``CODECS[compression]``) and never compare compression names.
 
 Adding a format is adding one entry to ``CODECS`` (and its media types to
@@ -68,6 +69,13 @@ class Codec(Protocol):
         ...
 
     @property
+    def ztoc_possible(self) -> bool:
+        """Whether a SOCI zTOC can describe a layer of this format (its spans are
+        gzip checkpoints, or plain offsets): ``extract`` looks up no SOCI index
+        for layers whose codec says no, ``index`` builds no zTOC for them."""
+        ...
+
+    @property
     def full_pass_known(self) -> bool | None:
         """``needs_full_pass`` when it needs no read of the blob; None when it does."""
         ...
@@ -103,6 +111,7 @@ class GzipCodec:
 
     compression = Compression.GZIP
     decoded_copy = True
+    ztoc_possible = True
     full_pass_known: bool | None = True
 
     def needs_full_pass(self, readat: ReadAt, size: int) -> bool:
@@ -133,6 +142,7 @@ class ZstdCodec:
 
     compression = Compression.ZSTD
     decoded_copy = True
+    ztoc_possible = False
     full_pass_known: bool | None = None
 
     def needs_full_pass(self, readat: ReadAt, size: int) -> bool:
@@ -163,6 +173,7 @@ class PlainCodec:
 
     compression = Compression.NONE
     decoded_copy = False
+    ztoc_possible = True
     full_pass_known: bool | None = False
 
     def needs_full_pass(self, readat: ReadAt, size: int) -> bool:

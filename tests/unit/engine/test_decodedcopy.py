@@ -15,9 +15,10 @@ import pytest
 import zstandard
 
 from r8imfs.cache._blobfiles import evict
-from r8imfs.engine import BytesReadAt, load_or_build, read_entry, write_seekable
+from r8imfs.engine.codecs.zstdwrite import write_seekable
 from r8imfs.engine.decodedcopy import DecodedReader, decoded_path, worth_keeping
-from r8imfs.engine.indexdb import load_cached
+from r8imfs.engine.indexdb import load_cached, load_or_build
+from r8imfs.engine.readat import BytesReadAt, read_entry
 from r8imfs.errors import CorruptLayer, DigestMismatch
 from r8imfs.oci import mediatypes as mt
 from tests.helpers.tars import M, make_tar

@@ -7,18 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from r8imfs.engine import (
-    FORMAT_VERSION,
-    BytesReadAt,
-    CountingReadAt,
-    Kind,
-    LayerIndex,
-    index_path,
-    indexdb,
-    load_or_build,
-    read_entry,
-    write_seekable,
-)
+from r8imfs.engine import indexdb
+from r8imfs.engine.codecs.zstdwrite import write_seekable
+from r8imfs.engine.entry import Kind
+from r8imfs.engine.indexdb import FORMAT_VERSION, LayerIndex, index_path, load_or_build
+from r8imfs.engine.readat import BytesReadAt, CountingReadAt, read_entry
 from r8imfs.errors import InvalidReference, UnsupportedMediaType
 from r8imfs.oci import mediatypes as mt
 from tests.helpers.tars import M, make_tar

@@ -12,15 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from r8imfs.engine import (
-    BlobFile,
-    BytesReadAt,
-    Entry,
-    Kind,
-    LayerTree,
-    MergedTree,
-    index_seekable,
-)
+from r8imfs.engine.entry import Entry, Kind
+from r8imfs.engine.merged import LayerTree, MergedTree
+from r8imfs.engine.readat import BlobFile, BytesReadAt
+from r8imfs.engine.tarindex import index_seekable
 from tests.helpers.tars import M, make_tar
 
 

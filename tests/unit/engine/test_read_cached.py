@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import gzip
 
-from r8imfs.engine import BytesReadAt, Entry, GzipLayerReader, Kind, build_gzip_index
-from r8imfs.engine.readat import CountingReadAt, cached_entry, read_entry
+from r8imfs.engine.codecs.gzipindex import GzipLayerReader, build_gzip_index
+from r8imfs.engine.entry import Entry, Kind
+from r8imfs.engine.readat import BytesReadAt, CountingReadAt, cached_entry, read_entry
 from tests.helpers.tars import MiB, big_tar
 
 SPACING = 512 * 1024

@@ -5,16 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from r8imfs.engine import (
-    BlobFile,
-    BytesReadAt,
-    Entry,
-    FileReadAt,
-    Kind,
-    PlainLayerReader,
-    build_plain_index,
-    read_entry,
-)
+from r8imfs.engine.codecs.plain import PlainLayerReader, build_plain_index
+from r8imfs.engine.entry import Entry, Kind
+from r8imfs.engine.readat import BlobFile, BytesReadAt, FileReadAt, read_entry
 from tests.helpers.tars import M, make_tar
 
 

@@ -9,19 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from r8imfs.engine import (
-    BlobFile,
-    BytesReadAt,
-    CountingReadAt,
-    Entry,
-    Kind,
-    PlainLayerReader,
-    build_plain_index,
-    index_seekable,
-    index_stream,
-    read_entry,
-)
-from r8imfs.engine.tarindex import ForwardFile
+from r8imfs.engine.codecs.plain import PlainLayerReader, build_plain_index
+from r8imfs.engine.entry import Entry, Kind
+from r8imfs.engine.readat import BlobFile, BytesReadAt, CountingReadAt, read_entry
+from r8imfs.engine.tarindex import ForwardFile, index_seekable, index_stream
 from r8imfs.errors import CorruptLayer, UnsafeLayer
 from tests.helpers.tars import M, MiB, make_tar
 

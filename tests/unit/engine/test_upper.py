@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from r8imfs.engine import BlobFile, BytesReadAt, Entry, MergedTree, index_seekable
+from r8imfs.engine.entry import Entry
+from r8imfs.engine.merged import MergedTree
+from r8imfs.engine.readat import BlobFile, BytesReadAt
+from r8imfs.engine.tarindex import index_seekable
 from r8imfs.engine.upper import (
     InLower,
     InUpper,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import IO
 
@@ -63,3 +64,30 @@ async def test_batches_keep_order_and_join_only_runs_of_small_chunks() -> None:
     # big chunks pass as they are; small ones are joined into runs of at least 100 bytes
     assert [len(c) for c in flat] == [60, 500, 10, 200, 110, 1, 700, 99, 3000, 15]
     assert all(sum(map(len, b)) >= 1000 for b in got[:-1])
+
+
+async def test_back_pressure_counts_bytes_not_chunks() -> None:
+    """Chunks bigger than ``PIECE`` (a blob read 4 MiB at a time) queue no more
+    bytes than ``buffer`` pieces' worth, plus the chunk that crossed the line."""
+    chunk, count, buffer = 4 * PIECE, 16, 4
+    sent = 0
+    ahead: list[int] = []
+
+    async def source() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(count):
+            sent += chunk
+            yield bytes(chunk)
+
+    def slow(f: IO[bytes]) -> int:
+        got = 0
+        while data := f.read(PIECE):
+            got += len(data)
+            ahead.append(sent - got)
+            time.sleep(0.002)  # a consumer slower than the source
+        return got
+
+    assert await consume_stream(source(), slow, buffer=buffer) == chunk * count
+    # queued: under buffer * PIECE, then one more chunk; besides, the chunk the
+    # consumer is reading and the one the pump holds while it waits for room
+    assert max(ahead) <= buffer * PIECE + 3 * chunk

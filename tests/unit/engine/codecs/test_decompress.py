@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from r8imfs.engine.codecs.decompress import HashedChunks, Readable
+from r8imfs.engine.codecs.decompress import BackgroundHash, HashedChunks, Readable
 from r8imfs.engine.tarindex import ForwardFile
 
 DATA = os.urandom(3 * 1024 * 1024 + 4321)
@@ -41,3 +41,15 @@ def test_drain_hashes_what_the_decoder_left() -> None:
     hashed.drain()
     assert hashed.size == len(DATA)
     assert hashed.hash.hexdigest() == hashlib.sha256(DATA).hexdigest()
+
+
+@pytest.mark.parametrize("size", [100, BackgroundHash.PIECE, 4 * BackgroundHash.PIECE + 3])
+def test_background_hash_of_chunks_of_any_size(size: int) -> None:
+    """Big inputs are queued in pieces (bounding the queue in bytes): the digest
+    is the whole input's, for bytes and views, whatever the cut."""
+    data = os.urandom(3 * size + 17)
+    h = BackgroundHash()
+    for i, start in enumerate(range(0, len(data), size)):
+        piece = data[start : start + size]
+        h.update(memoryview(piece) if i % 2 else piece)
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()

@@ -10,17 +10,15 @@ from pathlib import Path
 import indexed_gzip
 import pytest
 
-from r8imfs.engine import (
-    BytesReadAt,
-    FileReadAt,
+from r8imfs.engine.codecs.gzipindex import (
     GzipLayerReader,
     build_gzip_index,
-    index_seekable,
-    load_or_build,
+    index_uncompressed_size,
 )
-from r8imfs.engine.codecs.gzipindex import index_uncompressed_size
 from r8imfs.engine.codecs.units import span_units, zran_checkpoints
-from r8imfs.engine.readat import BlobFile, CountingReadAt
+from r8imfs.engine.indexdb import load_or_build
+from r8imfs.engine.readat import BlobFile, BytesReadAt, CountingReadAt, FileReadAt
+from r8imfs.engine.tarindex import index_seekable
 from r8imfs.errors import CorruptLayer, TransportError
 from r8imfs.oci import mediatypes as mt
 from tests.helpers.tars import MiB, big_tar, gzip_members

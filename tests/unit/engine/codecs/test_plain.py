@@ -7,15 +7,17 @@ from __future__ import annotations
 import random
 import threading
 
-from r8imfs.engine import BytesReadAt, Kind, PlainLayerReader, read_entry
 from r8imfs.engine.codecs.plain import (
     BLOCK_READ,
     HOP_READ,
     MAX_READ,
     ExactReadAt,
     HeaderWalk,
+    PlainLayerReader,
     build_plain_index,
 )
+from r8imfs.engine.entry import Kind
+from r8imfs.engine.readat import BytesReadAt, read_entry
 from r8imfs.engine.tarindex import index_seekable
 from tests.helpers.tars import M, MiB, make_tar
 

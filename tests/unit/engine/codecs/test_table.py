@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import zstandard
 
-from r8imfs.engine import BytesReadAt, read_entry, write_seekable
 from r8imfs.engine.codecs.table import CODECS, Compression, codec_for
+from r8imfs.engine.codecs.zstdwrite import write_seekable
+from r8imfs.engine.readat import BytesReadAt, read_entry
 from r8imfs.errors import UnsupportedMediaType
 from r8imfs.oci import mediatypes as mt
 from tests.helpers.tars import M, make_tar

@@ -14,17 +14,15 @@ import pytest
 import pyzstd
 import zstandard
 
-from r8imfs.engine import (
-    BytesReadAt,
+from r8imfs.engine.codecs.zstdindex import (
     FrameTable,
     ZstdLayerReader,
     build_zstd_index,
-    index_seekable,
     read_seek_table,
-    write_seekable,
 )
-from r8imfs.engine.codecs.zstdwrite import SeekableResult, seek_table_frame
-from r8imfs.engine.readat import BlobFile, CountingReadAt
+from r8imfs.engine.codecs.zstdwrite import SeekableResult, seek_table_frame, write_seekable
+from r8imfs.engine.readat import BlobFile, BytesReadAt, CountingReadAt
+from r8imfs.engine.tarindex import index_seekable
 from r8imfs.errors import CorruptLayer
 from tests.helpers.tars import M, MiB, big_tar, make_tar
 
