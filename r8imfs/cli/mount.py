@@ -11,6 +11,7 @@ This module parses the options and prints; the process handling is in
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -94,6 +95,12 @@ def before_trio(args: argparse.Namespace) -> int | None:
     """Fork unless --foreground; the parent's exit code, or None in the child."""
     daemon.check_mountpoint(args.mountpoint)
     process.bound_malloc()  # before any thread exists, in the process that will serve
+    # What serving imports, imported here, before the fork, and frozen like the
+    # parser's imports (cli.main): the daemon's collections then never walk them.
+    import r8imfs.fs.handlers
+    import r8imfs.ops.mount  # noqa: F401
+
+    gc.freeze()
     if args.foreground:
         return None
     forked = process.fork_daemon()
