@@ -160,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         before = getattr(args, "before_trio", None)
         if before is not None and (code := before(args)) is not None:
             return int(code)
-        _tls.start()  # after any fork (mount's before_trio); made while the command imports
+        if getattr(args, "registry", True):  # (umount talks to none)
+            _tls.start()  # after any fork (mount's before_trio); made while the command imports
         trio.run(run, args)
     except R8imfsError as exc:
         return _report(exc, args)

@@ -33,7 +33,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="writable mounts: delete the changes that were not committed",
     )
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, registry=False)
     return p
 
 

@@ -38,7 +38,11 @@ def _future() -> Future[ssl.SSLContext]:
     with _lock:
         if _made is None:
             _made = Future()
-            threading.Thread(target=_make, args=(_made,), name="r8imfs-tls", daemon=True).start()
+            # Not a daemon thread: the interpreter waits for it at exit. A daemon
+            # thread still inside OpenSSL while a quick command (umount) finalized
+            # the interpreter crashed it (SIGSEGV, SIGBUS).
+            thread = threading.Thread(target=_make, args=(_made,), name="r8imfs-tls")
+            thread.start()
         return _made
 
 
