@@ -217,7 +217,16 @@ def test_zstd_and_clone_complete_when_every_other_request_is_503(
     dest_proxy = FaultProxy(other.host if command == "clone" else registry.host).start()
     try:
         proxy.set_faults(half_down())
-        dest_proxy.set_faults(half_down())
+        # Every other request 503s, counted per method, so that an upload's
+        # PATCH gets one whatever order concurrent requests arrive in (one
+        # counter over all of them made which request met a 503 a race).
+        dest_proxy.set_faults(
+            [
+                Status(code=503, retry_after="0", every=2, methods=(m,))
+                for m in ("HEAD", "GET", "POST", "PUT")
+            ]
+            + [Status(code=503, retry_after="0", methods=("PATCH",), times=1)]
+        )
         src = f"{proxy.host}/{big_repo}:v1"
         dest = f"{dest_proxy.host}/{repo_name}:out"
         args = (
