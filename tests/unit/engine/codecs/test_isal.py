@@ -37,10 +37,14 @@ def _spans(blob: bytes, raw_len: int, span: int) -> list[tuple[zran.Checkpoint, 
     return out
 
 
-def _fast(cp: zran.Checkpoint, data: bytes, size: int) -> bytes | None:
+def _fast(cp: zran.Checkpoint, data: bytes, size: int, end_bits: int | None = None) -> bytes | None:
+    """ISA-L's ``size`` bytes from ``cp`` over ``data`` (with ``end_bits``: also
+    accepted as ending at a block boundary there); None if it refused."""
+    skip = 1 if cp.bits else 0
+    if size <= 0 or len(data) <= skip:
+        return None
     src = ctypes.create_string_buffer(data, len(data))
     out = ctypes.create_string_buffer(size)
-    skip = 1 if cp.bits else 0
     got = isal.inflate(
         cp.bits,
         data[0],
@@ -49,6 +53,7 @@ def _fast(cp: zran.Checkpoint, data: bytes, size: int) -> bytes | None:
         len(data) - skip,
         ctypes.addressof(out),
         size,
+        end_bits=end_bits,
     )
     return out.raw if got == size else None
 
@@ -174,23 +179,7 @@ def _streams() -> list[tuple[str, bytes, bytes]]:
 def _ends_at(cp: zran.Checkpoint, stream: bytes, cin: int, bits: int, size: int) -> bytes | None:
     """ISA-L's span from ``cp`` given input up to ``cin`` and ``size`` bytes of room,
     accepted as ending at a boundary with ``bits`` left; its output, or None."""
-    data = stream[cp.start : cin]
-    skip = 1 if cp.bits else 0
-    if size <= 0 or len(data) <= skip:
-        return None
-    src = ctypes.create_string_buffer(data, len(data))
-    out = ctypes.create_string_buffer(size)
-    got = isal.inflate(
-        cp.bits,
-        data[0],
-        cp.window,
-        ctypes.addressof(src) + skip,
-        len(data) - skip,
-        ctypes.addressof(out),
-        size,
-        end_bits=bits,
-    )
-    return out.raw if got == size else None
+    return _fast(cp, stream[cp.start : cin], size, end_bits=bits)
 
 
 def test_boundary_check_is_there() -> None:
