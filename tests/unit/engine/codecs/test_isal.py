@@ -58,6 +58,20 @@ def _fast(cp: zran.Checkpoint, data: bytes, size: int, end_bits: int | None = No
     return out.raw if got == size else None
 
 
+def _spy_on_isal(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
+    """What each ``isal.inflate`` call answers, from now on, in order."""
+    calls: list[int | None] = []
+    real = isal.inflate
+
+    def spy(*args: int | bytes, **kwargs: int | None) -> int | None:
+        got = real(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(got)
+        return got
+
+    monkeypatch.setattr(isal, "inflate", spy)
+    return calls
+
+
 def test_isal_is_there() -> None:
     assert isal.available, "libisal2 missing or failing its self-test: run make setup"
 
@@ -100,15 +114,7 @@ def test_an_invalid_block_is_corrupt_through_either_path() -> None:
 def test_zran_takes_the_fast_path_and_libz_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
     raw = big_tar(1 * MiB, seed=9)
     blob = gzip.compress(raw, mtime=0)
-    calls = []
-    real = isal.inflate
-
-    def spy(*args: int | bytes, **kwargs: int | None) -> int | None:
-        got = real(*args, **kwargs)  # type: ignore[arg-type]
-        calls.append(got)
-        return got
-
-    monkeypatch.setattr(isal, "inflate", spy)
+    calls = _spy_on_isal(monkeypatch)
     spans = _spans(blob, len(raw), 128 * 1024)
     via_isal = [zran.inflate_from(cp, memoryview(d), 0, n) for cp, d, n in spans]
     assert calls and all(calls)
@@ -239,15 +245,7 @@ def test_spanstream_spans_take_the_checked_fast_path(monkeypatch: pytest.MonkeyP
     b.feed(blob)
     b.finish()
     cps = b.checkpoints
-    calls: list[int | None] = []
-    real = isal.inflate
-
-    def spy(*args: int | bytes, **kwargs: int | None) -> int | None:
-        got = real(*args, **kwargs)  # type: ignore[arg-type]
-        calls.append(got)
-        return got
-
-    monkeypatch.setattr(isal, "inflate", spy)
+    calls = _spy_on_isal(monkeypatch)
     for cp, nxt in zip(cps, cps[1:], strict=False):
         out = bytearray(nxt.out - cp.out)
         assert zran.inflate_into(cp, blob[cp.start : nxt.cin], out, end=nxt) == len(out)
