@@ -63,10 +63,10 @@ class ForwardFile(io.RawIOBase):
     inspect the block at which ``tarfile`` gave up.
     """
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
+    def __init__(self, chunks: Iterator[bytes | memoryview]) -> None:
         super().__init__()
         self._chunks = chunks
-        self._chunk = b""
+        self._chunk: bytes | memoryview = b""
         self._at = 0  # read position inside _chunk
         self._pos = 0
         self.recent: deque[tuple[int, bytes]] = deque(maxlen=8)
@@ -133,14 +133,16 @@ class ForwardFile(io.RawIOBase):
         return True
 
     def _take(self, size: int) -> bytes:
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         while size > 0 and self._fill():
             piece = self._chunk[self._at : self._at + size]
             self._at += len(piece)
             self._pos += len(piece)
             size -= len(piece)
             parts.append(piece)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)  # (chunks that are views come out as bytes)
 
 
 def index_seekable(fileobj: SeekableFile, size: int) -> list[Entry]:

@@ -173,7 +173,9 @@ class ImageOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
 
     # pyfuse3's stub says bytes; it replies with any buffer (PyObject_GetBuffer)
-    async def read(self, fh: int, off: int, size: int) -> bytes | bytearray:  # type: ignore[override]
+    async def read(  # type: ignore[override]
+        self, fh: int, off: int, size: int
+    ) -> bytes | bytearray | memoryview:
         opened = self._open.get(fh)
         if opened is None:
             raise pyfuse3.FUSEError(errno.EBADF)

@@ -250,7 +250,9 @@ class WritableOperations(ImageOperations):
         return info, await self._attrs_of(path)
 
     # pyfuse3's stub says bytes; it replies with any buffer (PyObject_GetBuffer)
-    async def read(self, fh: int, off: int, size: int) -> bytes | bytearray:  # type: ignore[override]
+    async def read(  # type: ignore[override]
+        self, fh: int, off: int, size: int
+    ) -> bytes | bytearray | memoryview:
         handle = self._handles.get(fh)
         if handle is None:
             return await super().read(fh, off, size)
@@ -263,7 +265,7 @@ class WritableOperations(ImageOperations):
 
     async def _read_lower(
         self, node: Node, off: int, size: int, stream: ReadStream | None = None
-    ) -> bytes | bytearray:
+    ) -> bytes | bytearray | memoryview:
         try:
             with trio.fail_after(READ_TIMEOUT):
                 return await self.files.read(node, off, size, stream)
@@ -463,7 +465,7 @@ def _open_upper(overlay: Overlay, path: str, flags: int) -> int:
     return os.open(overlay.up(path), _open_flags(flags))
 
 
-def _pwrite_all(fd: int, data: bytes | bytearray, off: int) -> None:
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, off: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, off)

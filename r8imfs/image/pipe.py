@@ -49,16 +49,18 @@ PIECE = 1024 * 1024
 #: of pieces of a few KiB.
 SMALL = 256 * 1024
 #: The end of the stream, on the queue (the download stopped, for whatever reason).
-_END: list[bytes] = []
+#: A chunk: bytes, or a view into a decoded unit (``fetchplan.UnitReader``).
+Chunk = bytes | memoryview
+_END: list[Chunk] = []
 
 
 async def batches(
-    source: AsyncIterable[bytes], size: int = PIECE, small: int = SMALL
-) -> AsyncGenerator[list[bytes], None]:
+    source: AsyncIterable[Chunk], size: int = PIECE, small: int = SMALL
+) -> AsyncGenerator[list[Chunk], None]:
     """Group chunks so each thread crossing carries about ``size`` bytes; runs of
     chunks under ``small`` bytes are joined into one (a cheap copy)."""
-    parts: list[bytes] = []
-    run: list[bytes] = []  # small chunks not yet joined
+    parts: list[Chunk] = []
+    run: list[Chunk] = []  # small chunks not yet joined
     pending = ran = 0
     async for chunk in source:
         if len(chunk) < small:
@@ -82,11 +84,11 @@ async def batches(
         yield parts
 
 
-def _joined(parts: list[bytes]) -> bytes:
+def _joined(parts: list[Chunk]) -> Chunk:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _update_all(hasher: Hasher, parts: list[bytes]) -> None:
+def _update_all(hasher: Hasher, parts: list[Chunk]) -> None:
     for part in parts:
         hasher.update(part)
 
@@ -101,14 +103,14 @@ class _Handoff:
     """
 
     def __init__(self, limit: int) -> None:
-        self._queue: queue.SimpleQueue[tuple[list[bytes], int]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[list[Chunk], int]] = queue.SimpleQueue()
         self._limit = limit
         self._queued = 0  # bytes in the queue
         self._lock = threading.Lock()  # held for a few instructions, by either side
         self._room: trio.Event | None = None  # the loop waits for room
         self._token = trio.lowlevel.current_trio_token()
 
-    async def put(self, batch: list[bytes]) -> None:
+    async def put(self, batch: list[Chunk]) -> None:
         size = sum(map(len, batch))
         while True:
             with self._lock:
@@ -122,7 +124,7 @@ class _Handoff:
     def end(self) -> None:
         self._queue.put((_END, 0))
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self) -> Iterator[Chunk]:
         """Worker thread: the chunks, in order, until the end."""
         while True:
             batch, size = self._queue.get()
@@ -137,7 +139,7 @@ class _Handoff:
 
 
 async def consume_stream(
-    source: AsyncIterable[bytes],
+    source: AsyncIterable[Chunk],
     fn: Callable[[IO[bytes]], T],
     *,
     buffer: int = 8,

@@ -202,8 +202,11 @@ def preorder(tree: MergedTree, top: Node) -> list[Node]:
 # -- reading ----------------------------------------------------------------------
 
 
-async def chunks(files: ImageFiles, node: Node, chunk: int = CHUNK) -> AsyncIterator[bytes]:
-    """A file's bytes in order, ``chunk`` at a time (never the whole file in memory)."""
+async def chunks(
+    files: ImageFiles, node: Node, chunk: int = CHUNK
+) -> AsyncIterator[bytes | memoryview]:
+    """A file's bytes in order, ``chunk`` at a time (never the whole file in memory);
+    a piece may be a view into a decoded unit, valid as long as it is held."""
     offset = 0
     stream = files.stream(node)  # read-ahead, on a layer read by units
     try:
@@ -214,7 +217,7 @@ async def chunks(files: ImageFiles, node: Node, chunk: int = CHUNK) -> AsyncIter
                     f"/{node.path}: the layer ends {node.entry.size - offset} bytes early"
                 )
             offset += len(data)
-            yield bytes(data) if isinstance(data, bytearray) else data
+            yield memoryview(data).toreadonly() if isinstance(data, bytearray) else data
     finally:
         if stream is not None:
             stream.close()

@@ -131,7 +131,7 @@ async def _copy_one(
         done.skipped.append(f"/{node.path} ({kind.value})")
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

@@ -140,7 +140,7 @@ class ZtocLayer:
             return None  # spans that do not tile the tar: the span reader copes
         z = self.z
 
-        def decode(unit: Unit, data: bytes | memoryview) -> bytes:
+        def decode(unit: Unit, data: bytes | memoryview) -> bytes | bytearray:
             out = socireader.verify_and_inflate(z, s, unit.index, data, name)
             return out if len(out) == unit.usize else out[: unit.usize]
 

@@ -217,7 +217,7 @@ class SociLayer:
             )
         return memoryview(data)
 
-    def _verify_decode(self, i: int, data: memoryview) -> bytes:
+    def _verify_decode(self, i: int, data: memoryview) -> bytes | bytearray:
         return verify_and_inflate(self.ztoc, self.spans, i, data, self._name)
 
 
@@ -231,7 +231,7 @@ def check_span(
 
 def verify_and_inflate(
     z: ztoc.Ztoc, spans: ztoc.Spans, i: int, data: bytes | memoryview, name: str
-) -> bytes:
+) -> bytes | bytearray:
     """Span ``i`` decoded from its compressed bytes, once they hash to its digest.
 
     Leaf work (hashing, libz): safe on any thread, never calls back into trio.

@@ -93,7 +93,9 @@ class Unit:
 
 
 #: ``decode(unit, data)``: ``data`` is bytes or a memoryview of the fetched range.
-Decoder = Callable[[Unit, bytes | memoryview], bytes]
+#: A unit's decoded bytes: a decoder may hand over the buffer it decoded into.
+Decoded = bytes | bytearray
+Decoder = Callable[[Unit, bytes | memoryview], Decoded]
 
 
 class UnitTable:
@@ -271,7 +273,9 @@ class SpanInflater(Protocol):
     next span's). Implemented over libz ``inflatePrime`` by ``zran`` (``zran_inflate``).
     """
 
-    def __call__(self, data: bytes | memoryview, bits: int, window: bytes, usize: int) -> bytes: ...
+    def __call__(
+        self, data: bytes | memoryview, bits: int, window: bytes, usize: int
+    ) -> bytes | bytearray: ...
 
 
 _ZRAN_HEAD = struct.Struct("<5sBBQQIII")  # id, version, flags, csize, usize, spacing, window, n
@@ -347,7 +351,9 @@ def _digests_fit(units: Sequence[Unit], digests: Sequence[SpanDigest]) -> bool:
     )
 
 
-def zran_inflate(data: bytes | memoryview, bits: int, window: bytes, usize: int) -> bytes:
+def zran_inflate(
+    data: bytes | memoryview, bits: int, window: bytes, usize: int
+) -> bytes | bytearray:
     """A ``SpanInflater`` over ``zran.inflate_from`` (libz ``inflatePrime`` by ctypes).
 
     indexed_gzip's points are zlib zran.c's: the first one sits just after
@@ -361,7 +367,7 @@ def zran_inflate(data: bytes | memoryview, bits: int, window: bytes, usize: int)
 def span_decoder(inflate: SpanInflater) -> Decoder:
     """A ``Decoder`` for gzip span units over a ``SpanInflater``."""
 
-    def decode(unit: Unit, data: bytes | memoryview) -> bytes:
+    def decode(unit: Unit, data: bytes | memoryview) -> bytes | bytearray:
         if unit.state is None:
             raise CorruptLayer(f"gzip unit {unit.index} has no checkpoint")
         if unit.digest is not None:  # before a byte is inflated

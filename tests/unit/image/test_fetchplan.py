@@ -86,7 +86,7 @@ class Results:
         self.send, self.recv = trio.open_memory_channel[bytes](100)
 
     async def demand(self, reader: UnitReader, offset: int, size: int) -> None:
-        await self.send.send(await reader.read(offset, size))
+        await self.send.send(bytes(await reader.read(offset, size)))
 
     async def take(self, n: int) -> list[bytes]:
         with trio.fail_after(20):
@@ -192,6 +192,26 @@ async def test_window_doubles_on_sequential_reads_and_resets_on_a_jump() -> None
         assert stream.window == 0  # random: just the unit it needs
         await settle()
         assert fetch.calls[before:] == [span(30, 30)]
+        stream.close()
+        reader.close()
+
+
+async def test_a_wide_window_is_topped_up_a_whole_get_at_a_time() -> None:
+    """Once a sequential reader's window is ``max_range`` wide, read-ahead goes out
+    as GETs of ``max_range``, not one unit per GET as the reader moves on."""
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, max_window=8 * U, max_range=4 * U)
+        stream = reader.stream()
+        for pos in range(0, N * U, 500):
+            assert await stream.read(pos, 500) == PLAIN[pos : pos + 500]
+            await settle()
+        calls = sorted(fetch.calls)
+        assert [s for s, _ in calls] == [s for s, _ in fetch.calls]  # in order
+        assert [e for _, e in calls[:-1]] == [s for s, _ in calls[1:]]  # each unit once
+        units = [(e - s) // U for s, e in calls]
+        grown = [n for (s, e), n in zip(calls, units, strict=True) if s >= 8 * U and e < N * U]
+        assert len(grown) >= 5 and all(n == 4 for n in grown), units
         stream.close()
         reader.close()
 
@@ -340,6 +360,24 @@ async def test_iter_range_yields_in_order_and_reads_ahead_within_the_window() ->
         assert b"".join(pieces) == PLAIN[500 : 20 * U + 10]
         assert sorted(fetch.calls) == [span(i, i) for i in range(21)]  # each once
         assert reader.cache.size == 21 * U  # kept for other readers
+        reader.close()
+
+
+async def test_iter_range_reads_ahead_a_whole_get_at_a_time() -> None:
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, max_range=3 * U, max_window=6 * U)
+        pieces = []
+        async with contextlib.aclosing(reader.iter_range(0, N * U)) as chunks:
+            async for piece in chunks:
+                pieces.append(piece)
+                await settle()
+                assert max(s // U for s, _ in fetch.calls) <= len(pieces) - 1 + 6  # the window
+        assert b"".join(pieces) == PLAIN
+        calls = sorted(fetch.calls)
+        assert [e for _, e in calls[:-1]] == [s for s, _ in calls[1:]]  # each unit once
+        units = [(e - s) // U for s, e in calls]
+        assert all(n == 3 for n in units[1:-1]), units
         reader.close()
 
 

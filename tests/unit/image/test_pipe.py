@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import IO
 
-from r8imfs.image.pipe import PIECE, batches, consume_stream
+from r8imfs.image.pipe import PIECE, Chunk, batches, consume_stream
 from r8imfs.oci.digest import Hasher
 
 
@@ -44,7 +44,7 @@ async def test_hasher_sees_every_byte() -> None:
     assert hasher.size == len(data)
 
 
-async def _collect(sizes: list[int]) -> tuple[bytes, list[list[bytes]]]:
+async def _collect(sizes: list[int]) -> tuple[bytes, list[list[Chunk]]]:
     data = os.urandom(sum(sizes))
 
     async def source() -> AsyncIterator[bytes]:
