@@ -190,7 +190,11 @@ class ImageOperations(pyfuse3.Operations):
         except (R8imfsError, OSError, trio.TooSlowError) as exc:
             if opened.inode not in self._failed:
                 self._failed.add(opened.inode)
-                log.error("EIO reading %s: %s", target.node.path, exc)
+                why = str(exc)
+                if isinstance(exc, trio.TooSlowError):
+                    where = self.files.describe_read(target.node, off, size)
+                    why = f"no answer in {READ_TIMEOUT:g} s ({off}+{size}: {where})"
+                log.error("EIO reading %s: %s", target.node.path, why)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def release(self, fh: int) -> None:

@@ -340,6 +340,29 @@ class UnitReader:
         finally:
             stream.close()
 
+    def describe(self, offset: int, size: int) -> str:
+        """Where the units a read of ``[offset, offset + size)`` needs are: for the
+        log of a read that timed out."""
+        wanted = self.table.covering(offset, min(offset + size, self.size))
+        states = []
+        for i in wanted:
+            slot = self._slots.get(i)
+            if (self._key, i) in self.cache:
+                state = "cached"
+            elif slot is None:
+                state = "not wanted"
+            elif i in self._queued:
+                state = f"queued (priority {slot.priority}, {slot.demand} waiting)"
+            elif slot.group is not None:
+                state = f"in a GET of {slot.group.start}-{slot.group.end}"
+            else:
+                state = f"decoding ({slot.demand} waiting)"
+            states.append(f"unit {i}: {state}")
+        return (
+            f"{'; '.join(states)}; {len(self._groups)} GET(s) in flight, "
+            f"{len(self._queued)} unit(s) queued"
+        )
+
     def _ahead_bytes(self, i: int, ahead: int) -> int:
         return self.table[ahead - 1].uend - self.table[i].uend
 
@@ -550,7 +573,10 @@ class UnitReader:
 
     def _finish(self, slot: _Slot, error: BaseException | None) -> None:
         slot.error = error
+        # Only the unit's current slot leaves the queue: a cancelled GET that
+        # winds down late must not take off it a new demand for the same unit
+        # (which would then wait for ever: a FUSE read stuck until its timeout).
         if self._slots.get(slot.unit.index) is slot:
             del self._slots[slot.unit.index]
-        self._queued.discard(slot.unit.index)
+            self._queued.discard(slot.unit.index)
         slot.done.set()

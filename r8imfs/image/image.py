@@ -199,6 +199,13 @@ class ImageFiles:
     def bytes_fetched(self) -> int:
         return sum(x.blob.bytes_fetched + x.streamed for x in self.layers)
 
+    def describe_read(self, node: Node, offset: int, size: int) -> str:
+        """What a read of the file is waiting for (for the log of one that timed out)."""
+        units = self.layers[node.layer].units
+        if units is None or node.entry.sparse:
+            return "read through the layer reader"
+        return units.describe(node.entry.data_offset + offset, size)
+
     async def aclose(self) -> None:
         try:
             await _close_all(list(self.layers))

@@ -571,3 +571,49 @@ async def test_read_around_stops_at_a_big_unit_and_is_off_by_default() -> None:
         await settle()
         assert fetch.calls == [(0, U)]
         reader.close()
+
+
+async def test_describe_says_where_a_read_waits() -> None:
+    fetch = Fetcher(gated=True)
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, parallel=2, max_range=U)
+        results = Results()
+        for unit in (0, 1, 2):
+            nursery.start_soon(results.demand, reader, unit * U, 10)
+        await settle()
+        said = reader.describe(0, 3 * U)  # (which two went first is trio's choice)
+        assert said.count(": in a GET of ") == 2
+        assert said.count(": queued (priority 0, 1 waiting)") == 1
+        assert said.endswith("2 GET(s) in flight, 1 unit(s) queued")
+        for key in [span(0, 0), span(1, 1), span(2, 2)]:
+            fetch.release(key)
+        await results.take(3)
+        assert reader.describe(0, 10) == "unit 0: cached; 0 GET(s) in flight, 0 unit(s) queued"
+        reader.close()
+
+
+async def test_a_cancelled_get_ending_late_leaves_a_new_demand_for_its_unit_queued() -> None:
+    """A prefetch GET is cancelled (its stream closed) and, before its task has
+    wound down, a reader wants one of its units again while every connection is
+    busy: the new demand queues. The old GET's end must not take it off the
+    queue, or it would wait for ever (a FUSE read stuck until its timeout)."""
+    fetch = Fetcher(gated=True)
+    async with trio.open_nursery() as nursery:
+        reader = UnitReader(table(), fetch, decode, nursery, parallel=2, max_range=U)
+        stream = reader.stream()
+        reader.prefetch_units(range(5, 6), stream)
+        await settle()
+        nursery.start_soon(reader.read, 0, 10)  # the other connection: a demand
+        await settle()
+        assert sorted(fetch.calls) == [span(0, 0), span(5, 5)]
+        stream.close()  # unit 5's GET is cancelled; its task has not run since
+        again = reader._want(5)  # wanted again at once, as a read would
+        reader._pump()
+        assert again is not None and 5 in reader._queued  # both connections busy
+        await settle()  # the cancelled GET winds down
+        assert 5 in reader._queued or again.group is not None
+        fetch.release(span(0, 0))
+        fetch.release(span(5, 5))
+        with trio.fail_after(5):
+            assert await reader._wait(5, again) == PLAIN[5 * U : 6 * U]
+        reader.close()
