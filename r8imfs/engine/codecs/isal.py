@@ -44,10 +44,11 @@ refused, and a finished stream must read ``ISAL_BLOCK_FINISH`` with
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
 import zlib
+
+from r8imfs.engine.codecs._native import cdll
 
 #: Bytes reserved for one ``inflate_state`` (87,368 in ISA-L 2.30).
 STATE_SIZE = 192 * 1024
@@ -99,9 +100,8 @@ _BLOCK_NEW_HDR, _BLOCK_HDR, _BLOCK_FINISH = 0, 1, 5
 def _load() -> ctypes.CDLL | None:
     if os.environ.get("R8IMFS_ISAL", "1") == "0":
         return None
-    name = ctypes.util.find_library("isal") or "libisal.so.2"
     try:
-        lib = ctypes.CDLL(name)
+        lib = cdll("libisal.so.2", "isal")
     except OSError:
         return None
     lib.isal_inflate_init.argtypes = [ctypes.c_void_p]

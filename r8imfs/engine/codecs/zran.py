@@ -35,7 +35,6 @@ what lets ``spanstream`` verify a whole zTOC against its data.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import os
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from r8imfs.engine.codecs import isal
+from r8imfs.engine.codecs._native import cdll
 from r8imfs.errors import CorruptLayer
 
 WINDOW = 32768
@@ -125,7 +125,7 @@ def _declare(lib: ctypes.CDLL, prefix: str, ptr: Any) -> None:
 
 
 def _libz() -> _Binding:
-    lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
+    lib = cdll("libz.so.1", "z")
     ptr = ctypes.POINTER(_ZStream)
     lib.zlibVersion.restype = ctypes.c_char_p
     lib.inflateInit2_.argtypes = [ptr, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
