@@ -27,8 +27,9 @@ a whole GET at a time (``_whole_get``), not a unit at a time as the reader
 moves on: every read-ahead GET would otherwise be one unit, and a request
 costs both ends far more than its bytes do (serving a GiB as 4 MiB ranges
 cost the test registry 1.7 CPU-s against 0.8 s as 16 MiB ranges; a gzip
-``cp`` made 257 GETs of one span each). Any other read resets the window to nothing (random access
-fetches just the units it covers: "one frame or span") and drops the
+``cp`` made 257 GETs of one span each). Any other read resets the window to
+nothing (random access fetches just the units it covers: "one frame or
+span") and drops the
 stream's queued and in-flight prefetch, as ``close`` does when the reader
 goes away. In-flight prefetch is cancelled only when no demand and no other
 stream wants any unit of its GET.

@@ -73,7 +73,8 @@ UNITS_WINDOW = 16 * 1024 * 1024
 #: bytes per ranged GET (four in flight): what the daemon holds compressed. A
 #: sequential reader's read-ahead goes out in GETs this big (``fetchplan``): 16
 #: MiB rather than 8 halved the GETs of a gzip ``cp`` (131 to 69 per GiB) and
-#: the test registry's CPU (1.5 to 1.2 s); the daemon's peak RSS went 187 to 199 MB
+#: cut the test registry's CPU (1.5 to 1.2 s); the daemon's peak RSS in the
+#: benchmark went 187 to 208 MB (docs/benchmarks.md, issue 12)
 UNITS_RANGE = 16 * 1024 * 1024
 #: a TOC layer's small files around one read, fetched with it (compressed bytes):
 #: ``cp -r`` of a directory of small files costs a GET per this much, not per file

@@ -48,9 +48,9 @@ PIECE = 1024 * 1024
 #: and a body read from the socket as fast as it arrives comes in a fair share
 #: of pieces of a few KiB.
 SMALL = 256 * 1024
-#: The end of the stream, on the queue (the download stopped, for whatever reason).
 #: A chunk: bytes, or a view into a decoded unit (``fetchplan.UnitReader``).
 Chunk = bytes | memoryview
+#: The end of the stream, on the queue (the download stopped, for whatever reason).
 _END: list[Chunk] = []
 
 

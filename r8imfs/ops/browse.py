@@ -217,7 +217,7 @@ async def chunks(
                     f"/{node.path}: the layer ends {node.entry.size - offset} bytes early"
                 )
             offset += len(data)
-            yield memoryview(data).toreadonly() if isinstance(data, bytearray) else data
+            yield bytes(data) if isinstance(data, bytearray) else data
     finally:
         if stream is not None:
             stream.close()

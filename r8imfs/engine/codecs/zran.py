@@ -384,9 +384,9 @@ def inflate_from(
     where the wanted bytes end). Fewer bytes come back only if the stream ends
     first; compressed bytes running out before that is a ``CorruptLayer``.
 
-    The buffer inflated into is what comes back, not a copy of it: a span's
-    worth of copying into fresh memory cost the mount's decode threads ~0.8 s
-    of CPU per GiB (a tenth of the daemon's work on a gzip ``cp``).
+    The buffer inflated into is what comes back, not a copy of it: the copy
+    was ~9% of the mount's decode threads' samples on a gzip ``cp`` (perf),
+    and the daemon's CPU for that ``cp`` went 8.53 → 8.20 s without it.
     """
     if size <= 0:
         return b""
