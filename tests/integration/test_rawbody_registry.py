@@ -75,7 +75,7 @@ async def test_a_dropped_body_resumes_to_the_exact_bytes(
     registry: RegistryServer, repo_name: str, after: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Dropped in the first chunk (through h11) or in the direct reads."""
-    monkeypatch.setattr(_rawbody, "DIRECT_MIN", DIRECT_MIN)
+    monkeypatch.setattr(_rawbody, "DIRECT_MIN_PLAIN", DIRECT_MIN)  # plain HTTP here
     await _push(registry, repo_name)
     with FaultProxy(registry.host) as proxy:
         proxy.set_faults([DropBody(after=after, times=1)])
@@ -83,6 +83,24 @@ async def test_a_dropped_body_resumes_to_the_exact_bytes(
         async with RegistryClient() as client, client.open_blob(repo, sha256(DATA)) as stream:
             got = b"".join([c async for c in stream.chunks()])
     assert stream.resumes == 1
+    assert got == DATA
+
+
+async def test_over_plain_http_a_body_of_a_few_mib_is_read_past_h11(
+    registry: RegistryServer, repo_name: str
+) -> None:
+    """Without a threshold given, plain HTTP uses ``DIRECT_MIN_PLAIN`` (a new
+    connection costs no handshake there): the connection is closed after."""
+    url = await _push(registry, repo_name)
+    assert len(DATA) > _rawbody.DIRECT_MIN_PLAIN + MiB
+    async with httpx.AsyncClient() as http:
+        response = await http.send(http.build_request("GET", url), stream=True)
+        try:
+            got = b"".join([c async for c in body_chunks(response, 30)])
+            with pytest.raises(httpcore.ReadError):  # (ReadTimeout if left open)
+                await response.extensions["network_stream"].read(1, 5)
+        finally:
+            await response.aclose()
     assert got == DATA
 
 
@@ -149,6 +167,16 @@ async def test_a_big_body_over_tls_is_read_past_h11_too(tmp_path: Path) -> None:
                 finally:
                     await response.aclose()
                 assert got == DATA
+            # without a threshold given, TLS keeps h11 below DIRECT_MIN: the
+            # connection stays open for the next request (a read finds no data)
+            assert len(DATA) < _rawbody.DIRECT_MIN
+            response = await client.send(client.build_request("GET", url), stream=True)
+            try:
+                assert b"".join([c async for c in body_chunks(response, 30)]) == DATA
+                with pytest.raises(httpcore.ReadTimeout):
+                    await response.extensions["network_stream"].read(1, 0.2)
+            finally:
+                await response.aclose()
     finally:
         server.shutdown()
         server.server_close()
