@@ -414,8 +414,17 @@ class BlobReader:
 
     async def _collect(self, stream: BlobStreamLike, length: int) -> bytearray:
         """The body into one buffer of its final size (no reallocations as it grows:
-        the daemon's heap keeps buffers under 16 MiB, ``fs.process``)."""
+        the daemon's heap keeps buffers under 16 MiB, ``fs.process``); read into it
+        in place when the stream can (``BlobStream.fill``)."""
         buf = bytearray(length)
+        fill = getattr(stream, "fill", None)
+        if fill is not None:
+            got = await fill(buf, self._count_bytes)
+            if got != length:
+                raise RegistryError(
+                    f"{self.repo.registry} sent {got} of {length} bytes asked of {self.digest}"
+                )
+            return buf
         view = memoryview(buf)
         got = 0
         async for chunk in stream.chunks():

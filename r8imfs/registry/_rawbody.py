@@ -9,6 +9,9 @@ called from h11 and httpcore): the decode, hash and write threads waited on
 it. Here the body of a ``Content-Length`` response is read straight from the
 connection's stream (``network_stream``, httpcore's extension: the socket, or
 the TLS stream over it), a copy the kernel or the TLS layer makes anyway.
+Given a buffer (``into``: ``BlobStream.fill``, the blob cache's ranged GETs),
+a plain-HTTP body goes from the socket straight into it (``recv_into``): the
+kernel's copy is then the only one.
 
 How, and why it is safe:
 
@@ -63,7 +66,10 @@ DIRECT_MIN = 32 * 1024 * 1024
 #: handshake: the mount's ranged GETs are read directly too. A ``cp`` of 1 GiB
 #: through a mount of a zstd image (16 MiB GETs, test registry on loopback):
 #: the daemon's loop 1.86 -> 1.65 CPU-s, the whole daemon 4.28 -> 4.07 s
-#: (medians of 3, interleaved): h11's copies of every byte, gone.
+#: (medians of 3, interleaved): h11's copies of every byte, gone. Reading into
+#: the caller's buffer (``into``, ``recv_into``) then took the loop 1.65 -> 1.55
+#: CPU-s on the same ``cp`` and 1.69 -> 1.45 on a gzip one (a third fewer page
+#: faults: no 4 MiB ``bytes`` per read to fault in and copy out of).
 DIRECT_MIN_PLAIN = 1024 * 1024
 
 
@@ -91,19 +97,33 @@ def _raw_stream(response: httpx.Response) -> tuple[_NetworkStream, int] | None:
 
 
 async def body_chunks(
-    response: httpx.Response, stall: float | None, direct_min: int | None = None
-) -> AsyncGenerator[bytes, None]:
+    response: httpx.Response,
+    stall: float | None,
+    direct_min: int | None = None,
+    into: memoryview | None = None,
+) -> AsyncGenerator[bytes | memoryview, None]:
     """The raw body of a streamed response, as ``response.aiter_raw()`` gives it;
     ``stall``: seconds without a byte before a read fails (``httpx.ReadTimeout``);
-    ``direct_min``: ``DIRECT_MIN`` over TLS, else ``DIRECT_MIN_PLAIN``, unless given."""
+    ``direct_min``: ``DIRECT_MIN`` over TLS, else ``DIRECT_MIN_PLAIN``, unless given.
+
+    ``into``: a writable buffer for the body. Read directly over plain HTTP, the
+    body then goes from the socket straight into it (``recv_into``), and the
+    chunks yielded are views of ``into`` where their bytes belong: a chunk that
+    is a view of ``into``'s object is in place already (the others, e.g. the
+    first one, through h11, are to be copied there). Unused if the body is
+    longer than ``into``."""
     through_h11 = response.aiter_raw()
     raw = _raw_stream(response)
+    tls = raw is not None and raw[0].get_extra_info("ssl_object") is not None
     if direct_min is None:
-        tls = raw is not None and raw[0].get_extra_info("ssl_object") is not None
         direct_min = DIRECT_MIN if tls else DIRECT_MIN_PLAIN
     left = raw[1] if raw is not None else 0
+    if into is not None and (tls or len(into) < left):
+        into = None
+    pos = 0  # bytes of the body yielded so far
     async for chunk in through_h11:  # the first chunk: what h11 holds, or one read
         left -= len(chunk)
+        pos += len(chunk)
         yield chunk
         if raw is not None and left >= direct_min:
             break
@@ -111,11 +131,17 @@ async def body_chunks(
         return  # all through h11: the connection may serve another request
     assert raw is not None
     stream = raw[0]
+    sock = stream.get_extra_info("socket") if into is not None else None
     try:
         while left > 0:
-            chunk = await _read(stream, min(left, READ), stall)
-            left -= len(chunk)
-            yield chunk
+            if isinstance(sock, trio.socket.SocketType) and into is not None:
+                n = await _recv_into(sock, into[pos : pos + min(left, READ)], stall)
+                piece: bytes | memoryview = into[pos : pos + n]
+            else:
+                piece = await _read(stream, min(left, READ), stall)
+            left -= len(piece)
+            pos += len(piece)
+            yield piece
     except GeneratorExit:
         # Closed early, maybe by trio's finalizer of abandoned generators, which
         # may also be closing us through our caller at the same time: no awaits
@@ -138,6 +164,20 @@ async def _abandon(stream: _NetworkStream, through_h11: AsyncIterator[bytes]) ->
     await stream.aclose()
     with contextlib.suppress(httpx.TransportError, StopAsyncIteration):
         await anext(through_h11)
+
+
+async def _recv_into(sock: trio.socket.SocketType, buf: memoryview, stall: float | None) -> int:
+    """One ``recv_into`` of the connection's socket, errors as ``_read``'s."""
+    try:
+        with trio.fail_after(float("inf") if stall is None else stall):
+            n = await sock.recv_into(buf)
+    except trio.TooSlowError as exc:
+        raise httpx.ReadTimeout("timed out reading the blob") from exc
+    except OSError as exc:
+        raise httpx.ReadError(str(exc) or "connection lost reading the blob") from exc
+    if not n:
+        raise httpx.RemoteProtocolError("the connection closed before the body's end")
+    return n
 
 
 async def _read(stream: _NetworkStream, size: int, stall: float | None) -> bytes:

@@ -430,13 +430,39 @@ class BlobStream:
         progress`` bytes each); only ``attempts`` in a row without progress,
         or the policy's deadline, end it.
         """
+        async for chunk in self._chunks(None):
+            yield chunk if isinstance(chunk, bytes) else bytes(chunk)
+
+    async def fill(self, buf: bytearray, counted: Callable[[int], object]) -> int:
+        """The body into ``buf`` from its start (resuming as ``chunks`` does); the
+        bytes it holds. Over plain HTTP a big body goes from the socket straight
+        into ``buf`` (``_rawbody``: no copy on the loop). ``counted`` hears of
+        each piece's size as it arrives. ``RegistryError`` if the body is longer.
+        """
+        view, start, got = memoryview(buf), self._pos, 0
+        async for chunk in self._chunks(view, start):
+            n = len(chunk)
+            counted(n)
+            if got + n > len(buf):
+                raise RegistryError(f"{self.repo.registry} sent more than asked of {self.digest}")
+            if not (isinstance(chunk, memoryview) and chunk.obj is buf):
+                view[got : got + n] = chunk
+            got += n
+        return got
+
+    async def _chunks(
+        self, into: memoryview | None, start: int = 0
+    ) -> AsyncIterator[bytes | memoryview]:
+        """``chunks``'s loop; with ``into`` (the buffer for the body from blob
+        position ``start`` on), each attempt's body may be read into it in place."""
         backoff = Backoff(self._client.options.retry)
         skip = 0
         mark = self._pos
         while True:
             assert self._response is not None
             try:
-                body = body_chunks(self._response, self._client.options.read_timeout)
+                place = into[self._pos - start :] if into is not None and not skip else None
+                body = body_chunks(self._response, self._client.options.read_timeout, into=place)
                 async with contextlib.aclosing(body):
                     async for chunk in body:
                         if skip:

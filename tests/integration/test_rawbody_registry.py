@@ -181,3 +181,46 @@ async def test_a_big_body_over_tls_is_read_past_h11_too(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+async def test_a_body_read_into_a_buffer_lands_in_place(
+    registry: RegistryServer, repo_name: str
+) -> None:
+    """Over plain HTTP, direct reads go from the socket into the buffer given:
+    the chunks past the first are views of it, already where they belong."""
+    url = await _push(registry, repo_name)
+    buf = bytearray(len(DATA))
+    view = memoryview(buf)
+    async with httpx.AsyncClient() as http:
+        response = await http.send(http.build_request("GET", url), stream=True)
+        try:
+            got = in_place = 0
+            async for chunk in body_chunks(response, 30, into=view):
+                if isinstance(chunk, memoryview) and chunk.obj is buf:
+                    in_place += len(chunk)
+                else:
+                    view[got : got + len(chunk)] = chunk
+                got += len(chunk)
+        finally:
+            await response.aclose()
+    assert got == len(DATA) and bytes(buf) == DATA
+    assert in_place >= len(DATA) - MiB  # all but what came with the headers
+
+
+@pytest.mark.parametrize("after", [100, 3 * MiB + 7])
+async def test_a_dropped_body_filled_in_place_resumes_to_the_exact_bytes(
+    registry: RegistryServer, repo_name: str, after: int
+) -> None:
+    """``BlobStream.fill``: dropped in the first chunk or in the direct reads, the
+    buffer still ends up holding exactly the blob."""
+    await _push(registry, repo_name)
+    buf = bytearray(len(DATA))
+    counted: list[int] = []
+    with FaultProxy(registry.host) as proxy:
+        proxy.set_faults([DropBody(after=after, times=1)])
+        repo = parse(f"{proxy.host}/{repo_name}").repository
+        async with RegistryClient() as client, client.open_blob(repo, sha256(DATA)) as stream:
+            got = await stream.fill(buf, counted.append)
+    assert stream.resumes == 1
+    assert got == sum(counted) == len(DATA)
+    assert bytes(buf) == DATA
