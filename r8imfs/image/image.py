@@ -74,7 +74,7 @@ UNITS_WINDOW = 16 * 1024 * 1024
 #: sequential reader's read-ahead goes out in GETs this big (``fetchplan``): 16
 #: MiB rather than 8 halved the GETs of a gzip ``cp`` (131 to 69 per GiB) and
 #: cut the test registry's CPU (1.5 to 1.2 s); the daemon's peak RSS in the
-#: benchmark went 187 to 208 MB (docs/benchmarks.md, issue 12)
+#: benchmark went 187 to 208-212 MB (docs/benchmarks.md, issue 12)
 UNITS_RANGE = 16 * 1024 * 1024
 #: a TOC layer's small files around one read, fetched with it (compressed bytes):
 #: ``cp -r`` of a directory of small files costs a GET per this much, not per file
