@@ -240,7 +240,8 @@ def verify_and_inflate(
     size = spans.uend[i] - spans.ustart[i]
     if z.compression == ztoc.UNCOMPRESSED:
         return bytes(data)
-    out = inflate_from(spans.checkpoints[i], data, 0, size)
+    cps = spans.checkpoints
+    out = inflate_from(cps[i], data, 0, size, end_hint=cps[i + 1] if i + 1 < len(cps) else None)
     if len(out) != size:
         raise CorruptLayer(f"{name}: span {i} inflates to {len(out)} bytes, not {size}")
     return out

@@ -64,10 +64,14 @@ from r8imfs.errors import CorruptLayer, DigestMismatch
 
 @dataclass(frozen=True, slots=True)
 class SpanState:
-    """Where a gzip span starts: bits of its first byte already used, and the window."""
+    """Where a gzip span starts: bits of its first byte already used, and the
+    window; and how many bits of its last byte are the next span's if a
+    block starts there (None for the last span): what libdeflate needs
+    (``zran.inflate_from``'s ``end_hint``)."""
 
     bits: int
     window: bytes
+    end_bits: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,12 +273,19 @@ class SpanInflater(Protocol):
     """Raw-deflate from mid-stream: prime ``bits`` bits, set the window, inflate.
 
     ``data`` starts with the byte holding the first bit of the span; the
-    result is exactly ``usize`` bytes of output (more input may remain: the
-    next span's). Implemented over libz ``inflatePrime`` by ``zran`` (``zran_inflate``).
+    result is exactly ``usize`` bytes of output. With ``end_bits``, ``data``
+    ends with the byte holding the next span's first bit, ``end_bits`` of
+    its bits the next span's, if the next span starts at a block boundary;
+    without, more input may remain. Implemented by ``zran`` (``zran_inflate``).
     """
 
     def __call__(
-        self, data: bytes | memoryview, bits: int, window: bytes, usize: int
+        self,
+        data: bytes | memoryview,
+        bits: int,
+        window: bytes,
+        usize: int,
+        end_bits: int | None = None,
     ) -> bytes | bytearray: ...
 
 
@@ -337,7 +348,7 @@ def span_units(
         cstart = p.coffset - (1 if p.bits else 0)
         cend = nxt.coffset if nxt is not None else blob_size
         uend = nxt.uoffset if nxt is not None else usize
-        state = SpanState(p.bits, p.window)
+        state = SpanState(p.bits, p.window, None if nxt is None else nxt.bits)
         units.append(Unit(i, cstart, cend, p.uoffset, uend - p.uoffset, state))
     if not _digests_fit(units, digests):
         return UnitTable(units, usize)
@@ -352,16 +363,19 @@ def _digests_fit(units: Sequence[Unit], digests: Sequence[SpanDigest]) -> bool:
 
 
 def zran_inflate(
-    data: bytes | memoryview, bits: int, window: bytes, usize: int
+    data: bytes | memoryview, bits: int, window: bytes, usize: int, end_bits: int | None = None
 ) -> bytes | bytearray:
-    """A ``SpanInflater`` over ``zran.inflate_from`` (libz ``inflatePrime`` by ctypes).
+    """A ``SpanInflater`` over ``zran.inflate_from`` (libdeflate, ISA-L or libz).
 
     indexed_gzip's points are zlib zran.c's: the first one sits just after
     the gzip header with no window (a raw inflate starts there as is), and
     a point with ``bits`` resumes in the byte before its ``coffset``, which
-    is where a span's data begins (``span_units``).
+    is where a span's data begins (``span_units``). Offsets here are
+    relative to ``data``.
     """
-    return zran.inflate_from(zran.Checkpoint(0, 0, bits, window), data, 0, usize)
+    cp = zran.Checkpoint(1 if bits else 0, 0, bits, window)
+    end = None if end_bits is None else zran.Checkpoint(len(data), usize, end_bits, b"")
+    return zran.inflate_from(cp, data, 0, usize, end_hint=end)
 
 
 def span_decoder(inflate: SpanInflater) -> Decoder:
@@ -373,7 +387,8 @@ def span_decoder(inflate: SpanInflater) -> Decoder:
         if unit.digest is not None:  # before a byte is inflated
             where = f"gzip span {unit.index} (compressed bytes {unit.cstart}-{unit.cend})"
             check_span(data, unit.digest, where, "the layer's index")
-        out = inflate(data, unit.state.bits, unit.state.window, unit.usize)
+        state = unit.state
+        out = inflate(data, state.bits, state.window, unit.usize, state.end_bits)
         if len(out) != unit.usize:
             raise CorruptLayer(f"gzip span {unit.index} inflates to {len(out)}, not {unit.usize}")
         return out

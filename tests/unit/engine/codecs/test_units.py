@@ -180,15 +180,19 @@ def test_span_units_carry_their_checkpoints() -> None:
     ]
     seen = []
 
-    def inflate(data: bytes | memoryview, bits: int, window: bytes, usize: int) -> bytes:
-        seen.append((len(data), bits, window[:1]))
+    def inflate(
+        data: bytes | memoryview, bits: int, window: bytes, usize: int, end_bits: int | None
+    ) -> bytes:
+        seen.append((len(data), bits, window[:1], end_bits))
         return bytes(usize)
 
     decode = span_decoder(inflate)
     assert decode(units[1], bytes(units[1].csize)) == bytes(4000)
-    assert seen == [(401, 3, b"w")]
+    assert decode(units[2], bytes(units[2].csize)) == bytes(1000)
+    # the next span's bits in the last byte: 0 (it starts on a byte); the last has none
+    assert seen == [(401, 3, b"w", 0), (100, 0, b"v", None)]
     with pytest.raises(CorruptLayer):
-        span_decoder(lambda d, b, w, n: bytes(n - 1))(units[0], b"")
+        span_decoder(lambda d, b, w, n, e: bytes(n - 1))(units[0], b"")
 
 
 def _points() -> list[Checkpoint]:
@@ -206,7 +210,9 @@ def test_span_digests_are_checked_before_inflating() -> None:
     assert units.verified and [u.digest for u in units] == [d.digest for d in digests]
     inflated = []
 
-    def inflate(data: bytes | memoryview, bits: int, window: bytes, usize: int) -> bytes:
+    def inflate(
+        data: bytes | memoryview, bits: int, window: bytes, usize: int, end_bits: int | None = None
+    ) -> bytes:
         inflated.append(bytes(data))
         return bytes(usize)
 
@@ -368,7 +374,7 @@ def test_layers_without_units() -> None:
         index.index_bytes,
         len(blob),
         index.uncompressed_size,
-        span_inflater=lambda d, b, w, n: bytes(n),
+        span_inflater=lambda d, b, w, n, e=None: bytes(n),
     )
     assert made is not None and len(made[0]) == len(zran_checkpoints(index.index_bytes))
     assert not made[0].verified  # no digests given: the blob cache must check the bytes
@@ -377,7 +383,7 @@ def test_layers_without_units() -> None:
         index.index_bytes,
         len(blob),
         index.uncompressed_size,
-        span_inflater=lambda d, b, w, n: bytes(n),
+        span_inflater=lambda d, b, w, n, e=None: bytes(n),
         digests=index.span_digests,
     )
     assert signed is not None and signed[0].verified
