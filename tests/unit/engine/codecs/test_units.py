@@ -181,7 +181,7 @@ def test_span_units_carry_their_checkpoints() -> None:
     seen = []
 
     def inflate(
-        data: bytes | memoryview, bits: int, window: bytes, usize: int, end_bits: int | None
+        data: bytes | memoryview, bits: int, window: bytes, usize: int, end_bits: int | None = None
     ) -> bytes:
         seen.append((len(data), bits, window[:1], end_bits))
         return bytes(usize)
@@ -192,7 +192,7 @@ def test_span_units_carry_their_checkpoints() -> None:
     # the next span's bits in the last byte: 0 (it starts on a byte); the last has none
     assert seen == [(401, 3, b"w", 0), (100, 0, b"v", None)]
     with pytest.raises(CorruptLayer):
-        span_decoder(lambda d, b, w, n, e: bytes(n - 1))(units[0], b"")
+        span_decoder(lambda d, b, w, n, e=None: bytes(n - 1))(units[0], b"")
 
 
 def _points() -> list[Checkpoint]:
