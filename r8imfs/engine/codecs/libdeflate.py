@@ -216,6 +216,7 @@ def inflate(
     out_len: int,
     *,
     end_bits: int,
+    room: bool = False,
 ) -> int | None:
     """Raw-inflate the span at address ``base`` (``length`` bytes, exactly up to
     the next checkpoint's first full byte) into the ``out_len`` bytes at
@@ -223,6 +224,9 @@ def inflate(
     (the one before ``base``; ignored when ``bits`` is 0) with ``window`` as
     history. ``out_len`` if the output fills exactly and ends at a block
     boundary ``end_bits`` bits before the input's end; else None (try ISA-L).
+
+    ``room``: the ``len(window)`` bytes before ``out_base`` are the caller's
+    to overwrite (with the window), which saves copying the output.
     """
     lib = _lib
     if lib is None or not 0 < out_len <= MAX_SPAN or length < 1 or len(window) > 65535:
@@ -253,22 +257,26 @@ def inflate(
     src[cut : cut + edited] = word.to_bytes(edited, "little")
     total = cut + edited
     w = len(window)
-    dst = t.dst
-    if len(dst) < w + out_len:
-        dst.extend(bytes(w + out_len - len(dst)))
-    dst_base = _address(dst)
+    if room:
+        dst_base = out_base - w
+    else:
+        dst = t.dst
+        if len(dst) < w + out_len:
+            dst.extend(bytes(w + out_len - len(dst)))
+        dst_base = _address(dst)
     ret = lib.libdeflate_deflate_decompress_ex(
         t.d, src_base, total, dst_base, w + out_len, t.got_in, t.got_out
     )
     if ret != _SUCCESS or t.got_out.value != w + out_len or t.got_in.value != total:
         return None
-    if _echoes(dst[w + out_len - edited : w + out_len], src[cut:total]):
+    if _echoes(ctypes.string_at(dst_base + w + out_len - edited, edited), src[cut:total]):
         return None
-    ctypes.memmove(out_base, dst_base + w, out_len)
+    if not room:
+        ctypes.memmove(out_base, dst_base + w, out_len)
     return out_len
 
 
-def _echoes(out_tail: bytearray, edited: bytearray) -> bool:
+def _echoes(out_tail: bytes, edited: bytearray) -> bool:
     """Whether the output ends with the edited input bytes: they may have been
     read as the data of a final stored block (see the module's doc)."""
     return out_tail == edited

@@ -401,10 +401,15 @@ def inflate_from(
     """
     if size <= 0:
         return b""
-    out = bytearray(skip + size)
-    if not skip and end_hint is not None and _libdeflate_span(cp, data, out, end_hint):
-        return out
-    got = inflate_into(cp, data, out)
+    if not skip and end_hint is not None and libdeflate.available:
+        out = bytearray(WINDOW + size)  # room for libdeflate's window, then dropped
+        if _libdeflate_span(cp, data, out, end_hint, room=True):
+            del out[:WINDOW]  # (bytearray: O(1) at the front)
+            return out
+        del out[:WINDOW]
+    else:
+        out = bytearray(skip + size)
+    got = _inflate_into(cp, data, out)
     if got <= skip:
         return b""
     del out[got:]  # (the stream ended early: nothing moves)
@@ -448,6 +453,40 @@ def inflate_into(
     """
     if end is not None and not to_end and _libdeflate_span(cp, data, out, end):
         return len(out)
+    return _inflate_into(cp, data, out, end=end, to_end=to_end)
+
+
+def inflate_span(
+    cp: Checkpoint,
+    data: bytes | bytearray | memoryview,
+    size: int,
+    *,
+    end: Checkpoint | None = None,
+    to_end: bool = False,
+) -> tuple[bytearray, int]:
+    """``inflate_into`` a new buffer of ``size`` bytes: (the buffer, the bytes made).
+
+    Made with room in front for libdeflate's window (dropped after, in
+    O(1)), so the span's output is not copied.
+    """
+    if end is None or to_end or not libdeflate.available:
+        out = bytearray(size)
+        return out, _inflate_into(cp, data, out, end=end, to_end=to_end)
+    out = bytearray(WINDOW + size)
+    done = _libdeflate_span(cp, data, out, end, room=True)
+    del out[:WINDOW]  # (bytearray: O(1) at the front)
+    return out, size if done else _inflate_into(cp, data, out, end=end, to_end=to_end)
+
+
+def _inflate_into(
+    cp: Checkpoint,
+    data: bytes | bytearray | memoryview,
+    out: bytearray,
+    *,
+    end: Checkpoint | None = None,
+    to_end: bool = False,
+) -> int:
+    """``inflate_into`` by ISA-L, else libz."""
     if not to_end and isal.available:  # the fast path
         with _Pinned(data) as (base, length), _Pinned(out, writable=True) as (obase, olen):
             first = ctypes.c_ubyte.from_address(base).value if cp.bits and length else 0
@@ -488,10 +527,16 @@ def inflate_into(
 
 
 def _libdeflate_span(
-    cp: Checkpoint, data: bytes | bytearray | memoryview, out: bytearray, end: Checkpoint
+    cp: Checkpoint,
+    data: bytes | bytearray | memoryview,
+    out: bytearray,
+    end: Checkpoint,
+    *,
+    room: bool = False,
 ) -> bool:
-    """Whether libdeflate filled ``out`` with the span from ``cp``, ending at ``end``."""
-    if not libdeflate.available:
+    """Whether libdeflate filled ``out`` with the span from ``cp``, ending at ``end``;
+    ``room``: ``out`` starts with ``WINDOW`` bytes for the window (not filled)."""
+    if not libdeflate.available or (room and len(cp.window) > WINDOW):
         return False
     with _Pinned(data) as (base, length), _Pinned(out, writable=True) as (obase, olen):
         skip = 1 if cp.bits else 0
@@ -504,9 +549,10 @@ def _libdeflate_span(
                 cp.window,
                 base + skip,
                 end.cin - cp.start - skip,
-                obase,
-                olen,
+                obase + (WINDOW if room else 0),
+                olen - (WINDOW if room else 0),
                 end_bits=end.bits,
+                room=room,
             )
         )
 
