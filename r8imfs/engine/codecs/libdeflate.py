@@ -22,31 +22,33 @@ that the span becomes a complete deflate stream of its own:
 3. **The end.** The bits after the next checkpoint (where the span's last
    block ends) are replaced by an empty *final* fixed-Huffman block.
 
-A span then inflates with ``SUCCESS`` to exactly window + span bytes, and
-has read exactly the input, if and only if its output ends at a block
-boundary exactly at the next checkpoint: the same check ISA-L's state and
-libz's ``Z_BLOCK`` give (``isal``'s doc), which a zTOC read through
-``spanstream`` relies on. Why a span cannot pass while not at a boundary:
-the output is full, so after the cut nothing that outputs a byte can be
-decoded (libdeflate refuses a literal, a match or a stored block that does
-not fit); an empty final block must still be read and finished exactly at
-the input's end, and the only 1 bits past the cut are the final block's
-first two. A header read from the first is the one written there (the
-stream was at a boundary); a header read from the second is a final stored
-block, whose length and its complement then come from zero bytes, which is
-``BAD_DATA``; any later header is a non-final stored block, the same. One
-case is left: the cut falling inside the data of the stream's own final
-stored block, which would output the edited bytes as data. That one is
-refused by comparing the output's last bytes with the edited input bytes
-(a span whose output happens to end with them goes to ISA-L; it never
-does in practice). The tests check soundness against libz's boundaries on
-streams with every kind of block (``tests/unit/engine/codecs``).
+A true span then inflates with ``SUCCESS`` to exactly window + span bytes,
+having read exactly the input; a span that stops short, runs into a gzip
+member's end, or is corrupt does not (``inflate`` returns None, and the
+caller does the span with ISA-L or libz). **That is not a check of where
+the span ends**, and this path is only given ends that are trusted
+(``zran.inflate_from``'s ``end_hint``: an index this process built, or a
+zTOC the mount already trusts for its windows); where a zTOC's claims are
+*checked* against the data (``spanstream``, for ``extract``), ISA-L and
+libz do it. Why it is not a check: after the cut, the decoder reads the
+edited bits as a block header only if the stream was at a block boundary
+there. Inside a block it decodes them with that block's codes instead, and
+if the output room (the index's claimed span size) leaves space for what
+they decode to, they can output bytes that are not the stream's. A
+non-final block cannot then finish with the input (the only 1 bits after
+the cut are the final block's first two, and a header read from any later
+bit is a stored block whose length and complement come from zero bytes,
+``BAD_DATA``), but a cut inside the member's *final* block can: a random
+search found one at once (a full flush's empty final fixed block, cut one
+byte later with 5 bytes more output claimed: the edited bits read as a
+5-byte match). The tests keep that example, and check that the cut
+inside the data of a final *stored* block, the same case with the edited
+bytes read as data, is refused by comparing the output's last bytes with
+the edited input (``_echoes``); around the boundaries of non-final blocks
+they find no end accepted that libz does not stop at.
 
-This is a fast path only, like ``isal``: ``inflate`` returns None when it
-cannot vouch for all the bytes (a corrupt stream, a member ending inside
-the span, a span over ``MAX_SPAN``), and the caller does the span again
-with ISA-L or libz. The input and the output go through per-thread buffers
-(one copy each way, ~0.2 s per GiB; the inflate saves ~0.8 s).
+The input and the output's window go through per-thread buffers (one copy
+of the compressed span, ~0.1-0.25 s per GiB; the inflate saves ~0.7 s).
 ``R8IMFS_LIBDEFLATE=0`` turns the path off.
 """
 

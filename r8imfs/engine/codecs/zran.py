@@ -409,7 +409,7 @@ def inflate_from(
         del out[:WINDOW]
     else:
         out = bytearray(skip + size)
-    got = _inflate_into(cp, data, out)
+    got = inflate_into(cp, data, out)
     if got <= skip:
         return b""
     del out[got:]  # (the stream ended early: nothing moves)
@@ -443,50 +443,14 @@ def inflate_into(
     with ``data`` (zero bytes after the last member are tolerated, as gunzip
     does): a zTOC cannot cut the tar short.
 
-    Except for the last span (``to_end``), a fast path inflates the span
-    when it is there: with ``end``, libdeflate (``libdeflate``), a quarter
-    faster than ISA-L, which checks where the span ends by how its input is
-    cut; else, or if it refuses, ISA-L (``isal``), a quarter faster than
-    zlib-ng, which checks the end with ``isal.inflate``'s ``end_bits``. A
-    span neither can finish, or whose end neither can vouch for, is done
-    again here, so errors, gzip member ends and the end check are libz's.
+    Except for the last span (``to_end``), ISA-L (``isal``) inflates the span
+    when it is there, about a quarter faster than zlib-ng, and checks where it
+    ends when ``end`` is given (``isal.inflate``'s ``end_bits``); a span it
+    cannot finish, or whose end it cannot vouch for, is done again here, so
+    errors, gzip member ends and the end check are libz's. (libdeflate,
+    faster still, is not used here: where a span ends is a *check* here,
+    and libdeflate cannot make it soundly; see ``libdeflate``'s doc.)
     """
-    if end is not None and not to_end and _libdeflate_span(cp, data, out, end):
-        return len(out)
-    return _inflate_into(cp, data, out, end=end, to_end=to_end)
-
-
-def inflate_span(
-    cp: Checkpoint,
-    data: bytes | bytearray | memoryview,
-    size: int,
-    *,
-    end: Checkpoint | None = None,
-    to_end: bool = False,
-) -> tuple[bytearray, int]:
-    """``inflate_into`` a new buffer of ``size`` bytes: (the buffer, the bytes made).
-
-    Made with room in front for libdeflate's window (dropped after, in
-    O(1)), so the span's output is not copied.
-    """
-    if end is None or to_end or not libdeflate.available:
-        out = bytearray(size)
-        return out, _inflate_into(cp, data, out, end=end, to_end=to_end)
-    out = bytearray(WINDOW + size)
-    done = _libdeflate_span(cp, data, out, end, room=True)
-    del out[:WINDOW]  # (bytearray: O(1) at the front)
-    return out, size if done else _inflate_into(cp, data, out, end=end, to_end=to_end)
-
-
-def _inflate_into(
-    cp: Checkpoint,
-    data: bytes | bytearray | memoryview,
-    out: bytearray,
-    *,
-    end: Checkpoint | None = None,
-    to_end: bool = False,
-) -> int:
-    """``inflate_into`` by ISA-L, else libz."""
     if not to_end and isal.available:  # the fast path
         with _Pinned(data) as (base, length), _Pinned(out, writable=True) as (obase, olen):
             first = ctypes.c_ubyte.from_address(base).value if cp.bits and length else 0

@@ -1,8 +1,11 @@
 """libdeflate's fast path for whole gzip spans, against libz on the same spans.
 
-``make setup`` installs libdeflate0, so the path is expected here. Its span
-end check is made by editing the input (``libdeflate``'s doc): these tests
-hold it to libz's block boundaries, on streams with every kind of block.
+``make setup`` installs libdeflate0, so the path is expected here. A span is
+made a stream of its own by editing the input (``libdeflate``'s doc): these
+tests hold what it accepts to libz's block boundaries, on streams with every
+kind of block, and keep the case where it accepts an end that is not one
+(a cut inside a member's final block), which is why the checked path
+(``zran.inflate_into`` with ``end``, extract's) does not use it.
 """
 
 from __future__ import annotations
@@ -75,13 +78,14 @@ def test_every_span_resumes_to_the_same_bytes_as_libz(level: int) -> None:
 
 
 @pytest.mark.parametrize(("name", "raw", "stream"), _streams(), ids=[s[0] for s in _streams()])
-def test_an_accepted_span_end_is_a_block_boundary_libz_finds(
+def test_ends_it_accepts_around_boundaries_are_boundaries_libz_finds(
     name: str, raw: bytes, stream: bytes
 ) -> None:
-    """Soundness: from every checkpoint, libdeflate accepts an end (input cut,
-    bits left, output size) only where libz stops at a block boundary with
-    that output, and then made the stream's own bytes. Completeness: it
-    accepts every true end (ISA-L refuses those before fixed-Huffman blocks)."""
+    """From checkpoints across each stream, ends shifted by a byte, a bit or an
+    output byte from the true ones: libdeflate accepts only ends where libz
+    stops at a block boundary with that output, and then made the stream's
+    own bytes; and it accepts every true end (ISA-L refuses those before
+    fixed-Huffman blocks)."""
     truth = _boundaries(stream)
     ordered = sorted(truth, key=lambda t: (t[0] * 8 - t[1], t[2]))
     padded = bytes(zran.WINDOW) + raw
@@ -106,6 +110,31 @@ def test_an_accepted_span_end_is_a_block_boundary_libz_finds(
                         assert got == raw[cp.out : end[2]]
                         accepted_true += 1
     assert accepted_true >= len(cps)
+
+
+def _flushed_then_finished() -> tuple[bytes, bytes, zran.Checkpoint, int]:
+    """A raw stream ending with a full flush, then zlib's final block: an empty
+    fixed-Huffman block (0x03 0x00). (data, stream, the checkpoint after the
+    flush, the final block's first byte)."""
+    data = payload(50_000, seed=4)
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15, 8, zlib.Z_FIXED)
+    body = packer.compress(data) + packer.flush(zlib.Z_FULL_FLUSH)
+    stream = body + packer.flush()
+    assert stream[len(body) :] == b"\x03\x00"
+    window = (bytes(zran.WINDOW) + data)[-zran.WINDOW :]
+    return data, stream, zran.Checkpoint(len(body), len(data), 0, window), len(body)
+
+
+def test_a_cut_inside_the_final_block_is_accepted_so_extract_does_not_use_it() -> None:
+    """The case the edit cannot settle (module doc): a zTOC claiming the next
+    checkpoint one byte into the final block, with 5 bytes more output.
+    libdeflate reads the edited bits as a 5-byte match and accepts; the
+    checked path extract uses (``inflate_into`` with ``end``) refuses."""
+    data, stream, cp, final = _flushed_then_finished()
+    lie = zran.Checkpoint(final + 1, len(data) + 5, 0, b"")
+    assert _fast(cp, stream[cp.start : lie.cin], 5, 0) is not None
+    with pytest.raises(CorruptLayer):
+        zran.inflate_into(cp, stream[cp.start : lie.cin], bytearray(5), end=lie)
 
 
 def test_a_cut_inside_a_final_stored_block_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,9 +187,10 @@ def test_a_corrupt_block_is_refused_and_libz_says_why() -> None:
         assert out != raw[cp.out : nxt.out]
 
 
-def test_zran_takes_it_for_whole_spans_with_an_end(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``inflate_into`` with ``end`` / ``inflate_from`` with ``end_hint`` go through
-    libdeflate (ISA-L is not asked); without, or a checkpoint a bit off, they do not."""
+def test_zran_takes_it_only_for_hinted_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``inflate_from`` with ``end_hint`` goes through libdeflate (ISA-L is not
+    asked); without a hint, a wrong hint, or ``inflate_into``'s checked ``end``,
+    the span is made another way, and the bytes are the same."""
     raw = big_tar(1 * MiB, seed=11)
     blob = gzip.compress(raw, mtime=0)
     b = zran.CheckpointBuilder(128 * 1024)
@@ -177,25 +207,17 @@ def test_zran_takes_it_for_whole_spans_with_an_end(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(libdeflate, "inflate", spy)
     monkeypatch.setattr(isal, "available", False)  # libz would answer in its place
     for cp, nxt in zip(cps, cps[1:], strict=False):
-        span = memoryview(blob)[cp.start : nxt.cin]
-        out = bytearray(nxt.out - cp.out)
-        assert zran.inflate_into(cp, span, out, end=nxt) == len(out)
-        assert out == raw[cp.out : nxt.out]
-        assert zran.inflate_from(cp, span, 0, len(out), end_hint=nxt) == out
-    assert len(answers) == 2 * (len(cps) - 1) and all(answers)
+        want = raw[cp.out : nxt.out]
+        view = memoryview(blob)[cp.start : nxt.cin]
+        assert zran.inflate_from(cp, view, 0, len(want), end_hint=nxt) == want
+    assert len(answers) == len(cps) - 1 and all(answers)
     answers.clear()
     cp, nxt = cps[1], cps[2]
-    assert (
-        zran.inflate_from(cp, blob[cp.start : nxt.cin], 0, nxt.out - cp.out)
-        == raw[cp.out : nxt.out]
-    )
-    assert answers == []  # no end: libdeflate cannot stop in the right place
+    span, want = blob[cp.start : nxt.cin], raw[cp.out : nxt.out]
+    assert zran.inflate_from(cp, span, 0, len(want)) == want
+    out = bytearray(len(want))
+    assert zran.inflate_into(cp, span, out, end=nxt) == len(out) and out == want
+    assert answers == []
     wrong = zran.Checkpoint(nxt.cin, nxt.out, (nxt.bits + 1) % 8, nxt.window)
-    # a hint is only a hint: the span is still made, the other way
-    want = raw[cp.out : nxt.out]
-    assert zran.inflate_from(cp, blob[cp.start : nxt.cin], 0, len(want), end_hint=wrong) == want
-    assert answers == [None]
-    answers.clear()
-    with pytest.raises(CorruptLayer):
-        zran.inflate_into(cp, blob[cp.start : nxt.cin], bytearray(nxt.out - cp.out), end=wrong)
+    assert zran.inflate_from(cp, span, 0, len(want), end_hint=wrong) == want
     assert answers == [None]
