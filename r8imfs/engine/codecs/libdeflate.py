@@ -20,35 +20,45 @@ that the span becomes a complete deflate stream of its own:
    position. The last of their bits share the byte with the span's first
    bits, which is why stored blocks in the span stay aligned as they were.
 3. **The end.** The bits after the next checkpoint (where the span's last
-   block ends) are replaced by an empty *final* fixed-Huffman block.
+   block ends) are replaced by a *final stored block* holding ``TAIL``
+   (256) bytes drawn fresh from ``os.urandom`` for this call.
 
-A true span then inflates with ``SUCCESS`` to exactly window + span bytes,
-having read exactly the input; a span that stops short, runs into a gzip
-member's end, or is corrupt does not (``inflate`` returns None, and the
-caller does the span with ISA-L or libz). **That is not a check of where
-the span ends**, and this path is only given ends that are trusted
-(``zran.inflate_from``'s ``end_hint``: an index this process built, or a
-zTOC the mount already trusts for its windows); where a zTOC's claims are
-*checked* against the data (``spanstream``, for ``extract``), ISA-L and
-libz do it. Why it is not a check: after the cut, the decoder reads the
-edited bits as a block header only if the stream was at a block boundary
-there. Inside a block it decodes them with that block's codes instead, and
-if the output room (the index's claimed span size) leaves space for what
-they decode to, they can output bytes that are not the stream's. A
-non-final block cannot then finish with the input (the only 1 bits after
-the cut are the final block's first two, and a header read from any later
-bit is a stored block whose length and complement come from zero bytes,
-``BAD_DATA``), but a cut inside the member's *final* block can: a random
-search found one at once (a full flush's empty final fixed block, cut one
-byte later with 5 bytes more output claimed: the edited bits read as a
-5-byte match). The tests keep that example, and check that the cut
-inside the data of a final *stored* block, the same case with the edited
-bytes read as data, is refused by comparing the output's last bytes with
-the edited input (``_echoes``); around the boundaries of non-final blocks
-they find no end accepted that libz does not stop at.
+The span is accepted only if libdeflate then succeeds, having read exactly
+the input and made exactly window + span + ``TAIL`` bytes, the last
+``TAIL`` of them the random ones. That is the check ISA-L's state and
+libz's ``Z_BLOCK`` make (``isal``'s doc), which a zTOC read through
+``spanstream`` relies on: at a true block boundary the decoder reads the
+edited bits as the header written there and copies the random bytes out.
+Anywhere else it decodes them as whatever it is in the middle of, and the
+random bytes must still come out last, with the input ending right after:
 
-The input and the output's window go through per-thread buffers (one copy
-of the compressed span, ~0.1-0.25 s per GiB; the inflate saves ~0.7 s).
+* inside a Huffman-coded block, they are read as codes. Copying ``TAIL``
+  random bytes through codes that are fixed before they were drawn, and
+  finishing (an end-of-block code, in a block marked final) within the
+  same bits, means compressing random data: each code that outputs a byte
+  in fewer than 8 bits pins that byte to the few values it codes for.
+  An end check made with a *fixed* tail fails exactly here: a random search
+  found a cut one byte into a full flush's empty final block, with 5 more
+  output bytes claimed, whose edited bits read as a 5-byte match (the tests
+  keep it);
+* inside a stored block's data, they are copied as data, but so are the
+  header bytes before them: a span whose output ends with those bytes is
+  refused (``_echoes``; a true span's output ends with them by chance one
+  time in 2^40 or so, and then goes to ISA-L);
+* with the stream at a boundary but a different output count or bit, the
+  header is misread or the sizes differ.
+
+So a lying zTOC gets a span accepted only by guessing random bytes it has
+not seen. The tests hold what this path accepts to libz's boundaries, on
+streams with every kind of block, around every boundary and at random cuts
+and output sizes (``tests/unit/engine/codecs/test_libdeflate.py``).
+
+This is a fast path only, like ``isal``: ``inflate`` returns None when it
+cannot vouch for all the bytes (a corrupt stream, a member ending inside
+the span, a span over ``MAX_SPAN``), and the caller does the span again
+with ISA-L or libz. The compressed span is copied once, into a per-thread
+buffer (~0.1-0.25 s per GiB; the inflate saves ~0.7 s); the output goes
+straight into the caller's buffer when it has room around it (``room``).
 ``R8IMFS_LIBDEFLATE=0`` turns the path off.
 """
 
@@ -143,8 +153,9 @@ def _pads() -> tuple[tuple[bytes, int], ...]:
 
 
 _PADS = _pads()
-#: BFINAL 1, BTYPE 01, end of block: where the span must end.
-_FINAL, _FINAL_BITS = 0b011, 10
+#: Random bytes in the final stored block put where the span must end (the
+#: module's doc): what only a decoder at a block boundary there copies out.
+TAIL = 256
 
 
 def _load() -> ctypes.CDLL | None:
@@ -227,8 +238,9 @@ def inflate(
     history. ``out_len`` if the output fills exactly and ends at a block
     boundary ``end_bits`` bits before the input's end; else None (try ISA-L).
 
-    ``room``: the ``len(window)`` bytes before ``out_base`` are the caller's
-    to overwrite (with the window), which saves copying the output.
+    ``room``: the ``len(window)`` bytes before ``out_base`` and the ``TAIL``
+    bytes after its ``out_len`` are the caller's to overwrite, which saves
+    copying the output.
     """
     lib = _lib
     if lib is None or not 0 < out_len <= MAX_SPAN or length < 1 or len(window) > 65535:
@@ -237,50 +249,64 @@ def inflate(
     pad, fill = _PADS[(8 - bits) % 8]
     head = 5 + len(window) if window else 0
     start = head + len(pad) - (1 if fill else 0)  # where the span's bytes go
-    size = start + length + 3  # room for the final block's bits
+    size = start + length + 8 + TAIL  # room for the final block
     src = t.src
     if len(src) < size:
         src.extend(bytes(size - len(src)))
     if window:
         w = len(window)
-        src[0:5] = bytes((0, w & 0xFF, w >> 8, ~w & 0xFF, (~w >> 8) & 0xFF))
+        src[0:5] = _stored_header(w, final=False)
         src[5:head] = window
     src[head : head + len(pad)] = pad
     src_base = _address(src)
     ctypes.memmove(src_base + start + (1 if fill else 0), base, length)
     if fill:  # the pad's last bits, then the checkpoint's from ``first``
         src[start] = pad[-1] | (first & (0xFF << fill) & 0xFF)
-    # the final block, ``end_bits`` bits before the end of the span's last byte
-    last = start + (1 if fill else 0) + length - 1
-    keep = 8 - end_bits if end_bits else 8
-    cut = last if end_bits else last + 1  # the first byte edited
-    word = (src[last] & ((1 << keep) - 1)) | (_FINAL << keep) if end_bits else _FINAL
-    edited = ((keep if end_bits else 0) + _FINAL_BITS + 7) // 8
-    src[cut : cut + edited] = word.to_bytes(edited, "little")
-    total = cut + edited
+    # the final stored block, ``end_bits`` bits before the end of the span's
+    # last byte: its header bits (BFINAL 1, BTYPE 00), zero bits up to a
+    # byte, its length and complement, and ``TAIL`` fresh random bytes
+    cut, o = divmod((start + (1 if fill else 0) + length) * 8 - end_bits, 8)
+    src[cut] = (src[cut] & ((1 << o) - 1)) | (1 << o)
+    data_at = cut + 1 if o + 3 <= 8 else cut + 2
+    if data_at == cut + 2:
+        src[cut + 1] = 0
+    src[data_at : data_at + 4] = _stored_header(TAIL, final=True)[1:]
+    marker = os.urandom(TAIL)
+    total = data_at + 4 + TAIL
+    src[data_at + 4 : total] = marker
     w = len(window)
     if room:
         dst_base = out_base - w
     else:
         dst = t.dst
-        if len(dst) < w + out_len:
-            dst.extend(bytes(w + out_len - len(dst)))
+        if len(dst) < w + out_len + TAIL:
+            dst.extend(bytes(w + out_len + TAIL - len(dst)))
         dst_base = _address(dst)
+    made = w + out_len + TAIL
     ret = lib.libdeflate_deflate_decompress_ex(
-        t.d, src_base, total, dst_base, w + out_len, t.got_in, t.got_out
+        t.d, src_base, total, dst_base, made, t.got_in, t.got_out
     )
-    if ret != _SUCCESS or t.got_out.value != w + out_len or t.got_in.value != total:
+    if ret != _SUCCESS or t.got_out.value != made or t.got_in.value != total:
         return None
-    if _echoes(ctypes.string_at(dst_base + w + out_len - edited, edited), src[cut:total]):
+    if ctypes.string_at(dst_base + w + out_len, TAIL) != marker:
+        return None
+    edited = data_at + 4 - cut
+    if _echoes(ctypes.string_at(dst_base + w + out_len - edited, edited), src[cut : data_at + 4]):
         return None
     if not room:
         ctypes.memmove(out_base, dst_base + w, out_len)
     return out_len
 
 
+def _stored_header(n: int, *, final: bool) -> bytes:
+    """A stored block's header on a byte boundary: BFINAL, BTYPE 00 and the
+    padding in one byte, then LEN and NLEN (its complement), little-endian."""
+    return bytes((int(final), n & 0xFF, n >> 8, ~n & 0xFF, (~n >> 8) & 0xFF))
+
+
 def _echoes(out_tail: bytes, edited: bytearray) -> bool:
-    """Whether the output ends with the edited input bytes: they may have been
-    read as the data of a final stored block (see the module's doc)."""
+    """Whether the span's output ends with the final block's header bytes: they
+    may have been read as the data of a stored block (see the module's doc)."""
     return out_tail == edited
 
 

@@ -269,10 +269,11 @@ def _verify_and_inflate(
     check_span(z, spans, i, data, name)
     if z.compression == ztoc.UNCOMPRESSED:
         return data
-    out = bytearray(spans.uend[i] - spans.ustart[i])
     try:
         last = i + 1 == len(spans)
-        made = zran.inflate_into(spans.checkpoints[i], data, out, end=following, to_end=last)
+        out, made = zran.inflate_span(
+            spans.checkpoints[i], data, spans.uend[i] - spans.ustart[i], end=following, to_end=last
+        )
     except CorruptLayer as exc:
         raise ZtocMismatch(f"{name}: span {i}: {exc.message}") from exc
     if made != len(out):

@@ -14,7 +14,7 @@ import zlib
 
 import pytest
 
-from r8imfs.engine.codecs import isal, zran
+from r8imfs.engine.codecs import isal, libdeflate, zran
 from r8imfs.errors import CorruptLayer
 from tests.helpers.tars import MiB, big_tar, payload
 
@@ -245,6 +245,7 @@ def test_spanstream_spans_take_the_checked_fast_path(monkeypatch: pytest.MonkeyP
     b.feed(blob)
     b.finish()
     cps = b.checkpoints
+    monkeypatch.setattr(libdeflate, "available", False)  # (it goes first: test_libdeflate.py)
     calls = _spy_on_isal(monkeypatch)
     for cp, nxt in zip(cps, cps[1:], strict=False):
         out = bytearray(nxt.out - cp.out)

@@ -1,11 +1,10 @@
 """libdeflate's fast path for whole gzip spans, against libz on the same spans.
 
 ``make setup`` installs libdeflate0, so the path is expected here. A span is
-made a stream of its own by editing the input (``libdeflate``'s doc): these
-tests hold what it accepts to libz's block boundaries, on streams with every
-kind of block, and keep the case where it accepts an end that is not one
-(a cut inside a member's final block), which is why the checked path
-(``zran.inflate_into`` with ``end``, extract's) does not use it.
+made a stream of its own by editing the input, with a random end marker
+(``libdeflate``'s doc): these tests hold what it accepts to libz's block
+boundaries, on streams with every kind of block, around each boundary and
+at random cuts, and keep the case a fixed marker let through.
 """
 
 from __future__ import annotations
@@ -51,13 +50,15 @@ def test_libdeflate_is_there() -> None:
 
 def test_the_empty_blocks_land_on_every_bit() -> None:
     """Each pad is empty non-final blocks ending ``t`` bits into its last byte:
-    followed by a final empty block there, libz reads it all, outputs nothing."""
+    followed by an empty final stored block there, libz reads it all and
+    outputs nothing."""
     for t, (pad, fill) in enumerate(libdeflate._PADS):
         assert fill == t
-        bits = len(pad) * 8 - ((8 - t) % 8 if t else 0)
-        stream = int.from_bytes(pad, "little") | libdeflate._FINAL << bits
+        bits = (len(pad) - 1) * 8 + t if t else len(pad) * 8
+        head = int.from_bytes(pad, "little") | 1 << bits  # BFINAL 1, BTYPE 00
+        stream = head.to_bytes((bits + 3 + 7) // 8, "little") + b"\x00\x00\xff\xff"
         d = zlib.decompressobj(-15)
-        assert d.decompress(stream.to_bytes((bits + 17) // 8, "little")) == b""
+        assert d.decompress(stream) == b""
         assert d.eof, t
 
 
@@ -125,33 +126,73 @@ def _flushed_then_finished() -> tuple[bytes, bytes, zran.Checkpoint, int]:
     return data, stream, zran.Checkpoint(len(body), len(data), 0, window), len(body)
 
 
-def test_a_cut_inside_the_final_block_is_accepted_so_extract_does_not_use_it() -> None:
-    """The case the edit cannot settle (module doc): a zTOC claiming the next
-    checkpoint one byte into the final block, with 5 bytes more output.
-    libdeflate reads the edited bits as a 5-byte match and accepts; the
-    checked path extract uses (``inflate_into`` with ``end``) refuses."""
+def test_a_cut_inside_the_final_block_is_refused() -> None:
+    """What a fixed end marker let through (module doc): a zTOC claiming the
+    next checkpoint one byte into the final block, with 5 bytes more output.
+    An empty final fixed block cut in there is read as a 5-byte match and
+    accepted; the random marker is not copied out, and the span is refused."""
     data, stream, cp, final = _flushed_then_finished()
     lie = zran.Checkpoint(final + 1, len(data) + 5, 0, b"")
-    assert _fast(cp, stream[cp.start : lie.cin], 5, 0) is not None
+    old = (
+        libdeflate._stored_header(len(cp.window), final=False)
+        + cp.window
+        + stream[cp.start : lie.cin]
+        + b"\x03\x00"  # the fixed marker: an empty final fixed-Huffman block
+    )
+    inflater = zlib.decompressobj(-15)
+    made = inflater.decompress(old)
+    assert inflater.eof and len(made) == zran.WINDOW + 5, "the fixed marker passed"
+    assert _fast(cp, stream[cp.start : lie.cin], 5, 0) is None
     with pytest.raises(CorruptLayer):
         zran.inflate_into(cp, stream[cp.start : lie.cin], bytearray(5), end=lie)
 
 
+@pytest.mark.parametrize(("name", "raw", "stream"), _streams(), ids=[s[0] for s in _streams()])
+def test_random_cuts_and_sizes_are_accepted_only_at_boundaries(
+    name: str, raw: bytes, stream: bytes
+) -> None:
+    """Cuts anywhere after a checkpoint, with output sizes near the true ones
+    or anywhere (the random search that found the fixed marker's hole)."""
+    rng = random.Random(name)
+    truth = _boundaries(stream)
+    ordered = sorted(truth, key=lambda t: (t[0] * 8 - t[1], t[2]))
+    padded = bytes(zran.WINDOW) + raw
+    cps = [
+        zran.Checkpoint(cin, out, bits, padded[out : out + zran.WINDOW])
+        for cin, bits, out in [(0, 0, 0), *ordered[:-1]]
+    ]
+    for cp in [*rng.sample(cps, 6), cps[-1]]:
+        for _ in range(150):
+            cin = rng.randrange(cp.cin + 1, min(len(stream), cp.cin + 60_000) + 1)
+            later = [t for t in ordered if t[0] >= cin - 2 and t[2] > cp.out]
+            near = (later[0][2] if later else len(raw)) - cp.out
+            size = near + rng.choice([0, 0, -1, 1, -3, 5, rng.randrange(-1000, 1000)])
+            bits = rng.randrange(8)
+            if size <= 0:
+                continue
+            got = _fast(cp, stream[cp.start : cin], size, bits)
+            if got is not None:
+                assert (cin, bits, cp.out + size) in truth, f"{name}: accepted a non-boundary"
+                assert got == raw[cp.out : cp.out + size]
+
+
 def test_a_cut_inside_a_final_stored_block_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The one case the input edit alone does not settle: the edited bytes read
-    as the data of the stream's own final stored block. Without the output
-    check (``_echoes``) such a cut is accepted, with the edit in the output."""
+    """A cut inside the data of the stream's own final stored block copies the
+    end marker out as data, header bytes and all: refused by ``_echoes``.
+    Without that check such a cut is accepted, the edit in the output."""
     data = random.Random(1).randbytes(3000)
     packer = zlib.compressobj(0, zlib.DEFLATED, -15)  # level 0: stored blocks
     stream = packer.compress(data) + packer.flush()
     assert stream[0] & 7 == 1, "one final stored block"  # BFINAL 1, BTYPE 00
     start = zran.Checkpoint(0, 0, 0, b"")
+    # the marker's stored block must end where the real one does
+    ends = len(stream) - libdeflate.TAIL - 6
 
     def accepted() -> list[tuple[int, int, int]]:
         found = []
-        for cin in range(len(stream) - 4, len(stream) + 1):  # the edit ends the block
+        for cin in range(ends - 4, ends + 8):
             for bits in range(8):
-                for size in range(len(data) - 4, len(data) + 1):
+                for size in range(cin - 10, cin + 10):
                     if _fast(start, stream[:cin], size, bits) is not None:
                         found.append((cin, bits, size))
         return found
@@ -187,10 +228,10 @@ def test_a_corrupt_block_is_refused_and_libz_says_why() -> None:
         assert out != raw[cp.out : nxt.out]
 
 
-def test_zran_takes_it_only_for_hinted_ends(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``inflate_from`` with ``end_hint`` goes through libdeflate (ISA-L is not
-    asked); without a hint, a wrong hint, or ``inflate_into``'s checked ``end``,
-    the span is made another way, and the bytes are the same."""
+def test_zran_takes_it_for_whole_spans_with_an_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``inflate_into`` with ``end`` and ``inflate_from`` with ``end_hint`` go
+    through libdeflate (ISA-L is not asked); without an end they do not; a
+    wrong hint still gives the span (another way), a wrong end is refused."""
     raw = big_tar(1 * MiB, seed=11)
     blob = gzip.compress(raw, mtime=0)
     b = zran.CheckpointBuilder(128 * 1024)
@@ -209,15 +250,20 @@ def test_zran_takes_it_only_for_hinted_ends(monkeypatch: pytest.MonkeyPatch) -> 
     for cp, nxt in zip(cps, cps[1:], strict=False):
         want = raw[cp.out : nxt.out]
         view = memoryview(blob)[cp.start : nxt.cin]
+        out = bytearray(len(want))
+        assert zran.inflate_into(cp, view, out, end=nxt) == len(out) and out == want
         assert zran.inflate_from(cp, view, 0, len(want), end_hint=nxt) == want
-    assert len(answers) == len(cps) - 1 and all(answers)
+        span_out, made = zran.inflate_span(cp, view, len(want), end=nxt)
+        assert span_out == want and made == len(want)
+    assert len(answers) == 3 * (len(cps) - 1) and all(answers)
     answers.clear()
     cp, nxt = cps[1], cps[2]
     span, want = blob[cp.start : nxt.cin], raw[cp.out : nxt.out]
     assert zran.inflate_from(cp, span, 0, len(want)) == want
-    out = bytearray(len(want))
-    assert zran.inflate_into(cp, span, out, end=nxt) == len(out) and out == want
-    assert answers == []
+    assert answers == []  # no end: libdeflate could not stop in the right place
     wrong = zran.Checkpoint(nxt.cin, nxt.out, (nxt.bits + 1) % 8, nxt.window)
     assert zran.inflate_from(cp, span, 0, len(want), end_hint=wrong) == want
     assert answers == [None]
+    with pytest.raises(CorruptLayer):
+        zran.inflate_into(cp, span, bytearray(len(want)), end=wrong)
+    assert answers == [None, None]
