@@ -18,7 +18,7 @@ The image is indexed once (``r8imfs index REF`` → ``REF-soci``, SOCI v2). Then
 ``floor``
     in this process, no network: the weights blob read from its local file
     through ``SpanInflater`` with 1 and 2 span workers (sha256 + inflate per span),
-    with the system libz, zlib-ng and ISA-L (``spanfloor``, a process each),
+    with the system libz, zlib-ng, ISA-L and libdeflate (``spanfloor``, a process each),
     next to ``gzip -dc`` and one zlib-ng stream: what inflating costs here.
 """
 
@@ -203,7 +203,7 @@ def floor_rows(b: Bench, ref: str) -> list[Row]:
     ztoc_path = b.work / "weights.ztoc"
     ztoc_path.write_bytes(fetch_weights_ztoc(b, ref))
     rows = []
-    for lib in ("libz", "zlib-ng", "ISA-L"):
+    for lib in ("libz", "zlib-ng", "ISA-L", "libdeflate"):
         for workers in (1, 2):
             note(f"soci floor: SpanInflater, {lib}, {workers} worker(s)")
             secs = stat([span_pass(b, w.path, ztoc_path, workers, lib) for _ in range(b.repeat)])
@@ -259,9 +259,11 @@ def fetch_weights_ztoc(b: Bench, ref: str) -> bytes:
 
 
 def span_pass(b: Bench, blob: Path, ztoc_path: Path, workers: int, lib: str) -> float:
-    env = {**b.env, "R8IMFS_ISAL": "0", "R8IMFS_ZRAN": lib}
-    if lib == "ISA-L":  # what extract does: ISA-L for each span but the last
-        env = {**b.env, "R8IMFS_ISAL": "1"}
+    env = {**b.env, "R8IMFS_ISAL": "0", "R8IMFS_LIBDEFLATE": "0", "R8IMFS_ZRAN": lib}
+    if lib == "ISA-L":  # ISA-L for each span but the last
+        env = {**b.env, "R8IMFS_ISAL": "1", "R8IMFS_LIBDEFLATE": "0"}
+    elif lib == "libdeflate":  # what extract does: libdeflate, ISA-L where it refuses
+        env = {**b.env, "R8IMFS_ISAL": "1", "R8IMFS_LIBDEFLATE": "1"}
     done = run(
         [sys.executable, "-m", "tools.bench.spanfloor", str(blob), str(ztoc_path), str(workers)],
         env=env,

@@ -8,10 +8,10 @@ writes: the blob read in 1 MiB chunks, each span copied once, its sha256
 checked and inflated on a pool of WORKERS threads, every checkpoint checked
 against the data, the decoded spans taken whole (``decoded()``). A process
 of its own so that ``R8IMFS_ZRAN=libz`` and ``R8IMFS_ISAL=0`` can choose the
-library (``zran`` and ``isal`` pick it once, at import): the floor with the
-system's libz, with zlib-ng and with ISA-L (all spans but the last, checked
-to end at the next checkpoint; the last one zlib-ng), side by side in
-``socimount``.
+library (``zran``, ``isal`` and ``libdeflate`` pick it once, at import): the
+floor with the system's libz, with zlib-ng, with ISA-L and with libdeflate
+(all spans but the last, checked to end at the next checkpoint; the last one
+zlib-ng), side by side in ``socimount``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, cast
 
-from r8imfs.engine.codecs import isal, zran, ztoc
+from r8imfs.engine.codecs import isal, libdeflate, zran, ztoc
 from r8imfs.engine.codecs.spanstream import SpanInflater
 from r8imfs.engine.tarindex import ForwardFile
 
@@ -51,6 +51,8 @@ def main(blob: str, ztoc_path: str, workers: int) -> None:
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     library = f"ISA-L + {zran.LIBRARY}" if isal.boundary_check else zran.LIBRARY
+    if libdeflate.available:
+        library = f"libdeflate + {library}"
     print(f"{wall:.4f} {library} cpu {cpu:.2f}")
 
 
