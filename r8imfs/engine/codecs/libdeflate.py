@@ -290,8 +290,9 @@ def inflate(
         return None
     if ctypes.string_at(dst_base + w + out_len, TAIL) != marker:
         return None
-    edited = data_at + 4 - cut
-    if _echoes(ctypes.string_at(dst_base + w + out_len - edited, edited), src[cut : data_at + 4]):
+    edited = min(data_at + 4 - cut, w + out_len)  # (a tiny span: what there is)
+    header = src[data_at + 4 - edited : data_at + 4]
+    if _echoes(ctypes.string_at(dst_base + w + out_len - edited, edited), header):
         return None
     if not room:
         ctypes.memmove(out_base, dst_base + w, out_len)

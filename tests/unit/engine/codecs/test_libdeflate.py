@@ -267,3 +267,12 @@ def test_zran_takes_it_for_whole_spans_with_an_end(monkeypatch: pytest.MonkeyPat
     with pytest.raises(CorruptLayer):
         zran.inflate_into(cp, span, bytearray(len(want)), end=wrong)
     assert answers == [None, None]
+
+
+def test_a_one_byte_span_from_the_stream_start() -> None:
+    """No window and less output than the end marker's header: the output
+    check reads only the bytes the span made."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    first = packer.compress(b"r") + packer.flush(zlib.Z_FULL_FLUSH)
+    stream = first + packer.compress(b"8imfs") + packer.flush()
+    assert _fast(zran.Checkpoint(0, 0, 0, b""), stream[: len(first)], 1, 0) == b"r"
