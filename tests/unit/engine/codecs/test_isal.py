@@ -11,6 +11,8 @@ import ctypes
 import gzip
 import random
 import zlib
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -37,15 +39,23 @@ def _spans(blob: bytes, raw_len: int, span: int) -> list[tuple[zran.Checkpoint, 
     return out
 
 
-def _fast(cp: zran.Checkpoint, data: bytes, size: int, end_bits: int | None = None) -> bytes | None:
-    """ISA-L's ``size`` bytes from ``cp`` over ``data`` (with ``end_bits``: also
-    accepted as ending at a block boundary there); None if it refused."""
+def _fast(
+    cp: zran.Checkpoint,
+    data: bytes,
+    size: int,
+    end_bits: int | None = None,
+    *,
+    lib: Any = isal,
+) -> bytes | None:
+    """ISA-L's (or ``lib``'s: ``libdeflate``) ``size`` bytes from ``cp`` over
+    ``data`` (with ``end_bits``: also accepted as ending at a block boundary
+    there); None if it refused."""
     skip = 1 if cp.bits else 0
     if size <= 0 or len(data) <= skip:
         return None
     src = ctypes.create_string_buffer(data, len(data))
     out = ctypes.create_string_buffer(size)
-    got = isal.inflate(
+    got = lib.inflate(
         cp.bits,
         data[0],
         cp.window,
@@ -152,6 +162,39 @@ def _boundaries(raw_stream: bytes) -> set[tuple[int, int, int]]:
         z.close()
 
 
+Boundary = tuple[int, int, int]
+
+
+def _checkpoints(
+    raw: bytes, stream: bytes
+) -> tuple[set[Boundary], list[Boundary], list[zran.Checkpoint]]:
+    """A stream's block boundaries (as a set, and in stream order) and a
+    checkpoint at each but the last, its window the output before it."""
+    truth = _boundaries(stream)
+    ordered = sorted(truth, key=lambda t: (t[0] * 8 - t[1], t[2]))
+    padded = bytes(zran.WINDOW) + raw
+    cps = [
+        zran.Checkpoint(cin, out, bits, padded[out : out + zran.WINDOW])
+        for cin, bits, out in [(0, 0, 0), *ordered[:-1]]
+    ]
+    return truth, ordered, cps
+
+
+def _probes(
+    ordered: list[Boundary], cps: list[zran.Checkpoint]
+) -> Iterator[tuple[zran.Checkpoint, Boundary, Boundary]]:
+    """(checkpoint, an end to try, the true end it is near): the next three
+    true ends after each checkpoint, shifted by a byte, any bit and an
+    output byte either way."""
+    for cp in cps:
+        after = [t for t in ordered if t[0] * 8 - t[1] > cp.cin * 8 - cp.bits and t[2] > cp.out]
+        for cin, bits, out in after[:3]:
+            for dc in (-1, 0, 1):
+                for b_ in range(8):
+                    for dout in (-1, 0, 1):
+                        yield cp, (cin + dc, b_, out + dout), (cin, bits, out)
+
+
 def _streams() -> list[tuple[str, bytes, bytes]]:
     """Raw deflate streams with every kind of block and boundary: dynamic and
     fixed Huffman blocks, stored blocks (random bytes), and the empty stored
@@ -200,30 +243,18 @@ def test_an_accepted_span_end_is_a_block_boundary_libz_finds(
     left, output size) only where libz stops at a block boundary with that
     output, and then made the stream's own bytes. Completeness, the speed: it
     accepts most true ends."""
-    truth = _boundaries(stream)
-    ordered = sorted(truth, key=lambda t: (t[0] * 8 - t[1], t[2]))
-    padded = bytes(zran.WINDOW) + raw
-    cps = [  # a checkpoint at every boundary, its window the output before it
-        zran.Checkpoint(cin, out, bits, padded[out : out + zran.WINDOW])
-        for cin, bits, out in [(0, 0, 0), *ordered[:-1]]
-    ]
+    truth, ordered, cps = _checkpoints(raw, stream)
     assert len(cps) > 30
     cps = cps[:: max(1, len(cps) // 40)]
     refused_true = []
-    for cp in cps:
-        after = [t for t in ordered if t[0] * 8 - t[1] > cp.cin * 8 - cp.bits and t[2] > cp.out]
-        for cin, bits, out in after[:3]:
-            for dc in (-1, 0, 1):
-                for b_ in range(8):
-                    for dout in (-1, 0, 1):
-                        end = (cin + dc, b_, out + dout)
-                        got = _ends_at(cp, stream, end[0], end[1], end[2] - cp.out)
-                        if got is None:
-                            if end == (cin, bits, out):
-                                refused_true.append(end)
-                            continue
-                        assert end in truth, f"{name}: accepted {end}, not a boundary"
-                        assert got == raw[cp.out : end[2]]
+    for cp, end, true_end in _probes(ordered, cps):
+        got = _ends_at(cp, stream, end[0], end[1], end[2] - cp.out)
+        if got is None:
+            if end == true_end:
+                refused_true.append(end)
+            continue
+        assert end in truth, f"{name}: accepted {end}, not a boundary"
+        assert got == raw[cp.out : end[2]]
     # ISA-L reads the 3-bit header of a fixed-Huffman block as soon as it can
     # (it needs nothing more), so its state no longer says where that block
     # began: those ends are refused (libz does the span), and only those.

@@ -9,7 +9,6 @@ at random cuts, and keep the case a fixed marker let through.
 
 from __future__ import annotations
 
-import ctypes
 import gzip
 import random
 import zlib
@@ -19,29 +18,15 @@ import pytest
 from r8imfs.engine.codecs import isal, libdeflate, zran
 from r8imfs.errors import CorruptLayer
 from tests.helpers.tars import MiB, big_tar, payload
-from tests.unit.engine.codecs.test_isal import _boundaries, _spans, _streams
+from tests.unit.engine.codecs.test_isal import _checkpoints, _probes, _spans, _streams
+from tests.unit.engine.codecs.test_isal import _fast as isal_fast
 
 
 def _fast(cp: zran.Checkpoint, data: bytes, size: int, end_bits: int) -> bytes | None:
     """libdeflate's ``size`` bytes from ``cp`` over ``data`` (which ends at the
     next checkpoint's first full byte, ``end_bits`` bits of it the next
     block's); None if it refused."""
-    skip = 1 if cp.bits else 0
-    if size <= 0 or len(data) <= skip:
-        return None
-    src = ctypes.create_string_buffer(data, len(data))
-    out = ctypes.create_string_buffer(size)
-    got = libdeflate.inflate(
-        cp.bits,
-        data[0],
-        cp.window,
-        ctypes.addressof(src) + skip,
-        len(data) - skip,
-        ctypes.addressof(out),
-        size,
-        end_bits=end_bits,
-    )
-    return out.raw if got == size else None
+    return isal_fast(cp, data, size, end_bits, lib=libdeflate)
 
 
 def test_libdeflate_is_there() -> None:
@@ -87,29 +72,17 @@ def test_ends_it_accepts_around_boundaries_are_boundaries_libz_finds(
     stops at a block boundary with that output, and then made the stream's
     own bytes; and it accepts every true end (ISA-L refuses those before
     fixed-Huffman blocks)."""
-    truth = _boundaries(stream)
-    ordered = sorted(truth, key=lambda t: (t[0] * 8 - t[1], t[2]))
-    padded = bytes(zran.WINDOW) + raw
-    cps = [
-        zran.Checkpoint(cin, out, bits, padded[out : out + zran.WINDOW])
-        for cin, bits, out in [(0, 0, 0), *ordered[:-1]]
-    ]
+    truth, ordered, cps = _checkpoints(raw, stream)
     cps = cps[:: max(1, len(cps) // 40)]
     accepted_true = 0
-    for cp in cps:
-        after = [t for t in ordered if t[0] * 8 - t[1] > cp.cin * 8 - cp.bits and t[2] > cp.out]
-        for cin, bits, out in after[:3]:
-            for dc in (-1, 0, 1):
-                for b_ in range(8):
-                    for dout in (-1, 0, 1):
-                        end = (cin + dc, b_, out + dout)
-                        got = _fast(cp, stream[cp.start : end[0]], end[2] - cp.out, end[1])
-                        if got is None:
-                            assert end != (cin, bits, out), f"{name}: refused a true end {end}"
-                            continue
-                        assert end in truth, f"{name}: accepted {end}, not a boundary"
-                        assert got == raw[cp.out : end[2]]
-                        accepted_true += 1
+    for cp, end, true_end in _probes(ordered, cps):
+        got = _fast(cp, stream[cp.start : end[0]], end[2] - cp.out, end[1])
+        if got is None:
+            assert end != true_end, f"{name}: refused a true end {end}"
+            continue
+        assert end in truth, f"{name}: accepted {end}, not a boundary"
+        assert got == raw[cp.out : end[2]]
+        accepted_true += 1
     assert accepted_true >= len(cps)
 
 
@@ -154,13 +127,7 @@ def test_random_cuts_and_sizes_are_accepted_only_at_boundaries(
     """Cuts anywhere after a checkpoint, with output sizes near the true ones
     or anywhere (the random search that found the fixed marker's hole)."""
     rng = random.Random(name)
-    truth = _boundaries(stream)
-    ordered = sorted(truth, key=lambda t: (t[0] * 8 - t[1], t[2]))
-    padded = bytes(zran.WINDOW) + raw
-    cps = [
-        zran.Checkpoint(cin, out, bits, padded[out : out + zran.WINDOW])
-        for cin, bits, out in [(0, 0, 0), *ordered[:-1]]
-    ]
+    truth, ordered, cps = _checkpoints(raw, stream)
     for cp in [*rng.sample(cps, 6), cps[-1]]:
         for _ in range(150):
             cin = rng.randrange(cp.cin + 1, min(len(stream), cp.cin + 60_000) + 1)
