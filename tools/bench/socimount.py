@@ -14,7 +14,7 @@ The image is indexed once (``r8imfs index REF`` → ``REF-soci``, SOCI v2). Then
     weights, ``umount``;
 ``extract``
     ``r8imfs extract REF-soci --dir DEST`` (spans inflated on every core), and
-    ``--no-soci`` (one core) for comparison;
+    ``--no-soci`` (one core) and with libdeflate off (spans by ISA-L) for comparison;
 ``floor``
     in this process, no network: the weights blob read from its local file
     through ``SpanInflater`` with 1 and 2 span workers (sha256 + inflate per span),
@@ -78,9 +78,12 @@ def cp_once(b: Bench, ref: str) -> tuple[float, float, float]:
     return m.secs, cp.secs, um.secs
 
 
-def extract_once(b: Bench, ref: str, *extra: str) -> Run:
+def extract_once(b: Bench, ref: str, *extra: str, isal: bool = False) -> Run:
+    """``extract --dir`` of ``ref``; ``isal``: with libdeflate turned off, the
+    spans inflated by ISA-L (a comparison row for ``codecs/libdeflate.py``)."""
     out = b.scratch("soci-extract")
-    done = run([*R8IMFS, "extract", ref, "--dir", str(out / "w"), *extra], env=b.env)
+    env = {**b.env, "R8IMFS_LIBDEFLATE": "0"} if isal else b.env
+    done = run([*R8IMFS, "extract", ref, "--dir", str(out / "w"), *extra], env=env)
     if (out / "w" / "model.bin").stat().st_size != b.image.model_bytes:
         raise RuntimeError("extract through SOCI wrote a model.bin of the wrong size")
     shutil.rmtree(out)
@@ -91,7 +94,7 @@ def measure(b: Bench) -> Section:
     peers = b.peer_skopeo_tar()
     ref, indexed = index_once(b)
     proxy = start_counting_proxy(b.image.host)
-    ready, cps, soci_x, plain_x = [], [], [], []
+    ready, cps, soci_x, isal_x, plain_x = [], [], [], [], []
     try:
         for i in range(b.repeat):
             note(f"soci: cold mount ready + two small files {i + 1}/{b.repeat}")
@@ -100,6 +103,8 @@ def measure(b: Bench) -> Section:
             cps.append(cp_once(b, ref))
             note(f"soci: extract --dir {i + 1}/{b.repeat}")
             soci_x.append(extract_once(b, ref))
+            note(f"soci: extract --dir, spans by ISA-L {i + 1}/{b.repeat}")
+            isal_x.append(extract_once(b, ref, isal=True))
             note(f"soci: extract --dir --no-soci {i + 1}/{b.repeat}")
             plain_x.append(extract_once(b, ref, "--no-soci"))
     finally:
@@ -110,12 +115,12 @@ def measure(b: Bench) -> Section:
         f"`r8imfs index {b.image.ref}` once (SOCI v2 at `…:v1-soci`, 4 MiB spans), then, "
         "each a fresh process with an empty cache: `r8imfs mount …:v1-soci` through a "
         "counting proxy and `cat` of two small files of the base layer; `mount` + `cp -r "
-        "rootfs/src/weights` + `umount`; `extract --dir` (and `--no-soci`). Peer: `skopeo "
+        "rootfs/src/weights` + `umount`; `extract --dir` (and with spans by ISA-L, and `--no-soci`). Peer: `skopeo "
         "copy` + `tar -xzf` of the weights layer, as in issue 3.",
     )
     s.rows.append(Row("r8imfs index (once, not a target)", "", f"{indexed.secs:.1f} s"))
     s.rows += ready_rows(b, ready)
-    s.rows += out_rows(b, peers, cps, soci_x, plain_x)
+    s.rows += out_rows(b, peers, cps, soci_x, isal_x, plain_x)
     s.rows += floor_rows(b, ref)
     return s
 
@@ -157,6 +162,7 @@ def out_rows(
     peers: list[tuple[Run, Run]],
     cps: list[tuple[float, float, float]],
     soci_x: list[Run],
+    isal_x: list[Run],
     plain_x: list[Run],
 ) -> list[Row]:
     peer = stat([c.secs + t.secs for c, t in peers])
@@ -179,6 +185,7 @@ def out_rows(
     ]
     for label, runs, graded in (
         ("extract --dir (SOCI spans, all cores)", soci_x, True),
+        ("extract --dir, spans by ISA-L (`R8IMFS_LIBDEFLATE=0`)", isal_x, False),
         ("extract --dir --no-soci (one core)", plain_x, False),
     ):
         secs = stat([r.secs for r in runs])
