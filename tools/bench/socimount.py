@@ -115,7 +115,8 @@ def measure(b: Bench) -> Section:
         f"`r8imfs index {b.image.ref}` once (SOCI v2 at `…:v1-soci`, 4 MiB spans), then, "
         "each a fresh process with an empty cache: `r8imfs mount …:v1-soci` through a "
         "counting proxy and `cat` of two small files of the base layer; `mount` + `cp -r "
-        "rootfs/src/weights` + `umount`; `extract --dir` (and with spans by ISA-L, and `--no-soci`). Peer: `skopeo "
+        "rootfs/src/weights` + `umount`; `extract --dir` (also with spans by ISA-L, and "
+        "`--no-soci`). Peer: `skopeo "
         "copy` + `tar -xzf` of the weights layer, as in issue 3.",
     )
     s.rows.append(Row("r8imfs index (once, not a target)", "", f"{indexed.secs:.1f} s"))
