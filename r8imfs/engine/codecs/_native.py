@@ -20,3 +20,8 @@ def cdll(soname: str, name: str) -> ctypes.CDLL:
         if found is None:
             raise
         return ctypes.CDLL(found)
+
+
+def address(buf: bytearray) -> int:
+    """Where a ``bytearray``'s bytes are, for a C call (valid while it is not resized)."""
+    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))

@@ -69,7 +69,7 @@ import os
 import threading
 import zlib
 
-from r8imfs.engine.codecs._native import cdll
+from r8imfs.engine.codecs._native import address, cdll
 
 WINDOW = 32768
 #: Spans bigger than this go to ISA-L, which writes straight into the caller's
@@ -215,10 +215,6 @@ def _thread(lib: ctypes.CDLL) -> _Thread:
     return t
 
 
-def _address(buf: bytearray) -> int:
-    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
-
-
 def inflate(
     bits: int,
     first: int,
@@ -258,7 +254,7 @@ def inflate(
         src[0:5] = _stored_header(w, final=False)
         src[5:head] = window
     src[head : head + len(pad)] = pad
-    src_base = _address(src)
+    src_base = address(src)
     ctypes.memmove(src_base + start + (1 if fill else 0), base, length)
     if fill:  # the pad's last bits, then the checkpoint's from ``first``
         src[start] = pad[-1] | (first & (0xFF << fill) & 0xFF)
@@ -281,7 +277,7 @@ def inflate(
         dst = t.dst
         if len(dst) < w + out_len + TAIL:
             dst.extend(bytes(w + out_len + TAIL - len(dst)))
-        dst_base = _address(dst)
+        dst_base = address(dst)
     made = w + out_len + TAIL
     ret = lib.libdeflate_deflate_decompress_ex(
         t.d, src_base, total, dst_base, made, t.got_in, t.got_out

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from r8imfs.engine.codecs import isal, libdeflate
-from r8imfs.engine.codecs._native import cdll
+from r8imfs.engine.codecs._native import address, cdll
 from r8imfs.errors import CorruptLayer
 
 WINDOW = 32768
@@ -241,10 +241,6 @@ class _Inflater:
         self.close()
 
 
-def _address(buf: bytearray) -> int:
-    return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
-
-
 class _SpanHasher:
     """sha256 of each span's compressed bytes, SOCI's way: span ``i`` is
     ``[start_i, cin_{i+1})``, the last one runs to the end of the blob; with
@@ -296,7 +292,7 @@ class CheckpointBuilder:
         self.total_out = 0
         self._z = _Inflater(_GZIP_AUTO)
         self._out = bytearray(WINDOW + out_buffer)  # the window, then fresh output
-        self._out_addr = _address(self._out)
+        self._out_addr = address(self._out)
         self._pos = WINDOW
         self._last = 0
         self._ended = False  # the last member ended; more input means another member

@@ -267,15 +267,20 @@ def _block_type(stream: bytes, bit: int) -> int:
     return (word >> 1) & 3
 
 
-def test_spanstream_spans_take_the_checked_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``inflate_into`` with ``end`` (what extract through a zTOC does) is answered
-    by ISA-L, and a checkpoint a bit off is refused by both paths."""
+def _tar_with_checkpoints() -> tuple[bytes, bytes, list[zran.Checkpoint]]:
+    """A 1 MiB tar, its gzip, and checkpoints every 128 KiB of it."""
     raw = big_tar(1 * MiB, seed=11)
     blob = gzip.compress(raw, mtime=0)
     b = zran.CheckpointBuilder(128 * 1024)
     b.feed(blob)
     b.finish()
-    cps = b.checkpoints
+    return raw, blob, b.checkpoints
+
+
+def test_spanstream_spans_take_the_checked_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``inflate_into`` with ``end`` (what extract through a zTOC does) is answered
+    by ISA-L, and a checkpoint a bit off is refused by both paths."""
+    raw, blob, cps = _tar_with_checkpoints()
     monkeypatch.setattr(libdeflate, "available", False)  # (it goes first: test_libdeflate.py)
     calls = _spy_on_isal(monkeypatch)
     for cp, nxt in zip(cps, cps[1:], strict=False):

@@ -18,7 +18,13 @@ import pytest
 from r8imfs.engine.codecs import isal, libdeflate, zran
 from r8imfs.errors import CorruptLayer
 from tests.helpers.tars import MiB, big_tar, payload
-from tests.unit.engine.codecs.test_isal import _checkpoints, _probes, _spans, _streams
+from tests.unit.engine.codecs.test_isal import (
+    _checkpoints,
+    _probes,
+    _spans,
+    _streams,
+    _tar_with_checkpoints,
+)
 from tests.unit.engine.codecs.test_isal import _fast as isal_fast
 
 
@@ -199,12 +205,7 @@ def test_zran_takes_it_for_whole_spans_with_an_end(monkeypatch: pytest.MonkeyPat
     """``inflate_into`` with ``end`` and ``inflate_from`` with ``end_hint`` go
     through libdeflate (ISA-L is not asked); without an end they do not; a
     wrong hint still gives the span (another way), a wrong end is refused."""
-    raw = big_tar(1 * MiB, seed=11)
-    blob = gzip.compress(raw, mtime=0)
-    b = zran.CheckpointBuilder(128 * 1024)
-    b.feed(blob)
-    b.finish()
-    cps = b.checkpoints
+    raw, blob, cps = _tar_with_checkpoints()
     answers: list[int | None] = []
     real = libdeflate.inflate
 
