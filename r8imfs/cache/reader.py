@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, TypeVarTuple, Unpack
 
 import trio
 
+from r8imfs._buffers import scratch
 from r8imfs._threads import from_thread, run_cpu, run_io
 from r8imfs.cache import _blobfiles as _files
 from r8imfs.cache._ranges import BlockHasher, Blocks, RangeSet, Record, SequentialDetector
@@ -415,8 +416,9 @@ class BlobReader:
     async def _collect(self, stream: BlobStreamLike, length: int) -> bytearray:
         """The body into one buffer of its final size (no reallocations as it grows:
         the daemon's heap keeps buffers under 16 MiB, ``fs.process``); read into it
-        in place when the stream can (``BlobStream.fill``)."""
-        buf = bytearray(length)
+        in place when the stream can (``BlobStream.fill``). Not zero-filled first:
+        it is returned only when the body filled it whole."""
+        buf = scratch(length)
         fill = getattr(stream, "fill", None)
         if fill is not None:
             got = await fill(buf, self._count_bytes)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
+from r8imfs._buffers import scratch
 from r8imfs.engine.codecs.decompress import DECOMPRESSION_ERRORS, HashingReader, chunks_of
 from r8imfs.engine.codecs.table import CODECS, Codec, Compression
 from r8imfs.engine.entry import Entry
@@ -180,7 +181,7 @@ class DecodedReader(FileReadAt):
         size = max(0, min(size, self.size - offset))
         if not self._nowait or size == 0:
             return None if size else b""
-        buf = bytearray(size)
+        buf = scratch(size)  # returned only if the read filled it
         try:
             got = os.preadv(self._fd, [buf], offset, os.RWF_NOWAIT)
         except OSError as exc:

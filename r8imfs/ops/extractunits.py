@@ -26,6 +26,7 @@ from typing import IO
 
 import trio
 
+from r8imfs._buffers import scratch
 from r8imfs.engine.codecs.table import Compression
 from r8imfs.engine.codecs.units import Decoder, UnitTable, decode_zstd, fixed_units, frame_units
 from r8imfs.engine.codecs.zstdindex import read_seek_table
@@ -193,7 +194,7 @@ async def _get_range(
     async with client.open_blob(repo, digest, start, end) as stream:
         if stream.status == 200 or stream.start != start:
             raise RangeUnsupported(f"{repo.registry} ignores Range for {digest}")
-        buf = bytearray(end - start)  # one allocation of the final size
+        buf = scratch(end - start)  # the final size; returned only if filled whole
         view, got = memoryview(buf), 0
         async for chunk in stream.chunks():
             if got + len(chunk) > len(buf):

@@ -269,13 +269,12 @@ def _verify_and_inflate(
     check_span(z, spans, i, data, name)
     if z.compression == ztoc.UNCOMPRESSED:
         return data
+    size = spans.uend[i] - spans.ustart[i]
     try:
         last = i + 1 == len(spans)
-        out, made = zran.inflate_span(
-            spans.checkpoints[i], data, spans.uend[i] - spans.ustart[i], end=following, to_end=last
-        )
+        out, made = zran.inflate_span(spans.checkpoints[i], data, size, end=following, to_end=last)
     except CorruptLayer as exc:
         raise ZtocMismatch(f"{name}: span {i}: {exc.message}") from exc
-    if made != len(out):
-        raise ZtocMismatch(f"{name}: span {i} inflates to {made} bytes, not {len(out)}")
+    if made != size:
+        raise ZtocMismatch(f"{name}: span {i} inflates to {made} bytes, not {size}")
     return out

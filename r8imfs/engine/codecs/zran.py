@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from r8imfs._buffers import scratch
 from r8imfs.engine.codecs import isal, libdeflate
 from r8imfs.engine.codecs._native import address, cdll
 from r8imfs.errors import CorruptLayer
@@ -404,7 +405,7 @@ def inflate_from(
         if done:
             return out
     else:
-        out = bytearray(skip + size)
+        out = scratch(skip + size)
     got = inflate_into(cp, data, out)
     if got <= skip:
         return b""
@@ -460,23 +461,28 @@ def inflate_span(
     end: Checkpoint | None = None,
     to_end: bool = False,
 ) -> tuple[bytearray, int]:
-    """``inflate_into`` a new buffer of ``size`` bytes: (the buffer, the bytes made).
+    """``inflate_into`` a new buffer of ``size`` bytes: (the buffer, the bytes made);
+    the buffer is cut to what was made.
 
     Made with room around it for libdeflate's window and end marker (trimmed
-    after, in O(1)), so the span's output is not copied.
+    after, in O(1)), so the span's output is not copied, and not zero-filled.
     """
     if end is None or to_end or not libdeflate.available:
-        out = bytearray(size)
-        return out, _inflate_into(cp, data, out, end=end, to_end=to_end)
-    out = _roomy(size)
-    done = _libdeflate_span(cp, data, out, end, room=True)
-    _trim(out)
-    return out, size if done else _inflate_into(cp, data, out, end=end, to_end=to_end)
+        out = scratch(size)
+        made = _inflate_into(cp, data, out, end=end, to_end=to_end)
+    else:
+        out = _roomy(size)
+        done = _libdeflate_span(cp, data, out, end, room=True)
+        _trim(out)
+        made = size if done else _inflate_into(cp, data, out, end=end, to_end=to_end)
+    del out[made:]  # (the stream ended early: nothing moves)
+    return out, made
 
 
 def _roomy(size: int) -> bytearray:
-    """A buffer for ``size`` bytes with libdeflate's room before and after them."""
-    return bytearray(WINDOW + size + libdeflate.TAIL)
+    """A buffer for ``size`` bytes with libdeflate's room before and after them
+    (not zero-filled: the callers keep only what was made)."""
+    return scratch(WINDOW + size + libdeflate.TAIL)
 
 
 def _trim(out: bytearray) -> None:

@@ -237,6 +237,16 @@ def test_zran_takes_it_for_whole_spans_with_an_end(monkeypatch: pytest.MonkeyPat
     assert answers == [None, None]
 
 
+def test_a_span_cut_short_gives_only_the_bytes_made() -> None:
+    """``inflate_span``'s buffer is not zero-filled: where the stream ends
+    before ``size`` (the last member's end), it is cut to what was made."""
+    raw, blob, cps = _tar_with_checkpoints()
+    cp = cps[-1]
+    want = raw[cp.out :]
+    out, made = zran.inflate_span(cp, memoryview(blob)[cp.start :], len(want) + 4096, to_end=True)
+    assert made == len(want) and out == want
+
+
 def test_a_one_byte_span_from_the_stream_start() -> None:
     """No window and less output than the end marker's header: the output
     check reads only the bytes the span made."""
