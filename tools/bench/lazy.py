@@ -360,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         registry.stop()
         machine.load_end, machine.busy_end = load_average(), report.busiest()
+        machine.memory_end = report.fresh_memory()
         machine.code_end = report.code_state()
     section = Section(
         "Issue 12: lazy reads",

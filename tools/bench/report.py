@@ -80,6 +80,39 @@ def code_state() -> str:
     return f"HEAD {head}" + (f", uncommitted changes in {', '.join(dirty)}" if dirty else "")
 
 
+_FAULT_IN = (
+    "import time; t = time.perf_counter(); b = bytearray(1 << 30); "
+    "print(f'{time.perf_counter() - t:.2f}')"
+)
+_REPORTED = Path("/sys/module/page_reporting/parameters/reported_kib")
+
+
+def fresh_memory() -> str:
+    """Seconds to fault in (and zero) 1 GiB of new memory, in a child process.
+
+    On a VM whose free pages go back to the host (virtio-balloon free page
+    reporting), a page touched for the first time since then is backed anew
+    by the host: on the machine these figures were made on, that cost from
+    0.4 s per GiB (pages still backed) to 2.9 s (freed seconds before). Every
+    row that fills fresh page cache (writing 1 GiB of files: the peers' ``tar
+    x``, ``cp`` out of a mount, ``extract``) moves with it, which is why this
+    machine's peers vary by up to 2× between runs; the rows' ratios less so.
+    """
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULT_IN], capture_output=True, text=True, timeout=60
+        )
+        secs = out.stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        secs = "?"
+    try:
+        reported = int(_REPORTED.read_text()) // (1024 * 1024)
+        host = f"; free page reporting on, {reported:,} GiB reported to the host so far"
+    except (OSError, ValueError):
+        host = ""
+    return f"{secs} s to fault in 1 GiB{host}"
+
+
 def _now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -93,6 +126,8 @@ class Machine:
     code_end: str = ""
     load_end: str = ""
     busy_end: str = ""
+    memory_start: str = field(default_factory=fresh_memory)
+    memory_end: str = ""
     loads: list[tuple[str, str]] = field(default_factory=list)
     versions: dict[str, str] = field(
         default_factory=lambda: {name: first_line(argv) for name, argv in PEERS.items()}
@@ -108,6 +143,7 @@ class Machine:
             ("code at start", self.code_start),
             ("code at end", self.code_end),
             ("load average (1, 5, 15 min) at start / end", f"{self.load_start} / {self.load_end}"),
+            ("fresh memory at start / end", f"{self.memory_start} / {self.memory_end}"),
             (
                 "load average as each area started",
                 "; ".join(f"{area}: {load}" for area, load in self.loads),

@@ -166,6 +166,7 @@ def measure_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     finally:
         registry.stop()
     machine.load_end, machine.busy_end = load_average(), report.busiest()
+    machine.memory_end = report.fresh_memory()
     machine.code_end = report.code_state()
     return {
         "machine": asdict(machine),
