@@ -13,12 +13,14 @@ yields the same tar as whole decoded spans, without a copy. What each byte
 costs, and nothing more (these passes are most of ``extract``'s CPU):
 
 * a compressed byte is copied once, from the chunk it arrived in into its
-  span's own buffer; the pool task hashes that buffer (the span's sha256,
+  span's own buffer, which has room around it for libdeflate's edits
+  (``zran.spacious``); the pool task hashes that buffer (the span's sha256,
   checked against the zTOC *before* anything is inflated) and inflates it
-  in place (``zran.inflate_into``), one task per span, so hash and inflate
-  of a span run on the same core back to back;
-* a decoded byte is written once, by libz, into the span's output buffer,
-  which is what ``decoded()`` hands on (``read`` copies only a partial span).
+  where it is (``zran.inflate_span``, ``in_place``: no second copy), one task
+  per span, so hash and inflate of a span run on the same core back to back;
+* a decoded byte is written once, by libdeflate (or libz), into the span's
+  output buffer, which is what ``decoded()`` hands on (``read`` copies only a
+  partial span).
 
 **The zTOC is checked against the data.** Every span but the last is
 inflated to its end and one step more: the stream must stand exactly at the
@@ -53,6 +55,9 @@ from r8imfs.engine.codecs.socireader import check_span
 from r8imfs.errors import CorruptLayer
 
 READ = 1024 * 1024
+#: Bytes of a span kept (a copy) for the next one: spans share at most the byte
+#: their checkpoint's bits are in (more is refused as a zTOC that overlaps).
+_SHARED = 8
 
 #: called with each compressed chunk as it is read (a view: use it before returning)
 OnBytes = Callable[[memoryview], object]
@@ -96,7 +101,7 @@ class SpanInflater(io.RawIOBase):
         self._gzip = z.compression != ztoc.UNCOMPRESSED
         self._next = 0  # next span to submit
         self._pending: deque[Future[bytearray | bytes]] = deque()
-        self._prev = b""  # the span submitted last, compressed
+        self._prev = b""  # the last bytes of the span submitted last, compressed
         self._tail = bytes(zran.WINDOW)  # the last WINDOW bytes handed on, zero-padded
         self._handed = 0  # decoded spans handed on
         self._out: memoryview = memoryview(b"")  # the decoded span being read, from _pos
@@ -191,14 +196,19 @@ class SpanInflater(io.RawIOBase):
                         f"first checkpoint is (byte {start})"
                     )
             overlap = self._source.pos - start  # the partial byte shared with span i-1
-            head = memoryview(self._prev)[len(self._prev) - overlap :] if overlap else None
-            buf = self._source.take(end - start - overlap, head)
+            if overlap > len(self._prev):
+                raise ZtocMismatch(f"{self._name}: zTOC spans {i - 1} and {i} overlap")
+            head = self._prev[len(self._prev) - overlap :] if overlap else None
+            # a gzip span goes where libdeflate can edit it in place (zran.spacious)
+            into = zran.spacious(end - start) if self._gzip else None
+            buf = self._source.take(end - start - overlap, head, into)
             following = spans.checkpoints[i + 1] if self._gzip and i + 1 < len(spans) else None
+            # its last bytes, before the task may edit them (and put them back)
+            self._prev = bytes(buf[-_SHARED:])
             task = self._pool.submit(
                 _verify_and_inflate, self._z, spans, i, buf, following, self._name
             )
             self._pending.append(task)
-            self._prev = buf
             self._next += 1
         if self._next == len(spans) and not self._pending:
             self._source.drain()
@@ -225,10 +235,13 @@ class _Source:
             self._on_bytes(self._view)
         return True
 
-    def take(self, n: int, head: memoryview | None = None) -> bytes:
+    def take(
+        self, n: int, head: bytes | None = None, into: memoryview | None = None
+    ) -> bytes | memoryview:
         """The next ``n`` bytes of the stream (after ``head``, if given) as one
-        buffer: the chunks' pieces joined, one copy, no zero-filling first."""
-        parts = [head] if head is not None else []
+        buffer: the chunks' pieces joined, one copy, no zero-filling first;
+        ``into``: joined there (it holds exactly ``head`` and them), and returned."""
+        parts: list[bytes | memoryview] = [head] if head is not None else []
         while n:
             if not self._view and not self._chunk():
                 raise BlobSizeMismatch(
@@ -239,7 +252,15 @@ class _Source:
             parts.append(piece)
             n -= len(piece)
             self.pos += len(piece)
-        return b"".join(parts)
+        if into is None:
+            return b"".join(parts)
+        at = 0
+        for part in parts:
+            into[at : at + len(part)] = part
+            at += len(part)
+        if at != len(into):
+            raise ValueError(f"{len(into)}-byte buffer for a {at}-byte span")
+        return into
 
     def drain(self, *, check: bool = True) -> None:
         """Read to the end: the blob must be exactly as long as the zTOC says
@@ -260,7 +281,7 @@ def _verify_and_inflate(
     z: ztoc.Ztoc,
     spans: ztoc.Spans,
     i: int,
-    data: bytes,
+    data: bytes | memoryview,
     following: zran.Checkpoint | None,
     name: str,
 ) -> bytearray | bytes:
@@ -268,11 +289,13 @@ def _verify_and_inflate(
     its digest, checked to end at the ``following`` checkpoint (if any)."""
     check_span(z, spans, i, data, name)
     if z.compression == ztoc.UNCOMPRESSED:
-        return data
+        return data if isinstance(data, bytes) else bytes(data)  # (only gzip is spacious)
     size = spans.uend[i] - spans.ustart[i]
     try:
         last = i + 1 == len(spans)
-        out, made = zran.inflate_span(spans.checkpoints[i], data, size, end=following, to_end=last)
+        out, made = zran.inflate_span(
+            spans.checkpoints[i], data, size, end=following, to_end=last, in_place=True
+        )
     except CorruptLayer as exc:
         raise ZtocMismatch(f"{name}: span {i}: {exc.message}") from exc
     if made != size:

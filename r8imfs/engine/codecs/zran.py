@@ -460,19 +460,22 @@ def inflate_span(
     *,
     end: Checkpoint | None = None,
     to_end: bool = False,
+    in_place: bool = False,
 ) -> tuple[bytearray, int]:
     """``inflate_into`` a new buffer of ``size`` bytes: (the buffer, the bytes made);
     the buffer is cut to what was made.
 
     Made with room around it for libdeflate's window and end marker (trimmed
     after, in O(1)), so the span's output is not copied, and not zero-filled.
+    ``in_place``: ``data`` came from ``spacious`` and holds the span alone; it
+    is then edited in place rather than copied (and left as it was).
     """
     if end is None or to_end or not libdeflate.available:
         out = scratch(size)
         made = _inflate_into(cp, data, out, end=end, to_end=to_end)
     else:
         out = _roomy(size)
-        done = _libdeflate_span(cp, data, out, end, room=True)
+        done = _libdeflate_span(cp, data, out, end, room=True, in_place=in_place)
         _trim(out)
         made = size if done else _inflate_into(cp, data, out, end=end, to_end=to_end)
     del out[made:]  # (the stream ended early: nothing moves)
@@ -547,15 +550,19 @@ def _libdeflate_span(
     end: Checkpoint,
     *,
     room: bool = False,
+    in_place: bool = False,
 ) -> bool:
     """Whether libdeflate filled ``out`` with the span from ``cp``, ending at ``end``;
-    ``room``: ``out`` is ``_roomy`` (the span goes between its rooms)."""
+    ``room``: ``out`` is ``_roomy`` (the span goes between its rooms);
+    ``in_place``: ``data`` is a ``spacious`` buffer, to be edited in place (its
+    bytes as they were afterwards) rather than copied."""
     if not libdeflate.available or (room and len(cp.window) > WINDOW):
         return False
     front, back = (WINDOW, libdeflate.TAIL) if room else (0, 0)
     with _Pinned(data) as (base, length), _Pinned(out, writable=True) as (obase, olen):
         skip = 1 if cp.bits else 0
-        if not length >= end.cin - cp.start > skip:
+        span = end.cin - cp.start - skip
+        if not length >= span + skip > skip:
             return False
         return bool(
             libdeflate.inflate(
@@ -563,13 +570,37 @@ def _libdeflate_span(
                 ctypes.c_ubyte.from_address(base).value if skip else 0,
                 cp.window,
                 base + skip,
-                end.cin - cp.start - skip,
+                span,
                 obase + front,
                 olen - front - back,
                 end_bits=end.bits,
                 room=room,
+                in_place=in_place
+                and len(cp.window) <= WINDOW
+                and length == span + skip
+                and _spacious(data, base, length),
             )
         )
+
+
+def spacious(n: int) -> memoryview:
+    """A writable buffer for a compressed span of ``n`` bytes (a view of it) with
+    the room around it that libdeflate's edits need, so that ``inflate_span``
+    edits the span in place instead of copying it first (~0.2 CPU-s per GiB)."""
+    buf = scratch(libdeflate.ROOM_BEFORE + n + libdeflate.ROOM_AFTER)
+    return memoryview(buf)[libdeflate.ROOM_BEFORE : libdeflate.ROOM_BEFORE + n]
+
+
+def _spacious(data: bytes | bytearray | memoryview, base: int, length: int) -> bool:
+    """Whether ``data`` (``length`` bytes at ``base``) is just what ``spacious``
+    made: libdeflate's edits then land in its rooms, never on other bytes."""
+    if not isinstance(data, memoryview) or data.readonly or not isinstance(data.obj, bytearray):
+        return False
+    whole = data.obj
+    return (
+        len(whole) == libdeflate.ROOM_BEFORE + length + libdeflate.ROOM_AFTER
+        and base - address(whole) == libdeflate.ROOM_BEFORE
+    )
 
 
 class _Pinned:

@@ -9,6 +9,7 @@ at random cuts, and keep the case a fixed marker let through.
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import random
 import zlib
@@ -16,6 +17,7 @@ import zlib
 import pytest
 
 from r8imfs.engine.codecs import isal, libdeflate, zran
+from r8imfs.engine.codecs._native import address
 from r8imfs.errors import CorruptLayer
 from tests.helpers.tars import MiB, big_tar, payload
 from tests.unit.engine.codecs.test_isal import (
@@ -31,8 +33,36 @@ from tests.unit.engine.codecs.test_isal import _fast as isal_fast
 def _fast(cp: zran.Checkpoint, data: bytes, size: int, end_bits: int) -> bytes | None:
     """libdeflate's ``size`` bytes from ``cp`` over ``data`` (which ends at the
     next checkpoint's first full byte, ``end_bits`` bits of it the next
-    block's); None if it refused."""
-    return isal_fast(cp, data, size, end_bits, lib=libdeflate)
+    block's); None if it refused. Asked twice, the span copied and edited in
+    place: every test here holds both ways to the same answers."""
+    copied = isal_fast(cp, data, size, end_bits, lib=libdeflate)
+    assert _in_place(cp, data, size, end_bits) == copied
+    return copied
+
+
+def _in_place(cp: zran.Checkpoint, data: bytes, size: int, end_bits: int) -> bytes | None:
+    """``_fast`` with ``in_place``: the span between random rooms, which must
+    not matter, and its bytes as they were afterwards."""
+    skip = 1 if cp.bits else 0
+    if size <= 0 or len(data) <= skip:
+        return None
+    rng = random.Random(len(data) * 8 + end_bits)
+    before, after = rng.randbytes(libdeflate.ROOM_BEFORE), rng.randbytes(libdeflate.ROOM_AFTER)
+    whole = bytearray(before + data + after)
+    out = ctypes.create_string_buffer(size)
+    got = libdeflate.inflate(
+        cp.bits,
+        data[0],
+        cp.window,
+        address(whole) + len(before) + skip,
+        len(data) - skip,
+        ctypes.addressof(out),
+        size,
+        end_bits=end_bits,
+        in_place=True,
+    )
+    assert whole[len(before) : len(before) + len(data)] == data
+    return out.raw if got == size else None
 
 
 def test_libdeflate_is_there() -> None:
@@ -235,6 +265,44 @@ def test_zran_takes_it_for_whole_spans_with_an_end(monkeypatch: pytest.MonkeyPat
     with pytest.raises(CorruptLayer):
         zran.inflate_into(cp, span, bytearray(len(want)), end=wrong)
     assert answers == [None, None]
+
+
+def test_spans_in_spacious_buffers_are_inflated_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``zran.spacious`` + ``inflate_span(in_place=True)``: libdeflate edits the
+    span where it is, the output is the span's, the input is as it was; a
+    wrong end is still refused (by libz, over the restored bytes); a span
+    cut out of a bigger buffer is never edited in place, whatever is asked."""
+    raw, blob, cps = _tar_with_checkpoints()
+    modes: list[bool] = []
+    real = libdeflate.inflate
+
+    def spy(*args: int | bytes, **kwargs: int | bool) -> int | None:
+        modes.append(bool(kwargs.get("in_place")))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(libdeflate, "inflate", spy)
+    for cp, nxt in zip(cps, cps[1:], strict=False):
+        data = blob[cp.start : nxt.cin]
+        span = zran.spacious(len(data))
+        span[:] = data
+        out, made = zran.inflate_span(cp, span, nxt.out - cp.out, end=nxt, in_place=True)
+        assert out == raw[cp.out : nxt.out] and made == len(out)
+        assert span == data
+    assert modes == [True] * (len(cps) - 1)
+    cp, nxt = cps[1], cps[2]
+    data = blob[cp.start : nxt.cin]
+    wrong = zran.Checkpoint(nxt.cin, nxt.out, (nxt.bits + 1) % 8, nxt.window)
+    span = zran.spacious(len(data))
+    span[:] = data
+    with pytest.raises(CorruptLayer):
+        zran.inflate_span(cp, span, nxt.out - cp.out, end=wrong, in_place=True)
+    assert span == data
+    modes.clear()
+    bigger = bytearray(libdeflate.ROOM_BEFORE + len(data) + 1 + libdeflate.ROOM_AFTER)
+    bigger[libdeflate.ROOM_BEFORE : libdeflate.ROOM_BEFORE + len(data)] = data
+    inside = memoryview(bigger)[libdeflate.ROOM_BEFORE : libdeflate.ROOM_BEFORE + len(data)]
+    out, _ = zran.inflate_span(cp, inside, nxt.out - cp.out, end=nxt, in_place=True)
+    assert out == raw[cp.out : nxt.out] and modes == [False]
 
 
 def test_a_span_cut_short_gives_only_the_bytes_made() -> None:
