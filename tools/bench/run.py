@@ -176,7 +176,10 @@ def measure_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def render(results: dict[str, Any]) -> str:
-    machine = report.Machine(**{k: v for k, v in results["machine"].items() if k != "loads"})
+    saved = {k: v for k, v in results["machine"].items() if k != "loads"}
+    saved.setdefault("memory_start", "")  # (results saved before it was measured:
+    saved.setdefault("memory_end", "")  # rendering must not probe this machine)
+    machine = report.Machine(**saved)
     machine.loads = [tuple(x) for x in results["machine"]["loads"]]
     sections = [
         Section(s["title"], s["intro"], [Row(**r) for r in s["rows"]], s["notes"])
