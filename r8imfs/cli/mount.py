@@ -25,6 +25,7 @@ from r8imfs.cli import _common
 from r8imfs.engine.upper import Origin, UpperDir, default_location
 from r8imfs.fs import daemon, mountstate, process
 from r8imfs.oci.digest import sha256
+from r8imfs.registry import _tls
 from r8imfs.registry.client import Image
 
 if TYPE_CHECKING:
@@ -97,12 +98,17 @@ def before_trio(args: argparse.Namespace) -> int | None:
     # before any thread exists, in the process that will serve; heap (not mmap)
     # for the 16 MiB GET buffers, reused rather than faulted in anew
     process.bound_malloc(keep_free=64 * 1024 * 1024, mmap_threshold=32 * 1024 * 1024)
+    # The TLS context (its CA bundle loads with the GIL released) is made while
+    # serving's modules import, and is whole before the fork: the child must not
+    # inherit a thread's locks without the thread (registry._tls).
+    _tls.start()
     # What serving imports, imported here, before the fork, and frozen like the
     # parser's imports (cli.main): the daemon's collections then never walk them.
     import r8imfs.fs.handlers
     import r8imfs.ops.mount  # noqa: F401
 
     gc.freeze()
+    _tls.context()
     if args.foreground:
         return None
     forked = process.fork_daemon()

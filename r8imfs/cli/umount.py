@@ -8,6 +8,7 @@ was committed (then one r8imfs chose in the cache is removed) or
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 import trio
@@ -62,13 +63,30 @@ async def _unmount(args: argparse.Namespace, where: str) -> bool:
         daemon.pid_file(where).unlink(missing_ok=True)
         return True
     with trio.move_on_after(WAIT) as scope:
-        # another process: there is no event to wait on, so poll
-        while daemon.alive(pid):  # noqa: ASYNC110
-            await trio.sleep(0.05)
+        await _gone(pid)
     if scope.cancelled_caught:
         _common.note(args, f"unmounted; the daemon (pid {pid}) is still finishing")
         return False
     return True
+
+
+async def _gone(pid: int) -> None:
+    """Until the daemon has exited. Not our child: a pidfd (Linux 5.3+) turns
+    readable the moment it exits; without one, poll."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, AttributeError):  # gone already, or no pidfds here
+        fd = None
+    try:
+        while daemon.alive(pid):
+            if fd is None:
+                await trio.sleep(0.05)
+                continue
+            with trio.move_on_after(0.5):  # and look again, whatever woke us
+                await trio.lowlevel.wait_readable(fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _changes(args: argparse.Namespace, state: mountstate.MountState | None) -> None:

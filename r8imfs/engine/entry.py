@@ -53,7 +53,10 @@ class Entry:
 
 def normalise_path(name: str) -> str:
     """``./a//b/`` → ``a/b``; ``/`` and ``.`` → ``""``. ``..`` is refused."""
-    parts = [p for p in name.split("/") if p and p != "."]
+    parts = name.split("/")
+    if "" not in parts and "." not in parts and ".." not in parts:
+        return name  # already normal (most names: checked in C, nothing rebuilt)
+    parts = [p for p in parts if p and p != "."]
     if ".." in parts:
         raise UnsafeLayer(f"tar member {name!r} climbs out of the layer root with '..'")
     return "/".join(parts)

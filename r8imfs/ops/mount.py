@@ -11,6 +11,7 @@ The FUSE side (``fs.daemon.serve``) is the caller's: ``ops`` sits beside
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,10 @@ async def mount(
             decoded_copies=options.decoded_copies,
             tocs=tocs,
         )
+        # What was just built (entries, the merged tree, unit tables) lives as long
+        # as the mount: out of the collector's reach, as the imports are (cli.main),
+        # so no full collection while serving walks it again.
+        gc.freeze()
         try:
             await serve(files)
         finally:

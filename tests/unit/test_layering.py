@@ -21,7 +21,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("cache",),
     ("engine", "registry"),
     ("oci", "models"),
-    ("_threads", "_units", "_buffers"),
+    ("_threads", "_units", "_buffers", "_gc"),
     ("errors",),
 )
 FLOOR_OF = {unit: level for level, units in enumerate(FLOORS) for unit in units}

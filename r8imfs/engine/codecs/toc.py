@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import zstandard
 
+from r8imfs import _gc
 from r8imfs.engine.codecs import tocformat as tf
 from r8imfs.engine.codecs.tocparse import DIGEST, Chunk, TocFile, build_index
 from r8imfs.engine.entry import Entry
@@ -205,6 +206,11 @@ def _check_digest(data: bytes, expected: str, what: str) -> None:
 
 def parse_toc(raw: bytes, kind: str, codec: str, toc_digest: str, data_end: int) -> TocIndex:
     """Check and convert the TOC JSON (already verified against its digest)."""
+    with _gc.paused():  # a burst of long-lived objects: no collections (r8imfs._gc)
+        return _parse_toc(raw, kind, codec, toc_digest, data_end)
+
+
+def _parse_toc(raw: bytes, kind: str, codec: str, toc_digest: str, data_end: int) -> TocIndex:
     if len(raw) > MAX_TOC_BYTES:
         raise BadToc(f"TOC of {len(raw)} bytes is too large")
     try:

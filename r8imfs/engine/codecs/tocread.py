@@ -29,6 +29,7 @@ from typing import Self
 
 import zstandard
 
+from r8imfs import _gc
 from r8imfs.engine.codecs.toc import Chunk, TocFile, TocIndex, load_toc
 from r8imfs.engine.codecs.units import Decoder, Unit, UnitTable, thread_dctx
 from r8imfs.engine.readat import ReadAt
@@ -237,6 +238,11 @@ def chunk_units(index: TocIndex) -> tuple[UnitTable, Decoder] | None:
     order. None when the chunks do not lie in the blob in TOC order (a producer
     that reorders them): ``TocReader`` serves such a layer.
     """
+    with _gc.paused():  # a unit per chunk, all long-lived (r8imfs._gc)
+        return _chunk_units(index)
+
+
+def _chunk_units(index: TocIndex) -> tuple[UnitTable, Decoder] | None:
     groups: list[tuple[TocFile, list[Chunk]]] = []
     for f in index.files:
         for c in f.chunks:
