@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from r8imfs import _units
-from r8imfs.cli.progress import TerminalTransfers
 from r8imfs.errors import NotBuilt, UsageError
 from r8imfs.oci import reference
 from r8imfs.oci.manifest import Platform
 from r8imfs.oci.reference import Reference
-from r8imfs.ops.common import Context, Pushed, choose_destination
-from r8imfs.ops.layerstream import DEFAULT_LEVEL
-from r8imfs.registry.client import ClientOptions, RegistryClient
+
+if TYPE_CHECKING:  # the client (httpx) and ops (trio) load when a command runs
+    from r8imfs.ops.common import Context, Pushed
+    from r8imfs.registry.client import RegistryClient
+
+#: ``--level``'s default (``ops.layerstream.DEFAULT_LEVEL``; a test keeps them equal)
+DEFAULT_LEVEL = 1
 
 
 def client(args: argparse.Namespace) -> RegistryClient:
+    from r8imfs.registry.client import ClientOptions, RegistryClient
+
     return RegistryClient(ClientOptions(cog_token=args.token, insecure=args.insecure))
 
 
@@ -51,6 +57,9 @@ def not_built(name: str, issue: int) -> NotBuilt:
 
 def context(args: argparse.Namespace) -> Context:
     """Notes and progress bars on stderr; bars only on a terminal, nothing with -q."""
+    from r8imfs.cli.progress import TerminalTransfers
+    from r8imfs.ops.common import Context
+
     quiet = bool(getattr(args, "quiet", False))
     board = TerminalTransfers.terminal(quiet)
     return Context(notify=_drop if quiet else board.note, progress=board)
@@ -64,6 +73,8 @@ def destination(
     args: argparse.Namespace, source: Reference, text: str | None, suffix: str
 ) -> Reference:
     """The reference to write: ``text`` if given, else ``<tag>-<suffix>`` beside the source."""
+    from r8imfs.ops.common import choose_destination
+
     dest = dest_ref(args, text) if text else None
     chosen, message = choose_destination(source, dest, suffix)
     if message:

@@ -9,52 +9,39 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from types import ModuleType
 
-import trio
-
 from r8imfs import __version__
-from r8imfs.cli import (
-    _common,
-    affix,
-    cat,
-    clone,
-    commit,
-    cp,
-    extract,
-    index,
-    layers,
-    ls,
-    mount,
-    remix,
-    tensors,
-    umount,
-    zstd,
-)
+from r8imfs.cli import _common
 from r8imfs.errors import R8imfsError
-from r8imfs.registry import _tls
-from r8imfs.registry._http import widen_socket_reads
 
-COMMANDS: tuple[ModuleType, ...] = (
-    layers,
-    ls,
-    cat,
-    cp,
-    tensors,
-    extract,
-    affix,
-    remix,
-    zstd,
-    index,
-    clone,
-    mount,
-    umount,
-    commit,
+#: The commands, in the order ``--help`` lists them: ``r8imfs.cli.<module>`` and
+#: the names that run it (aliases after the first). Only the module of the command
+#: given is imported (``build_parser``): ``umount`` loads neither trio nor httpx.
+COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("layers", ("layers", "report")),
+    ("ls", ("ls",)),
+    ("cat", ("cat",)),
+    ("cp", ("cp",)),
+    ("tensors", ("tensors",)),
+    ("extract", ("extract",)),
+    ("affix", ("affix", "add-layer")),
+    ("remix", ("remix",)),
+    ("zstd", ("zstd", "recompress")),
+    ("index", ("index",)),
+    ("clone", ("clone",)),
+    ("mount", ("mount",)),
+    ("umount", ("umount", "unmount")),
+    ("commit", ("commit",)),
 )
+_MODULE_OF = {name: module for module, names in COMMANDS for name in names}
+#: Global options that take a value (``-t TOKEN``): skipped when looking for the command.
+_VALUED = frozenset({"-t", "--token", "-r", "--registry", "--platform"})
 
 DESCRIPTION = """\
 Look inside and change container images straight on the registry:
@@ -105,7 +92,32 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command named on ``argv`` (its first word that is no option or option
+    value), if it is one of ours."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _VALUED:
+            skip = True
+        elif word == "--":
+            return None
+        elif not word.startswith("-"):
+            return word if word in _MODULE_OF else None
+    return None
+
+
+def command_modules(argv: Sequence[str] | None = None) -> list[ModuleType]:
+    """The ``r8imfs.cli`` modules to build the parser from: the named command's
+    alone, or all of them (no command, or an unknown one: argparse lists them)."""
+    named = _command_in(sys.argv[1:] if argv is None else argv)
+    chosen = [_MODULE_OF[named]] if named else [module for module, _ in COMMANDS]
+    return [importlib.import_module(f"r8imfs.cli.{module}") for module in chosen]
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (default ``sys.argv``); every command's, with ``[]``."""
     parser = argparse.ArgumentParser(
         prog="r8imfs",
         description=DESCRIPTION,
@@ -114,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"r8imfs {__version__}")
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for module in COMMANDS:
+    for module in command_modules(argv):
         p = module.add_parser(sub)
         _global_options(p, suppress=True)
     return parser
@@ -145,8 +157,8 @@ _frozen = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(argv)
     _freeze_imports()
-    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help(sys.stderr)
@@ -154,15 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.token is None:
         args.token = os.environ.get("COG_TOKEN") or None
     _setup_logging(args.verbose)
-    widen_socket_reads()  # process-wide (httpcore's class attribute): once, here
-    run: Callable[[argparse.Namespace], Awaitable[None]] = args.run
     try:
-        before = getattr(args, "before_trio", None)
-        if before is not None and (code := before(args)) is not None:
-            return int(code)
-        if getattr(args, "registry", True):  # (umount talks to none)
-            _tls.start()  # after any fork (mount's before_trio); made while the command imports
-        trio.run(run, args)
+        if (run_sync := getattr(args, "run_sync", None)) is not None:
+            run_sync(args)  # a command without a registry or trio (umount)
+        elif (code := _run_async(args)) is not None:
+            return code
     except R8imfsError as exc:
         return _report(exc, args)
     except KeyboardInterrupt:
@@ -177,6 +185,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         error.__cause__ = exc  # the -v traceback shows where it came from
         return _report(error, args)
     return 0
+
+
+def _run_async(args: argparse.Namespace) -> int | None:
+    """``trio.run(args.run, args)``: the registry client's process-wide setup
+    first; the exit code when ``before_trio`` ends the command (mount's parent)."""
+    import trio
+
+    from r8imfs.registry import _tls
+    from r8imfs.registry._http import widen_socket_reads
+
+    widen_socket_reads()  # process-wide (httpcore's class attribute): once, here
+    before = getattr(args, "before_trio", None)
+    if before is not None and (code := before(args)) is not None:
+        return int(code)
+    _tls.start()  # after any fork (mount's before_trio); made while the command imports
+    trio.run(args.run, args)
+    return None
 
 
 def _os_message(exc: OSError) -> str:

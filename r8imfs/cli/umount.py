@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
+import time
 from typing import Any
 
-import trio
-
-from r8imfs import _threads
 from r8imfs.cli import _common
 from r8imfs.engine.upper import UpperDir
 from r8imfs.errors import UsageError
@@ -34,11 +33,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="writable mounts: delete the changes that were not committed",
     )
-    p.set_defaults(run=run, registry=False)
+    # no registry, nothing to overlap: plain calls, without trio (a quick start)
+    p.set_defaults(run_sync=run)
     return p
 
 
-async def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> None:
     fstype = daemon.mounted_fstype(args.mountpoint)
     if fstype is None:
         raise UsageError(f"{args.mountpoint} is not mounted")
@@ -46,44 +46,46 @@ async def run(args: argparse.Namespace) -> None:
         raise UsageError(f"{args.mountpoint} is a {fstype} mount, not an r8imfs one")
     where = daemon.resolved(args.mountpoint)
     state = mountstate.read(where)
-    if await _unmount(args, where):
-        await _threads.run_io(_changes, args, state)
+    if _unmount(args, where):
+        _changes(args, state)
         mountstate.remove(where)
     elif state is not None:
         _common.note(args, f"the changes stay in {state.upper} until the daemon has exited")
 
 
-async def _unmount(args: argparse.Namespace, where: str) -> bool:
+def _unmount(args: argparse.Namespace, where: str) -> bool:
     """Unmount; True once no daemon serves it any more."""
     pid = daemon.daemon_pid(where)
-    await _threads.run_io(daemon.unmount, args.mountpoint)
+    daemon.unmount(args.mountpoint)
     if pid is None:
         return True
     if not daemon.alive(pid):  # it died without cleaning up (SIGKILL, a crash)
         daemon.pid_file(where).unlink(missing_ok=True)
         return True
-    with trio.move_on_after(WAIT) as scope:
-        await _gone(pid)
-    if scope.cancelled_caught:
+    if not _gone(pid, WAIT):
         _common.note(args, f"unmounted; the daemon (pid {pid}) is still finishing")
         return False
     return True
 
 
-async def _gone(pid: int) -> None:
-    """Until the daemon has exited. Not our child: a pidfd (Linux 5.3+) turns
-    readable the moment it exits; without one, poll."""
+def _gone(pid: int, timeout: float) -> bool:
+    """Whether the daemon exited within ``timeout`` seconds. Not our child: a
+    pidfd (Linux 5.3+) turns readable the moment it exits; without one, poll."""
+    deadline = time.monotonic() + timeout
     try:
-        fd = os.pidfd_open(pid)
+        fd: int | None = os.pidfd_open(pid)
     except (OSError, AttributeError):  # gone already, or no pidfds here
         fd = None
     try:
         while daemon.alive(pid):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
             if fd is None:
-                await trio.sleep(0.05)
-                continue
-            with trio.move_on_after(0.5):  # and look again, whatever woke us
-                await trio.lowlevel.wait_readable(fd)
+                time.sleep(min(0.05, left))
+            else:  # and look again, whatever woke us
+                select.select([fd], [], [], min(0.5, left))
+        return True
     finally:
         if fd is not None:
             os.close(fd)

@@ -7,9 +7,9 @@ returns when the mount goes away: ``r8imfs umount``/``fusermount3 -u`` ends
 the loop from outside; SIGINT/SIGTERM end it from inside and unmount. A pid
 file per mountpoint lets ``umount`` wait for the daemon to be gone.
 
-pyfuse3 and the request handlers are imported by ``serve`` only: ``umount``,
-``commit`` and the checks before a mount use the helpers here, and no
-command but ``mount`` should pay for loading them at start-up.
+pyfuse3, trio and the request handlers are imported by ``serve`` only:
+``umount``, ``commit`` and the checks before a mount use the helpers here, and
+no command but ``mount`` should pay for loading them at start-up.
 """
 
 from __future__ import annotations
@@ -27,9 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import trio
-
-from r8imfs import _threads
 from r8imfs.errors import MountError, UsageError
 
 if TYPE_CHECKING:
@@ -106,6 +103,8 @@ async def _widen_readahead_once_serving(mountpoint: str) -> None:
         os.stat(mountpoint)
         widen_readahead(mountpoint)
 
+    from r8imfs import _threads  # (trio: only the daemon loads it, not umount)
+
     with contextlib.suppress(OSError):
         await _threads.run_io(stat_then_widen)
 
@@ -156,6 +155,7 @@ async def serve(
     upper: UpperDir | None = None,
 ) -> None:
     import pyfuse3
+    import trio
 
     from r8imfs.fs.handlers import ImageOperations
     from r8imfs.fs.writable import WritableOperations

@@ -97,3 +97,63 @@ def test_the_heavy_modules_exist() -> None:
         f"assert u.find_spec({m!r}) is not None, {m!r}\n" for m in HEAVY
     )
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def test_a_command_loads_only_its_own_cli_module() -> None:
+    """The parser is built from the named command's module alone; with no command
+    (``--help``, a typo), from all of them, so argparse can list them."""
+    code = (
+        "import sys\nfrom r8imfs.cli.main import main\n"
+        "try:\n    main(['-r', 'example.com', '--platform', 'linux/arm64', 'layers', '--help'])\n"
+        "except SystemExit:\n    pass\n"
+        "print('CLI', *sorted(m for m in sys.modules if m.startswith('r8imfs.cli.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("CLI"))
+    assert set(line.split()[1:]) <= {"r8imfs.cli.main", "r8imfs.cli._common", "r8imfs.cli.layers"}
+    assert "r8imfs.cli.layers" in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["extract", "IMG"], "extract"),
+        (["-t", "extract", "layers", "IMG"], "layers"),  # a token spelled like a command
+        (["--registry", "umount", "-v", "unmount", "/m"], "unmount"),
+        (["--token=x", "-q", "ls", "IMG"], "ls"),
+        (["--platform", "linux/arm64", "add-layer"], "add-layer"),
+        (["--help"], None),
+        (["extrakt", "IMG"], None),
+        (["--", "extract"], None),
+        ([], None),
+    ],
+)
+def test_the_command_is_found_past_global_options(argv: list[str], command: str | None) -> None:
+    from r8imfs.cli.main import _command_in
+
+    assert _command_in(argv) == command
+
+
+def test_umount_loads_no_trio_or_http_client() -> None:
+    """``umount`` is plain calls (unmount, wait for the daemon): it starts in a
+    tenth of a second, without trio, httpx or the registry client."""
+    code = (
+        "import sys\nfrom r8imfs.cli.main import main\n"
+        "assert main(['umount', '/nonexistent/r8imfs-test']) == 2\n"
+        "print('LOADED', *sorted(m for m in ('trio', 'httpx', 'httpcore', 'pyfuse3', "
+        "'r8imfs.registry.client', 'r8imfs.ops.common') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("LOADED"))
+    assert line.split()[1:] == []
+
+
+def test_the_cli_level_default_is_the_writers() -> None:
+    from r8imfs.cli._common import DEFAULT_LEVEL
+    from r8imfs.ops.layerstream import DEFAULT_LEVEL as WRITERS
+
+    assert DEFAULT_LEVEL == WRITERS
