@@ -85,7 +85,7 @@ class Ztoc:
     compression: str  # GZIP or UNCOMPRESSED
     max_span_id: int
     span_digests: tuple[str, ...]
-    checkpoints: bytes  # the zinfo blob, as stored
+    checkpoints: bytes | memoryview  # the zinfo blob, as stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,7 @@ def encode(z: Ztoc) -> bytes:
             fb.Scalar("i8", algorithm, default=1),
             fb.Scalar("i32", z.max_span_id),
             fb.Vector([fb.Str(_b(d)) for d in z.span_digests]),
-            fb.Bytes(z.checkpoints),
+            fb.Bytes(bytes(z.checkpoints)),
         ]
     )
     root = fb.Table(
@@ -216,7 +216,7 @@ def _decode(r: fb.Reader) -> Ztoc:
         compression=_ALGORITHMS[algorithm],
         max_span_id=r.scalar(info, 1, "i32"),
         span_digests=digests,
-        checkpoints=r.bytes_vector(info, 3),
+        checkpoints=r.bytes_view(info, 3),  # cut into windows once: no second copy
     )
 
 
@@ -273,7 +273,7 @@ def _xattrs(r: fb.Reader, vector: int) -> tuple[tuple[str, str], ...]:
     return tuple((key, value) for key, value in pairs)
 
 
-def decode_gzip_zinfo(blob: bytes) -> tuple[int, list[Checkpoint]]:
+def decode_gzip_zinfo(blob: bytes | memoryview) -> tuple[int, list[Checkpoint]]:
     """(span size, checkpoints) of a v1 or v2 ``gzip_zinfo`` blob."""
     if len(blob) < _HEADER:
         raise InvalidZtoc("zTOC checkpoints are shorter than their header")
@@ -289,13 +289,13 @@ def decode_gzip_zinfo(blob: bytes) -> tuple[int, list[Checkpoint]]:
     pos = _HEADER
     while pos < len(blob):
         cin, out, bits = struct.unpack_from("<qqB", blob, pos)
-        window = blob[pos + 17 : pos + CHECKPOINT_SIZE]
+        window = bytes(blob[pos + 17 : pos + CHECKPOINT_SIZE])
         cps.append(Checkpoint(cin, out, bits, window))
         pos += CHECKPOINT_SIZE
     return span_size, cps
 
 
-def decode_tar_zinfo(blob: bytes) -> tuple[int, int, int]:
+def decode_tar_zinfo(blob: bytes | memoryview) -> tuple[int, int, int]:
     """(version, span size, size) of a ``TarZinfo``."""
     try:
         r = fb.Reader(blob)
