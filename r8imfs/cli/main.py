@@ -109,15 +109,16 @@ def _command_in(argv: Sequence[str]) -> str | None:
 
 
 def command_modules(argv: Sequence[str] | None = None) -> list[ModuleType]:
-    """The ``r8imfs.cli`` modules to build the parser from: the named command's
-    alone, or all of them (no command, or an unknown one: argparse lists them)."""
-    named = _command_in(sys.argv[1:] if argv is None else argv)
+    """The ``r8imfs.cli`` modules to build the parser from: the command ``argv``
+    names alone, or all of them (no ``argv``, no command, or an unknown one:
+    argparse lists them)."""
+    named = _command_in(argv) if argv is not None else None
     chosen = [_MODULE_OF[named]] if named else [module for module, _ in COMMANDS]
     return [importlib.import_module(f"r8imfs.cli.{module}") for module in chosen]
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser for ``argv`` (default ``sys.argv``); every command's, with ``[]``."""
+    """The parser for ``argv``; every command's without one."""
     parser = argparse.ArgumentParser(
         prog="r8imfs",
         description=DESCRIPTION,
@@ -157,6 +158,7 @@ _frozen = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     _freeze_imports()
     args = parser.parse_args(argv)
