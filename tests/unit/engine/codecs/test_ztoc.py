@@ -198,14 +198,15 @@ def test_checkpoint_blob_of_the_wrong_length(good: tuple[ztoc.Ztoc, int]) -> Non
     z, size = good
     _refused(dataclasses.replace(z, checkpoints=z.checkpoints[:-1]), size, "cannot hold")
     _refused(dataclasses.replace(z, checkpoints=b"\1\0"), size, "shorter")
-    huge = struct.pack("<iq", 2**31 - 1, SPAN) + z.checkpoints[12:]
+    huge = struct.pack("<iq", 2**31 - 1, SPAN) + bytes(z.checkpoints[12:])
     _refused(dataclasses.replace(z, checkpoints=huge), size, "cannot hold")
 
 
 def test_v1_blob_with_implied_first_checkpoint(good: tuple[ztoc.Ztoc, int]) -> None:
     z, size = good
     count = struct.unpack_from("<i", z.checkpoints)[0]
-    v1 = z.checkpoints[:12] + z.checkpoints[12 + ztoc.CHECKPOINT_SIZE :]
+    blob = bytes(z.checkpoints)
+    v1 = blob[:12] + blob[12 + ztoc.CHECKPOINT_SIZE :]
     assert struct.unpack_from("<i", v1)[0] == count
     span, cps = ztoc.decode_gzip_zinfo(v1)
     assert cps[0] == Checkpoint(10, 0, 0, bytes(WINDOW))
