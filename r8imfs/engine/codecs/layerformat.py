@@ -35,6 +35,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
 
+from r8imfs import _gc
 from r8imfs.engine.codecs import socireader, ztoc
 from r8imfs.engine.codecs.table import Codec, codec_for
 from r8imfs.engine.codecs.units import Decoder, Unit, UnitTable
@@ -160,12 +161,13 @@ class ZtocFormat:
     label = "zTOC"
 
     def load(self, toc: Toc, layer_size: int) -> ZtocLayer:
-        z = ztoc.decode(toc.data)
-        spans = ztoc.validate(z, layer_size, toc.span_size)
-        try:
-            entries = tuple(socireader.entries(z))
-        except UnsafeLayer as exc:  # normalise_path: a climbing name
-            raise ztoc.InvalidZtoc(f"zTOC entry name: {exc}") from exc
+        with _gc.paused():  # a burst of long-lived objects (r8imfs._gc)
+            z = ztoc.decode(toc.data)
+            spans = ztoc.validate(z, layer_size, toc.span_size)
+            try:
+                entries = tuple(socireader.entries(z))
+            except UnsafeLayer as exc:  # normalise_path: a climbing name
+                raise ztoc.InvalidZtoc(f"zTOC entry name: {exc}") from exc
         return ZtocLayer(z, entries, toc.span_size, spans)
 
 
