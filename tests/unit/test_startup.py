@@ -157,3 +157,15 @@ def test_the_cli_level_default_is_the_writers() -> None:
     from r8imfs.ops.layerstream import DEFAULT_LEVEL as WRITERS
 
     assert DEFAULT_LEVEL == WRITERS
+
+
+def test_the_command_table_names_what_each_module_registers() -> None:
+    """``main.COMMANDS`` is what picks the module: its names for a module must be
+    the ones that module's parser registers (a missing alias would still run,
+    only after loading every command)."""
+    from r8imfs.cli.main import COMMANDS, build_parser
+
+    for module, names in COMMANDS:
+        for name in names:
+            sub = next(a for a in build_parser([name])._actions if a.dest == "command")
+            assert set(sub.choices) == set(names), (module, name)  # type: ignore[arg-type]
