@@ -99,21 +99,26 @@ def test_the_heavy_modules_exist() -> None:
     subprocess.run([sys.executable, "-c", script], check=True)
 
 
+def _modules_after(code: str, which: str) -> set[str]:
+    """The modules ``which`` (an expression over ``m``) picks from ``sys.modules``
+    after running ``code`` in a fresh interpreter."""
+    script = f"import sys\n{code}\nprint('MODS', *sorted(m for m in sys.modules if {which}))\n"
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    return set(next(x for x in out.splitlines() if x.startswith("MODS")).split()[1:])
+
+
 def test_a_command_loads_only_its_own_cli_module() -> None:
     """The parser is built from the named command's module alone; with no command
     (``--help``, a typo), from all of them, so argparse can list them."""
     code = (
-        "import sys\nfrom r8imfs.cli.main import main\n"
+        "from r8imfs.cli.main import main\n"
         "try:\n    main(['-r', 'example.com', '--platform', 'linux/arm64', 'layers', '--help'])\n"
-        "except SystemExit:\n    pass\n"
-        "print('CLI', *sorted(m for m in sys.modules if m.startswith('r8imfs.cli.')))"
+        "except SystemExit:\n    pass"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    line = next(x for x in out.splitlines() if x.startswith("CLI"))
-    assert set(line.split()[1:]) <= {"r8imfs.cli.main", "r8imfs.cli._common", "r8imfs.cli.layers"}
-    assert "r8imfs.cli.layers" in line
+    cli = _modules_after(code, "m.startswith('r8imfs.cli.')")
+    assert cli == {"r8imfs.cli.main", "r8imfs.cli._common", "r8imfs.cli.layers"}
 
 
 @pytest.mark.parametrize(
@@ -139,17 +144,9 @@ def test_the_command_is_found_past_global_options(argv: list[str], command: str 
 def test_umount_loads_no_trio_or_http_client() -> None:
     """``umount`` is plain calls (unmount, wait for the daemon): it starts in a
     tenth of a second, without trio, httpx or the registry client."""
-    code = (
-        "import sys\nfrom r8imfs.cli.main import main\n"
-        "assert main(['umount', '/nonexistent/r8imfs-test']) == 2\n"
-        "print('LOADED', *sorted(m for m in ('trio', 'httpx', 'httpcore', 'pyfuse3', "
-        "'r8imfs.registry.client', 'r8imfs.ops.common') if m in sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    line = next(x for x in out.splitlines() if x.startswith("LOADED"))
-    assert line.split()[1:] == []
+    code = "from r8imfs.cli.main import main\nassert main(['umount', '/nonexistent/r8imfs-t']) == 2"
+    heavy = ("trio", "httpx", "httpcore", "pyfuse3", "r8imfs.registry.client", "r8imfs.ops.common")
+    assert _modules_after(code, f"m in {heavy!r}") == set()
 
 
 def test_the_cli_level_default_is_the_writers() -> None:
