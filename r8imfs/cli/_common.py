@@ -16,9 +16,6 @@ if TYPE_CHECKING:  # the client (httpx) and ops (trio) load when a command runs
     from r8imfs.ops.common import Context, Pushed
     from r8imfs.registry.client import RegistryClient
 
-#: ``--level``'s default (``ops.layerstream.DEFAULT_LEVEL``; a test keeps them equal)
-DEFAULT_LEVEL = 1
-
 
 def client(args: argparse.Namespace) -> RegistryClient:
     from r8imfs.registry.client import ClientOptions, RegistryClient
@@ -101,6 +98,8 @@ def parse_size(text: str) -> int:
 
 def add_level(p: argparse.ArgumentParser) -> None:
     """``--level``: the gzip level of a layer the command writes (affix, commit)."""
+    from r8imfs.ops.layerstream import DEFAULT_LEVEL  # (only affix's and commit's parsers)
+
     p.add_argument(
         "--level",
         type=int,

@@ -150,10 +150,11 @@ def test_umount_loads_no_trio_or_http_client() -> None:
 
 
 def test_the_cli_level_default_is_the_writers() -> None:
-    from r8imfs.cli._common import DEFAULT_LEVEL
-    from r8imfs.ops.layerstream import DEFAULT_LEVEL as WRITERS
+    from r8imfs.cli.main import build_parser
+    from r8imfs.ops.layerstream import DEFAULT_LEVEL
 
-    assert DEFAULT_LEVEL == WRITERS
+    args = build_parser().parse_args(["affix", "--base", "B", "--dest", "D", "--tar", "t.tar"])
+    assert args.level == DEFAULT_LEVEL
 
 
 def test_the_command_table_names_what_each_module_registers() -> None:

@@ -128,9 +128,7 @@ def _file(b: _Body, starts: list[int], data_end: int) -> TocFile:
             raise BadToc(f"TOC chunks of {b.path!r} do not tile the file (chunk {i})")
         at += size
         digest = spec.get("chunkDigest") or (b.digest if len(b.specs) == 1 else "")
-        if digest is b.digest and digest:
-            pass  # the file's own digest, checked in _body
-        elif not isinstance(digest, str) or not DIGEST.fullmatch(digest):
+        if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
             raise BadToc(f"TOC chunk {i} of {b.path!r} has no usable digest")
         cend = _chunk_end(b, i, starts, data_end)
         if not cstart < cend <= data_end:
