@@ -96,8 +96,9 @@ def before_trio(args: argparse.Namespace) -> int | None:
     """Fork unless --foreground; the parent's exit code, or None in the child."""
     daemon.check_mountpoint(args.mountpoint)
     # before any thread exists, in the process that will serve; heap (not mmap)
-    # for the 16 MiB GET buffers, reused rather than faulted in anew
-    process.bound_malloc(keep_free=64 * 1024 * 1024, mmap_threshold=32 * 1024 * 1024)
+    # for the GET buffers (16-32 MiB: image.UNITS_RANGE), reused rather than faulted
+    # in anew
+    process.bound_malloc(keep_free=128 * 1024 * 1024, mmap_threshold=64 * 1024 * 1024)
     # The TLS context (its CA bundle loads with the GIL released) is made while
     # serving's modules import, and is whole before the fork: the child must not
     # inherit a thread's locks without the thread (registry._tls).

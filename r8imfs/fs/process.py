@@ -82,7 +82,13 @@ def bound_malloc(keep_free: int = 0, mmap_threshold: int = 16 * 1024 * 1024) -> 
     here (and 64 MiB ``keep_free``) a ``cp`` of 1 GiB through a SOCI mount took
     the daemon from ~190,000 page faults to ~55,000, its system time from
     ~1.1 to ~0.85 s, the ``cp`` ~4% faster, peak RSS the same (220-250 MB).
-    On a VM whose free memory goes back to the host (virtio-balloon free page
+    The zstd layers' GETs are 32 MiB since: the mount passes 64 MiB, so that they
+    too come from the heap, and keeps 128 MiB free (two of them freed at the
+    heap's top would otherwise be trimmed): a zstd ``cp`` took ~110,000-150,000
+    faults per GiB with either left as it was, ~50,000 with both. Its peak RSS
+    went 165-180 -> 210-235 MB (the bigger GETs); a SOCI ``cp``'s stayed at
+    213-230 MB. On a VM
+    whose free memory goes back to the host (virtio-balloon free page
     reporting: docs/benchmarks.md) a fresh page costs several times more.
     """
     try:

@@ -22,17 +22,20 @@ for a connection.
 *Read-ahead.* Each open file reads through a ``ReadStream``. A read that
 starts where the stream's last one ended (within ``SEQUENTIAL_SLACK``)
 doubles the stream's window, from one unit's size up to ``max_window``
-bytes beyond the read; once the window is ``max_range`` wide it is topped up
-a whole GET at a time (``_whole_get``), not a unit at a time as the reader
-moves on: every read-ahead GET would otherwise be one unit, and a request
-costs both ends far more than its bytes do (serving a GiB as 4 MiB ranges
-cost the test registry 1.7 CPU-s against 0.8 s as 16 MiB ranges; a gzip
-``cp`` made 257 GETs of one span each). Any other read resets the window to
-nothing (random access fetches just the units it covers: "one frame or
-span") and drops the
-stream's queued and in-flight prefetch, as ``close`` does when the reader
-goes away. In-flight prefetch is cancelled only when no demand and no other
-stream wants any unit of its GET.
+bytes beyond the read, and no further than the stream's share of the decoded
+cache (``DecodedCache.share``: the streams reading ahead split its budget, so
+none evicts what another read ahead before it is read; a unit a sequential
+reader has read to its end goes first when room is needed). Once the window
+is ``max_range`` wide it is topped up a whole GET at a time (``_whole_get``),
+not a unit at a time as the reader moves on: every read-ahead GET would
+otherwise be one unit, and a request costs both ends far more than its bytes
+do (serving a GiB as 4 MiB ranges cost the test registry 1.7 CPU-s against
+0.8 s as 16 MiB ranges; a gzip ``cp`` made 257 GETs of one span each). Any
+other read resets the window to nothing (random access fetches just the
+units it covers: "one frame or span") and drops the stream's queued and
+in-flight prefetch, as ``close`` does when the reader goes away. In-flight
+prefetch is cancelled only when no demand and no other stream wants any unit
+of its GET.
 
 *Read-around.* A layer of small files (a TOC layer: one unit per file body)
 read file by file would cost one GET per file, each a round trip. With
@@ -122,6 +125,14 @@ class DecodedCache:
         self.budget = budget
         self.size = 0
         self._data: OrderedDict[Hashable, Decoded] = OrderedDict()
+        #: streams reading ahead into this cache (a ``ReadStream`` with a window)
+        self.readers_ahead = 0
+
+    def share(self) -> int:
+        """The budget's share of one stream reading ahead: what each one's read-ahead
+        may hold, so that everything read ahead is still here when its reader
+        arrives (a unit evicted before use is fetched and decoded again)."""
+        return self.budget // max(1, self.readers_ahead)
 
     def get(self, key: Hashable) -> Decoded | None:
         data = self._data.get(key)
@@ -131,6 +142,11 @@ class DecodedCache:
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._data
+
+    def demote(self, key: Hashable) -> None:
+        """``key`` goes first when room is needed (a unit its reader has read past)."""
+        if key in self._data:
+            self._data.move_to_end(key, last=False)
 
     def discard(self, key: Hashable) -> None:
         old = self._data.pop(key, None)
@@ -197,16 +213,29 @@ class ReadStream:
 
         The window doubles each time a sequential reader enters a new unit
         (FUSE reads 128 KiB at a time: doubling per read would reach the
-        bound within one unit), starting at that unit's size.
+        bound within one unit), starting at that unit's size. It is bounded
+        by ``max_window`` and by this stream's share of the decoded cache,
+        less the unit being read (``DecodedCache.share``): two readers of big
+        files read ahead half as far as one does, rather than each evicting
+        what the other read ahead.
         """
         slack = self._reader.slack
         sequential = self._next is not None and abs(offset - self._next) <= slack
         if not sequential:
-            self.window = 0
+            self._set_window(0)
         elif first.index != self._unit or not self.window:
-            self.window = min(max(2 * self.window, first.usize), self._reader.max_window)
+            grown = max(2 * self.window, first.usize)
+            if not self.window:
+                self._set_window(first.usize)  # counted among the readers ahead first
+            share = self._reader.cache.share() - first.usize
+            self._set_window(min(grown, max(min(self._reader.max_window, share), first.usize)))
         self._next, self._unit = end, first.index
         return sequential
+
+    def _set_window(self, window: int) -> None:
+        if bool(window) != bool(self.window):
+            self._reader.cache.readers_ahead += 1 if window else -1
+        self.window = window
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         return await self._reader.read(offset, size, self)
@@ -215,6 +244,7 @@ class ReadStream:
         """The reader went away: its prefetch is dropped (and cancelled if in flight)."""
         if not self.closed:
             self.closed = True
+            self._set_window(0)
             self._reader._drop_prefetch(self.ident)
 
 
@@ -302,6 +332,10 @@ class UnitReader:
             data, u = await self._wait(i, slot), self.table[i]
             # a view, not a copy: a FUSE reply takes any buffer
             parts.append(memoryview(data).toreadonly()[max(offset - u.ustart, 0) : end - u.ustart])
+            if stream is not None and stream.window and end >= u.uend:
+                # read to its end by a sequential reader (whose page cache now has
+                # it): it goes before what is read ahead, when room is needed
+                self.cache.demote((self._key, i))
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def unit(self, index: int) -> Decoded:

@@ -136,7 +136,7 @@ class ZtocLayer:
             if s.ustart[i] < usize or i == 0
         ]
         try:
-            table = UnitTable(found, usize, verified=True)  # ``decode`` checks spans
+            table = UnitTable(found, usize, verified=True, codec="gzip")  # ``decode`` checks spans
         except CorruptLayer:
             return None  # spans that do not tile the tar: the span reader copes
         z = self.z

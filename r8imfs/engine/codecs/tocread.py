@@ -259,7 +259,8 @@ def _chunk_units(index: TocIndex) -> tuple[UnitTable, Decoder] | None:
         pieces.append((f.path, tuple(chunks)))
         pos += size
     try:
-        table = UnitTable(units, index.size, verified=True)  # ``_decode_unit`` checks
+        # ``_decode_unit`` checks each
+        table = UnitTable(units, index.size, verified=True, codec=index.codec)
     except CorruptLayer:
         return None
     if any(u.cstart < p.cend for p, u in itertools.pairwise(table)):

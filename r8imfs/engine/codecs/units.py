@@ -102,19 +102,34 @@ Decoded = bytes | bytearray
 Decoder = Callable[[Unit, bytes | memoryview], Decoded]
 
 
+#: What a ``UnitTable``'s units are: stored bytes, zstd frames, deflate (gzip spans
+#: or members).
+CODECS = frozenset({"none", "zstd", "gzip"})
+
+
 class UnitTable:
     """A layer's units in order; ``locate`` maps an uncompressed offset to a unit.
 
     ``verified``: its decoder checks every unit against a digest (see above).
+    ``codec``: how its units are compressed (``CODECS``): how fast they decode,
+    so how much a reader should fetch at once (``image.image``).
     """
 
     def __init__(
-        self, units: Sequence[Unit], uncompressed_size: int, *, verified: bool = False
+        self,
+        units: Sequence[Unit],
+        uncompressed_size: int,
+        *,
+        verified: bool = False,
+        codec: str = "none",
     ) -> None:
+        if codec not in CODECS:
+            raise ValueError(f"unit table: unknown codec {codec!r}")
         self._units = tuple(units)
         self._ustarts = [u.ustart for u in self._units]
         self.uncompressed_size = uncompressed_size
         self.verified = verified
+        self.codec = codec
         for i, u in enumerate(self._units):
             if u.index != i or u.cend < u.cstart or u.usize < 0:
                 raise CorruptLayer(f"unit table: unit {i} is malformed")
@@ -167,7 +182,7 @@ def frame_units(frames: FrameTable, data_end: int) -> UnitTable:
         cend = frames.cstarts[i + 1] if i + 1 < n else data_end
         uend = frames.ustarts[i + 1] if i + 1 < n else frames.uncompressed_size
         units.append(Unit(i, frames.cstarts[i], cend, frames.ustarts[i], uend - frames.ustarts[i]))
-    return UnitTable(units, frames.uncompressed_size)
+    return UnitTable(units, frames.uncompressed_size, codec="zstd")
 
 
 def seekable_data_end(readat: ReadAt, size: int | None = None) -> int:
@@ -351,9 +366,9 @@ def span_units(
         state = SpanState(p.bits, p.window, None if nxt is None else nxt.bits)
         units.append(Unit(i, cstart, cend, p.uoffset, uend - p.uoffset, state))
     if not _digests_fit(units, digests):
-        return UnitTable(units, usize)
+        return UnitTable(units, usize, codec="gzip")
     signed = [replace(u, digest=d.digest) for u, d in zip(units, digests, strict=True)]
-    return UnitTable(signed, usize, verified=True)
+    return UnitTable(signed, usize, verified=True, codec="gzip")
 
 
 def _digests_fit(units: Sequence[Unit], digests: Sequence[SpanDigest]) -> bool:

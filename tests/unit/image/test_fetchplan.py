@@ -21,7 +21,7 @@ import trio.testing
 
 from r8imfs.engine.codecs.units import Decoder, Unit, UnitTable, fixed_units
 from r8imfs.errors import CorruptLayer, TransportError
-from r8imfs.image.fetchplan import DecodedCache, UnitReader, _Slot
+from r8imfs.image.fetchplan import DecodedCache, ReadStream, UnitReader, _Slot
 
 U = 1000
 N = 40
@@ -196,6 +196,58 @@ async def test_window_doubles_on_sequential_reads_and_resets_on_a_jump() -> None
         reader.close()
 
 
+async def test_sequential_readers_share_the_decoded_budget() -> None:
+    """Each stream reading ahead gets its share of the cache, less the unit it
+    reads: two readers read ahead half as far as one, and what they read ahead
+    is still cached when they get there (nothing fetched twice)."""
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        cache = DecodedCache(budget=10 * U)
+        reader = UnitReader(
+            table(), fetch, decode, nursery, cache=cache, max_window=8 * U, max_range=U, slack=U
+        )
+        one, two = reader.stream(), reader.stream()
+        windows: dict[object, list[int]] = {one: [], two: []}
+
+        async def step(stream: ReadStream, pos: int) -> None:
+            assert await stream.read(pos, 500) == PLAIN[pos : pos + 500]
+            windows[stream].append(stream.window)
+            await settle()
+
+        for pos in range(0, 12 * U, 500):  # side by side, 20 units apart
+            await step(one, pos)
+            await step(two, 20 * U + pos)
+        assert cache.readers_ahead == 2
+        assert max(windows[one] + windows[two]) == 4 * U  # 10 / 2 - 1 each
+        fetched = [u for s, e in fetch.calls for u in range(s // U, e // U)]
+        assert len(fetched) == len(set(fetched)), fetch.calls  # nothing evicted unread
+        two.close()
+        assert cache.readers_ahead == 1
+        for pos in range(12 * U, 16 * U, 500):
+            await step(one, pos)
+        assert one.window == 8 * U  # alone again: max_window (10 - 1 >= 8)
+        one.close()
+        assert cache.readers_ahead == 0
+        reader.close()
+
+
+async def test_a_jump_leaves_the_readers_ahead() -> None:
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        cache = DecodedCache(budget=10 * U)
+        reader = UnitReader(table(), fetch, decode, nursery, cache=cache, max_range=U, slack=U)
+        stream = reader.stream()
+        for pos in range(0, 2 * U, 500):
+            await stream.read(pos, 500)
+        assert stream.window and cache.readers_ahead == 1
+        await stream.read(30 * U, 10)
+        assert stream.window == 0 and cache.readers_ahead == 0
+        stream.close()
+        stream.close()
+        assert cache.readers_ahead == 0
+        reader.close()
+
+
 async def test_a_wide_window_is_topped_up_a_whole_get_at_a_time() -> None:
     """Once a sequential reader's window is ``max_range`` wide, read-ahead goes out
     as GETs of ``max_range``, not one unit per GET as the reader moves on."""
@@ -344,6 +396,24 @@ def test_decoded_cache_stays_within_its_budget() -> None:
     assert ("l", 0) in cache and ("l", 1) not in cache and ("l", 3) in cache
     cache.put(("l", 9), bytes(4 * U))  # bigger than the budget: not kept
     assert ("l", 9) not in cache and cache.size <= 3 * U
+
+
+async def test_what_a_sequential_reader_read_past_goes_first() -> None:
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        cache = DecodedCache(budget=10 * U)
+        reader = UnitReader(table(), fetch, decode, nursery, cache=cache, max_range=U, slack=U)
+        await reader.read(30 * U, 10)  # a random read: unit 30 stays the oldest
+        stream = reader.stream()
+        for pos in range(0, 3 * U, 500):
+            await stream.read(pos, 500)
+            await settle()
+        order = [key[1] for key in cache._data]  # type: ignore[index]  # first out first
+        # units 0-2, read to their end sequentially, go before 30 (the oldest
+        # read) and before what is read ahead (3 on)
+        assert order[:4] == [2, 1, 0, 30], order
+        stream.close()
+        reader.close()
 
 
 async def test_iter_range_yields_in_order_and_reads_ahead_within_the_window() -> None:

@@ -26,6 +26,7 @@ from r8imfs.engine.codecs.units import (
     Unit,
     UnitTable,
     decode_zstd,
+    fixed_units,
     frame_units,
     seekable_data_end,
     span_decoder,
@@ -72,6 +73,7 @@ def test_frame_units_tile_the_blob_and_the_layer() -> None:
     assert [u.usize for u in units] == [64 * KiB] * 4 + [300 * KiB + 17 - 256 * KiB]
     assert units.locate(64 * KiB) == 1 and units.locate(64 * KiB - 1) == 0
     assert units.covering(10, 128 * KiB + 1) == range(0, 3)
+    assert units.codec == "zstd"  # what sizes a reader's GETs (image.UNITS_RANGE)
 
 
 def test_decode_each_frame_matches_its_slice() -> None:
@@ -109,6 +111,8 @@ def test_unit_table_rejects_gaps() -> None:
         UnitTable([Unit(0, 0, 10, 0, 5), Unit(1, 10, 20, 6, 5)], 11)
     with pytest.raises(CorruptLayer):
         UnitTable([Unit(0, 0, 10, 0, 5)], 6)
+    with pytest.raises(ValueError, match="codec"):
+        UnitTable([Unit(0, 0, 10, 0, 5)], 5, codec="lz4")
 
 
 async def test_parallel_decode_of_a_seekable_layer_matches_the_reference() -> None:
@@ -173,6 +177,7 @@ def test_span_units_carry_their_checkpoints() -> None:
         Checkpoint(900, 8000, 0, b"v" * 32),
     ]
     units = span_units(points, 1000, 9000)
+    assert units.codec == "gzip" and fixed_units(10, 4).codec == "none"
     assert [(u.cstart, u.cend, u.ustart, u.usize) for u in units] == [
         (10, 500, 0, 4000),
         (499, 900, 4000, 4000),  # its first bits are in the byte before 500
