@@ -87,9 +87,9 @@ def bound_malloc(keep_free: int = 0, mmap_threshold: int = 16 * 1024 * 1024) -> 
     heap's top would otherwise be trimmed): a zstd ``cp`` took ~110,000-150,000
     faults per GiB with either left as it was, ~50,000 with both. Its peak RSS
     went 165-180 -> 210-235 MB (the bigger GETs); a SOCI ``cp``'s stayed at
-    213-230 MB. On a VM
-    whose free memory goes back to the host (virtio-balloon free page
-    reporting: docs/benchmarks.md) a fresh page costs several times more.
+    213-230 MB. On a VM whose free memory goes back to the host
+    (virtio-balloon free page reporting: docs/benchmarks.md) a fresh page
+    costs several times more.
     """
     try:
         libc = ctypes.CDLL(None)

@@ -125,7 +125,8 @@ class DecodedCache:
         self.budget = budget
         self.size = 0
         self._data: OrderedDict[Hashable, Decoded] = OrderedDict()
-        #: streams reading ahead into this cache (a ``ReadStream`` with a window)
+        #: streams reading ahead into this cache (a ``ReadStream`` with a window,
+        #: until it jumps or closes: one left open and idle keeps its share)
         self.readers_ahead = 0
 
     def share(self) -> int:
