@@ -8,24 +8,37 @@ found nothing. The bytes it makes are not cycles; pausing the collector for
 the burst and letting it run once afterwards costs the same memory and none
 of the rescans.
 
-The switch is process-wide. Pauses may overlap (threads): the collector is
-turned back on by the outermost pause that found it on, so it always ends on
-if it was on before any of them.
+The switch is process-wide, and pauses overlap: layers' indexes are parsed
+on worker threads side by side. The first pause to begin notes whether the
+collector was on and turns it off; the last to end turns it back on if it
+was. A thread that ends its pause first so leaves the collector off for the
+others still in theirs.
 """
 
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+_lock = threading.Lock()
+_depth = 0  # pauses under way, all threads
+_was_on = False  # the collector's state when the first of them began
 
 
 @contextmanager
 def paused() -> Iterator[None]:
-    was_on = gc.isenabled()
-    gc.disable()
+    global _depth, _was_on
+    with _lock:
+        if _depth == 0:
+            _was_on = gc.isenabled()
+            gc.disable()
+        _depth += 1
     try:
         yield
     finally:
-        if was_on:
-            gc.enable()
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _was_on:
+                gc.enable()

@@ -96,8 +96,8 @@ def before_trio(args: argparse.Namespace) -> int | None:
     """Fork unless --foreground; the parent's exit code, or None in the child."""
     daemon.check_mountpoint(args.mountpoint)
     # before any thread exists, in the process that will serve; heap (not mmap)
-    # for the GET buffers (16-32 MiB: image.UNITS_RANGE), reused rather than faulted
-    # in anew
+    # for the GET buffers (16-32 MiB: table.Codec.get_size), reused rather than
+    # faulted in anew
     process.bound_malloc(keep_free=128 * 1024 * 1024, mmap_threshold=64 * 1024 * 1024)
     # The TLS context (its CA bundle loads with the GIL released) is made while
     # serving's modules import, and is whole before the fork: the child must not

@@ -35,7 +35,7 @@ import trio
 from r8imfs import _threads
 from r8imfs.cache.blobcache import BlobCache, BlobReader, BlobSource
 from r8imfs.engine.codecs.layerformat import LayerFormat, Toc, TocLayer, choose
-from r8imfs.engine.codecs.table import codec_for
+from r8imfs.engine.codecs.table import CODECS, codec_for
 from r8imfs.engine.codecs.tocread import chunk_units
 from r8imfs.engine.codecs.units import Decoder, UnitTable, units_for_layer, zran_inflate
 from r8imfs.engine.decodedcopy import DecodedReader, Pending, worth_keeping
@@ -68,21 +68,6 @@ TOC_AHEAD = max(2, os.cpu_count() or 2)
 #: decoded units kept per mount (all layers), besides those in flight; sequential
 #: readers share it for their read-ahead (``fetchplan.DecodedCache.share``)
 UNITS_BUDGET = 48 * 1024 * 1024
-#: bytes per ranged GET (four in flight), and how far ahead one open file reads:
-#: what the daemon holds compressed, and decoded ahead. A sequential reader's
-#: read-ahead goes out in GETs this big (``fetchplan``): 16 MiB rather than 8
-#: halved the GETs of a gzip ``cp`` (131 to 69 per GiB) and cut the test
-#: registry's CPU (1.5 to 1.2 s); the daemon's peak RSS in the benchmark went
-#: 187 to 208-212 MB (docs/benchmarks.md, issue 12). Units that decode fast
-#: (zstd, stored) go in GETs twice that: a GET's fixed costs (a connection,
-#: the registry's request handling) are then a bigger share of the whole, and
-#: 32 MiB took a ``cp`` of 1 GiB through a zstd:chunked mount from 3.24-3.30 s
-#: to 2.91-2.96 s (the registry 1.35 -> 1.0 CPU-s; interleaved, 3 each). gzip
-#: spans inflate at a third of that speed and their GETs wait longer for it:
-#: at 32 MiB a SOCI ``cp`` was no faster and its peak RSS went 200-220 ->
-#: 280-290 MB.
-UNITS_RANGE = {"gzip": 16 * 1024 * 1024}
-UNITS_RANGE_FAST = 32 * 1024 * 1024
 #: a TOC layer's small files around one read, fetched with it (compressed bytes):
 #: ``cp -r`` of a directory of small files costs a GET per this much, not per file
 TOC_READ_AROUND = 512 * 1024
@@ -576,7 +561,10 @@ def _attach_units(layers: list[LayerFiles], nursery: trio.Nursery, cache: Decode
             # (TOC chunks of small files: ``fetchplan._small``), never on spans.
             blob = layer.blob
             uncached = functools.partial(blob.fetch_range, keep=False)
-            get_size = UNITS_RANGE.get(table.codec, UNITS_RANGE_FAST)
+            # bytes per ranged GET (four in flight) and read ahead: the codec's
+            # (``Codec.get_size``); 16 MiB rather than 8 for gzip halved a ``cp``'s
+            # GETs (131 to 69 per GiB) and cut the test registry's CPU 1.5 -> 1.2 s
+            get_size = CODECS[table.compression].get_size
             layer.units = UnitReader(
                 table,
                 blob.fetch_range,

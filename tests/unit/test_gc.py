@@ -46,3 +46,14 @@ def test_on_again_after_an_error() -> None:
     with pytest.raises(ValueError, match="boom"), _gc.paused():
         raise ValueError("boom")
     assert gc.isenabled()
+
+
+def test_overlapping_pauses_end_with_the_last() -> None:
+    """Threads pause side by side, and the first to begin need not end last."""
+    first, second = _gc.paused(), _gc.paused()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()  # the second is still in its burst
+    second.__exit__(None, None, None)
+    assert gc.isenabled()

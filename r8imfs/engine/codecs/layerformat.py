@@ -37,7 +37,7 @@ from typing import Protocol
 
 from r8imfs import _gc
 from r8imfs.engine.codecs import socireader, ztoc
-from r8imfs.engine.codecs.table import Codec, codec_for
+from r8imfs.engine.codecs.table import Codec, Compression, codec_for
 from r8imfs.engine.codecs.units import Decoder, Unit, UnitTable
 from r8imfs.engine.entry import Entry
 from r8imfs.engine.readat import LayerReader, ReadAt
@@ -136,7 +136,8 @@ class ZtocLayer:
             if s.ustart[i] < usize or i == 0
         ]
         try:
-            table = UnitTable(found, usize, verified=True, codec="gzip")  # ``decode`` checks spans
+            # ``decode`` checks each span
+            table = UnitTable(found, usize, verified=True, compression=Compression.GZIP)
         except CorruptLayer:
             return None  # spans that do not tile the tar: the span reader copes
         z = self.z

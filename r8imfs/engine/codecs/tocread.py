@@ -34,6 +34,7 @@ from r8imfs.engine.codecs.toc import Chunk, TocFile, TocIndex, load_toc
 from r8imfs.engine.codecs.units import Decoder, Unit, UnitTable, thread_dctx
 from r8imfs.engine.readat import ReadAt
 from r8imfs.errors import CorruptLayer, DigestMismatch
+from r8imfs.oci.mediatypes import Compression
 
 MiB = 1024 * 1024
 CACHE_BYTES = 64 * MiB
@@ -260,7 +261,7 @@ def _chunk_units(index: TocIndex) -> tuple[UnitTable, Decoder] | None:
         pos += size
     try:
         # ``_decode_unit`` checks each
-        table = UnitTable(units, index.size, verified=True, codec=index.codec)
+        table = UnitTable(units, index.size, verified=True, compression=Compression(index.codec))
     except CorruptLayer:
         return None
     if any(u.cstart < p.cend for p, u in itertools.pairwise(table)):

@@ -60,6 +60,7 @@ from r8imfs.engine.codecs import zran
 from r8imfs.engine.codecs.zstdindex import FrameTable
 from r8imfs.engine.readat import ReadAt
 from r8imfs.errors import CorruptLayer, DigestMismatch
+from r8imfs.oci.mediatypes import Compression
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,17 +103,12 @@ Decoded = bytes | bytearray
 Decoder = Callable[[Unit, bytes | memoryview], Decoded]
 
 
-#: What a ``UnitTable``'s units are: stored bytes, zstd frames, deflate (gzip spans
-#: or members).
-CODECS = frozenset({"none", "zstd", "gzip"})
-
-
 class UnitTable:
     """A layer's units in order; ``locate`` maps an uncompressed offset to a unit.
 
     ``verified``: its decoder checks every unit against a digest (see above).
-    ``codec``: how its units are compressed (``CODECS``): how fast they decode,
-    so how much a reader should fetch at once (``image.image``).
+    ``compression``: how its units are compressed, the key of their codec in
+    ``table.CODECS`` (which says how much a reader fetches at once).
     """
 
     def __init__(
@@ -121,15 +117,17 @@ class UnitTable:
         uncompressed_size: int,
         *,
         verified: bool = False,
-        codec: str = "none",
+        compression: Compression = Compression.NONE,
     ) -> None:
-        if codec not in CODECS:
-            raise ValueError(f"unit table: unknown codec {codec!r}")
+        try:
+            self.compression = Compression(compression)
+        except ValueError:
+            why = f"unit table: {compression!r} is no layer codec's compression"
+            raise ValueError(why) from None
         self._units = tuple(units)
         self._ustarts = [u.ustart for u in self._units]
         self.uncompressed_size = uncompressed_size
         self.verified = verified
-        self.codec = codec
         for i, u in enumerate(self._units):
             if u.index != i or u.cend < u.cstart or u.usize < 0:
                 raise CorruptLayer(f"unit table: unit {i} is malformed")
@@ -182,7 +180,7 @@ def frame_units(frames: FrameTable, data_end: int) -> UnitTable:
         cend = frames.cstarts[i + 1] if i + 1 < n else data_end
         uend = frames.ustarts[i + 1] if i + 1 < n else frames.uncompressed_size
         units.append(Unit(i, frames.cstarts[i], cend, frames.ustarts[i], uend - frames.ustarts[i]))
-    return UnitTable(units, frames.uncompressed_size, codec="zstd")
+    return UnitTable(units, frames.uncompressed_size, compression=Compression.ZSTD)
 
 
 def seekable_data_end(readat: ReadAt, size: int | None = None) -> int:
@@ -366,9 +364,9 @@ def span_units(
         state = SpanState(p.bits, p.window, None if nxt is None else nxt.bits)
         units.append(Unit(i, cstart, cend, p.uoffset, uend - p.uoffset, state))
     if not _digests_fit(units, digests):
-        return UnitTable(units, usize, codec="gzip")
+        return UnitTable(units, usize, compression=Compression.GZIP)
     signed = [replace(u, digest=d.digest) for u, d in zip(units, digests, strict=True)]
-    return UnitTable(signed, usize, verified=True, codec="gzip")
+    return UnitTable(signed, usize, verified=True, compression=Compression.GZIP)
 
 
 def _digests_fit(units: Sequence[Unit], digests: Sequence[SpanDigest]) -> bool:

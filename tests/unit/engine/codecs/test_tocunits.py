@@ -44,7 +44,7 @@ def test_chunk_units_decode_to_the_verified_stream(toc_layer: tuple[bytes, TocRe
     assert found is not None
     table, decode = found
     assert table.uncompressed_size == reader.size and table.verified
-    assert table.codec == reader.index.codec == "zstd"
+    assert table.compression == reader.index.codec == "zstd"
     assert len(table) > len(reader.index.files)  # the 6-chunk file gives 6 units
     assert _decode_all(table, decode, blob) == reader.pread(0, reader.size)
 
@@ -93,7 +93,7 @@ def _spans(layer: tuple[bytes, bytes, bytes]) -> tuple[UnitTable, Decoder]:
     loaded = TOC_FORMATS[SOCI_ZTOC].load(toc, len(blob))
     found = loaded.units(name="layer 0")
     assert found is not None and found[0].verified  # each span checked against the zTOC
-    assert found[0].codec == "gzip"  # deflate: the mount reads ahead in smaller GETs
+    assert found[0].compression == "gzip"  # deflate: the mount reads ahead in smaller GETs
     return found
 
 

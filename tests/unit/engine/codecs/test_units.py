@@ -39,6 +39,7 @@ from r8imfs.engine.codecs.zstdwrite import write_seekable
 from r8imfs.engine.readat import BytesReadAt
 from r8imfs.errors import CorruptLayer
 from r8imfs.image.fetchplan import UnitReader
+from r8imfs.oci.mediatypes import Compression
 
 KiB = 1024
 
@@ -73,7 +74,7 @@ def test_frame_units_tile_the_blob_and_the_layer() -> None:
     assert [u.usize for u in units] == [64 * KiB] * 4 + [300 * KiB + 17 - 256 * KiB]
     assert units.locate(64 * KiB) == 1 and units.locate(64 * KiB - 1) == 0
     assert units.covering(10, 128 * KiB + 1) == range(0, 3)
-    assert units.codec == "zstd"  # what sizes a reader's GETs (image.UNITS_RANGE)
+    assert units.compression is Compression.ZSTD  # its codec sizes a reader's GETs
 
 
 def test_decode_each_frame_matches_its_slice() -> None:
@@ -112,7 +113,7 @@ def test_unit_table_rejects_gaps() -> None:
     with pytest.raises(CorruptLayer):
         UnitTable([Unit(0, 0, 10, 0, 5)], 6)
     with pytest.raises(ValueError, match="codec"):
-        UnitTable([Unit(0, 0, 10, 0, 5)], 5, codec="lz4")
+        UnitTable([Unit(0, 0, 10, 0, 5)], 5, compression="lz4")  # type: ignore[arg-type]
 
 
 async def test_parallel_decode_of_a_seekable_layer_matches_the_reference() -> None:
@@ -177,7 +178,8 @@ def test_span_units_carry_their_checkpoints() -> None:
         Checkpoint(900, 8000, 0, b"v" * 32),
     ]
     units = span_units(points, 1000, 9000)
-    assert units.codec == "gzip" and fixed_units(10, 4).codec == "none"
+    assert units.compression is Compression.GZIP
+    assert fixed_units(10, 4).compression is Compression.NONE
     assert [(u.cstart, u.cend, u.ustart, u.usize) for u in units] == [
         (10, 500, 0, 4000),
         (499, 900, 4000, 4000),  # its first bits are in the byte before 500
