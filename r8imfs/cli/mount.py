@@ -76,6 +76,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     p.add_argument(
+        "--keep-cache",
+        action="store_true",
+        help="keep every page read in the kernel's page cache (default: a file of 32 MiB or "
+        "more read once, start to end, is dropped behind its reader, so a copy does not "
+        "leave the model cached twice; a file read again is kept)",
+    )
+    p.add_argument(
         "--writable",
         action="store_true",
         help="make rootfs/ writable; changes go to an upper directory until `r8imfs commit` "
@@ -204,6 +211,7 @@ async def run(args: argparse.Namespace) -> None:
                 allow_other=args.allow_other,
                 ready=lambda: _ready(args, cache_dir, upper, str(ref)),
                 upper=upper,
+                keep_cache=args.keep_cache,
             )
         finally:
             if upper is not None:

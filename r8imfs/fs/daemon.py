@@ -153,11 +153,13 @@ async def serve(
     allow_other: bool = False,
     ready: Callable[[], None] = lambda: None,
     upper: UpperDir | None = None,
+    keep_cache: bool = False,
 ) -> None:
     import pyfuse3
     import trio
 
     from r8imfs.fs.handlers import ImageOperations
+    from r8imfs.fs.pagecache import DropBehind, KernelPages
     from r8imfs.fs.writable import WritableOperations
 
     # Resolve paths before mounting: once mounted, touching the mountpoint
@@ -175,6 +177,10 @@ async def serve(
         pyfuse3.init(ops, mountpoint, options)
     except RuntimeError as exc:
         raise MountError(f"cannot mount at {mountpoint}: {exc}") from exc
+    # a big file read once is dropped from the page cache behind its reader
+    pages = None if keep_cache or upper is not None else KernelPages.of_this_process()
+    if pages is not None:
+        ops.pages = DropBehind(pages.drop)
     stopped_by_signal = False
     try:
         pids.write_text(f"{os.getpid()}\n")
@@ -195,6 +201,8 @@ async def serve(
             nursery.cancel_scope.cancel()
     finally:
         pids.unlink(missing_ok=True)
+        if pages is not None:
+            pages.close()
         pyfuse3.close(unmount=stopped_by_signal or mounted_fstype(mountpoint) is not None)
 
 

@@ -32,6 +32,7 @@ import trio
 from r8imfs.engine.entry import Kind
 from r8imfs.errors import R8imfsError
 from r8imfs.fs.inodes import ROOT, InTree, Namespace, Static
+from r8imfs.fs.pagecache import DropBehind
 from r8imfs.image.fetchplan import ReadStream
 from r8imfs.image.image import ImageFiles
 
@@ -78,6 +79,8 @@ class ImageOperations(pyfuse3.Operations):
         self._open: dict[int, _Opened] = {}
         self._fhs = itertools.count(FIRST_FH)
         self._mounted_at = time.time_ns()
+        #: drops the page cache behind sequential readers (set once mounted)
+        self.pages: DropBehind | None = None
 
     # -- attributes ---------------------------------------------------------
     def _attrs(self, ino: int) -> pyfuse3.EntryAttributes:
@@ -186,7 +189,7 @@ class ImageOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         try:
             with trio.fail_after(READ_TIMEOUT):
-                return await self.files.read(target.node, off, size, opened.stream)
+                data = await self.files.read(target.node, off, size, opened.stream)
         except (R8imfsError, OSError, trio.TooSlowError) as exc:
             if opened.inode not in self._failed:
                 self._failed.add(opened.inode)
@@ -196,8 +199,13 @@ class ImageOperations(pyfuse3.Operations):
                     why = f"no answer in {READ_TIMEOUT:g} s ({off}+{size}: {where})"
                 log.error("EIO reading %s: %s", target.node.path, why)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        if self.pages is not None:
+            self.pages.read(fh, opened.inode, off, len(data))
+        return data
 
     async def release(self, fh: int) -> None:
+        if self.pages is not None:
+            self.pages.release(fh)
         opened = self._open.pop(fh, None)
         if opened is not None and opened.stream is not None:
             opened.stream.close()  # its read-ahead is dropped

@@ -103,3 +103,44 @@ def test_cp_of_a_large_zstd_file_recompressed_by_skopeo(
         copies = list(m.cache_dir.glob("decoded/sha256/*.tar"))
     assert len(copies) == 2
     assert max(c.stat().st_size for c in copies) > SIZE
+
+
+def _cached(path: Path) -> int:
+    """Bytes of ``path`` in the page cache, by util-linux's fincore (mincore(2))."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=CMD_TIMEOUT,
+    )
+    return int(out.stdout.strip())
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="util-linux's fincore is missing")
+def test_a_file_copied_once_is_dropped_behind_the_copy_and_kept_when_read_again(
+    gzip_image: str, weights: bytes, mounted: MountFactory, tmp_path: Path
+) -> None:
+    want = hashlib.sha256(weights).hexdigest()
+    with mounted(gzip_image) as m:
+        src = m.path / "rootfs" / WEIGHTS
+        assert _copy_out(m.path, tmp_path / "1.bin") == want
+        # what the copy read more than LAG (8 MiB) behind itself, and 32 MiB
+        # into the file, left the page cache: 24 of the 40 MiB
+        first = _cached(src)
+        assert first <= SIZE // 2, first
+        # a second copy asks again for the dropped pages: right bytes, and kept
+        assert _copy_out(m.path, tmp_path / "2.bin") == want
+        second = _cached(src)
+        assert second >= SIZE * 3 // 4, second
+        assert _copy_out(m.path, tmp_path / "3.bin") == want
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="util-linux's fincore is missing")
+def test_keep_cache_keeps_every_page(
+    gzip_image: str, weights: bytes, mounted: MountFactory, tmp_path: Path
+) -> None:
+    with mounted(gzip_image, "--keep-cache") as m:
+        assert _copy_out(m.path, tmp_path / "1.bin") == hashlib.sha256(weights).hexdigest()
+        cached = _cached(m.path / "rootfs" / WEIGHTS)
+        assert cached >= SIZE * 3 // 4, cached  # (all of it, unless the kernel reclaims)
