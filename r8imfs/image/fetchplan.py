@@ -200,9 +200,13 @@ class _Group:
 class ReadStream:
     """One open file's view of a ``UnitReader``: its adaptive read-ahead window."""
 
-    def __init__(self, reader: UnitReader, ident: int) -> None:
+    def __init__(self, reader: UnitReader, ident: int, end: int | None = None) -> None:
         self._reader = reader
         self.ident = ident
+        #: where its file ends in the layer: nothing past it is read ahead, and a
+        #: read that reaches it gives back its share of the cache (an open file
+        #: read to its end and left open, as a loader that maps it does)
+        self.end = reader.size if end is None else min(end, reader.size)
         self.window = 0
         self._next: int | None = None  # where the last read ended
         self._unit = -1  # the unit the last read started in
@@ -230,6 +234,8 @@ class ReadStream:
                 self._set_window(first.usize)  # counted among the readers ahead first
             share = self._reader.cache.share() - first.usize
             self._set_window(min(grown, max(min(self._reader.max_window, share), first.usize)))
+        if end >= self.end:
+            self._set_window(0)  # at its end: nothing left to read ahead
         self._next, self._unit = end, first.index
         return sequential
 
@@ -304,9 +310,10 @@ class UnitReader:
     def size(self) -> int:
         return self.table.uncompressed_size
 
-    def stream(self) -> ReadStream:
-        """A read-ahead context for one open file; ``close`` it when the file closes."""
-        return ReadStream(self, next(self._streams))
+    def stream(self, end: int | None = None) -> ReadStream:
+        """A read-ahead context for one open file whose bytes end at ``end`` (default:
+        the layer's end); ``close`` it when the file closes."""
+        return ReadStream(self, next(self._streams), end)
 
     async def read(
         self, offset: int, size: int, stream: ReadStream | None = None
@@ -324,7 +331,7 @@ class UnitReader:
             stream.queued_to = 0
         slots = [self._want(i) for i in wanted]
         if stream is not None and stream.window:
-            self._prefetch(stream, end, end + stream.window)
+            self._prefetch(stream, end, min(end + stream.window, stream.end))
         elif self.read_around and any(i in self._queued for i in wanted):
             self._read_around(wanted, stream)  # a miss no GET covers yet
         self._pump()

@@ -156,7 +156,11 @@ class ImageFiles:
         """A read-ahead context for one open file (``close`` it on release), if its
         layer is read by units; None otherwise (``read`` then needs none)."""
         units = self.layers[node.layer].units
-        return units.stream() if units is not None else None
+        if units is None:
+            return None
+        e = node.entry
+        stored = sum(n for _, n in e.sparse) if e.sparse else e.size
+        return units.stream(end=e.data_offset + stored)
 
     async def read(
         self, node: Node, offset: int, size: int, stream: ReadStream | None = None

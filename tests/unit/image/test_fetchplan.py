@@ -248,6 +248,33 @@ async def test_a_jump_leaves_the_readers_ahead() -> None:
         reader.close()
 
 
+async def test_a_stream_reads_ahead_only_within_its_file_and_lets_go_at_its_end() -> None:
+    """A file's stream stops at the file's end: nothing past it is fetched, and
+    once read to its end (and left open) it no longer holds a share of the cache."""
+    fetch = Fetcher()
+    async with trio.open_nursery() as nursery:
+        cache = DecodedCache(budget=20 * U)
+        reader = UnitReader(
+            table(), fetch, decode, nursery, cache=cache, max_window=8 * U, max_range=U, slack=U
+        )
+        stream = reader.stream(end=10 * U)
+        other = reader.stream()  # to the layer's end
+        for pos in range(0, 10 * U, 500):
+            assert await stream.read(pos, 500) == PLAIN[pos : pos + 500]
+            if U <= pos < 9 * U:  # (the first read may be random)
+                assert stream.window
+            await settle()
+        assert stream.window == 0 and cache.readers_ahead == 0
+        assert max(end for _, end in fetch.calls) == 10 * U  # nothing past the file
+        for pos in range(10 * U, 14 * U, 500):
+            await other.read(pos, 500)
+        assert other.window == 8 * U  # the whole budget's share (20 - 1 >= 8)
+        assert cache.readers_ahead == 1
+        stream.close()
+        other.close()
+        reader.close()
+
+
 async def test_a_wide_window_is_topped_up_a_whole_get_at_a_time() -> None:
     """Once a sequential reader's window is ``max_range`` wide, read-ahead goes out
     as GETs of ``max_range``, not one unit per GET as the reader moves on."""
