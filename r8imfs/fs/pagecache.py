@@ -80,19 +80,21 @@ class DropBehind:
     def __init__(self, drop: Drop) -> None:
         self._drop = drop
         self._runs: dict[int, _Run] = {}  # by file handle
-        self._dropped: dict[int, tuple[int, int]] = {}  # by inode: the hull of what was
+        #: by inode: the ranges dropped, one per run (readers of parts of a file
+        #: side by side each drop behind themselves)
+        self._dropped: dict[int, list[list[int]]] = {}
         self.kept: set[int] = set()  # inodes read more than once
 
     def read(self, fh: int, inode: int, off: int, size: int) -> None:
         """Note a read the kernel asked for (``size`` bytes were replied)."""
         if inode in self.kept:
             return
-        hull = self._dropped.get(inode)
-        if hull is not None and hull[0] <= off < hull[1]:
+        dropped = self._dropped.get(inode, ())
+        if any(lo <= off < hi for lo, hi in dropped):
             # The kernel asks again for a page that was dropped: the file is
             # read more than once, so its pages are kept from now on.
             self.kept.add(inode)
-            del self._dropped[inode]
+            self._dropped.pop(inode)
             log.info("inode %d is read again: its pages stay cached", inode)
             return
         run = self._runs.get(fh)
@@ -105,7 +107,12 @@ class DropBehind:
         if run.end - run.start < MIN_RUN or upto - run.dropped < BATCH:
             return
         lo, run.dropped = run.dropped, upto
-        self._dropped[inode] = (min(hull[0], lo), max(hull[1], upto)) if hull else (lo, upto)
+        ranges = self._dropped.setdefault(inode, [])
+        joined = next((r for r in ranges if r[1] == lo), None)
+        if joined is None:
+            ranges.append([lo, upto])
+        else:
+            joined[1] = upto
         self._drop(inode, lo, upto - lo)
 
     def release(self, fh: int) -> None:

@@ -77,6 +77,16 @@ def test_a_file_read_again_is_kept(dropped: Dropped) -> None:
     assert {inode for inode, _, _ in dropped[before:]} == {9}
 
 
+def test_readers_of_parts_of_a_file_side_by_side_each_drop_behind(dropped: Dropped) -> None:
+    pages = DropBehind(lambda *a: dropped.append(a))
+    # a segmented download: two handles, each streaming its half, interleaved
+    for off in range(0, 100 * MiB, READ):
+        pages.read(1, 7, off, READ)
+        pages.read(2, 7, 500 * MiB + off, READ)
+    assert 7 not in pages.kept
+    assert {off < 500 * MiB for _, off, _ in dropped} == {True, False}
+
+
 def test_pages_in_flight_are_never_the_reader_s_own(dropped: Dropped) -> None:
     pages = DropBehind(lambda *a: dropped.append(a))
     furthest = 0
