@@ -9,6 +9,7 @@ file's sha256 every time, read from decoded copies or through checkpoints.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import shutil
 import subprocess
@@ -134,6 +135,27 @@ def test_a_file_copied_once_is_dropped_behind_the_copy_and_kept_when_read_again(
         second = _cached(src)
         assert second >= SIZE * 3 // 4, second
         assert _copy_out(m.path, tmp_path / "3.bin") == want
+
+
+def test_a_mapped_file_read_twice_through_drop_behind_gives_its_bytes(
+    gzip_image: str, weights: bytes, mounted: MountFactory
+) -> None:
+    """A loader that maps the file (safetensors does) and walks it twice: the
+    first pass is dropped behind the walk, mapped pages included, and the
+    second faults them in again, with the right bytes."""
+    want = hashlib.sha256(weights).hexdigest()
+    with (
+        mounted(gzip_image) as m,
+        open(m.path / "rootfs" / WEIGHTS, "rb") as f,
+        mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+    ):
+        for walk in range(2):
+            digest = hashlib.sha256()
+            for off in range(0, SIZE, 1024 * 1024):  # page faults, in order
+                digest.update(mapped[off : off + 1024 * 1024])
+            assert digest.hexdigest() == want
+            if walk == 0 and shutil.which("fincore"):  # the first walk was dropped behind
+                assert _cached(m.path / "rootfs" / WEIGHTS) <= SIZE // 2
 
 
 @pytest.mark.skipif(shutil.which("fincore") is None, reason="util-linux's fincore is missing")
