@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 from r8imfs.errors import MountError, UsageError
 
 if TYPE_CHECKING:
+    import trio
+
     from r8imfs.engine.upper import UpperDir
     from r8imfs.image.image import ImageFiles
 
@@ -96,17 +98,23 @@ def _mountinfo(mountpoint: str | os.PathLike[str]) -> tuple[str, str] | None:
 READ_AHEAD_KB = 512
 
 
-async def _widen_readahead_once_serving(mountpoint: str) -> None:
-    # The kernel caps the readahead when it gets the reply to FUSE_INIT, which
-    # the main loop sends: a stat that returns means that happened.
-    def stat_then_widen() -> None:
-        os.stat(mountpoint)
-        widen_readahead(mountpoint)
+async def _widen_readahead_once_serving(mountpoint: str, initialized: trio.Event) -> None:
+    # The kernel sets the mount's readahead when it gets our reply to FUSE_INIT,
+    # which libfuse sends as soon as the ``init`` handler returns, on this loop:
+    # by the time a task that ``init`` woke runs, the reply is out. Not a
+    # ``stat`` of the mountpoint from a thread here: that is a request to this
+    # very process, and a daemon SIGKILLed while one was in flight could never
+    # exit (its thread waits, unkillable, for a reply only its own loop could
+    # have sent, and the mount hangs with it).
+    import trio  # (only the daemon loads trio, not umount)
 
-    from r8imfs import _threads  # (trio: only the daemon loads it, not umount)
+    from r8imfs import _threads
+
+    await initialized.wait()
+    await trio.lowlevel.checkpoint()
 
     with contextlib.suppress(OSError):
-        await _threads.run_io(stat_then_widen)
+        await _threads.run_io(widen_readahead, mountpoint)
 
 
 def widen_readahead(mountpoint: str | os.PathLike[str], kib: int = READ_AHEAD_KB) -> bool:
@@ -196,7 +204,7 @@ async def serve(
                         return
 
             nursery.start_soon(on_signal)
-            nursery.start_soon(_widen_readahead_once_serving, mountpoint)
+            nursery.start_soon(_widen_readahead_once_serving, mountpoint, ops.initialized)
             await pyfuse3.main(min_tasks=4, max_tasks=64)
             nursery.cancel_scope.cancel()
     finally:

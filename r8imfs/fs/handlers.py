@@ -81,6 +81,12 @@ class ImageOperations(pyfuse3.Operations):
         self._mounted_at = time.time_ns()
         #: drops the page cache behind sequential readers (set once mounted)
         self.pages: DropBehind | None = None
+        #: set by ``init``: the kernel has (as soon as this loop goes on) our
+        #: reply to FUSE_INIT, and with it the mount's settings
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        self.initialized.set()
 
     # -- attributes ---------------------------------------------------------
     def _attrs(self, ino: int) -> pyfuse3.EntryAttributes:
