@@ -166,6 +166,7 @@ async def serve(
     import pyfuse3
     import trio
 
+    from r8imfs import _threads
     from r8imfs.fs.handlers import ImageOperations
     from r8imfs.fs.pagecache import DropBehind, KernelPages
     from r8imfs.fs.writable import WritableOperations
@@ -200,6 +201,11 @@ async def serve(
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for _ in signals:
                         stopped_by_signal = True
+                        if pages is not None:
+                            # while the loop still answers reads: a drop in
+                            # flight may wait on a page under one, and the
+                            # unmount below would wait on that drop
+                            await _threads.run_io(pages.close)
                         pyfuse3.terminate()
                         return
 

@@ -27,6 +27,10 @@ filesystem's side:
 The notification is written to the mount's ``/dev/fuse`` descriptor from a
 thread of its own, never from the trio loop: invalidating a page waits for
 its lock, and a page under a read is locked until the loop replies to it.
+That wait is uninterruptible, so a SIGKILL landing while the thread waits on
+such a page (a second reader re-reading, at that moment, what is being
+dropped) leaves a process that cannot exit until the mount is aborted:
+docs/reliability.md, "Known limits".
 """
 
 from __future__ import annotations
