@@ -99,9 +99,10 @@ READ_AHEAD_KB = 512
 
 
 async def _widen_readahead_once_serving(mountpoint: str, initialized: trio.Event) -> None:
-    # The kernel sets the mount's readahead when it gets our reply to FUSE_INIT,
-    # which libfuse sends as soon as the ``init`` handler returns, on this loop:
-    # by the time a task that ``init`` woke runs, the reply is out. Not a
+    # The kernel caps the mount's readahead when it gets our reply to FUSE_INIT
+    # (at its max_readahead), which libfuse sends as soon as the ``init`` handler
+    # returns, on this loop: by the time a task that ``init`` woke runs, the
+    # reply is out, and what we set stays. Not a
     # ``stat`` of the mountpoint from a thread here: that is a request to this
     # very process, and a daemon SIGKILLed while one was in flight could never
     # exit (its thread waits, unkillable, for a reply only its own loop could

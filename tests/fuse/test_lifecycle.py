@@ -175,6 +175,10 @@ def test_the_kernel_readahead_is_widened_once_serving(
             time.sleep(0.05)
         assert setting.read_text().strip() == str(READ_AHEAD_KB)
         assert (m.rootfs / "app/blob.bin").read_bytes() == BODY
+        # and it stays (the kernel caps the readahead at our FUSE_INIT reply's
+        # max_readahead: a widening before that reply would be capped, were
+        # libfuse's max_readahead ever below it; today it is not)
+        assert setting.read_text().strip() == str(READ_AHEAD_KB)
 
 
 def _mountinfo(mountpoint: Path) -> tuple[list[str], list[str]]:
