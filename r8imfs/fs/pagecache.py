@@ -72,7 +72,6 @@ Drop = Callable[[int, int, int], None]
 
 @dataclass(slots=True)
 class _Run:
-    inode: int
     start: int
     end: int  # the furthest byte read + 1
     dropped: int  # [start, dropped) has been dropped
@@ -104,7 +103,7 @@ class DropBehind:
         run = self._runs.get(fh)
         if run is None or not run.start <= off <= run.end + SLACK:
             start = -(-off // _PAGE) * _PAGE
-            self._runs[fh] = _Run(inode, start, off + size, start)
+            self._runs[fh] = _Run(start, off + size, start)
             return
         run.end = max(run.end, off + size)
         upto = (run.end - LAG) // _PAGE * _PAGE
@@ -124,13 +123,19 @@ class DropBehind:
 
 
 class KernelPages:
-    """Drops ranges of a FUSE mount's page cache, from a thread of its own."""
+    """Drops ranges of a FUSE mount's page cache, from a thread of its own.
+
+    Not ``engine.writer.BackgroundWriter``: its bounded queue blocks the
+    caller when full, and the caller here is the trio loop, which must go on
+    answering reads for a drop in flight to finish.
+    """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd  # our own descriptor (a dup), closed by ``close``
         self._queue: queue.SimpleQueue[tuple[int, int, int] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._gone = False  # the thread ended on an error (unmounted): drops are moot
 
     @classmethod
     def of_this_process(cls) -> KernelPages | None:
@@ -147,7 +152,7 @@ class KernelPages:
         return cls(os.dup(found[0]))
 
     def drop(self, inode: int, off: int, length: int) -> None:
-        if self._closed:
+        if self._closed or self._gone:
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="r8imfs-pages", daemon=True)
@@ -166,6 +171,7 @@ class KernelPages:
                 if exc.errno == errno.ENOENT:  # the kernel has forgotten the inode
                     continue
                 log.info("page cache kept from now on: %s", exc)  # unmounted (ENODEV)
+                self._gone = True
                 return
 
     def close(self) -> None:

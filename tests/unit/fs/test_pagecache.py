@@ -110,3 +110,18 @@ def test_kernel_pages_writes_one_inval_inode_notification_per_drop() -> None:
     assert struct.unpack("=IiQQqq", message) == (40, 2, 0, 42, 16 * MiB, 32 * MiB)
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(write_end)
+
+
+def test_kernel_pages_stops_queueing_once_the_mount_is_gone() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a write now fails (EPIPE), as one to an unmounted /dev/fuse does
+    pages = KernelPages(write_end)
+    pages.drop(42, 0, 16 * MiB)
+    assert pages._thread is not None
+    pages._thread.join(timeout=5)
+    assert not pages._thread.is_alive()  # it ended on the error
+    pages.drop(42, 16 * MiB, 16 * MiB)
+    assert pages._queue.empty()  # nothing queued for a thread that is gone
+    pages.close()
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(write_end)
